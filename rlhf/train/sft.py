@@ -1,0 +1,138 @@
+"""Supervised fine-tuning on demonstrations: next-token loss on response tokens only, cosine schedule,
+validation loss; writes RUN_DIR/sft/model, a plain HF model folder (adapters merged)."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from rlhf.config import RunConfig
+from rlhf.models.loading import base_model_path, open_backbone, prompt_source
+from rlhf.models.roles import Backbone, encode_prompt_response
+from rlhf.run import MetricsLog, RunDir, seed_everything
+
+log = logging.getLogger("rlhf")
+STAGE = "sft"
+
+
+def response_nll(backbone: Backbone, adapter: str | None, prompts: list[str], responses: list[str]) -> torch.Tensor:
+    """Mean negative log-likelihood of the response tokens (and the EOS after them) given the prompt."""
+    ids, mask, rmask = encode_prompt_response(backbone.tokenizer, prompts, responses, append_eos=True)
+    hidden = backbone.hidden_states(adapter, ids, mask)
+    predict = rmask[:, 1:].bool()  # position t-1 predicts the response token at t
+    assert int(predict.sum()) > 0, "no response tokens in batch"
+    logits = backbone.lm_head(hidden[:, :-1][predict])
+    return F.cross_entropy(logits, ids[:, 1:][predict])
+
+
+def trainable_state(backbone: Backbone, adapter: str | None) -> dict[str, torch.Tensor]:
+    if backbone.is_lora:
+        return backbone.adapter_state(adapter)
+    return {k: v.detach().clone() for k, v in backbone.model.state_dict().items()}
+
+
+def load_trainable_state(backbone: Backbone, adapter: str | None, state: dict) -> None:
+    if backbone.is_lora:
+        backbone.load_adapter_state(adapter, state)
+    else:
+        backbone.model.load_state_dict(state)
+
+
+def trainable_parameters(backbone: Backbone, adapter: str | None) -> list[torch.nn.Parameter]:
+    if backbone.is_lora:
+        return backbone.mark_trainable(adapter)
+    params = list(backbone.model.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def train_sft(run: RunDir, cfg: RunConfig) -> dict:
+    from rlhf.tasks import get_task
+    from transformers import get_cosine_schedule_with_warmup
+
+    sc = cfg.sft
+    if sc.n_demonstrations == 0:
+        run.mark_done(STAGE, {"trained": False})
+        return {"trained": False}
+    seed_everything(cfg.seed)
+
+    # 1. demonstrations, split into train and validation
+    task = get_task(cfg.task.name)
+    demos = task.load_demonstrations("train", n=sc.n_demonstrations, source=prompt_source(cfg), seed=cfg.seed)
+    n_val = max(1, int(len(demos) * sc.val_fraction))
+    val, train = demos[:n_val], demos[n_val:]
+    assert train, "no training demonstrations left after the validation split"
+
+    # 2. model: a fresh adapter (or the full model) on the base
+    backbone = open_backbone(cfg, base_model_path(cfg))
+    adapter = "sft" if backbone.is_lora else None
+    if adapter:
+        backbone.add_adapter(adapter)
+    params = trainable_parameters(backbone, adapter)
+    steps_per_epoch = math.ceil(len(train) / sc.batch_size)
+    total_steps = steps_per_epoch * sc.epochs
+    optimizer = torch.optim.AdamW(params, lr=sc.learning_rate, eps=1e-5, weight_decay=0.0)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, total_steps // 10), total_steps)
+
+    # 3. resume from the last checkpoint, if any
+    step = 0
+    ckpt = run.load_checkpoint(STAGE)
+    if ckpt is not None:
+        load_trainable_state(backbone, adapter, ckpt["trainable"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        step = ckpt["step"]
+    metrics = MetricsLog(run, STAGE, resume_step=step if ckpt else None)
+
+    def validation_loss() -> float:
+        with torch.no_grad():
+            losses = [response_nll(backbone, adapter, [d.prompt for d in val[i : i + sc.batch_size]], [d.response for d in val[i : i + sc.batch_size]]).item()
+                      for i in range(0, len(val), sc.batch_size)]
+        return sum(losses) / len(losses)
+
+    if step == 0:
+        metrics.write({"step": 0, "val_loss": validation_loss()})
+
+    # 4. train: the data order of each epoch is a seeded permutation, so resuming at `step` continues it
+    bar = tqdm(total=total_steps, initial=step, desc="sft", leave=False)
+    while step < total_steps:
+        epoch, i = divmod(step, steps_per_epoch)
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
+        batch = [train[j] for j in order[i * sc.batch_size : (i + 1) * sc.batch_size]]
+        loss = response_nll(backbone, adapter, [d.prompt for d in batch], [d.response for d in batch])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        row = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]}
+        if step == total_steps:
+            row["val_loss"] = validation_loss()
+        metrics.write(row)
+        if step % sc.checkpoint_every == 0 and step < total_steps:
+            run.save_checkpoint(STAGE, {"trainable": trainable_state(backbone, adapter), "optimizer": optimizer.state_dict(),
+                                        "scheduler": scheduler.state_dict(), "step": step})
+    bar.close()
+    metrics.close()
+
+    # 5. save a plain HF folder (adapter merged into the base) atomically
+    out = run.stage(STAGE) / "model"
+    tmp = out.with_name("model.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = backbone.model.merge_and_unload() if adapter else backbone.model
+    model.save_pretrained(tmp)
+    backbone.tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    info = {"trained": True, "steps": step, "n_train": len(train), "n_val": len(val)}
+    run.mark_done(STAGE, info)
+    (run.stage(STAGE) / "checkpoint.pt").unlink(missing_ok=True)
+    return info
