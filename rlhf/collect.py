@@ -32,6 +32,10 @@ def collect(run: RunDir, cfg: RunConfig) -> dict:
     from rlhf.labelers.base import label_many
 
     cc = cfg.collect
+    if cc.kind == "pairwise" and cc.responses_per_prompt != 2:
+        raise ValueError(f"collect.kind=pairwise compares 2 responses; set collect.responses_per_prompt=2 (got {cc.responses_per_prompt})")
+    if cc.kind == "ranking" and not 2 <= cc.responses_per_prompt <= 9:
+        raise ValueError(f"collect.kind=ranking ranks K=2..9 responses (InstructGPT: 4..9); got {cc.responses_per_prompt}")
     seed_everything(cfg.seed + 1)
     out = run.stage(STAGE)
 
@@ -58,13 +62,14 @@ def collect(run: RunDir, cfg: RunConfig) -> dict:
     samples = [Sample(prompt=p, response=t, policy="sft", has_stop=s) for p, t, s in zip(repeated, texts, stops)]
     write_jsonl(out / "samples.jsonl", samples)
 
-    # 2. the labeler compares the K responses of each prompt
-    labeler = SimulatedLabeler(task.gold_scorer, temperature=cc.labeler_temperature, seed=cfg.seed)
+    # 2. the labeler compares the K responses of each prompt (gold scores computed once, in batches)
+    gold = task.gold_scorer(repeated, texts)
+    known = {(p, t): g for p, t, g in zip(repeated, texts, gold)}
+    labeler = SimulatedLabeler(lambda ps, rs: [known[(p, r)] for p, r in zip(ps, rs)], temperature=cc.labeler_temperature, seed=cfg.seed)
     items = [(p, texts[i * K : (i + 1) * K]) for i, p in enumerate(prompts)]
     comparisons = label_many(labeler, items, cc.kind)
 
     # 3. gold scores beside each comparison, so held-out accuracy is measured against the noise-free gold labeler
-    gold = task.gold_scorer(repeated, texts)
     comparisons = [
         Comparison(**{**c.to_dict(), "meta": {**c.meta, "gold": list(gold[i * K : (i + 1) * K])}}) for i, c in enumerate(comparisons)
     ]

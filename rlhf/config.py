@@ -43,6 +43,8 @@ class TaskConfig:
     """Tokens sampled per response (fixed-length sampling); 0 = the task's default."""
     stop_min_tokens: int = -1
     """A stop string only ends a response at or after this token index; -1 = the task's default."""
+    gold: str = ""
+    """Gold scorer of the simulated labeler (sentiment: `vader` or `lm`, a zero-shot classifier's log-odds); empty = the task's default."""
     temperature: float = 0.7
     """Sampling temperature, applied to logits in sampling and in every reference/training forward."""
     n_eval_prompts: int = 64
@@ -90,7 +92,11 @@ class RewardConfig:
     batch_size: int = 8
     """Comparisons per optimiser step (a ranking of K counts as one)."""
     learning_rate: float = 3e-4
-    """Peak learning rate, annealed linearly to 0."""
+    """Peak learning rate of the trunk (adapter), annealed linearly to 0."""
+    head_learning_rate: float = 0.0
+    """Peak learning rate of the scalar head (0 = same as the trunk)."""
+    drop_tied_best: bool = False
+    """Skip comparisons whose best response is tied in the labeler's gold scores (a simulated labeler's coin flips)."""
     normalize: str = "policy"
     """After training: `policy` (Ziegler: gain/bias so policy samples have mean 0, std 1), `reference` (Stiennon: bias so reference responses average 0), or `none`."""
     checkpoint_every: int = 10

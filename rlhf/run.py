@@ -19,27 +19,9 @@ import torch
 import yaml
 
 from rlhf.config import RunConfig, config_from_dict, config_to_dict
+from rlhf.data.io import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger("rlhf")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def atomic_torch_save(path: Path, obj) -> None:

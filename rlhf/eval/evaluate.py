@@ -8,9 +8,12 @@ import logging
 import torch
 
 from rlhf.config import RunConfig
-from rlhf.data.io import read_jsonl, write_jsonl
+import json
+
+from rlhf.data.io import atomic_write_text, read_jsonl
 from rlhf.data.records import Sample
 from rlhf.eval.stats import mean_sem, win_rate
+from rlhf.labelers.simulated import preference_from_gold
 from rlhf.models.loading import base_model_path, open_backbone, sft_model_path, task_and_stop_rule
 from rlhf.models.roles import LanguageModelRole
 from rlhf.models.sampling import sample_episodes
@@ -46,9 +49,12 @@ def policy_figures(gold: list[float] | None, rm: list[float], kls: list[float] |
     return out
 
 
-def evaluate(run: RunDir, cfg: RunConfig) -> dict:
-    from rlhf.labelers.simulated import gold_preference
+def sample_rows(policy: str, prompts, texts, stops, rm, gold) -> list[dict]:
+    return [{"prompt": p, "policy": policy, "response": t, "has_stop": s, "rm_score": r, **({} if gold is None else {"gold_reward": gold[i]})}
+            for i, (p, t, s, r) in enumerate(zip(prompts, texts, stops, rm))]
 
+
+def evaluate(run: RunDir, cfg: RunConfig) -> dict:
     seed_everything(cfg.seed + 5)
     prompts = eval_prompts(cfg)
     bs = cfg.collect.batch_size
@@ -67,16 +73,16 @@ def evaluate(run: RunDir, cfg: RunConfig) -> dict:
 
     # 2. sample each policy on the held-out prompts; gold reward, RM score, KL to the reference
     responses: dict[str, list[str]] = {}
+    golds: dict[str, list[float]] = {}
     figures: dict[str, dict] = {}
-    rows: list[Sample] = []
+    rows: list[dict] = []
     for name, policy in policies.items():
         texts, stops, lengths, kls = sample_with_kl(policy, reference, prompts, response_length, stop_rule, bs)
         responses[name] = texts
         rm = reward.score(prompts, texts).tolist()
-        gold = task.gold_scorer(prompts, texts) if task.gold_scorer else None
+        gold = golds[name] = task.gold_scorer(prompts, texts) if task.gold_scorer else None
         figures[name] = policy_figures(gold, rm, kls, lengths, stops)
-        rows += [Sample(prompt=p, response=t, policy=name, has_stop=s, meta={"rm_score": r, **({"gold_reward": gold[i]} if gold else {})})
-                 for i, (p, t, s, r) in enumerate(zip(prompts, texts, stops, rm))]
+        rows += sample_rows(name, prompts, texts, stops, rm, gold)
         log.info("eval %s: %s", name, {k: round(v, 3) for k, v in figures[name].items() if isinstance(v, float)})
     if run.is_done("bon"):
         bon = read_jsonl(run.root / "bon" / "samples.jsonl", Sample)
@@ -84,21 +90,20 @@ def evaluate(run: RunDir, cfg: RunConfig) -> dict:
         texts = [s.response for s in bon]
         responses["bon"] = texts
         rm = reward.score(prompts, texts).tolist()
-        gold = task.gold_scorer(prompts, texts) if task.gold_scorer else None
+        gold = golds["bon"] = task.gold_scorer(prompts, texts) if task.gold_scorer else None
         lengths = [len(sft.tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
         figures["bon"] = policy_figures(gold, rm, None, lengths, [s.has_stop for s in bon], kl_value=run.done_info("bon")["kl_to_reference"])
         figures["bon"]["n_samples"] = run.done_info("bon")["n"]
-        rows += [Sample(prompt=p, response=t, policy="bon", has_stop=s.has_stop, meta={"rm_score": r, **({"gold_reward": gold[i]} if gold else {})})
-                 for i, (p, t, s, r) in enumerate(zip(prompts, texts, bon, rm))]
+        rows += sample_rows("bon", prompts, texts, [s.has_stop for s in bon], rm, gold)
 
     # 3. win rates judged by the gold labeler (ties count 0.5), with 95% bootstrap intervals
     winrates = {}
     if task.gold_scorer is not None:
         for name in ("ppo", "bon", "sft"):
             if name in responses:
-                outcomes = [gold_preference(task.gold_scorer, p, a, b) for p, a, b in zip(prompts, responses[name], responses["initial"])]
+                outcomes = [preference_from_gold(a, b) for a, b in zip(golds[name], golds["initial"])]
                 winrates[f"{name}_vs_initial"] = win_rate(outcomes, seed=cfg.seed, n_resamples=cfg.eval.bootstrap_resamples)
-    write_jsonl(run.stage(STAGE) / "samples.jsonl", rows)
+    atomic_write_text(run.stage(STAGE) / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     reward_info = run.done_info("reward")
     run.update_summary(
         reward_model={k: reward_info[k] for k in ("heldout_accuracy", "heldout_n", "train_n", "normalize") if k in reward_info},

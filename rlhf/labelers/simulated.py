@@ -98,11 +98,15 @@ def score_with_gold(gold_scorer: GoldScorer, prompt: str, responses: list[str]) 
     return scores
 
 
+def preference_from_gold(gold_a: float, gold_b: float) -> float:
+    """1.0 if a's gold score is higher, 0.5 if exactly equal, else 0.0 (one game of a win rate)."""
+    return 1.0 if gold_a > gold_b else 0.5 if gold_a == gold_b else 0.0
+
+
 def gold_preference(gold_scorer: GoldScorer, prompt: str, response_a: str, response_b: str) -> float:
     """1.0 if the gold scorer prefers response_a, 0.5 if their gold scores are exactly equal, else 0.0
     (one game of a win rate judged by the gold labeler)."""
-    gold_a, gold_b = score_with_gold(gold_scorer, prompt, [response_a, response_b])
-    return 1.0 if gold_a > gold_b else 0.5 if gold_a == gold_b else 0.0
+    return preference_from_gold(*score_with_gold(gold_scorer, prompt, [response_a, response_b]))
 
 
 class SimulatedLabeler:

@@ -35,10 +35,15 @@ def open_backbone(cfg: RunConfig, path: str) -> Backbone:
     return Backbone(model, tokenizer, m.lora_r, m.lora_alpha, m.lora_target_modules, m.lora_top_layers)
 
 
-def task_and_stop_rule(cfg: RunConfig, tokenizer):
+def task_for(cfg: RunConfig):
+    """The configured task (with its gold scorer option, when set)."""
     from rlhf.tasks import get_task
 
-    task = get_task(cfg.task.name)
+    return get_task(cfg.task.name, **({"gold": cfg.task.gold} if cfg.task.gold else {}))
+
+
+def task_and_stop_rule(cfg: RunConfig, tokenizer):
+    task = task_for(cfg)
     response_length = cfg.task.response_length or task.response_length
     min_tokens = task.stop_min_tokens if cfg.task.stop_min_tokens < 0 else cfg.task.stop_min_tokens
     return task, response_length, StopRule(tokenizer, task.stop_strings, min_tokens)

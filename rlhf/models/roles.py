@@ -29,6 +29,11 @@ def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return T - 1 - flipped.argmax(-1)
 
 
+# Decoder-only models whose forward takes `inputs_embeds` unchanged (no embedding scaling or position embeddings
+# added), so that running a slice of `model.layers` on cached hidden states is exact.
+SPLITTABLE_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
+
+
 class Backbone:
     """A causal LM, optionally carrying named LoRA adapters; `use(name)` selects one (None = adapters off)."""
 
@@ -116,11 +121,43 @@ class Backbone:
             self._restore_requires_grad()
             yield self.causal_lm()
 
-    def hidden_states(self, adapter: str | None, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    @property
+    def shares_frozen_prefix(self) -> bool:
+        """True when adapters sit on the top layers only and the architecture lets us run a slice of its layers:
+        then the frozen bottom layers are computed once per batch and shared by every role and PPO epoch."""
+        return self.is_lora and 0 < self.top_layers < self.model.config.num_hidden_layers and self.model.config.model_type in SPLITTABLE_MODEL_TYPES
+
+    @contextmanager
+    def _layers(self, trunk, keep: slice, final_norm: bool):
+        layers, norm = trunk.layers, trunk.norm
+        trunk.layers = nn.ModuleList(list(layers)[keep])
+        if not final_norm:
+            trunk.norm = nn.Identity()
+        try:
+            yield trunk
+        finally:
+            trunk.layers, trunk.norm = layers, norm
+
+    @torch.no_grad()
+    def frozen_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states after the bottom layers, which carry no adapter and never train."""
+        assert self.shares_frozen_prefix
+        n_bottom = self.model.config.num_hidden_layers - self.top_layers
+        with self.use(None) as lm:
+            with self._layers(getattr(lm, lm.base_model_prefix), slice(0, n_bottom), final_norm=False) as trunk:
+                out = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
+        return out.last_hidden_state
+
+    def hidden_states(self, adapter: str | None, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states [B, T, d]; with `prefix` (from `frozen_prefix`) only the top layers run."""
+        position_ids = position_ids_from_mask(attention_mask)
         with self.use(adapter) as lm:
             trunk = getattr(lm, lm.base_model_prefix)
-            out = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
-            return out.last_hidden_state
+            if prefix is None:
+                return trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+            n_bottom = self.model.config.num_hidden_layers - self.top_layers
+            with self._layers(trunk, slice(n_bottom, None), final_norm=True) as top:
+                return top(inputs_embeds=prefix, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.causal_lm().get_output_embeddings()(hidden)
@@ -135,6 +172,7 @@ class Episodes:
     response_ids: torch.Tensor
     response_mask: torch.Tensor
     has_stop: torch.Tensor
+    prefix: torch.Tensor | None = None  # frozen bottom-layer hidden states shared by all roles (see Backbone)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -145,7 +183,8 @@ class Episodes:
         return torch.cat([self.query_mask, self.response_mask.long()], dim=1)
 
     def select(self, idx) -> "Episodes":
-        return Episodes(self.query_ids[idx], self.query_mask[idx], self.response_ids[idx], self.response_mask[idx], self.has_stop[idx])
+        return Episodes(self.query_ids[idx], self.query_mask[idx], self.response_ids[idx], self.response_mask[idx], self.has_stop[idx],
+                        None if self.prefix is None else self.prefix[idx])
 
 
 class LanguageModelRole:
@@ -182,7 +221,7 @@ class LanguageModelRole:
     def logits(self, episodes: Episodes) -> torch.Tensor:
         """Temperature-scaled logits predicting each response token: [B, R, V]."""
         Q, R = episodes.query_ids.shape[1], episodes.response_ids.shape[1]
-        hidden = self.backbone.hidden_states(self.adapter, episodes.input_ids, episodes.attention_mask)
+        hidden = self.backbone.hidden_states(self.adapter, episodes.input_ids, episodes.attention_mask, episodes.prefix)
         return self.backbone.lm_head(hidden[:, Q - 1 : Q + R - 1]) / self.temperature
 
     def logprobs(self, episodes: Episodes, with_entropy: bool = False):
@@ -212,9 +251,9 @@ class ScalarRole:
         trunk = self.backbone.adapter_parameters(self.adapter) if self.backbone.is_lora else list(self.backbone.model.parameters())
         return trunk + list(self.head.parameters())
 
-    def raw_scores_at_last(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def raw_scores_at_last(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
         """Head output at each row's last real token (not the last padded position): [B]."""
-        hidden = self.backbone.hidden_states(self.adapter, input_ids, attention_mask)
+        hidden = self.backbone.hidden_states(self.adapter, input_ids, attention_mask, prefix)
         idx = last_real_index(attention_mask)
         last = hidden[torch.arange(hidden.shape[0]), idx]
         return self.head(last).squeeze(-1)
@@ -222,12 +261,14 @@ class ScalarRole:
     def values(self, episodes: Episodes) -> torch.Tensor:
         """Value of the state before each response token: [B, R]."""
         Q, R = episodes.query_ids.shape[1], episodes.response_ids.shape[1]
-        hidden = self.backbone.hidden_states(self.adapter, episodes.input_ids, episodes.attention_mask)
+        hidden = self.backbone.hidden_states(self.adapter, episodes.input_ids, episodes.attention_mask, episodes.prefix)
         return self.head(hidden[:, Q - 1 : Q + R - 1]).squeeze(-1)
 
     # text interface -------------------------------------------------------------------------------
     def encode(self, prompts: list[str], responses: list[str], padding_side: str = "left"):
-        return encode_prompt_response(self.backbone.tokenizer, prompts, responses, padding_side=padding_side)[:2]
+        """Prompt + response + EOS: the score is read at the EOS that ends every response (ppo-rlhf-details.md #9),
+        the same token whether the response stopped at EOS, at the task's stop string, or not at all."""
+        return encode_prompt_response(self.backbone.tokenizer, prompts, responses, padding_side=padding_side, append_eos=True)[:2]
 
     def raw_score(self, prompts: list[str], responses: list[str], padding_side: str = "left") -> torch.Tensor:
         ids, mask = self.encode(prompts, responses, padding_side)
@@ -244,14 +285,15 @@ class ScalarRole:
 
     # persistence -----------------------------------------------------------------------------------
     def save(self, folder, name: str) -> None:
-        from rlhf.run import atomic_write_json
+        from rlhf.data.io import atomic_write_json
 
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {"head.weight": self.head.weight.detach().contiguous(), "head.bias": self.head.bias.detach().contiguous()}
         if self.backbone.is_lora:
             tensors.update(self.backbone.adapter_state(self.adapter))
         else:
-            tensors.update({f"trunk.{k}": v.contiguous() for k, v in self.backbone.model.state_dict().items()})
+            prefix = self.backbone.causal_lm().base_model_prefix + "."  # the trunk only: the LM head is not used
+            tensors.update({f"trunk.{k}": v.contiguous() for k, v in self.backbone.model.state_dict().items() if k.startswith(prefix)})
         tmp = folder / f".{name}.safetensors.tmp"
         save_file(tensors, str(tmp))
         tmp.replace(folder / f"{name}.safetensors")
@@ -267,7 +309,8 @@ class ScalarRole:
         if self.backbone.is_lora:
             self.backbone.load_adapter_state(self.adapter, tensors)
         else:
-            self.backbone.model.load_state_dict({k[len("trunk."):]: v for k, v in tensors.items()})
+            result = self.backbone.model.load_state_dict({k[len("trunk."):]: v for k, v in tensors.items()}, strict=False)
+            assert not result.unexpected_keys and all("lm_head" in k for k in result.missing_keys), result
         self.gain, self.bias = float(meta["gain"]), float(meta["bias"])
 
 
@@ -296,6 +339,42 @@ def encode_prompt_response(tokenizer, prompts: list[str], responses: list[str], 
     return ids, mask, rmask
 
 
+@dataclass
+class EncodedSequence:
+    """One tokenised sequence without padding, with its frozen-prefix hidden states when the backbone shares them."""
+
+    ids: torch.Tensor
+    prefix: torch.Tensor | None
+
+
+@torch.no_grad()
+def encode_for_scoring(role: "ScalarRole", prompts: list[str], responses: list[str], chunk: int = 64) -> list[EncodedSequence]:
+    """Tokenise (and run the frozen bottom layers once) so that many epochs over these sequences run the top layers only."""
+    out = []
+    for i in range(0, len(prompts), chunk):
+        ids, mask = role.encode(prompts[i : i + chunk], responses[i : i + chunk])
+        prefix = role.backbone.frozen_prefix(ids, mask) if role.backbone.shares_frozen_prefix else None
+        for row in range(ids.shape[0]):
+            real = mask[row].bool()
+            out.append(EncodedSequence(ids[row][real], None if prefix is None else prefix[row][real]))
+    return out
+
+
+def pad_encoded(seqs: list[EncodedSequence], pad_id: int):
+    """Left-pad sequences back into (input_ids, attention_mask, prefix or None)."""
+    T = max(len(s.ids) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    prefix = None if seqs[0].prefix is None else torch.zeros((len(seqs), T, seqs[0].prefix.shape[-1]))
+    for i, s in enumerate(seqs):
+        n = len(s.ids)
+        ids[i, T - n :] = s.ids
+        mask[i, T - n :] = 1
+        if prefix is not None:
+            prefix[i, T - n :] = s.prefix
+    return ids, mask, prefix
+
+
 def encode_queries(tokenizer, prompts: list[str]):
     """Left-padded query ids and mask."""
     enc = [tokenizer(p, add_special_tokens=True).input_ids for p in prompts]
@@ -316,3 +395,34 @@ def count_parameters(params) -> str:
 def no_grad_if(flag: bool):
     return torch.no_grad() if flag else nullcontext()
 
+
+
+def export_reward_model(role: ScalarRole, folder) -> None:
+    """Save the reward model as a plain transformers sequence classifier (`AutoModelForSequenceClassification`,
+    adapter merged, num_labels=1). transformers reads the score at the last non-pad token, so append EOS to each
+    response as `ScalarRole.encode` does; the normalised reward is `logits * 1 + config.rlhf_reward_bias`."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from transformers import AutoModelForSequenceClassification
+
+    folder = Path(folder)
+    bb = role.backbone
+    lm = bb.model.merge_and_unload(adapter_names=[role.adapter]) if bb.is_lora else bb.model
+    if bb.is_lora:
+        bb.model, bb.adapters = lm, []  # the backbone now holds the merged model
+    config = lm.config.to_dict()
+    config.update(num_labels=1, rlhf_reward_bias=role.gain * float(role.head.bias) + role.bias, rlhf_append_eos=True)
+    cls_config = type(lm.config).from_dict(config)
+    classifier = AutoModelForSequenceClassification.from_config(cls_config)
+    trunk_prefix = lm.base_model_prefix
+    missing = classifier.load_state_dict({k: v for k, v in lm.state_dict().items() if k.startswith(trunk_prefix + ".")}, strict=False)
+    assert all(k.startswith("score") for k in missing.missing_keys), missing.missing_keys
+    classifier.score.weight.data.copy_(role.gain * role.head.weight.detach())
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    classifier.save_pretrained(tmp)
+    bb.tokenizer.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)

@@ -137,8 +137,18 @@ def make_sentiment_task(
     response_length: int = SENTIMENT_RESPONSE_LENGTH,
     stop_min_tokens: int = SENTIMENT_STOP_MIN_TOKENS,
     stop_strings: tuple[str, ...] = SENTIMENT_STOP_STRINGS,
+    gold: str = "vader",
 ) -> Task:
-    """The sentiment task; as in Ziegler §3, a continuation ends at a sentence end (here: from token 8 on)."""
+    """The sentiment task; as in Ziegler §3, a continuation ends at a sentence end (here: from token 8 on).
+    `gold`: "vader" (VADER's compound score) or "lm" (a zero-shot classifier's log-odds, `sentiment_lm_gold`)."""
+    if gold == "vader":
+        gold_scorer = vader_gold_scores
+    elif gold == "lm":
+        from rlhf.tasks.sentiment_lm_gold import LMSentimentScorer
+
+        gold_scorer = LMSentimentScorer()
+    else:
+        raise ValueError(f"sentiment task: gold must be 'vader' or 'lm', got {gold!r}")
     return Task(
         name="sentiment",
         response_length=response_length,
@@ -146,6 +156,6 @@ def make_sentiment_task(
         stop_min_tokens=stop_min_tokens,
         load_prompts=load_sentiment_prompts,
         load_demonstrations=load_sentiment_demonstrations,
-        gold_scorer=vader_gold_scores,
+        gold_scorer=gold_scorer,
         format_query=format_sentiment_query,
     )

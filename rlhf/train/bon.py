@@ -9,7 +9,7 @@ import torch
 from rlhf.config import RunConfig
 from rlhf.data.io import write_jsonl
 from rlhf.data.records import Sample
-from rlhf.models.loading import open_backbone, prompt_source, sft_model_path, task_and_stop_rule
+from rlhf.models.loading import task_for, open_backbone, prompt_source, sft_model_path, task_and_stop_rule
 from rlhf.models.roles import LanguageModelRole
 from rlhf.models.sampling import sample_texts
 from rlhf.run import RunDir, seed_everything
@@ -30,9 +30,7 @@ def best_of_n(scores: torch.Tensor) -> torch.Tensor:
 
 
 def eval_prompts(cfg: RunConfig) -> list[str]:
-    from rlhf.tasks import get_task
-
-    task = get_task(cfg.task.name)
+    task = task_for(cfg)
     return [p.text for p in task.load_prompts("test", n=cfg.task.n_eval_prompts, source=prompt_source(cfg), seed=cfg.seed)]
 
 

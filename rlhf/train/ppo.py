@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from rlhf.config import RunConfig
-from rlhf.models.loading import open_backbone, prompt_source, sft_model_path, task_and_stop_rule
+from rlhf.models.loading import task_for, open_backbone, prompt_source, sft_model_path, task_and_stop_rule
 from rlhf.models.roles import Episodes, LanguageModelRole, ScalarRole
 from rlhf.models.sampling import sample_episodes
 from rlhf.run import MetricsLog, RunDir, seed_everything
@@ -88,7 +88,6 @@ def andon_cord_pulled(pc) -> str | None:
 
 
 def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
-    from rlhf.tasks import get_task
     from transformers import get_linear_schedule_with_warmup
 
     pc = cfg.ppo
@@ -99,7 +98,7 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
     prompts = [p.text for p in task.load_prompts("train", n=None, source=prompt_source(cfg), seed=cfg.seed + 3)]
     ptx_texts = []
     if pc.ptx_coef > 0:  # PPO-ptx: a text set to keep the pretraining log-likelihood up (InstructGPT eq. 2)
-        ptx_texts = get_task(cfg.task.name).load_demonstrations("train", n=None, source=prompt_source(cfg), seed=cfg.seed)
+        ptx_texts = task_for(cfg).load_demonstrations("train", n=None, source=prompt_source(cfg), seed=cfg.seed)
 
     n_minibatches = math.ceil(pc.batch_size / pc.minibatch_size)
     total_updates = pc.iterations * pc.ppo_epochs * n_minibatches
@@ -135,6 +134,8 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
         first = iteration * pc.batch_size % len(prompts)
         batch_prompts = [prompts[order[(first + j) % len(prompts)]] for j in range(pc.batch_size)]
         episodes, texts = sample_episodes(policy, batch_prompts, response_length, stop_rule)
+        if policy.backbone.shares_frozen_prefix:  # the bottom layers run once for all roles and epochs
+            episodes.prefix = policy.backbone.frozen_prefix(episodes.input_ids, episodes.attention_mask)
         mask = episodes.response_mask
         B = len(batch_prompts)
 

@@ -12,8 +12,8 @@ from tqdm import tqdm
 from rlhf.config import RunConfig
 from rlhf.data.io import read_jsonl
 from rlhf.data.records import Comparison
-from rlhf.models.loading import open_backbone, prompt_source, sft_model_path
-from rlhf.models.roles import Backbone, ScalarRole
+from rlhf.models.loading import task_for, open_backbone, prompt_source, sft_model_path
+from rlhf.models.roles import Backbone, EncodedSequence, ScalarRole, encode_for_scoring, export_reward_model, pad_encoded
 from rlhf.run import MetricsLog, RunDir, seed_everything
 from rlhf.train.losses import (
     best_of_k_loss,
@@ -28,12 +28,14 @@ log = logging.getLogger("rlhf")
 STAGE = "reward"
 
 
-def comparison_loss(rm: ScalarRole, batch: list[Comparison]) -> torch.Tensor:
+def comparison_loss(rm: ScalarRole, batch: list[Comparison], encoded: list[list[EncodedSequence]] | None = None) -> torch.Tensor:
     """The loss of a batch that may mix the three query types, weighted by how many comparisons each has.
-    A ranking of K stays one batch element; its C(K,2) pairs are formed only inside `ranking_loss`."""
-    prompts = [c.prompt for c in batch for _ in c.responses]
-    responses = [r for c in batch for r in c.responses]
-    scores = rm.raw_score(prompts, responses)
+    A ranking of K stays one batch element; its C(K,2) pairs are formed only inside `ranking_loss`.
+    `encoded` (one list per comparison, from `encode_for_scoring`) skips tokenising and the frozen bottom layers."""
+    if encoded is None:
+        scores = rm.raw_score([c.prompt for c in batch for _ in c.responses], [r for c in batch for r in c.responses])
+    else:
+        scores = rm.raw_scores_at_last(*pad_encoded([s for seqs in encoded for s in seqs], rm.backbone.tokenizer.pad_token_id))
     losses, start = {}, 0
     per_comparison = []
     for c in batch:
@@ -66,6 +68,12 @@ def comparison_loss(rm: ScalarRole, batch: list[Comparison]) -> torch.Tensor:
         losses[kind] = loss
         total = total + loss * len(idx) / len(batch)
     return total
+
+
+def has_tied_best(c: Comparison) -> bool:
+    """True when the gold scores stored with a simulated comparison tie for the best response."""
+    gold = c.meta.get("gold")
+    return bool(gold) and sorted(gold)[-1] == sorted(gold)[-2]
 
 
 @torch.no_grad()
@@ -113,15 +121,19 @@ def train_reward(run: RunDir, cfg: RunConfig) -> dict:
     # 1. comparisons
     train = read_jsonl(collect_dir / "comparisons.jsonl", Comparison)
     heldout = read_jsonl(collect_dir / "heldout.jsonl", Comparison)
+    if rc.drop_tied_best:
+        train = [c for c in train if not has_tied_best(c)]
     assert train, "no training comparisons"
 
     # 2. trunk initialised from the SFT model, scalar head N(0, 1/sqrt(d+1))
     backbone = open_backbone(cfg, sft_model_path(run, cfg))
     rm = new_reward_model(backbone)
-    params = trainable_parameters(backbone, rm.adapter) + list(rm.head.parameters())
+    trunk_params = trainable_parameters(backbone, rm.adapter)
+    params = trunk_params + list(rm.head.parameters())
     steps_per_epoch = math.ceil(len(train) / rc.batch_size)
     total_steps = steps_per_epoch * rc.epochs
-    optimizer = torch.optim.AdamW(params, lr=rc.learning_rate, eps=1e-5, weight_decay=0.0)
+    groups = [{"params": trunk_params, "lr": rc.learning_rate}, {"params": list(rm.head.parameters()), "lr": rc.head_learning_rate or rc.learning_rate}]
+    optimizer = torch.optim.AdamW(groups, eps=1e-5, weight_decay=0.0)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, total_steps)  # annealed linearly to 0
 
     # 3. resume
@@ -137,6 +149,12 @@ def train_reward(run: RunDir, cfg: RunConfig) -> dict:
         scheduler.load_state_dict(ckpt["scheduler"])
         step = ckpt["step"]
     metrics = MetricsLog(run, STAGE, resume_step=step if ckpt else None)
+    # the frozen bottom layers (when adapters sit on the top layers only) run once for all epochs
+    flat = encode_for_scoring(rm, [c.prompt for c in train for _ in c.responses], [r for c in train for r in c.responses])
+    encoded, start = [], 0
+    for c in train:
+        encoded.append(flat[start : start + len(c.responses)])
+        start += len(c.responses)
 
     # 4. train (one epoch by default), each epoch in a seeded order
     bar = tqdm(total=total_steps, initial=step, desc="reward model", leave=False)
@@ -144,8 +162,8 @@ def train_reward(run: RunDir, cfg: RunConfig) -> dict:
         epoch, i = divmod(step, steps_per_epoch)
         order = list(range(len(train)))
         random.Random(cfg.seed * 1000 + epoch).shuffle(order)
-        batch = [train[j] for j in order[i * rc.batch_size : (i + 1) * rc.batch_size]]
-        loss = comparison_loss(rm, batch)
+        picked = order[i * rc.batch_size : (i + 1) * rc.batch_size]
+        loss = comparison_loss(rm, [train[j] for j in picked], [encoded[j] for j in picked])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -167,9 +185,7 @@ def train_reward(run: RunDir, cfg: RunConfig) -> dict:
         raw = rm.score([p for p, _ in sample], [r for _, r in sample])
         rm.gain, rm.bias = gain_bias_for_unit_normal(raw)
     elif rc.normalize == "reference":
-        from rlhf.tasks import get_task
-
-        demos = get_task(cfg.task.name).load_demonstrations("train", n=None, source=prompt_source(cfg), seed=cfg.seed)[:256]
+        demos = task_for(cfg).load_demonstrations("train", n=None, source=prompt_source(cfg), seed=cfg.seed)[:256]
         rm.bias = bias_for_zero_reference(rm.score([d.prompt for d in demos], [d.response for d in demos]))
     elif rc.normalize != "none":
         raise ValueError(f"reward.normalize: expected policy, reference or none, got {rc.normalize!r}")
@@ -177,6 +193,7 @@ def train_reward(run: RunDir, cfg: RunConfig) -> dict:
     # 6. held-out accuracy, then save
     acc = heldout_accuracy(rm, heldout) if heldout else {"heldout_accuracy": float("nan"), "heldout_n": 0}
     rm.save(run.stage(STAGE), "reward")
+    export_reward_model(rm, run.stage(STAGE) / "hf_model")  # plain transformers can load this one
     info = {**acc, "train_n": len(train), "steps": step, "gain": rm.gain, "bias": rm.bias, "normalize": rc.normalize}
     run.mark_done(STAGE, info)
     (run.stage(STAGE) / "checkpoint.pt").unlink(missing_ok=True)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rlhf.config import RunConfig
-from rlhf.models.loading import base_model_path, open_backbone, prompt_source
+from rlhf.models.loading import task_for, base_model_path, open_backbone, prompt_source
 from rlhf.models.roles import Backbone, encode_prompt_response
 from rlhf.run import MetricsLog, RunDir, seed_everything
 
@@ -53,7 +53,6 @@ def trainable_parameters(backbone: Backbone, adapter: str | None) -> list[torch.
 
 
 def train_sft(run: RunDir, cfg: RunConfig) -> dict:
-    from rlhf.tasks import get_task
     from transformers import get_cosine_schedule_with_warmup
 
     sc = cfg.sft
@@ -63,7 +62,7 @@ def train_sft(run: RunDir, cfg: RunConfig) -> dict:
     seed_everything(cfg.seed)
 
     # 1. demonstrations, split into train and validation
-    task = get_task(cfg.task.name)
+    task = task_for(cfg)
     demos = task.load_demonstrations("train", n=sc.n_demonstrations, source=prompt_source(cfg), seed=cfg.seed)
     n_val = max(1, int(len(demos) * sc.val_fraction))
     val, train = demos[:n_val], demos[n_val:]

