@@ -55,7 +55,7 @@ def test_smoke_run_writes_complete_run_directory(tiny_model_dir, tmp_path):
 
 def test_stage_commands_and_sigkill_resume_of_ppo(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    overrides = [f"model.name_or_path={tiny_model_dir}", "ppo.iterations=40", "ppo.checkpoint_every=1"]
+    overrides = [f"model.name_or_path={tiny_model_dir}", "ppo.iterations=12", "ppo.checkpoint_every=1"]
     rlhf("init", "--config", str(SMOKE), "--out", str(out), *overrides)
     for stage in ("sft", "collect", "reward"):
         rlhf(stage, str(out))
@@ -77,7 +77,7 @@ def test_stage_commands_and_sigkill_resume_of_ppo(tiny_model_dir, tmp_path):
 
     rlhf("ppo", str(out))  # resumes from the checkpoint
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-    assert [r["iteration"] for r in rows] == list(range(1, 41))
+    assert [r["iteration"] for r in rows] == list(range(1, 13))
     assert (out / "ppo" / "done.json").exists() and (out / "ppo" / "model" / "model.safetensors").exists()
     assert not (out / "ppo" / "checkpoint.pt").exists()
     rlhf("bon", str(out))

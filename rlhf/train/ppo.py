@@ -29,7 +29,8 @@ from rlhf.train.losses import (
     masked_whiten,
 )
 from rlhf.train.reward import load_reward_model
-from rlhf.train.sft import response_nll, trainable_parameters
+from rlhf.train.optim import optimizer_step, trainable_parameters
+from rlhf.train.sft import response_nll
 
 log = logging.getLogger("rlhf")
 STAGE = "ppo"
@@ -175,11 +176,7 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
                     ptx_nll = response_nll(policy.backbone, policy.adapter, [ptx_texts[i].prompt for i in pick], [ptx_texts[i].response for i in pick])
                     loss = loss + pc.ptx_coef * ptx_nll  # = PPO loss - gamma * pretraining log-likelihood
                     stats.setdefault("ptx_nll", []).append(ptx_nll.item())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(roles.policy_params + roles.value_params, 1.0)
-                optimizer.step()
-                scheduler.step()
+                optimizer_step(loss, roles.policy_params + roles.value_params, optimizer, scheduler)
                 for key, val in {**pg_stats, **vf_stats, "policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
                                  "entropy": masked_mean(entropy.detach(), mask[idx]).item()}.items():
                     stats.setdefault(key, []).append(val)

@@ -22,7 +22,7 @@ from rlhf.train.losses import (
     pairwise_loss,
     ranking_loss,
 )
-from rlhf.train.sft import trainable_parameters
+from rlhf.train.optim import optimizer_step, trainable_parameters
 
 log = logging.getLogger("rlhf")
 STAGE = "reward"
@@ -164,11 +164,7 @@ def train_reward(run: RunDir, cfg: RunConfig) -> dict:
         random.Random(cfg.seed * 1000 + epoch).shuffle(order)
         picked = order[i * rc.batch_size : (i + 1) * rc.batch_size]
         loss = comparison_loss(rm, [train[j] for j in picked], [encoded[j] for j in picked])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(loss, params, optimizer, scheduler)
         step += 1
         bar.update(1)
         metrics.write({"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]})

@@ -15,6 +15,7 @@ from rlhf.config import RunConfig
 from rlhf.models.loading import task_for, base_model_path, open_backbone, prompt_source
 from rlhf.models.roles import Backbone, encode_prompt_response
 from rlhf.run import MetricsLog, RunDir, seed_everything
+from rlhf.train.optim import load_trainable_state, optimizer_step, trainable_parameters, trainable_state
 
 log = logging.getLogger("rlhf")
 STAGE = "sft"
@@ -28,28 +29,6 @@ def response_nll(backbone: Backbone, adapter: str | None, prompts: list[str], re
     assert int(predict.sum()) > 0, "no response tokens in batch"
     logits = backbone.lm_head(hidden[:, :-1][predict])
     return F.cross_entropy(logits, ids[:, 1:][predict])
-
-
-def trainable_state(backbone: Backbone, adapter: str | None) -> dict[str, torch.Tensor]:
-    if backbone.is_lora:
-        return backbone.adapter_state(adapter)
-    return {k: v.detach().clone() for k, v in backbone.model.state_dict().items()}
-
-
-def load_trainable_state(backbone: Backbone, adapter: str | None, state: dict) -> None:
-    if backbone.is_lora:
-        backbone.load_adapter_state(adapter, state)
-    else:
-        backbone.model.load_state_dict(state)
-
-
-def trainable_parameters(backbone: Backbone, adapter: str | None) -> list[torch.nn.Parameter]:
-    if backbone.is_lora:
-        return backbone.mark_trainable(adapter)
-    params = list(backbone.model.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    return params
 
 
 def train_sft(run: RunDir, cfg: RunConfig) -> dict:
@@ -105,11 +84,7 @@ def train_sft(run: RunDir, cfg: RunConfig) -> dict:
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
         batch = [train[j] for j in order[i * sc.batch_size : (i + 1) * sc.batch_size]]
         loss = response_nll(backbone, adapter, [d.prompt for d in batch], [d.response for d in batch])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(loss, params, optimizer, scheduler)
         step += 1
         bar.update(1)
         row = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]}
