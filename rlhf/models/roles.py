@@ -6,7 +6,7 @@ Sequences are laid out as [left-padded query | response padded on the right afte
 """
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -385,16 +385,6 @@ def encode_queries(tokenizer, prompts: list[str]):
         ids[i, Q - len(e) :] = torch.tensor(e)
         mask[i, Q - len(e) :] = 1
     return ids, mask
-
-
-def count_parameters(params) -> str:
-    n = sum(p.numel() for p in params)
-    return f"{n / 1e6:.2f}M" if n >= 1e5 else str(n)
-
-
-def no_grad_if(flag: bool):
-    return torch.no_grad() if flag else nullcontext()
-
 
 
 def export_reward_model(role: ScalarRole, folder) -> None:

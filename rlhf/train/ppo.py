@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from rlhf.config import RunConfig
 from rlhf.models.loading import task_for, open_backbone, prompt_source, sft_model_path, task_and_stop_rule
-from rlhf.models.roles import Episodes, LanguageModelRole, ScalarRole
+from rlhf.models.roles import LanguageModelRole
 from rlhf.models.sampling import sample_episodes
 from rlhf.run import MetricsLog, RunDir, seed_everything
 from rlhf.train.losses import (
@@ -230,5 +230,3 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
     (run.stage(STAGE) / "checkpoint.pt").unlink(missing_ok=True)
     return info
 
-
-__all__ = ["train_ppo", "PPORoles", "Episodes", "ScalarRole"]
