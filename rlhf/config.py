@@ -95,6 +95,11 @@ class RewardConfig:
     """Peak learning rate of the trunk (adapter), annealed linearly to 0."""
     head_learning_rate: float = 0.0
     """Peak learning rate of the scalar head (0 = same as the trunk)."""
+    probe_head_first: bool = False
+    """Before training, fit the head alone on the frozen trunk's features ("linear probing then fine-tuning",
+    Kumar et al. 2022); the papers start from a random head. Helps most with few comparisons."""
+    probe_l2: float = 0.01
+    """L2 penalty of that head fit, on standardised features."""
     drop_tied_best: bool = False
     """Skip comparisons whose best response is tied in the labeler's gold scores (a simulated labeler's coin flips)."""
     normalize: str = "policy"

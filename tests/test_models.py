@@ -147,3 +147,44 @@ def test_reward_scores_from_cached_prefix_equal_direct_scores(tiny_model_dir):
         direct = rm.raw_score(prompts, responses)
         cached = rm.raw_scores_at_last(*pad_encoded(encode_for_scoring(rm, prompts, responses), tok.pad_token_id))
     assert torch.allclose(direct, cached, atol=1e-5)
+
+
+def test_sample_categorical_matches_the_probabilities_and_never_picks_zero_mass():
+    from rlhf.models.roles import sample_categorical
+
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.0, 0.1, 0.0, 0.6, 0.3]]).repeat(20000, 1) * 7.0  # unnormalised rows work too
+    counts = torch.bincount(sample_categorical(probs), minlength=5).float() / 20000
+    assert counts[0] == 0 and counts[2] == 0
+    assert torch.allclose(counts, torch.tensor([0.0, 0.1, 0.0, 0.6, 0.3]), atol=0.015), counts
+
+
+def test_sampler_draws_from_the_full_forward_distribution(backbone, monkeypatch):
+    """The KV-cached sampling loop (left padding, position ids, temperature) sees exactly the distribution that
+    a full forward over the finished sequence gives at every response position."""
+    import rlhf.models.roles as roles
+
+    seen = []
+    real = roles.sample_categorical
+    monkeypatch.setattr(roles, "sample_categorical", lambda probs: (seen.append(probs.clone()), real(probs))[1])
+    policy = LanguageModelRole(backbone, "policy", temperature=0.7)
+    query_ids, query_mask = encode_queries(backbone.tokenizer, ["A short one", "A much longer opening line of a review that"])
+    torch.manual_seed(1)
+    response = policy.sample(query_ids, query_mask, 6)
+    episodes = Episodes(query_ids, query_mask, response, torch.ones_like(response, dtype=torch.float), torch.ones(2, dtype=torch.bool))
+    with torch.no_grad():
+        full = policy.logits(episodes).softmax(-1)  # [B, R, V]
+    sampled = torch.stack(seen, dim=1)
+    assert sampled.shape == full.shape
+    assert torch.allclose(sampled, full, atol=1e-5)
+
+
+def test_value_head_with_folded_normalisation_outputs_the_normalised_score(backbone):
+    rm = ScalarRole(backbone, "reward")
+    rm.gain, rm.bias = 2.5, -0.75
+    prompts, responses = ["The film opened with", "Plot:"], [" a long shot of the sea.", " none."]
+    normalised = rm.score(prompts, responses)
+    rm.fold_normalization()
+    assert (rm.gain, rm.bias) == (1.0, 0.0)
+    with torch.no_grad():
+        assert torch.allclose(rm.raw_score(prompts, responses), normalised, atol=1e-5)

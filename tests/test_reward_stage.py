@@ -66,3 +66,29 @@ def test_exported_reward_model_loads_in_plain_transformers(tiny_model_dir, tmp_p
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits.squeeze(-1)
     assert torch.allclose(logits + model.config.rlhf_reward_bias, ours, atol=1e-4)
+
+
+def test_head_fitted_on_frozen_features_ranks_the_training_comparisons(tiny_model_dir):
+    """LP-FT's first step: a head fitted by L-BFGS on the trunk's features lowers the comparison loss from its
+    random start and puts the chosen response first on a learnable toy set (the word "great" is always chosen)."""
+    from rlhf.train.reward import fit_head_on_frozen_features, loss_from_scores
+
+    rm = make_rm(tiny_model_dir, top_layers=1)
+    words = [" dull", " fine", " slow", " odd", " long", " late", " cold", " grey"]
+    train = []
+    for i in range(12):
+        responses = [f" it was{words[(i + j) % 8]}" for j in range(4)]
+        best = i % 4
+        responses[best] = " it was great"
+        train.append(Comparison(prompt=f"Film {i}:", responses=responses, kind="best_of_k", best=best))
+    flat = encode_for_scoring(rm, [c.prompt for c in train for _ in c.responses], [r for c in train for r in c.responses])
+    encoded = [flat[4 * i : 4 * i + 4] for i in range(len(train))]
+    with torch.no_grad():
+        before = comparison_loss(rm, train, encoded).item()
+    fit_head_on_frozen_features(rm, train, encoded, l2=0.01)
+    with torch.no_grad():
+        after = comparison_loss(rm, train, encoded).item()
+        scores = torch.stack([rm.raw_score([c.prompt] * 4, c.responses) for c in train])
+    assert after < before and after < 0.5 * 1.386, (before, after)  # log 4 = 1.386 is chance
+    assert (scores.argmax(-1) == torch.tensor([c.best for c in train])).all()
+    assert torch.allclose(loss_from_scores(scores.flatten(), train), torch.tensor(after), atol=1e-4)

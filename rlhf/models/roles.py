@@ -29,6 +29,38 @@ def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return T - 1 - flipped.argmax(-1)
 
 
+def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
+    """One index per row of `probs` [B, V] (rows need not sum to 1), by inverting the cumulative distribution
+    with a single uniform draw per row: exact, and far cheaper than torch.multinomial's V exponentials per row."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
+
+
+@torch.no_grad()
+def sample_tokens(lm, query_ids: torch.Tensor, query_mask: torch.Tensor, n_tokens: int, temperature: float) -> torch.Tensor:
+    """Ancestral sampling of exactly `n_tokens` tokens after left-padded queries, with a static KV cache (no
+    per-step concatenation) and the temperature applied to the logits: [B, n_tokens]."""
+    from transformers import StaticCache
+
+    B, Q = query_ids.shape
+    cache = StaticCache(config=lm.config, max_cache_len=Q + n_tokens)
+    mask = torch.cat([query_mask, query_mask.new_ones(B, n_tokens)], dim=1)
+    position_ids = position_ids_from_mask(query_mask)
+    out = lm(input_ids=query_ids, attention_mask=mask[:, :Q], position_ids=position_ids, past_key_values=cache,
+             use_cache=True, cache_position=torch.arange(Q), logits_to_keep=1)
+    tokens = torch.empty(B, n_tokens, dtype=torch.long)
+    position = position_ids[:, -1:]
+    for t in range(n_tokens):
+        tokens[:, t] = sample_categorical((out.logits[:, -1].float() / temperature).softmax(-1))
+        if t + 1 == n_tokens:
+            break
+        position = position + 1
+        out = lm(input_ids=tokens[:, t : t + 1], attention_mask=mask[:, : Q + t + 1], position_ids=position, past_key_values=cache,
+                 use_cache=True, cache_position=torch.tensor([Q + t]))
+    return tokens
+
+
 # Decoder-only models whose forward takes `inputs_embeds` unchanged (no embedding scaling or position embeddings
 # added), so that running a slice of `model.layers` on cached hidden states is exact.
 SPLITTABLE_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
@@ -205,17 +237,9 @@ class LanguageModelRole:
     def sample(self, query_ids: torch.Tensor, query_mask: torch.Tensor, response_length: int) -> torch.Tensor:
         """Exactly `response_length` new tokens (EOS does not stop the batch; truncation comes after),
         at this role's temperature, with no top-k/top-p (ppo-rlhf-details.md #5, #7, #8)."""
-        from transformers import GenerationConfig
-
-        tok = self.backbone.tokenizer
-        gen = GenerationConfig(
-            do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0, max_new_tokens=response_length,
-            min_new_tokens=response_length, eos_token_id=None, pad_token_id=tok.pad_token_id, use_cache=True,
-        )
         with self.backbone.use(self.adapter) as lm:
-            out = lm.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gen)
-        response = out[:, query_ids.shape[1]:]
-        assert response.shape[1] == response_length, response.shape
+            response = sample_tokens(lm, query_ids, query_mask, response_length, self.temperature)
+        assert response.shape == (query_ids.shape[0], response_length), response.shape
         return response
 
     def logits(self, episodes: Episodes) -> torch.Tensor:
@@ -263,6 +287,14 @@ class ScalarRole:
         Q, R = episodes.query_ids.shape[1], episodes.response_ids.shape[1]
         hidden = self.backbone.hidden_states(self.adapter, episodes.input_ids, episodes.attention_mask, episodes.prefix)
         return self.head(hidden[:, Q - 1 : Q + R - 1]).squeeze(-1)
+
+    def fold_normalization(self) -> None:
+        """Fold gain and bias into the head, so the head alone outputs the normalised score: the value network
+        starts from the reward model on the scale of the rewards it must predict (Stiennon §3.4)."""
+        with torch.no_grad():
+            self.head.weight.mul_(self.gain)
+            self.head.bias.mul_(self.gain).add_(self.bias)
+        self.gain, self.bias = 1.0, 0.0
 
     # text interface -------------------------------------------------------------------------------
     def encode(self, prompts: list[str], responses: list[str], padding_side: str = "left"):

@@ -45,7 +45,7 @@ def run_bon(run: RunDir, cfg: RunConfig) -> dict:
     N = cfg.bon.n
     repeated = [p for p in prompts for _ in range(N)]
     texts, stops, _ = sample_texts(policy, repeated, response_length, stop_rule, cfg.collect.batch_size, progress=f"best-of-{N}: sampling")
-    # 2. score all of them; responses with no stop rank last, as they would get the fixed penalty in PPO
+    # 2. score all of them; a response with no stop scores the fixed penalty it would get in PPO (Ziegler §3.1.2)
     scores = reward.score(repeated, texts)
     scores = torch.where(torch.tensor(stops), scores, torch.full_like(scores, cfg.ppo.missing_stop_penalty))
     # 3. keep the best of each prompt's N

@@ -56,7 +56,7 @@ class PPORoles:
             value = load_reward_model(run, open_backbone(cfg, sft_path))
             self.policy = LanguageModelRole(open_backbone(cfg, sft_path), None, T)
             self.reference = LanguageModelRole(open_backbone(cfg, sft_path), None, T)
-        value.gain, value.bias = 1.0, 0.0  # the value head predicts returns directly
+        value.fold_normalization()  # the value head alone predicts returns, on the normalised reward's scale
         self.value = value
         self.policy_params = trainable_parameters(self.policy.backbone, self.policy.adapter)
         self.value_params = trainable_parameters(value.backbone, value.adapter) + list(value.head.parameters())

@@ -13,7 +13,7 @@ from rlhf.config import RunConfig
 from rlhf.data.io import read_jsonl
 from rlhf.data.records import Comparison
 from rlhf.models.loading import task_for, open_backbone, prompt_source, sft_model_path
-from rlhf.models.roles import Backbone, EncodedSequence, ScalarRole, encode_for_scoring, export_reward_model, pad_encoded
+from rlhf.models.roles import Backbone, EncodedSequence, ScalarRole, encode_for_scoring, export_reward_model, last_real_index, pad_encoded
 from rlhf.run import MetricsLog, RunDir, seed_everything
 from rlhf.train.losses import (
     best_of_k_loss,
@@ -30,17 +30,22 @@ STAGE = "reward"
 
 def comparison_loss(rm: ScalarRole, batch: list[Comparison], encoded: list[list[EncodedSequence]] | None = None) -> torch.Tensor:
     """The loss of a batch that may mix the three query types, weighted by how many comparisons each has.
-    A ranking of K stays one batch element; its C(K,2) pairs are formed only inside `ranking_loss`.
     `encoded` (one list per comparison, from `encode_for_scoring`) skips tokenising and the frozen bottom layers."""
     if encoded is None:
         scores = rm.raw_score([c.prompt for c in batch for _ in c.responses], [r for c in batch for r in c.responses])
     else:
         scores = rm.raw_scores_at_last(*pad_encoded([s for seqs in encoded for s in seqs], rm.backbone.tokenizer.pad_token_id))
-    losses, start = {}, 0
-    per_comparison = []
+    return loss_from_scores(scores, batch)
+
+
+def loss_from_scores(scores: torch.Tensor, batch: list[Comparison]) -> torch.Tensor:
+    """The papers' losses from the scores of every response of `batch`, concatenated in order. A ranking of K
+    stays one batch element; its C(K,2) pairs are formed only inside `ranking_loss`."""
+    per_comparison, start = [], 0
     for c in batch:
         per_comparison.append(scores[start : start + len(c.responses)])
         start += len(c.responses)
+    assert start == scores.shape[0], (start, scores.shape)
     total = scores.new_zeros(())
     for kind in ("pairwise", "best_of_k", "ranking"):
         idx = [i for i, c in enumerate(batch) if c.kind == kind]
@@ -65,9 +70,38 @@ def comparison_loss(rm: ScalarRole, batch: list[Comparison], encoded: list[list[
                 ranks[row, :k] = torch.tensor(batch[i].ranks)
                 valid[row, :k] = True
             loss = ranking_loss(r, ranks, valid)
-        losses[kind] = loss
         total = total + loss * len(idx) / len(batch)
     return total
+
+
+def fit_head_on_frozen_features(rm: ScalarRole, train: list[Comparison], encoded: list[list[EncodedSequence]], l2: float) -> float:
+    """Linear probing before fine-tuning (Kumar et al. 2022, "LP-FT"): fit the scalar head by L-BFGS on the
+    trunk's features (standardised, with an L2 penalty) under the same comparison loss, so that fine-tuning starts
+    from a head that already ranks the responses instead of a random one. Returns the probe's training loss."""
+    with torch.no_grad():
+        feats = []
+        for i in range(0, len(encoded), 16):
+            seqs = [s for group in encoded[i : i + 16] for s in group]
+            ids, mask, prefix = pad_encoded(seqs, rm.backbone.tokenizer.pad_token_id)
+            hidden = rm.backbone.hidden_states(rm.adapter, ids, mask, prefix)
+            feats.append(hidden[torch.arange(hidden.shape[0]), last_real_index(mask)])
+        x = torch.cat(feats)
+        mean, std = x.mean(0), x.std(0) + 1e-6
+        z = (x - mean) / std
+    w = torch.zeros(z.shape[1], requires_grad=True)
+    optimizer = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = loss_from_scores(z @ w, train) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():  # head(h) = w . (h - mean) / std
+        rm.head.weight.copy_((w / std).unsqueeze(0))
+        rm.head.bias.fill_(-(w * mean / std).sum().item())
+        return loss_from_scores(z @ w, train).item()
 
 
 def has_tied_best(c: Comparison) -> bool:
@@ -155,6 +189,10 @@ def train_reward(run: RunDir, cfg: RunConfig) -> dict:
     for c in train:
         encoded.append(flat[start : start + len(c.responses)])
         start += len(c.responses)
+
+    if rc.probe_head_first and step == 0:  # 3b. LP-FT: the head is fitted on the frozen features first
+        probe_loss = fit_head_on_frozen_features(rm, train, encoded, rc.probe_l2)
+        log.info("reward model: head fitted on frozen features, training loss %.3f", probe_loss)
 
     # 4. train (one epoch by default), each epoch in a seeded order
     bar = tqdm(total=total_steps, initial=step, desc="reward model", leave=False)
