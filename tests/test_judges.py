@@ -173,3 +173,21 @@ def test_validate_judge_on_hh_rlhf_human_comparisons(shared_data) -> None:
     assert result["human_prefers_longer_rate"] == pytest.approx(np.mean(chosen_lengths[chosen_lengths != rejected_lengths] > rejected_lengths[chosen_lengths != rejected_lengths]))
     low, high = result["human_agreement"]["ci95_low"], result["human_agreement"]["ci95_high"]
     assert low < expected < high and high - low < 0.15
+
+
+def test_reward_model_judge_wraps_a_scalar_role(tiny_model_dir) -> None:
+    from rlhf.models.provision import load_causal_lm, load_tokenizer
+    from rlhf.models.roles import Backbone, ScalarRole
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    torch.manual_seed(0)
+    role = ScalarRole(Backbone(load_causal_lm(str(tiny_model_dir), tokenizer), tokenizer), None)
+    responses = [" a happy ending", " a sad and slow middle part", " nothing at all"]
+    scores = role.score(["The film had"] * 3, responses).tolist()
+    judge = RewardModelJudge(role.score)
+    for i in range(3):
+        for j in range(3):
+            if i != j:
+                expected = "a" if scores[i] > scores[j] else "b" if scores[i] < scores[j] else "tie"
+                assert judge.compare("The film had", responses[i], responses[j]).outcome == expected
+    assert len(set(scores)) == 3  # the random head gives distinct scores, so the check above is not all ties
