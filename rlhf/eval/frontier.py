@@ -1,11 +1,12 @@
 """The reward-KL frontier of Ziegler et al. 2019 fig. 3: the optimal KL-regularised policy
 pi*(x) ∝ rho(x) exp(r(x) / beta) for a range of beta, its expected gold reward and KL(pi* || rho), estimated
-from samples of rho by self-normalised importance weights; and the KL of best-of-N sampling.
+from samples of rho by self-normalised importance weights. The KL of best-of-N sampling is
+`rlhf.train.bon.best_of_n_kl`, re-exported here.
 
 Why the weights need no log-probabilities: pi*(x) / rho(x) = exp(r(x) / beta) / Z with Z = E_rho[exp(r / beta)],
-so for samples x_i ~ rho the weights are w_i ∝ exp(r_i / beta) and
-KL(pi* || rho) = E_pi*[r] / beta - log Z. `tilted_policy_exact` does the same sums over an enumerated support
-(with rho's log-probabilities), which is what the estimator converges to.
+so for samples x_i ~ rho the weights are w_i ∝ exp(r_i / beta) and KL(pi* || rho) = E_pi*[r] / beta - log Z.
+Log-probabilities enter only when the samples come from another proposal q (weights times rho(x_i) / q(x_i)).
+`tilted_policy_exact` does the same sums over an enumerated support, which is what the estimator converges to.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy.special import logsumexp
+
+from rlhf.train.bon import best_of_n_kl  # noqa: F401  KL of best-of-N, re-exported for the frontier plots
 
 
 def _finite_vector(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
@@ -50,13 +53,20 @@ def tilted_policy_exact(log_rho: Sequence[float], rewards: Sequence[float], beta
 
 
 # Ziegler et al. 2019 fig. 3: self-normalised importance sampling of pi* from samples of rho.
-def tilted_policy_from_samples(rewards: Sequence[float], beta: float) -> dict[str, float]:
-    """Estimated expected reward and KL(pi* || rho) of pi* ∝ rho exp(r / beta) from rewards of samples drawn
-    from rho, with Kish's effective sample size of the weights (small = the estimate rests on few samples)."""
+def tilted_policy_from_samples(
+    rewards: Sequence[float], beta: float, log_rho_over_proposal: Sequence[float] | None = None
+) -> dict[str, float]:
+    """Estimated expected reward and KL(pi* || rho) of pi* ∝ rho exp(r / beta) from the rewards of samples, with
+    Kish's effective sample size of the weights (small = the estimate rests on few samples). The samples are
+    from rho itself, or from another proposal q when `log_rho_over_proposal` gives log rho(x_i) - log q(x_i)
+    (e.g. summed token log-probs of rho minus those of the sampler, when sampling at another temperature)."""
     _check_beta(beta)
     reward = _finite_vector(rewards, "rewards")
-    log_weights = reward / beta
-    log_normaliser = logsumexp(log_weights) - math.log(reward.size)  # log of the sample mean of exp(r / beta)
+    log_ratio = np.zeros_like(reward) if log_rho_over_proposal is None else _finite_vector(log_rho_over_proposal, "log_rho_over_proposal")
+    if log_ratio.size != reward.size:
+        raise ValueError(f"rewards and log_rho_over_proposal: expected equal lengths, got {reward.size} and {log_ratio.size}")
+    log_weights = log_ratio + reward / beta
+    log_normaliser = logsumexp(log_weights) - math.log(reward.size)  # log of the sample mean of (rho/q) exp(r / beta)
     weights = np.exp(log_weights - logsumexp(log_weights))
     expected_reward = float(weights @ reward)
     return {
@@ -67,9 +77,11 @@ def tilted_policy_from_samples(rewards: Sequence[float], beta: float) -> dict[st
     }
 
 
-def frontier_from_samples(rewards: Sequence[float], betas: Sequence[float]) -> list[dict[str, float]]:
+def frontier_from_samples(
+    rewards: Sequence[float], betas: Sequence[float], log_rho_over_proposal: Sequence[float] | None = None
+) -> list[dict[str, float]]:
     """`tilted_policy_from_samples` for each beta, sorted by increasing KL (decreasing beta)."""
-    points = [tilted_policy_from_samples(rewards, beta) for beta in betas]
+    points = [tilted_policy_from_samples(rewards, beta, log_rho_over_proposal) for beta in betas]
     return sorted(points, key=lambda point: point["kl"])
 
 
@@ -93,11 +105,3 @@ def fraction_of_optimum(gold_reward: float, optimal_reward: float, baseline_rewa
     if gain <= 0:
         raise ValueError(f"optimal_reward {optimal_reward} is not above the baseline {baseline_reward}: no gain to divide by")
     return (gold_reward - baseline_reward) / gain
-
-
-# Stiennon et al. 2020 App. G.3 (after Ziegler et al.): KL(best-of-N || rho) = log N - (N - 1) / N.
-def best_of_n_kl(n: int) -> float:
-    """Analytic KL of best-of-N sampling from its base policy (continuous rewards, no ties)."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n: expected a positive integer, got {n!r}")
-    return math.log(n) - (n - 1) / n
