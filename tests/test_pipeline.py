@@ -31,7 +31,7 @@ def test_smoke_run_writes_complete_run_directory(tiny_model_dir, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["reward_model"]["heldout_n"] >= 0 and "heldout_accuracy" in summary["reward_model"]
     for policy in ("initial", "sft", "ppo", "bon"):
-        for key in ("gold_reward_mean", "gold_reward_sem", "kl_to_reference"):
+        for key in ("gold_reward_mean", "gold_reward_sem", "kl_to_reference", "distinct_1", "distinct_2"):
             assert key in summary["policies"][policy], (policy, key)
     for key in ("win_rate", "ci95_low", "ci95_high", "n"):
         assert key in summary["winrates"]["ppo_vs_initial"]

@@ -1,9 +1,11 @@
 """Evaluation on held-out prompts for the initial, SFT, PPO and best-of-N policies: gold reward (mean, sem),
-RM score, KL to the reference (SFT), length, and win rates judged by the gold labeler with bootstrap intervals.
+RM score, KL to the reference (SFT), length, distinct-n over the responses (and copying from the post on TL;DR),
+and win rates judged by the gold labeler with bootstrap intervals.
 Writes RUN_DIR/eval/samples.jsonl and the `policies` and `winrates` sections of summary.json."""
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -12,7 +14,9 @@ import json
 
 from rlhf.data.io import atomic_write_text, read_jsonl
 from rlhf.data.records import Sample
+from rlhf.eval.diversity import distinct_n
 from rlhf.eval.stats import mean_sem, win_rate
+from rlhf.eval.text_metrics import copying_fraction, mean_over_pairs, novel_ngram_fraction
 from rlhf.labelers.simulated import preference_from_gold
 from rlhf.models.loading import base_model_path, open_backbone, sft_model_path, task_and_stop_rule
 from rlhf.models.roles import LanguageModelRole
@@ -49,6 +53,17 @@ def policy_figures(gold: list[float] | None, rm: list[float], kls: list[float] |
     return out
 
 
+def text_figures(prompts: list[str], texts: list[str], with_copying: bool) -> dict:
+    """Across-prompt distinct-1/2 of the responses (Kirk et al. 2024) and, with_copying, the mean copying
+    fraction (Stiennon fn. 9) and novel-bigram fraction of each response against its prompt (the post).
+    A figure that is undefined (no response has two words) is None, written as null."""
+    out = {"distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2)}
+    if with_copying:
+        out["copying"] = mean_over_pairs(copying_fraction, texts, prompts)
+        out["novel_2gram"] = mean_over_pairs(lambda summary, post: novel_ngram_fraction(summary, post, 2), texts, prompts)
+    return {key: None if math.isnan(value) else value for key, value in out.items()}
+
+
 def sample_rows(policy: str, prompts, texts, stops, rm, gold) -> list[dict]:
     return [{"prompt": p, "policy": policy, "response": t, "has_stop": s, "rm_score": r, **({} if gold is None else {"gold_reward": gold[i]})}
             for i, (p, t, s, r) in enumerate(zip(prompts, texts, stops, rm))]
@@ -82,6 +97,7 @@ def evaluate(run: RunDir, cfg: RunConfig) -> dict:
         rm = reward.score(prompts, texts).tolist()
         gold = golds[name] = task.gold_scorer(prompts, texts) if task.gold_scorer else None
         figures[name] = policy_figures(gold, rm, kls, lengths, stops)
+        figures[name].update(text_figures(prompts, texts, with_copying=cfg.task.name == "tldr"))
         rows += sample_rows(name, prompts, texts, stops, rm, gold)
         log.info("eval %s: %s", name, {k: round(v, 3) for k, v in figures[name].items() if isinstance(v, float)})
     if run.is_done("bon"):
@@ -94,6 +110,7 @@ def evaluate(run: RunDir, cfg: RunConfig) -> dict:
         lengths = [len(sft.tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
         figures["bon"] = policy_figures(gold, rm, None, lengths, [s.has_stop for s in bon], kl_value=run.done_info("bon")["kl_to_reference"])
         figures["bon"]["n_samples"] = run.done_info("bon")["n"]
+        figures["bon"].update(text_figures(prompts, texts, with_copying=cfg.task.name == "tldr"))
         rows += sample_rows("bon", prompts, texts, [s.has_stop for s in bon], rm, gold)
 
     # 3. win rates judged by the gold labeler (ties count 0.5), with 95% bootstrap intervals

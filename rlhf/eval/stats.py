@@ -7,6 +7,8 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.optimize
+import scipy.special
 import scipy.stats
 
 WIN, TIE, LOSS = 1.0, 0.5, 0.0
@@ -130,3 +132,80 @@ def paired_bootstrap_diff(
     differences = first - second
     low, high = bootstrap_mean_interval(differences, seed, n_resamples, confidence, method)
     return {"mean_diff": float(np.mean(differences)), "ci95_low": low, "ci95_high": high}
+
+
+# ------------------------------------------------------------------------------------------------ length control
+
+
+def _soft_label_logistic_loss(parameters: np.ndarray, outcomes: np.ndarray, x: np.ndarray) -> tuple[float, np.ndarray]:
+    """Negative log-likelihood of outcomes in [0, 1] under P(win) = sigmoid(b0 + b1 x), and its gradient."""
+    logits = parameters[0] + parameters[1] * x
+    # -[y log s(z) + (1 - y) log(1 - s(z))] = log(1 + e^z) - y z
+    loss = float(np.sum(np.logaddexp(0.0, logits) - outcomes * logits))
+    residual = scipy.special.expit(logits) - outcomes
+    return loss, np.array([residual.sum(), residual @ x])
+
+
+def _logistic_intercept_and_slope(outcomes: np.ndarray, standardized_difference: np.ndarray) -> tuple[float, float]:
+    """Unpenalised maximum-likelihood fit of P(win) = sigmoid(b0 + b1 * x) to outcomes in {0, 0.5, 1}, a tie
+    entering as a soft label 0.5 (scipy.optimize.minimize, BFGS with the analytic gradient). When the data
+    are separable the estimates grow until the optimiser stops; the fitted rates stay near 0 or 1."""
+    if np.all(outcomes == 1.0) or np.all(outcomes == 0.0):  # the MLE intercept is infinite
+        return (math.inf if outcomes[0] == 1.0 else -math.inf), 0.0
+    result = scipy.optimize.minimize(
+        _soft_label_logistic_loss, np.zeros(2), args=(outcomes, standardized_difference), jac=True, method="BFGS",
+        options={"gtol": 1e-8, "maxiter": 200},
+    )
+    return float(result.x[0]), float(result.x[1])
+
+
+# Dubois et al. 2024 (AlpacaEval LC) without the instruction term: win rate at zero standardised length difference.
+def length_controlled_win_rate_point(outcomes: np.ndarray, length_difference: np.ndarray) -> float:
+    """sigmoid(b0) of the logistic regression of the outcome on (len_a - len_b) / sd(len_a - len_b);
+    the difference is scaled, not centred, so that x = 0 still means equal lengths. When every length
+    difference is equal the slope cannot be fitted and the result is the plain win rate."""
+    spread = float(np.std(length_difference))
+    if spread == 0.0:
+        return float(np.mean(outcomes))
+    intercept, _ = _logistic_intercept_and_slope(outcomes, length_difference / spread)
+    return 1.0 / (1.0 + math.exp(-intercept)) if math.isfinite(intercept) else float(intercept > 0)
+
+
+def length_controlled_win_rate(
+    outcomes: Sequence[float] | np.ndarray,
+    length_a: Sequence[float] | np.ndarray,
+    length_b: Sequence[float] | np.ndarray,
+    seed: int = 0,
+    n_resamples: int = 500,
+    confidence: float = 0.95,
+) -> dict[str, float | int]:
+    """Length-controlled win rate of a over b (outcomes 1 / 0.5 / 0), the fitted slope per standard deviation
+    of length difference, and a percentile bootstrap interval that resamples items (outcome with its lengths)."""
+    array = _as_finite_vector(outcomes, "outcomes")
+    invalid = np.flatnonzero(~np.isin(array, (WIN, TIE, LOSS)))
+    if invalid.size:
+        raise ValueError(f"outcomes[{int(invalid[0])}]: expected 1 (win), 0.5 (tie) or 0 (loss), got {array[invalid[0]]!r}")
+    first, second = _as_finite_vector(length_a, "length_a"), _as_finite_vector(length_b, "length_b")
+    if not first.size == second.size == array.size:
+        raise ValueError(f"outcomes, length_a, length_b: expected equal lengths, got {array.size}, {first.size}, {second.size}")
+    _check_bootstrap_settings(n_resamples, confidence, "percentile")
+    difference = first - second
+    point = length_controlled_win_rate_point(array, difference)
+    spread = float(np.std(difference))
+    slope = _logistic_intercept_and_slope(array, difference / spread)[1] if spread > 0 else 0.0
+    if np.all(array == array[0]):
+        low = high = float(array[0])
+    else:
+        result = scipy.stats.bootstrap(
+            (array, difference), length_controlled_win_rate_point, paired=True, vectorized=False,
+            n_resamples=n_resamples, confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed),
+        )
+        low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return {
+        "lc_win_rate": point,
+        "ci95_low": low,
+        "ci95_high": high,
+        "length_slope": slope,
+        "win_rate": win_rate_point(array),
+        "n": int(array.size),
+    }
