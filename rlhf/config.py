@@ -98,7 +98,7 @@ class RewardConfig:
     probe_head_first: bool = False
     """Before training, fit the head alone on the frozen trunk's features ("linear probing then fine-tuning",
     Kumar et al. 2022); the papers start from a random head. Helps most with few comparisons."""
-    probe_l2: float = 0.01
+    probe_l2: float = 0.1
     """L2 penalty of that head fit, on standardised features."""
     drop_tied_best: bool = False
     """Skip comparisons whose best response is tied in the labeler's gold scores (a simulated labeler's coin flips)."""
