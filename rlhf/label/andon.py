@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from rlhf.data.io import atomic_write_text
 from rlhf.label.models import AndonPull, Run, User, utcnow
@@ -38,7 +38,9 @@ def open_pull(db: Session, run: Run) -> AndonPull | None:
 
 
 def open_pulls(db: Session) -> list[AndonPull]:
-    return list(db.scalars(select(AndonPull).where(AndonPull.released_at.is_(None)).order_by(AndonPull.id)))
+    """Pulls not released yet, with their run and puller loaded (pages show them after the session closes)."""
+    return list(db.scalars(select(AndonPull).options(joinedload(AndonPull.run), joinedload(AndonPull.pulled_by))
+                           .where(AndonPull.released_at.is_(None)).order_by(AndonPull.id)))
 
 
 def pull_cord(db: Session, run: Run, user: User, reason: str) -> AndonPull:
