@@ -282,7 +282,8 @@ def test_pull_writes_comparisons_the_reward_stage_reads_and_summarize_rows(db, t
     assert len(ranking) == 2 and all(c.ranks == [1, 0, 1, 1, 1] for c in ranking)  # one record per ranking, not C(K,2)
     pairwise = [c for c in comparisons if c.kind == "pairwise"]
     assert all(c.best == 1 and c.confidence == 7 and c.labeler == "labeler0" for c in pairwise)
-    assert pairwise[0].responses == ["response 0.0", "response 0.1"] and pairwise[0].meta["note"] == "fine"
+    first = next(c for c in pairwise if c.prompt == "prompt 0")
+    assert first.responses == ["response 0.0", "response 0.1"] and first.meta["note"] == "fine"
     imported = import_summarize_from_feedback(tmp_path / "out" / "summarize_from_feedback.jsonl")
     assert [c.best for c in imported] == [1, 1, 1] and imported[0].confidence == 7
     rows = [json.loads(line) for line in (tmp_path / "out" / "summarize_from_feedback.jsonl").read_text().splitlines()]
@@ -304,3 +305,71 @@ def test_andon_pull_writes_the_stop_file_ppo_reads_and_release_removes_it(db, tm
     assert [p.pulled_by.name for p in andon.open_pulls(db)] == ["labeler0"]
     andon.release_cord(db, run, researcher)
     assert andon_cord_pulled(PPOConfig(), tmp_path / "run") is None and andon.open_pulls(db) == []
+
+
+# ---------------------------------------------------------------- dashboard
+
+
+def test_dashboard_numbers_on_a_small_hand_worked_example(db, tmp_path):
+    """2 overlap queries (best-of-4) answered by labelers a, b, c and researcher r, plus one gold answer by a.
+    Query 1: a=0, b=0, c=1, r=0. Query 2: a=2, b=3, c=2, r=2 (original indices).
+    labeler-labeler pairs: q1 (a,b) agree, (a,c), (b,c) not -> 1/3; q2 (a,c) agree -> 1/3: rate 2/6.
+    labeler-researcher pairs: q1 a,b agree with r, c not; q2 a,c agree, b not: rate 4/6.
+    a agrees with the other labelers in 2 of 4 pairs (q1 b yes, c no; q2 b no, c yes) and with r in 2 of 2."""
+    from rlhf.label.dashboard import dashboard_stats
+
+    write_samples(tmp_path / "run", prompts=2, per_prompt=4)
+    exchange.push_samples(db, tmp_path / "run", "best_of_k", overlap_share=1.0, overlap_labelers=3)
+    exchange.push_gold(db, write_gold(tmp_path / "gold.jsonl", 1), "gold")
+    a, b, c = (create_user(db, name, PASSWORD, "labeler") for name in "abc")
+    r = create_user(db, "r", PASSWORD, "researcher")
+    picks = {"a": [0, 2], "b": [0, 3], "c": [1, 2], "r": [0, 2]}
+    settings = LabelSettings(gold_rate=0.0)
+    for user in (a, b, c, r):
+        for _ in range(2):
+            assignment = next_assignment(db, user, settings)
+            number = int(assignment.query.prompt.split()[-1])
+            submit_judgment(db, user, assignment.token, answer_form(assignment, picks[user.name][number]), [], settings)
+    gold_assignment = next_assignment(db, a, LabelSettings(gold_rate=1.0))
+    right = next(i for i, x in enumerate(gold_assignment.query.responses) if "GOOD" in x["text"])
+    submit_judgment(db, a, gold_assignment.token, answer_form(gold_assignment, right), [], settings)
+
+    stats = dashboard_stats(db)
+    assert stats["judgments"] == 9
+    assert stats["agreement"]["labeler_labeler"]["rate"] == pytest.approx(2 / 6)
+    assert stats["agreement"]["labeler_labeler"]["pairs"] == 6
+    assert stats["agreement"]["labeler_researcher"]["rate"] == pytest.approx(4 / 6)
+    assert stats["agreement"]["researcher_researcher"]["rate"] is None
+    low, high = stats["agreement"]["labeler_researcher"]["interval95"]
+    assert low <= 4 / 6 <= high
+    row = {u["name"]: u for u in stats["labelers"]}
+    assert row["a"]["agreement_with_labelers"] == pytest.approx(0.5) and row["a"]["agreement_with_researchers"] == 1.0
+    assert row["a"]["gold_accuracy"] == 1.0 and row["a"]["gold_answered"] == 1 and row["b"]["gold_accuracy"] is None
+    assert row["a"]["judgments"] == 3 and row["a"]["median_seconds"] >= 0
+    # kappa over the 6 (labeler, researcher) label pairs: labeler [0,0,1,2,3,2] vs researcher [0,0,0,2,2,2]
+    from sklearn.metrics import cohen_kappa_score
+
+    expected_kappa = cohen_kappa_score(["0", "0", "1", "2", "3", "2"], ["0", "0", "0", "2", "2", "2"])
+    assert stats["cohen_kappa_labeler_researcher"] == pytest.approx(expected_kappa)
+    assert stats["krippendorff_alpha"]["best_of_k:choice"]["level"] == "nominal"
+    assert stats["krippendorff_alpha"]["best_of_k:choice"]["queries"] == 2
+
+
+def test_an_abandoned_overlap_slot_is_reclaimed_and_its_late_submit_refused(db, tmp_path):
+    import datetime as dt
+
+    write_samples(tmp_path / "run", prompts=1, per_prompt=2)
+    exchange.push_samples(db, tmp_path / "run", "pairwise", overlap_share=0.0)
+    gone, other = users(db, 2)
+    settings = LabelSettings(gold_rate=0.0, assignment_timeout_minutes=30)
+    abandoned = next_assignment(db, gone, settings)
+    with pytest.raises(NoWork):  # the only slot is taken and not yet stale
+        next_assignment(db, other, settings)
+    abandoned.created_at = abandoned.created_at - dt.timedelta(minutes=31)
+    db.commit()
+    taken = next_assignment(db, other, settings)
+    assert taken.query_id == abandoned.query_id and taken.slot == 0
+    with pytest.raises(LookupError, match="expired"):
+        submit_judgment(db, gone, abandoned.token, {"choice": "0", "confidence": "5"}, [], settings)
+    submit_judgment(db, other, taken.token, {"choice": "1", "confidence": "5"}, [], settings)
+    assert db.scalar(select(func.count(Judgment.id))) == 1

@@ -139,8 +139,8 @@ def create_app(settings: LabelSettings | None = None, sessions: sessionmaker[Ses
         flags = [str(value) for value in form.getlist("flags")]
         try:
             _judgment, stored = submit_judgment(db, user, fields.get("token", ""), fields, flags, settings)
-        except LookupError:
-            raise HTTPException(status_code=404, detail="no such assignment for this account") from None
+        except LookupError as error:
+            raise HTTPException(status_code=404, detail=str(error)) from None
         except AnswerError as error:
             return label_page(request, db, user, error=str(error), status_code=422)
         request.session["flash"] = "saved" if stored else "already saved (submitted twice); nothing was duplicated"

@@ -22,6 +22,8 @@ class LabelSettings:
     """Gold answers needed before the accuracy threshold applies."""
     qualification_threshold: float = 0.8
     """Accuracy on the qualification batch needed before a labeler gets regular work."""
+    assignment_timeout_minutes: float = 120.0
+    """An unanswered overlap slot taken longer ago than this is given to someone else when work runs out."""
     cookie_https_only: bool = False
     """Send the session cookie only over HTTPS (set it when serving behind TLS)."""
 

@@ -6,11 +6,12 @@ regular query with a free overlap slot they have not had. Researchers answer ove
 taking a slot, so labeler-researcher agreement can be measured."""
 from __future__ import annotations
 
+import datetime as dt
 import random
 import secrets
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -115,6 +116,8 @@ def _try_once(db: Session, user: User, settings: LabelSettings) -> Assignment | 
         .where(*regular, Query.id.not_in(_seen_by(user)), func.coalesce(taken.c.n, 0) < Query.target_labelers)
         .order_by(Query.id).limit(CANDIDATES)))
     if not queries:
+        if reclaim_expired_slots(db, settings.assignment_timeout_minutes):
+            return None
         raise NoWork("empty")
     query = _rng.choice(queries)
     used = set(db.scalars(select(Assignment.slot).where(Assignment.query_id == query.id, Assignment.slot.is_not(None))))
@@ -122,6 +125,17 @@ def _try_once(db: Session, user: User, settings: LabelSettings) -> Assignment | 
     if not free:
         return None
     return _assign(db, user, query, free[0])
+
+
+def reclaim_expired_slots(db: Session, timeout_minutes: float) -> int:
+    """Free overlap slots whose assignment has waited unanswered longer than the timeout; returns how many.
+    A late submit of such a page is refused (no such assignment), so nothing is stored twice."""
+    cutoff = utcnow() - dt.timedelta(minutes=timeout_minutes)
+    stale = select(Assignment.id).where(Assignment.slot.is_not(None), Assignment.created_at < cutoff,
+                                        Assignment.id.not_in(select(Judgment.assignment_id)))
+    freed = db.execute(delete(Assignment).where(Assignment.id.in_(stale))).rowcount
+    db.commit()
+    return freed
 
 
 def current_instructions(db: Session, batch_id: int) -> Instructions | None:
@@ -146,7 +160,7 @@ def submit_judgment(db: Session, user: User, token: str, form: dict[str, Any], f
     AnswerError for a bad form."""
     assignment = db.scalar(select(Assignment).where(Assignment.token == token))
     if assignment is None or assignment.user_id != user.id:
-        raise LookupError("no such assignment for this account")
+        raise LookupError("no such assignment for this account (it may have expired)")
     earlier = db.scalar(select(Judgment).where(Judgment.assignment_id == assignment.id))
     if earlier is not None:
         return earlier, False
@@ -161,9 +175,12 @@ def submit_judgment(db: Session, user: User, token: str, form: dict[str, Any], f
     db.add(judgment)
     try:
         db.commit()
-    except IntegrityError:  # a concurrent submit of the same form won the race
+    except IntegrityError:  # a concurrent submit of the same form won the race, or the assignment expired meanwhile
         db.rollback()
-        return db.scalar(select(Judgment).where(Judgment.assignment_id == assignment.id)), False
+        earlier = db.scalar(select(Judgment).where(Judgment.assignment_id == assignment.id))
+        if earlier is None:
+            raise LookupError("no such assignment for this account (it may have expired)") from None
+        return earlier, False
     if correct is not None and not query.batch.is_qualification:
         _pause_if_below_threshold(db, user, settings)
     return judgment, True
