@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "label":  # the labeling app does not need torch (rlhf.run imports it)
+        from rlhf.label.cli import main_label
+
+        return main_label(args)
     from rlhf.run import RunDir, setup_logging
 
     level = logging.DEBUG if args.verbose else logging.INFO
@@ -67,11 +71,6 @@ def main(argv: list[str] | None = None) -> int:
 
             print("\n".join(describe_config()))
             return 0
-        if args.command == "label":
-            from rlhf.label.cli import run_label_command
-
-            setup_logging(None, level)
-            return run_label_command(args)
         if args.command == "provision":
             from rlhf.models.provision import builtin_model_dir
 

@@ -20,6 +20,8 @@ from rlhf.label.models import Judgment
 from rlhf.label.settings import LabelSettings
 
 from label_helpers import PASSWORD, running_server, write_gold, write_samples
+from rlhf.data.io import write_jsonl
+from rlhf.data.records import Sample
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -86,10 +88,32 @@ def test_login_routes_roles_and_refuses_other_roles_pages(browser, sessions):
         assert "wrong name or password" in wrong.content() and wrong.url.endswith("/login")
 
 
-def answer_by_mouse(page, kind: str, best: int, count: int) -> None:
-    target = f"response 0.{best}"
+POST = ("SUBREDDIT: r/cooking\nTITLE: My sourdough never rises, what am I doing wrong?\n"
+        "POST: I feed my starter every day and it bubbles, but after the overnight proof the dough is flat and dense. "
+        "The kitchen is cold in winter (about 16 C). I use 70% hydration and bake at 240 C.\nTL;DR:")
+SUMMARIES = [
+    " My sourdough comes out flat and dense even though my starter is active; my kitchen is cold.",
+    " Sourdough doesn't rise. Help?",
+    " I bake bread.",
+    " Starter bubbles but the overnight proof leaves the dough flat, probably because the kitchen is about 16 C.",
+    " My kitchen is cold in winter.",
+    " Dense sourdough, active starter, cold kitchen: what should I change?",
+    " I use 70% hydration and bake at 240 C.",
+    " Flat loaves.",
+    " My starter is fine but my bread is not.",
+]
+
+
+def write_story_samples(run_dir: Path, per_prompt: int) -> list[str]:
+    """One readable TL;DR-style prompt with ``per_prompt`` candidate summaries (made up for these tests)."""
+    responses = SUMMARIES[:per_prompt]
+    write_jsonl(run_dir / "collect" / "samples.jsonl", [Sample(prompt=POST, response=r, policy=f"policy-{i}") for i, r in enumerate(responses)])
+    return [r.strip() for r in responses]
+
+
+def answer_by_mouse(page, kind: str, target: str, count: int) -> None:
     if kind in ("pairwise", "best_of_k"):
-        page.locator(".response", has=page.locator("pre", has_text=re.compile("^" + re.escape(target) + "$"))).click()
+        page.locator(".response", has=page.locator("pre", has_text=re.compile(r"^\s*" + re.escape(target) + r"\s*$"))).click()
         if kind == "pairwise":
             page.click("input[name=confidence][value='8']")
     elif kind == "ranking":
@@ -102,8 +126,7 @@ def answer_by_mouse(page, kind: str, best: int, count: int) -> None:
     page.click("#submit")
 
 
-def answer_by_keyboard(page, kind: str, best: int, count: int) -> None:
-    target = f"response 0.{best}"
+def answer_by_keyboard(page, kind: str, target: str, count: int) -> None:
     if kind == "pairwise":
         page.keyboard.press("ab"[position_of(page, target)])
         page.keyboard.press("8")
@@ -127,7 +150,7 @@ def answer_by_keyboard(page, kind: str, best: int, count: int) -> None:
 @pytest.mark.parametrize("kind, per_prompt", [("pairwise", 2), ("best_of_k", 4), ("ranking", 5), ("likert", 1)])
 @pytest.mark.parametrize("how", ["mouse", "keyboard"])
 def test_each_query_type_can_be_answered(browser, sessions, tmp_path, kind, per_prompt, how):
-    write_samples(tmp_path / "run", prompts=1, per_prompt=per_prompt)
+    responses = write_story_samples(tmp_path / "run", per_prompt)
     with sessions() as db:
         exchange.push_samples(db, tmp_path / "run", kind, overlap_share=0.0)
     team(sessions, "lab")
@@ -135,16 +158,16 @@ def test_each_query_type_can_be_answered(browser, sessions, tmp_path, kind, per_
     with running_server(create_app(LabelSettings(secret_key="k", gold_rate=0.0), sessions)) as url:
         page = login(browser, url, "lab")
         assert page.locator("form#answer").get_attribute("data-kind") == kind
-        assert "ppo-secret-policy" not in page.content()
+        assert "policy-" not in page.content()
         if how == "mouse":
             shot = tmp_path / f"{kind}.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             if os.environ.get("RLHF_SCREENSHOT_DIR"):
                 shutil.copy(shot, Path(os.environ["RLHF_SCREENSHOT_DIR"]) / f"query_{kind}.png")
-            answer_by_mouse(page, kind, best, per_prompt)
+            answer_by_mouse(page, kind, responses[best], per_prompt)
         else:
-            answer_by_keyboard(page, kind, best, per_prompt)
+            answer_by_keyboard(page, kind, responses[best], per_prompt)
         page.wait_for_selector("#status[data-status=empty]")
     (answer,) = stored_answers(sessions)
     expected = {

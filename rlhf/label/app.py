@@ -16,6 +16,7 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.sessions import SessionMiddleware
 
 from rlhf.label import andon, auth
@@ -61,10 +62,9 @@ def create_app(settings: LabelSettings | None = None, sessions: sessionmaker[Ses
         with sessions() as db:
             yield db
 
-    def page(request: Request, name: str, user: User | None, status_code: int = 200, **context: Any) -> HTMLResponse:
-        context.update(request=request, user=user, csrf=auth.csrf_token(request), flash=request.session.pop("flash", ""))
-        with sessions() as db:
-            context["stopped_runs"] = andon.open_pulls(db)
+    def page(request: Request, db: Session | None, name: str, user: User | None, status_code: int = 200, **context: Any) -> HTMLResponse:
+        context.update(request=request, user=user, csrf=auth.csrf_token(request), flash=request.session.pop("flash", ""),
+                       stopped_runs=andon.open_pulls(db) if db is not None else [])
         return templates.TemplateResponse(request, name, context, status_code=status_code)
 
     @app.middleware("http")
@@ -94,7 +94,7 @@ def create_app(settings: LabelSettings | None = None, sessions: sessionmaker[Ses
 
     @app.get("/login")
     def login_page(request: Request) -> HTMLResponse:
-        return page(request, "login.jinja", None)
+        return page(request, None, "login.jinja", None)
 
     @app.post("/login")
     def login(request: Request, name: str = Form(""), password: str = Form(""), csrf: str = Form(""),
@@ -102,7 +102,7 @@ def create_app(settings: LabelSettings | None = None, sessions: sessionmaker[Ses
         auth.check_csrf(request, csrf)
         user = auth.authenticate(db, name, password)
         if user is None:
-            return page(request, "login.jinja", None, status_code=401, error="wrong name or password")
+            return page(request, None, "login.jinja", None, status_code=401, error="wrong name or password")
         request.session.clear()  # a fresh session (and CSRF token) after login
         request.session["user_id"] = user.id
         return RedirectResponse(HOME_OF_ROLE[user.role], status_code=303)
@@ -118,11 +118,11 @@ def create_app(settings: LabelSettings | None = None, sessions: sessionmaker[Ses
         try:
             assignment = next_assignment(db, user, settings)
         except NoWork as none:
-            return page(request, "no_work.jinja", user, status=none.status, detail=none.detail)
+            return page(request, db, "no_work.jinja", user, status=none.status, detail=none.detail)
         query = assignment.query
         instructions = current_instructions(db, query.batch_id)
         shown = [query.responses[index]["text"] for index in assignment.order]  # policy names stay on the server
-        return page(request, f"query_{query.kind}.jinja", user, status_code=status_code, assignment=assignment, query=query,
+        return page(request, db, f"query_{query.kind}.jinja", user, status_code=status_code, assignment=assignment, query=query,
                     responses=shown, instructions=instructions, error=error, axes=LIKERT_AXES, flags=LIKERT_FLAGS,
                     likert=range(LIKERT_RANGE[0], LIKERT_RANGE[1] + 1), confidence=range(1, 10))
 
@@ -131,12 +131,19 @@ def create_app(settings: LabelSettings | None = None, sessions: sessionmaker[Ses
         return label_page(request, db, auth.require_role(request, db, "labeler", "researcher"))
 
     @app.post("/label/submit")
-    async def submit(request: Request, db: Session = Depends(get_db)) -> Response:
-        user = auth.require_role(request, db, "labeler", "researcher")
+    async def submit(request: Request) -> Response:
         form = await request.form()
-        auth.check_csrf(request, str(form.get("csrf", "")))
         fields = {key: str(value) for key, value in form.items() if isinstance(value, str)}
         flags = [str(value) for value in form.getlist("flags")]
+        return await run_in_threadpool(store_answer, request, fields, flags)
+
+    def store_answer(request: Request, fields: dict[str, str], flags: list[str]) -> Response:
+        with sessions() as db:
+            return store_answer_in(request, db, fields, flags)
+
+    def store_answer_in(request: Request, db: Session, fields: dict[str, str], flags: list[str]) -> Response:
+        user = auth.require_role(request, db, "labeler", "researcher")
+        auth.check_csrf(request, fields.get("csrf", ""))
         try:
             _judgment, stored = submit_judgment(db, user, fields.get("token", ""), fields, flags, settings)
         except LookupError as error:
@@ -169,7 +176,7 @@ def create_app(settings: LabelSettings | None = None, sessions: sessionmaker[Ses
     def my_work(request: Request, db: Session = Depends(get_db)) -> HTMLResponse:
         user = auth.require_role(request, db, "labeler", "researcher")
         judgments = list(db.scalars(select(Judgment).where(Judgment.user_id == user.id).order_by(Judgment.id.desc()).limit(200)))
-        return page(request, "my.jinja", user, judgments=judgments)
+        return page(request, db, "my.jinja", user, judgments=judgments)
 
     @app.get("/my/{judgment_id}")
     def my_judgment(judgment_id: int, request: Request, db: Session = Depends(get_db)) -> HTMLResponse:
@@ -177,13 +184,13 @@ def create_app(settings: LabelSettings | None = None, sessions: sessionmaker[Ses
         judgment = db.get(Judgment, judgment_id)
         if judgment is None or judgment.user_id != user.id:  # other labelers' work does not exist for you
             raise HTTPException(status_code=404, detail="no such judgment of yours")
-        return page(request, "judgment.jinja", user, judgment=judgment)
+        return page(request, db, "judgment.jinja", user, judgment=judgment)
 
     # ------------------------------------------------------------------ researchers and admins
     @app.get("/dashboard")
     def dashboard(request: Request, db: Session = Depends(get_db)) -> HTMLResponse:
         user = auth.require_role(request, db, "researcher", "admin")
-        return page(request, "dashboard.jinja", user, stats=dashboard_stats(db))
+        return page(request, db, "dashboard.jinja", user, stats=dashboard_stats(db))
 
     @app.get("/api/dashboard")
     def dashboard_json(request: Request, db: Session = Depends(get_db)) -> JSONResponse:
@@ -195,7 +202,7 @@ def create_app(settings: LabelSettings | None = None, sessions: sessionmaker[Ses
         user = auth.require_role(request, db, "admin")
         users = list(db.scalars(select(User).order_by(User.id)))
         batches = list(db.scalars(select(Batch).order_by(Batch.id)))
-        return page(request, "admin.jinja", user, users=users, batches=batches, roles=ROLES, error=error)
+        return page(request, db, "admin.jinja", user, users=users, batches=batches, roles=ROLES, error=error)
 
     @app.post("/admin/users")
     def add_user(request: Request, name: str = Form(""), password: str = Form(""), role: str = Form(""),
@@ -236,7 +243,7 @@ def create_app(settings: LabelSettings | None = None, sessions: sessionmaker[Ses
     @app.get("/runs")
     def runs(request: Request, db: Session = Depends(get_db)) -> HTMLResponse:
         user = auth.require_role(request, db, *ROLES)
-        return page(request, "runs.jinja", user, runs=list(db.scalars(select(Run).order_by(Run.id))))
+        return page(request, db, "runs.jinja", user, runs=list(db.scalars(select(Run).order_by(Run.id))))
 
     @app.post("/runs/{run_id}/andon")
     def pull(run_id: int, request: Request, reason: str = Form(""), csrf: str = Form(""), db: Session = Depends(get_db)) -> Response:

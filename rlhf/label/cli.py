@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
 import os
 import sys
 
@@ -75,6 +76,17 @@ def add_label_parser(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="Bradley-Terry / Plackett-Luce noise temperature")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max", type=int, default=None, help="stop after this many answers")
+
+
+def main_label(args: argparse.Namespace) -> int:
+    """Run one `rlhf label` action; bad input prints `rlhf: error: ...` and returns 2."""
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        return run_label_command(args)
+    except (ValueError, FileNotFoundError, PermissionError) as error:
+        print(f"rlhf: error: {error}", file=sys.stderr)
+        return 2
 
 
 def run_label_command(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import random
 import secrets
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -33,10 +33,8 @@ class NoWork(Exception):
 
 
 def open_assignment(db: Session, user: User) -> Assignment | None:
-    answered = select(Judgment.assignment_id)
-    return db.scalar(
-        select(Assignment).where(Assignment.user_id == user.id, Assignment.id.not_in(answered)).order_by(Assignment.id).limit(1)
-    )
+    answered = exists().where(Judgment.assignment_id == Assignment.id)
+    return db.scalar(select(Assignment).where(Assignment.user_id == user.id, ~answered).order_by(Assignment.id).limit(1))
 
 
 def _assign(db: Session, user: User, query: Query, slot: int | None) -> Assignment | None:
@@ -110,11 +108,9 @@ def _try_once(db: Session, user: User, settings: LabelSettings) -> Assignment | 
         gold = _unseen_queries(db, user, Query.is_gold.is_(True), Batch.is_qualification.is_(False))
         if gold:
             return _assign(db, user, _rng.choice(gold), None)
-    taken = select(Assignment.query_id, func.count(Assignment.slot).label("n")).group_by(Assignment.query_id).subquery()
-    queries = list(db.scalars(
-        select(Query).join(Batch).outerjoin(taken, taken.c.query_id == Query.id)
-        .where(*regular, Query.id.not_in(_seen_by(user)), func.coalesce(taken.c.n, 0) < Query.target_labelers)
-        .order_by(Query.id).limit(CANDIDATES)))
+    taken = select(func.count(Assignment.id)).where(Assignment.query_id == Query.id, Assignment.slot.is_not(None)).scalar_subquery()
+    queries = list(db.scalars(select(Query).join(Batch).where(*regular, Query.id.not_in(_seen_by(user)), taken < Query.target_labelers)
+                              .order_by(Query.id).limit(CANDIDATES)))
     if not queries:
         if reclaim_expired_slots(db, settings.assignment_timeout_minutes):
             return None
@@ -132,7 +128,7 @@ def reclaim_expired_slots(db: Session, timeout_minutes: float) -> int:
     A late submit of such a page is refused (no such assignment), so nothing is stored twice."""
     cutoff = utcnow() - dt.timedelta(minutes=timeout_minutes)
     stale = select(Assignment.id).where(Assignment.slot.is_not(None), Assignment.created_at < cutoff,
-                                        Assignment.id.not_in(select(Judgment.assignment_id)))
+                                        ~exists().where(Judgment.assignment_id == Assignment.id))
     freed = db.execute(delete(Assignment).where(Assignment.id.in_(stale))).rowcount
     db.commit()
     return freed
