@@ -98,6 +98,34 @@ def test_simulated_labelers_run_a_collection_round_end_to_end(sessions, tmp_path
     assert counts["comparisons"] == 18 and all(c.best == 3 for c in comparisons)  # the simulated choice, mapped back
 
 
+def test_admin_publishes_instructions_unpauses_and_the_dashboard_shows_agreement(sessions, tmp_path):
+    write_samples(tmp_path / "run", prompts=2, per_prompt=4)
+    with sessions() as db:
+        batch_id = exchange.push_samples(db, tmp_path / "run", "best_of_k", overlap_share=1.0, overlap_labelers=2).id
+        create_user(db, "admin", PASSWORD, "admin")
+        create_user(db, "rita", PASSWORD, "researcher")
+        for name in ("lab0", "lab1"):
+            create_user(db, name, PASSWORD, "labeler")
+        paused = db.scalar(select(User).where(User.name == "lab1"))
+        paused.paused, paused.pause_reason = True, "gold accuracy 20% on 5 gold queries is under 70%"
+        db.commit()
+    gold = lambda prompts, responses: [float(r.split(".")[-1]) for r in responses]  # noqa: E731
+    with running_server(create_app(settings(), sessions)) as url:
+        admin = Browserless(url, "admin")
+        assert admin.post(f"/admin/batches/{batch_id}/instructions", {"text": "Prefer the shorter answer."}, "/admin").status_code == 303
+        assert "Instructions (version 2)" in Browserless(url, "lab0").get("/label").text
+        assert AppLabelerClient(url, "lab1", PASSWORD).next_query()["status"] == "paused"
+        assert admin.post(f"/admin/users/{paused.id}/unpause", {}, "/admin").status_code == 303
+        for name in ("lab0", "lab1", "rita"):
+            label_through_app(AppLabelerClient(url, name, PASSWORD), SimulatedLabeler(gold, 0.0, name=name))
+        stats = Browserless(url, "rita").get("/api/dashboard").json()
+        assert stats["agreement"]["labeler_labeler"]["rate"] == 1.0 and stats["agreement"]["labeler_researcher"]["pairs"] == 4
+        page = Browserless(url, "rita").get("/dashboard").text
+        assert "labeler – researcher" in page and "100%" in page
+    with sessions() as db:
+        assert set(db.scalars(select(Judgment.instructions_version))) == {2}
+
+
 def test_double_and_concurrent_submits_store_one_judgment_and_survive_a_restart(sessions, tmp_path):
     write_samples(tmp_path / "run", prompts=3, per_prompt=2)
     with sessions() as db:

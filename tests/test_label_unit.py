@@ -373,3 +373,37 @@ def test_an_abandoned_overlap_slot_is_reclaimed_and_its_late_submit_refused(db, 
         submit_judgment(db, gone, abandoned.token, {"choice": "0", "confidence": "5"}, [], settings)
     submit_judgment(db, other, taken.token, {"choice": "1", "confidence": "5"}, [], settings)
     assert db.scalar(select(func.count(Judgment.id))) == 1
+
+
+def test_each_judgment_records_the_instructions_version_its_page_showed(db, tmp_path):
+    from rlhf.label.models import Instructions
+
+    write_samples(tmp_path / "run", prompts=2, per_prompt=2)
+    batch = exchange.push_samples(db, tmp_path / "run", "pairwise", overlap_share=0.0, instructions="v1 text")
+    (user,) = users(db, 1)
+    settings = LabelSettings(gold_rate=0.0)
+    shown_v1 = next_assignment(db, user, settings)
+    db.add(Instructions(batch_id=batch.id, version=2, text="v2 text"))
+    db.commit()
+    first, _ = submit_judgment(db, user, shown_v1.token, {**answer_form(shown_v1), "instructions_version": "1"}, [], settings)
+    shown_v2 = next_assignment(db, user, settings)
+    second, _ = submit_judgment(db, user, shown_v2.token, {**answer_form(shown_v2), "instructions_version": "99"}, [], settings)
+    assert first.instructions_version == 1 and second.instructions_version == 2  # unknown versions fall back to the latest
+
+
+def test_label_command_line_adds_users_pushes_gold_and_pulls(tmp_path, monkeypatch, capsys):
+    from rlhf.cli import main
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.setenv("LABEL_PW", PASSWORD)
+    assert main(["label", "add-user", "ann", "--role", "labeler", "--password-env", "LABEL_PW", "--db", url]) == 0
+    assert main(["label", "add-user", "ann", "--role", "labeler", "--password-env", "LABEL_PW", "--db", url]) == 2
+    assert "already exists" in capsys.readouterr().err
+    write_samples(tmp_path / "run", prompts=4, per_prompt=4)
+    assert main(["label", "push", str(tmp_path / "run"), "--kind", "ranking", "--name", "r1", "--db", url]) == 0
+    assert "pushed batch 'r1': 4 ranking queries" in capsys.readouterr().out
+    assert main(["label", "gold", str(write_gold(tmp_path / "g.jsonl", 3)), "--name", "q", "--qualification", "--db", url]) == 0
+    assert "qualification batch 'q': 3 queries" in capsys.readouterr().out
+    assert main(["label", "push", str(tmp_path / "none"), "--kind", "pairwise", "--db", url]) == 2
+    assert main(["label", "pull", str(tmp_path / "out"), "--db", url]) == 0
+    assert '"comparisons": 0' in capsys.readouterr().out and (tmp_path / "out" / "comparisons.jsonl").exists()
