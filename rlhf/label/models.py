@@ -78,7 +78,7 @@ class Query(Base):
     prompt: Mapped[str] = mapped_column(Text)
     responses: Mapped[list[Any]] = mapped_column(JSON)
     target_labelers: Mapped[int] = mapped_column(Integer, default=1)
-    is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_gold: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     gold_answer: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     source_id: Mapped[str] = mapped_column(String(200), default="")
     batch: Mapped[Batch] = relationship()

@@ -61,11 +61,11 @@ def qualification_status(db: Session, user: User, settings: LabelSettings) -> st
     """passed / failed / pending (questions left); graded once every qualification query is answered."""
     if user.qualification in ("passed", "failed"):
         return user.qualification
-    total = db.scalar(select(func.count(Query.id)).join(Batch).where(Batch.is_qualification.is_(True))) or 0
-    if total == 0:
+    batches = list(db.scalars(select(Batch.id).where(Batch.is_qualification.is_(True))))
+    total = db.scalar(select(func.count(Query.id)).where(Query.batch_id.in_(batches))) if batches else 0
+    if not total:
         return "passed"
-    graded = list(db.scalars(select(Judgment.gold_correct).join(Query).join(Batch).where(
-        Batch.is_qualification.is_(True), Judgment.user_id == user.id)))
+    graded = list(db.scalars(select(Judgment.gold_correct).join(Query).where(Query.batch_id.in_(batches), Judgment.user_id == user.id)))
     if len(graded) < total:
         return "pending"
     accuracy = sum(bool(correct) for correct in graded) / total
