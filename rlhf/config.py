@@ -149,7 +149,7 @@ class PPOConfig:
     checkpoint_every: int = 1
     """Iterations between checkpoints."""
     stop_file: str = ""
-    """If this file exists, PPO saves a checkpoint and stops before the next iteration (the Andon cord)."""
+    """If this file exists, PPO saves a checkpoint and stops before the next iteration (the Andon cord). Empty = RUN_DIR/ANDON, the file the labeling app writes."""
 
 
 @dataclass

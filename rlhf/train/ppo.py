@@ -81,10 +81,12 @@ def chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def andon_cord_pulled(pc) -> str | None:
-    """The reason written in the stop file, if someone pulled the cord (Ziegler §4.4)."""
-    if pc.stop_file and os.path.exists(pc.stop_file):
-        return open(pc.stop_file).read().strip() or "stop file present"
+def andon_cord_pulled(pc, run_dir=None) -> str | None:
+    """The reason written in the stop file, if someone pulled the cord (Ziegler §4.4): ppo.stop_file, or
+    RUN_DIR/ANDON when none is configured (the file the labeling app writes)."""
+    path = pc.stop_file or (os.path.join(run_dir, "ANDON") if run_dir is not None else "")
+    if path and os.path.exists(path):
+        return open(path).read().strip() or "stop file present"
     return None
 
 
@@ -124,7 +126,7 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
 
     bar = tqdm(total=pc.iterations, initial=start, desc="ppo", leave=False)
     for iteration in range(start, pc.iterations):
-        reason = andon_cord_pulled(pc)
+        reason = andon_cord_pulled(pc, run.root)
         if reason is not None:
             save_checkpoint(iteration)
             log.warning("PPO stopped before iteration %d by the Andon cord: %s", iteration + 1, reason)

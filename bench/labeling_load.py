@@ -1,0 +1,160 @@
+"""Load benchmark of the labeling app: starts the real server (`rlhf label serve`, its own process) on
+127.0.0.1 with a fresh SQLite database (or --db URL), lets N simulated labelers submit concurrently for a
+bounded time (each also re-submits some forms, as a double click would), then checks every accepted
+judgment is in the database exactly once. Last line:
+judgments_per_s=<x> accepted=<n> stored=<n> lost=<n> duplicated=<n>
+
+    .venv/bin/python bench/labeling_load.py [--labelers 50] [--seconds 20] [--db postgresql://...]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from sqlalchemy import func, select
+
+from rlhf.data.io import write_jsonl
+from rlhf.data.records import Sample
+from rlhf.label import exchange
+from rlhf.label.auth import create_user
+from rlhf.label.db import open_database
+from rlhf.label.models import Assignment, Batch, Judgment, Query
+from rlhf.label.simulated_client import AppLabelerClient, form_from_comparison
+from rlhf.labelers.simulated import SimulatedLabeler
+
+PASSWORD = "load-test-password"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def prepare(url: str, folder: Path, labelers: int, queries: int, kind: str, tag: str) -> str:
+    """Push ``queries`` synthetic queries (10 % overlap by 5) and create the labeler accounts; returns the batch name."""
+    per_prompt = {"pairwise": 2, "best_of_k": 4, "ranking": 5}[kind]
+    samples = [Sample(prompt=f"load prompt {tag} {p}", response=f"answer {p} number {k}", policy=f"policy{k}")
+               for p in range(queries) for k in range(per_prompt)]
+    write_jsonl(folder / "run" / "collect" / "samples.jsonl", samples)
+    sessions = open_database(url)
+    with sessions() as db:
+        batch = exchange.push_samples(db, folder / "run", kind, name=f"load-{tag}", overlap_share=0.1, overlap_labelers=5)
+        for index in range(labelers):
+            create_user(db, f"load-{tag}-{index}", PASSWORD, "labeler", simulated="load benchmark")
+        return batch.name
+
+
+def start_server(url: str, port: int, folder: Path) -> subprocess.Popen:
+    env = {**os.environ, "RLHF_LABEL_SECRET": "load-benchmark-secret", "RLHF_LABEL_DATA": str(folder)}
+    server = subprocess.Popen([sys.executable, "-m", "rlhf.cli", "label", "serve", "--db", url, "--port", str(port)], env=env)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/login", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            time.sleep(0.2)
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with code {server.returncode}")
+    server.kill()
+    raise RuntimeError("the server did not answer within 180 s")
+
+
+def labeler_loop(client: AppLabelerClient, start: threading.Barrier, deadline: list[float], accepted: list[str],
+                 errors: list[str], seed: int) -> None:
+    rng = random.Random(seed)
+    name = client.name
+    labeler = SimulatedLabeler(lambda prompts, responses: [float(r.rsplit(" ", 1)[-1]) for r in responses], 1.0, seed, name)
+    start.wait()
+    try:
+        while time.monotonic() < deadline[0]:
+            query = client.next_query()
+            if query["status"] != "ok":
+                break
+            fields = form_from_comparison(labeler.label(query["prompt"], query["responses"], query["kind"]))
+            repeats = 2 if rng.random() < 0.1 else 1  # a double click now and then
+            codes = [client.submit(query["token"], fields, query["instructions_version"]).status_code for _ in range(repeats)]
+            if codes[0] == 303:
+                accepted.append(query["token"])
+            else:
+                errors.append(f"{name}: HTTP {codes}")
+        client.close()
+    except Exception as error:  # noqa: BLE001 (reported below, and the run counts as failed)
+        errors.append(f"{name}: {type(error).__name__}: {error}")
+
+
+def verify(url: str, batch_name: str, accepted: list[str]) -> tuple[int, int, int]:
+    """(stored, lost, duplicated): judgments of the batch, accepted tokens without a judgment, extra copies."""
+    sessions = open_database(url)
+    with sessions() as db:
+        rows = db.execute(select(Assignment.token, Judgment.query_id, Judgment.user_id).join(Judgment, Judgment.assignment_id == Assignment.id)
+                          .join(Query, Judgment.query_id == Query.id).join(Batch, Query.batch_id == Batch.id)
+                          .where(Batch.name == batch_name)).all()
+        over_target = db.scalar(select(func.count()).select_from(
+            select(Judgment.query_id).join(Query, Judgment.query_id == Query.id).join(Batch, Query.batch_id == Batch.id)
+            .where(Batch.name == batch_name).group_by(Judgment.query_id, Query.target_labelers)
+            .having(func.count(Judgment.id) > Query.target_labelers).subquery()))
+    per_token = Counter(token for token, _, _ in rows)
+    per_pair = Counter((query_id, user_id) for _, query_id, user_id in rows)
+    duplicated = sum(n - 1 for n in per_token.values()) + sum(n - 1 for n in per_pair.values()) + over_target
+    lost = len(set(accepted) - set(per_token))
+    return len(rows), lost, duplicated
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", default="", help="database URL (default: a fresh SQLite file in a temp folder)")
+    parser.add_argument("--labelers", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=20.0, help="how long the labelers submit")
+    parser.add_argument("--queries", type=int, default=20000, help="queries pushed (more than can be answered in time)")
+    parser.add_argument("--kind", choices=("pairwise", "best_of_k", "ranking"), default="pairwise")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="rlhf-label-load-") as temp:
+        folder = Path(temp)
+        url = args.db or f"sqlite:///{folder / 'label.db'}"
+        tag = str(int(time.time()))
+        batch = prepare(url, folder, args.labelers, args.queries, args.kind, tag)
+        port = free_port()
+        server = start_server(url, port, folder)
+        accepted: list[str] = []
+        errors: list[str] = []
+        try:
+            with ThreadPoolExecutor(8) as pool:  # logins verify Argon2 hashes: slow on purpose, so in parallel
+                clients = list(pool.map(lambda index: AppLabelerClient(f"http://127.0.0.1:{port}", f"load-{tag}-{index}", PASSWORD),
+                                        range(args.labelers)))
+            start, deadline = threading.Barrier(args.labelers + 1), [0.0]
+            threads = [threading.Thread(target=labeler_loop, args=(client, start, deadline, accepted, errors, index))
+                       for index, client in enumerate(clients)]
+            for thread in threads:
+                thread.start()
+            started = time.monotonic()
+            deadline[0] = started + args.seconds
+            start.wait()  # everyone logged in: the clock starts now
+            for thread in threads:
+                thread.join()
+            elapsed = time.monotonic() - started
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        stored, lost, duplicated = verify(url, batch, accepted)
+    for error in errors[:10]:
+        print(error, file=sys.stderr)
+    print(f"labelers={args.labelers} seconds={elapsed:.1f} db={'sqlite' if not args.db else args.db.split(':')[0]} errors={len(errors)}")
+    print(f"judgments_per_s={len(accepted) / elapsed:.1f} accepted={len(accepted)} stored={stored} lost={lost} duplicated={duplicated}")
+    return 0 if not errors and lost == 0 and duplicated == 0 and stored == len(accepted) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The Andon cord (Ziegler et al. 2019 §4.4): anyone on the team can stop a run from the app.
+
+Pulling writes the run's stop file (atomically, with who and why); PPO checks that file before every
+iteration, saves a checkpoint and stops. The pull stays on show until a researcher releases it, which
+removes the stop file so the PPO stage can be resumed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, joinedload
+
+from rlhf.data.io import atomic_write_text
+from rlhf.label.models import AndonPull, Run, User, utcnow
+
+MAX_REASON_LENGTH = 2000
+
+
+def default_stop_file(run_dir: str | Path, configured: str = "") -> Path:
+    """The stop file PPO polls for a run: ppo.stop_file if configured, else RUN_DIR/ANDON."""
+    return Path(configured) if configured else Path(run_dir) / "ANDON"
+
+
+def register_run(db: Session, run_dir: str | Path, name: str = "", stop_file: str = "") -> Run:
+    """The app's record of a run directory (made once; later calls return it)."""
+    run_dir = str(Path(run_dir).resolve())
+    existing = db.scalar(select(Run).where(Run.run_dir == run_dir))
+    if existing is not None:
+        return existing
+    run = Run(name=name or Path(run_dir).name, run_dir=run_dir, stop_file=str(default_stop_file(run_dir, stop_file)))
+    db.add(run)
+    db.commit()
+    return run
+
+
+def open_pull(db: Session, run: Run) -> AndonPull | None:
+    return db.scalar(select(AndonPull).where(AndonPull.run_id == run.id, AndonPull.released_at.is_(None)).order_by(AndonPull.id.desc()).limit(1))
+
+
+def open_pulls(db: Session) -> list[AndonPull]:
+    """Pulls not released yet, with their run and puller loaded (pages show them after the session closes)."""
+    return list(db.scalars(select(AndonPull).options(joinedload(AndonPull.run), joinedload(AndonPull.pulled_by))
+                           .where(AndonPull.released_at.is_(None)).order_by(AndonPull.id)))
+
+
+def pull_cord(db: Session, run: Run, user: User, reason: str) -> AndonPull:
+    """Stop ``run``: record who and why, and write the stop file PPO polls. A reason is required."""
+    reason = reason.strip()
+    if not reason:
+        raise ValueError("say why you stop the run (reason is empty)")
+    if len(reason) > MAX_REASON_LENGTH:
+        raise ValueError(f"reason: at most {MAX_REASON_LENGTH} characters")
+    pull = open_pull(db, run)
+    if pull is None:
+        pull = AndonPull(run_id=run.id, pulled_by_id=user.id, reason=reason)
+        db.add(pull)
+        db.commit()
+    atomic_write_text(run.stop_file, f"Andon cord pulled by {pull.pulled_by.name}: {pull.reason}\n")
+    return pull
+
+
+def release_cord(db: Session, run: Run, user: User) -> AndonPull | None:
+    """Release the open pull on ``run`` (if any) and remove its stop file."""
+    pull = open_pull(db, run)
+    if pull is not None:
+        pull.released_by_id, pull.released_at = user.id, utcnow()
+        db.commit()
+    Path(run.stop_file).unlink(missing_ok=True)
+    return pull

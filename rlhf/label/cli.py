@@ -1,0 +1,150 @@
+"""`rlhf label ...`: serve the app, manage accounts, push a run's samples, add gold/qualification queries,
+pull the answers, and run simulated labelers against a running app."""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+
+from rlhf.label.models import QUERY_KINDS, ROLES
+
+
+def _db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", default=os.environ.get("RLHF_LABEL_DB", ""),
+                        help="database URL (default $RLHF_LABEL_DB, else sqlite file $RLHF_LABEL_DATA/label.db, default ./data)")
+
+
+def _read_password(env_var: str) -> str:
+    if env_var:
+        if env_var not in os.environ:
+            raise ValueError(f"--password-env {env_var}: that environment variable is not set")
+        return os.environ[env_var]
+    if sys.stdin.isatty():
+        return getpass.getpass("password: ")
+    return sys.stdin.readline().rstrip("\n")
+
+
+def add_label_parser(sub) -> None:
+    label = sub.add_parser("label", help="the human-feedback labeling app: serve, push, pull, accounts",
+                           description="A web app where people (or simulated labelers) answer comparison queries.")
+    commands = label.add_subparsers(dest="label_command", required=True, metavar="ACTION")
+
+    p = commands.add_parser("serve", help="start the web app", description="Serve the labeling app (creates/upgrades the database first).")
+    _db_option(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--overlap-share", type=float, default=0.05, help="share of pushed queries answered by several labelers")
+    p.add_argument("--gold-threshold", type=float, default=0.7, help="gold accuracy under which a labeler is paused")
+
+    p = commands.add_parser("add-user", help="create an account (password read from stdin, or --password-env)")
+    _db_option(p)
+    p.add_argument("name")
+    p.add_argument("--role", choices=ROLES, required=True)
+    p.add_argument("--password-env", default="", help="read the password from this environment variable")
+    p.add_argument("--simulated", default="", help="mark as a simulated labeler, e.g. 'sentiment T=0.5' (shown to admins)")
+
+    p = commands.add_parser("push", help="turn RUN_DIR/collect/samples.jsonl into a batch of queries")
+    _db_option(p)
+    p.add_argument("run_dir")
+    p.add_argument("--kind", choices=QUERY_KINDS, default="", help="query type (default: the run's collect.kind)")
+    p.add_argument("--name", default="", help="batch name (default RUN-KIND-COUNT)")
+    p.add_argument("--overlap-share", type=float, default=0.05, help="share of queries answered by several labelers")
+    p.add_argument("--overlap-labelers", type=int, default=5, help="distinct labelers per overlap query")
+    p.add_argument("--instructions", default="", help="instructions text (version 1; later versions from the admin page)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = commands.add_parser("gold", help="add gold queries (known answers, Comparison JSONL), or a qualification batch")
+    _db_option(p)
+    p.add_argument("comparisons")
+    p.add_argument("--name", required=True)
+    p.add_argument("--qualification", action="store_true", help="labelers must pass these before any other work")
+    p.add_argument("--instructions", default="")
+
+    p = commands.add_parser("pull", help="export answers: OUT/comparisons.jsonl (for collect.comparisons_path), likert.jsonl, summarize_from_feedback.jsonl")
+    _db_option(p)
+    p.add_argument("out_dir")
+    p.add_argument("--batch", action="append", default=[], help="only these batches (repeatable; default all)")
+
+    p = commands.add_parser("simulate", help="a simulated labeler answering queries through a running app")
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--user", required=True)
+    p.add_argument("--password-env", default="")
+    p.add_argument("--task", default="sentiment", help="task whose gold scorer judges (sentiment)")
+    p.add_argument("--temperature", type=float, default=0.0, help="Bradley-Terry / Plackett-Luce noise temperature")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max", type=int, default=None, help="stop after this many answers")
+
+
+def main_label(args: argparse.Namespace) -> int:
+    """Run one `rlhf label` action; bad input prints `rlhf: error: ...` and returns 2."""
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        return run_label_command(args)
+    except (ValueError, FileNotFoundError, PermissionError) as error:
+        print(f"rlhf: error: {error}", file=sys.stderr)
+        return 2
+
+
+def run_label_command(args: argparse.Namespace) -> int:
+    command = args.label_command
+    if command == "simulate":
+        from rlhf.label.simulated_client import AppLabelerClient, label_through_app
+        from rlhf.labelers.simulated import SimulatedLabeler
+        from rlhf.tasks import get_task
+
+        task = get_task(args.task)
+        if task.gold_scorer is None:
+            raise ValueError(f"task {args.task!r} has no gold scorer to simulate a labeler with")
+        client = AppLabelerClient(args.url, args.user, _read_password(args.password_env))
+        labeler = SimulatedLabeler(task.gold_scorer, args.temperature, args.seed, name=args.user)
+        print(json.dumps({"answered": len(label_through_app(client, labeler, args.max))}))
+        return 0
+    from rlhf.label.db import open_database
+
+    sessions = open_database(args.db or None)
+    if command == "serve":
+        import uvicorn
+
+        from rlhf.label.app import create_app
+        from rlhf.label.settings import LabelSettings
+
+        settings = LabelSettings(database_url=args.db, overlap_share=args.overlap_share, gold_threshold=args.gold_threshold)
+        uvicorn.run(create_app(settings, sessions), host=args.host, port=args.port, log_level="warning")
+        return 0
+    with sessions() as db:
+        if command == "add-user":
+            from rlhf.label.auth import create_user
+
+            user = create_user(db, args.name, _read_password(args.password_env), args.role, simulated=args.simulated)
+            print(f"created {user.role} {user.name!r}")
+        elif command == "push":
+            from rlhf.label.exchange import push_samples
+            from rlhf.run import RunDir
+
+            kind = args.kind or RunDir(args.run_dir).load_config().collect.kind
+            batch = push_samples(db, args.run_dir, kind, args.name, args.overlap_share, args.overlap_labelers, args.seed, args.instructions)
+            print(f"pushed batch {batch.name!r}: {batch_size(db, batch.id)} {kind} queries")
+        elif command == "gold":
+            from rlhf.label.exchange import push_gold
+
+            batch = push_gold(db, args.comparisons, args.name, args.qualification, args.instructions)
+            print(f"added {'qualification' if args.qualification else 'gold'} batch {batch.name!r}: {batch_size(db, batch.id)} queries")
+        elif command == "pull":
+            from rlhf.label.exchange import pull_answers
+
+            counts = pull_answers(db, args.out_dir, args.batch)
+            print(json.dumps(counts))
+            print(f"reward stage: set collect.comparisons_path={os.path.join(args.out_dir, 'comparisons.jsonl')}")
+    return 0
+
+
+def batch_size(db, batch_id: int) -> int:
+    from sqlalchemy import func, select
+
+    from rlhf.label.models import Query
+
+    return db.scalar(select(func.count(Query.id)).where(Query.batch_id == batch_id)) or 0
