@@ -115,12 +115,19 @@ def test_hub_id_without_network_gives_clear_error(monkeypatch):
         from_pretrained(AutoTokenizer, "no-such-org/no-such-model-rlhf-test")
 
 
-def test_frozen_prefix_then_top_layers_equals_full_forward(tiny_model_dir):
+def top_layer_backbone(tiny_model_dir, adapter: str) -> Backbone:
+    """A backbone whose one adapter sits on the top layer only, with weights that change the output."""
     tok = load_tokenizer(str(tiny_model_dir))
     bb = Backbone(load_causal_lm(str(tiny_model_dir), tok), tok, lora_r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], top_layers=1)
-    bb.add_adapter("policy")
-    for p in bb.adapter_parameters("policy"):
+    bb.add_adapter(adapter)
+    for p in bb.adapter_parameters(adapter):
         p.data.normal_(0, 0.5)
+    return bb
+
+
+def test_frozen_prefix_then_top_layers_equals_full_forward(tiny_model_dir):
+    bb = top_layer_backbone(tiny_model_dir, "policy")
+    tok = bb.tokenizer
     assert bb.shares_frozen_prefix
     ids, mask = encode_queries(tok, ["a short one", "a much longer prompt with several more words"])
     prefix = bb.frozen_prefix(ids, mask)
@@ -136,11 +143,8 @@ def test_frozen_prefix_then_top_layers_equals_full_forward(tiny_model_dir):
 def test_reward_scores_from_cached_prefix_equal_direct_scores(tiny_model_dir):
     from rlhf.models.roles import encode_for_scoring, pad_encoded
 
-    tok = load_tokenizer(str(tiny_model_dir))
-    bb = Backbone(load_causal_lm(str(tiny_model_dir), tok), tok, lora_r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], top_layers=1)
-    bb.add_adapter("reward")
-    for p in bb.adapter_parameters("reward"):
-        p.data.normal_(0, 0.5)
+    bb = top_layer_backbone(tiny_model_dir, "reward")
+    tok = bb.tokenizer
     rm = ScalarRole(bb, "reward")
     prompts, responses = ["A film", "Another much longer opening for a film that"], [" was good.", " bored me"]
     with torch.no_grad():

@@ -275,12 +275,14 @@ class ScalarRole:
         trunk = self.backbone.adapter_parameters(self.adapter) if self.backbone.is_lora else list(self.backbone.model.parameters())
         return trunk + list(self.head.parameters())
 
-    def raw_scores_at_last(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
-        """Head output at each row's last real token (not the last padded position): [B]."""
+    def hidden_at_last(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Trunk output at each row's last real token (not the last padded position): [B, d]."""
         hidden = self.backbone.hidden_states(self.adapter, input_ids, attention_mask, prefix)
-        idx = last_real_index(attention_mask)
-        last = hidden[torch.arange(hidden.shape[0]), idx]
-        return self.head(last).squeeze(-1)
+        return hidden[torch.arange(hidden.shape[0]), last_real_index(attention_mask)]
+
+    def raw_scores_at_last(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Head output at each row's last real token: [B]."""
+        return self.head(self.hidden_at_last(input_ids, attention_mask, prefix)).squeeze(-1)
 
     def values(self, episodes: Episodes) -> torch.Tensor:
         """Value of the state before each response token: [B, R]."""

@@ -13,7 +13,7 @@ from rlhf.config import RunConfig
 from rlhf.data.io import read_jsonl
 from rlhf.data.records import Comparison
 from rlhf.models.loading import task_for, open_backbone, prompt_source, sft_model_path
-from rlhf.models.roles import Backbone, EncodedSequence, ScalarRole, encode_for_scoring, export_reward_model, last_real_index, pad_encoded
+from rlhf.models.roles import Backbone, EncodedSequence, ScalarRole, encode_for_scoring, export_reward_model, pad_encoded
 from rlhf.run import MetricsLog, RunDir, seed_everything
 from rlhf.train.losses import (
     best_of_k_loss,
@@ -82,9 +82,7 @@ def fit_head_on_frozen_features(rm: ScalarRole, train: list[Comparison], encoded
         feats = []
         for i in range(0, len(encoded), 16):
             seqs = [s for group in encoded[i : i + 16] for s in group]
-            ids, mask, prefix = pad_encoded(seqs, rm.backbone.tokenizer.pad_token_id)
-            hidden = rm.backbone.hidden_states(rm.adapter, ids, mask, prefix)
-            feats.append(hidden[torch.arange(hidden.shape[0]), last_real_index(mask)])
+            feats.append(rm.hidden_at_last(*pad_encoded(seqs, rm.backbone.tokenizer.pad_token_id)))
         x = torch.cat(feats)
         mean, std = x.mean(0), x.std(0) + 1e-6
         z = (x - mean) / std
