@@ -138,6 +138,9 @@ class PPOConfig:
     """Value clip epsilon."""
     value_coef: float = 0.1
     """Weight of the value loss."""
+    reward_source: str = "rm"
+    """What PPO maximises: "rm" (the trained reward model, as in the papers) or "gold" (the simulated task's gold
+    scorer itself, for studies such as Ziegler fig. 2's "PPO on the true reward"; the value still starts from the RM)."""
     missing_stop_penalty: float = -1.0
     """Score given to responses with no EOS/stop token instead of the RM's (Ziegler §3.1.2)."""
     ptx_coef: float = 0.0

@@ -105,7 +105,7 @@ def test_andon_cord_stops_ppo_with_a_checkpoint(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("overrides", [
     ["model.lora_r=0"],  # full fine-tuning: separate copies of the model for each role
     ["collect.kind=ranking", "collect.responses_per_prompt=5", "reward.normalize=reference", "ppo.adaptive_kl=false", "ppo.ptx_coef=0.5"],
-    ["collect.kind=pairwise", "collect.responses_per_prompt=2", "model.lora_top_layers=1"],
+    ["collect.kind=pairwise", "collect.responses_per_prompt=2", "model.lora_top_layers=1", "ppo.reward_source=gold"],
 ])
 def test_pipeline_variants(tiny_model_dir, tmp_path, overrides):
     out = tmp_path / "run"
@@ -116,3 +116,5 @@ def test_pipeline_variants(tiny_model_dir, tmp_path, overrides):
     assert all(r["first_minibatch_max_log_ratio"] == 0.0 for r in rows)
     if "ppo.ptx_coef=0.5" in overrides:
         assert all("ptx_nll" in r for r in rows)
+    if "ppo.reward_source=gold" in overrides:  # PPO maximised the gold score itself
+        assert all(abs(r["rm_score"] - r["gold_reward"]) < 1e-5 for r in rows)

@@ -98,6 +98,10 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
     roles = PPORoles(run, cfg)
     policy, reference, reward, value = roles.policy, roles.reference, roles.reward, roles.value
     task, response_length, stop_rule = task_and_stop_rule(cfg, roles.tokenizer)
+    if pc.reward_source not in ("rm", "gold"):
+        raise ValueError(f"ppo.reward_source: expected rm or gold, got {pc.reward_source!r}")
+    if pc.reward_source == "gold" and task.gold_scorer is None:
+        raise ValueError(f"ppo.reward_source=gold: task '{task.name}' has no gold scorer")
     prompts = [p.text for p in task.load_prompts("train", n=None, source=prompt_source(cfg), seed=cfg.seed + 3)]
     ptx_texts = []
     if pc.ptx_coef > 0:  # PPO-ptx: a text set to keep the pretraining log-likelihood up (InstructGPT eq. 2)
@@ -143,8 +147,9 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
         B = len(batch_prompts)
 
         with torch.no_grad():
-            # 2. score with the reward model; responses with no stop get a fixed penalty (Ziegler §3.1.2)
-            rm_scores = reward.score(batch_prompts, texts)
+            # 2. score with the reward model (or the gold scorer); responses with no stop get a fixed penalty (Ziegler §3.1.2)
+            gold = task.gold_scorer(batch_prompts, texts) if task.gold_scorer is not None else None
+            rm_scores = torch.tensor(gold) if pc.reward_source == "gold" else reward.score(batch_prompts, texts)
             scores = apply_missing_stop_penalty(rm_scores, episodes.has_stop, pc.missing_stop_penalty)
             # 3. log-probs of policy and reference and the values, in the same minibatches as the first epoch
             mbs = chunks(B, pc.minibatch_size)
@@ -200,8 +205,8 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
             "ratio_max": max(stats["ratio_max"]),
             "first_minibatch_max_log_ratio": stats["first_minibatch_max_log_ratio"][0],
         }
-        if task.gold_scorer is not None:  # the simulated task's gold reward, for study only (never trained on)
-            row["gold_reward"] = sum(task.gold_scorer(batch_prompts, texts)) / B
+        if gold is not None:  # the simulated task's gold reward (trained on only when reward_source=gold)
+            row["gold_reward"] = sum(gold) / B
         kl_ctl.update(mean_kl, B)
         metrics.write(row)
         with open(samples_path, "a") as fh:
