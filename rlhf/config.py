@@ -247,9 +247,10 @@ def _apply(obj, values: dict, where: str) -> None:
             setattr(obj, key, _convert(value, tp, f"{where}.{key}"))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    """Defaults, then the YAML file, then `section.field=value` overrides (values parsed as YAML)."""
-    cfg = RunConfig()
+def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: type = RunConfig):
+    """Defaults, then the YAML file, then `section.field=value` overrides (values parsed as YAML). `cls` is the
+    config dataclass (RunConfig, or an experiment's config, which may nest a RunConfig)."""
+    cfg = cls()
     if path:
         path = Path(path)
         try:
