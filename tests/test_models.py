@@ -151,6 +151,8 @@ def test_reward_scores_from_cached_prefix_equal_direct_scores(tiny_model_dir):
         direct = rm.raw_score(prompts, responses)
         cached = rm.raw_scores_at_last(*pad_encoded(encode_for_scoring(rm, prompts, responses), tok.pad_token_id))
     assert torch.allclose(direct, cached, atol=1e-5)
+    rm.gain, rm.bias = 2.0, -1.0  # score_encoded normalises like score, in batches
+    assert torch.allclose(rm.score_encoded(encode_for_scoring(rm, prompts, responses), batch_size=1), rm.score(prompts, responses), atol=1e-5)
 
 
 def test_sample_categorical_matches_the_probabilities_and_never_picks_zero_mass():

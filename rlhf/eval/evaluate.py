@@ -35,7 +35,10 @@ def sample_with_kl(policy: LanguageModelRole, reference: LanguageModelRole, prom
     texts, stops, lengths, kls = [], [], [], []
     for i in range(0, len(prompts), batch_size):
         episodes, batch_texts = sample_episodes(policy, prompts[i : i + batch_size], response_length, stop_rule)
-        log_ratio = (policy.logprobs(episodes) - reference.logprobs(episodes)) * episodes.response_mask
+        if policy is reference:  # the SFT policy is the reference: its KL is exactly 0
+            log_ratio = torch.zeros_like(episodes.response_mask, dtype=torch.float32)
+        else:
+            log_ratio = (policy.logprobs(episodes) - reference.logprobs(episodes)) * episodes.response_mask
         texts += batch_texts
         stops += episodes.has_stop.tolist()
         lengths += episodes.response_mask.sum(-1).tolist()

@@ -317,6 +317,13 @@ class ScalarRole:
         raw = torch.cat(out) if out else torch.zeros(0)
         return raw * self.gain + self.bias
 
+    @torch.no_grad()
+    def score_encoded(self, seqs: list["EncodedSequence"], batch_size: int = 64) -> torch.Tensor:
+        """`score` for sequences already through `encode_for_scoring`: only the layers above the frozen prefix run."""
+        pad_id = self.backbone.tokenizer.pad_token_id
+        raw = [self.raw_scores_at_last(*pad_encoded(seqs[i : i + batch_size], pad_id)) for i in range(0, len(seqs), batch_size)]
+        return (torch.cat(raw) if raw else torch.zeros(0)) * self.gain + self.bias
+
     # persistence -----------------------------------------------------------------------------------
     def save(self, folder, name: str) -> None:
         from rlhf.data.io import atomic_write_json

@@ -112,9 +112,11 @@ def has_tied_best(c: Comparison) -> bool:
 def heldout_accuracy(rm: ScalarRole, heldout: list[Comparison]) -> dict:
     """Accuracy over ordered pairs: against the gold scores stored with each comparison when present (ties in
     gold are skipped), otherwise against the labeler's choice. Equal RM scores count one half."""
-    correct, n = 0.0, 0
+    encoded = encode_for_scoring(rm, [c.prompt for c in heldout for _ in c.responses], [r for c in heldout for r in c.responses])
+    all_scores = rm.score_encoded(encoded).tolist()
+    correct, n, start = 0.0, 0, 0
     for c in heldout:
-        scores = rm.score([c.prompt] * len(c.responses), list(c.responses)).tolist()
+        scores, start = all_scores[start : start + len(c.responses)], start + len(c.responses)
         gold = c.meta.get("gold")
         pairs = [(i, j) for i in range(len(gold)) for j in range(len(gold)) if gold[i] > gold[j]] if gold else c.pairs()
         for better, worse in pairs:
@@ -213,8 +215,7 @@ def train_reward(run: RunDir, cfg: RunConfig) -> dict:
 
     # 5. normalise: Ziegler (policy samples mean 0, std 1) or Stiennon (reference responses average 0)
     if rc.normalize == "policy":
-        sample = [(c.prompt, r) for c in train for r in c.responses][:256]
-        raw = rm.score([p for p, _ in sample], [r for _, r in sample])
+        raw = rm.score_encoded(flat[:256])  # the first 256 training responses
         rm.gain, rm.bias = gain_bias_for_unit_normal(raw)
     elif rc.normalize == "reference":
         demos = task_for(cfg).load_demonstrations("train", n=None, source=prompt_source(cfg), seed=cfg.seed)[:256]
