@@ -141,6 +141,9 @@ class PPOConfig:
     reward_source: str = "rm"
     """What PPO maximises: "rm" (the trained reward model, as in the papers) or "gold" (the simulated task's gold
     scorer itself, for studies such as Ziegler fig. 2's "PPO on the true reward"; the value still starts from the RM)."""
+    log_gold_reward: bool = True
+    """Score each PPO batch with the simulated task's gold scorer too, for the metrics only (with `task.gold: lm`
+    this costs a forward pass of the judge per batch). Always on when reward_source is gold."""
     missing_stop_penalty: float = -1.0
     """Score given to responses with no EOS/stop token instead of the RM's (Ziegler §3.1.2)."""
     ptx_coef: float = 0.0

@@ -148,7 +148,8 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
 
         with torch.no_grad():
             # 2. score with the reward model (or the gold scorer); responses with no stop get a fixed penalty (Ziegler §3.1.2)
-            gold = task.gold_scorer(batch_prompts, texts) if task.gold_scorer is not None else None
+            wants_gold = task.gold_scorer is not None and (pc.log_gold_reward or pc.reward_source == "gold")
+            gold = task.gold_scorer(batch_prompts, texts) if wants_gold else None
             rm_scores = torch.tensor(gold) if pc.reward_source == "gold" else reward.score(batch_prompts, texts)
             scores = apply_missing_stop_penalty(rm_scores, episodes.has_stop, pc.missing_stop_penalty)
             # 3. log-probs of policy and reference and the values, in the same minibatches as the first epoch
