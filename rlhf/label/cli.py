@@ -76,6 +76,8 @@ def add_label_parser(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="Bradley-Terry / Plackett-Luce noise temperature")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max", type=int, default=None, help="stop after this many answers")
+    p.add_argument("--likert-from", default="", metavar="RUN_DIR",
+                   help="for likert queries: the 1-7 cut points are the septiles of the gold scores of RUN_DIR/collect/samples.jsonl (the pushed batch)")
 
 
 def main_label(args: argparse.Namespace) -> int:
@@ -101,6 +103,17 @@ def run_label_command(args: argparse.Namespace) -> int:
             raise ValueError(f"task {args.task!r} has no gold scorer to simulate a labeler with")
         client = AppLabelerClient(args.url, args.user, _read_password(args.password_env))
         labeler = SimulatedLabeler(task.gold_scorer, args.temperature, args.seed, name=args.user)
+        if args.likert_from:
+            from pathlib import Path
+
+            from rlhf.data.io import read_jsonl
+            from rlhf.data.records import Sample
+
+            path = Path(args.likert_from) / "collect" / "samples.jsonl"
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: no samples to calibrate the Likert scale on")
+            samples = read_jsonl(path, Sample)
+            labeler.calibrate_likert(task.gold_scorer([s.prompt for s in samples], [s.response for s in samples]))
         print(json.dumps({"answered": len(label_through_app(client, labeler, args.max))}))
         return 0
     from rlhf.label.db import open_database
