@@ -38,6 +38,9 @@ def add_label_parser(sub) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--overlap-share", type=float, default=0.05, help="share of pushed queries answered by several labelers")
     p.add_argument("--gold-threshold", type=float, default=0.7, help="gold accuracy under which a labeler is paused")
+    p.add_argument("--login-max-failures-per-user", type=int, default=5, help="failed logins per account within the window before HTTP 429")
+    p.add_argument("--login-max-failures-per-address", type=int, default=30, help="failed logins per client address within the window before HTTP 429")
+    p.add_argument("--login-window-seconds", type=float, default=900.0, help="sliding window of the login limits")
 
     p = commands.add_parser("add-user", help="create an account (password read from stdin, or --password-env)")
     _db_option(p)
@@ -125,7 +128,10 @@ def run_label_command(args: argparse.Namespace) -> int:
         from rlhf.label.app import create_app
         from rlhf.label.settings import LabelSettings
 
-        settings = LabelSettings(database_url=args.db, overlap_share=args.overlap_share, gold_threshold=args.gold_threshold)
+        settings = LabelSettings(database_url=args.db, overlap_share=args.overlap_share, gold_threshold=args.gold_threshold,
+                                 login_max_failures_per_user=args.login_max_failures_per_user,
+                                 login_max_failures_per_address=args.login_max_failures_per_address,
+                                 login_window_seconds=args.login_window_seconds)
         uvicorn.run(create_app(settings, sessions), host=args.host, port=args.port, log_level="warning")
         return 0
     with sessions() as db:
