@@ -59,6 +59,6 @@ def test_point_against_frontier_fraction_of_gain_and_out_of_range():
 
 def test_peak_finds_the_rise_and_fall():
     points = [{"kl": 2.0, "gold_reward": 0.5}, {"kl": 0.0, "gold_reward": 0.0}, {"kl": 1.0, "gold_reward": 1.0}]
-    assert peak(points) == {"peak_kl": 1.0, "peak_gold_reward": 1.0, "gold_falls_after_peak": True, "drop_after_peak": 0.5}
+    assert peak(points) == {"peak_kl": 1.0, "peak_gold_reward": 1.0, "gold_falls_after_peak": True, "drop_after_peak": 0.5, "last_point_sem": None}
     rising = peak([{"kl": 0.0, "gold_reward": 0.0}, {"kl": 1.0, "gold_reward": 1.0}])
     assert rising["gold_falls_after_peak"] is False and rising["drop_after_peak"] == 0.0

@@ -54,7 +54,8 @@ def peak(points: list[dict]) -> dict:
     best = max(range(len(ordered)), key=lambda i: ordered[i]["gold_reward"])
     return {"peak_kl": ordered[best]["kl"], "peak_gold_reward": ordered[best]["gold_reward"],
             "gold_falls_after_peak": best < len(ordered) - 1,
-            "drop_after_peak": ordered[best]["gold_reward"] - ordered[-1]["gold_reward"]}
+            "drop_after_peak": ordered[best]["gold_reward"] - ordered[-1]["gold_reward"],
+            "last_point_sem": ordered[-1].get("gold_reward_sem")}
 
 
 def run(cfg: Config, out: Path) -> dict:
@@ -132,7 +133,7 @@ def plot_sweeps(path: Path, bon_sweep: list[dict], ppo_sweep: list[dict], rho: d
         ax.set_xlabel("KL(π || ρ), nats")
         ax.set_title(title)
         lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-        ax.legend(lines, [h.get_label() for h in lines], fontsize=8, loc="lower right")
+        ax.legend(lines, [h.get_label() for h in lines], fontsize=8, loc="best")
     axes[0].set_ylabel(f"gold reward ({gold_name}; −1 without a stop)")
     fig.suptitle("Over-optimising a proxy reward model (Stiennon et al. 2020, figs. 5 and 7)")
     fig.tight_layout()
@@ -158,7 +159,8 @@ def summary_markdown(s: dict) -> str:
         lines.append(f"| PPO β={p['beta']:g} | {p['kl']:.2f} ± {p['kl_sem']:.2f} | {p['proxy_reward']:.3f} | {p['gold_reward']:.3f} ± {p['gold_reward_sem']:.3f} |")
     for name, key in (("best-of-N", "bon_peak"), ("PPO", "ppo_peak")):
         pk = s[key]
-        fall = (f"falls by {pk['drop_after_peak']:.3f} after it" if pk["gold_falls_after_peak"] else "does not fall within the sweep (the peak is its last point)")
+        sem = "" if pk.get("last_point_sem") is None else f" (standard error of the last point {pk['last_point_sem']:.3f})"
+        fall = (f"falls by {pk['drop_after_peak']:.3f} after it{sem}" if pk["gold_falls_after_peak"] else "does not fall within the sweep (the peak is its last point)")
         lines.append(f"\n{name}: gold peaks at KL {pk['peak_kl']:.2f} ({pk['peak_gold_reward']:.3f}) and {fall}.")
     lines += ["", "![over-optimisation](overoptimization.png)", "",
               f"Wall time {s['wall_seconds']:.0f} s, CPU time {s['cpu_seconds']:.0f} s (this invocation; a resumed run counts only what it redid)."]
