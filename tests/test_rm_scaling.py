@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -64,7 +65,10 @@ def write_hh_file(path, n):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["probe", "lp_ft"])
-def test_rm_scaling_end_to_end_on_tiny_model(tmp_path, tiny_model_dir, method):
+def test_rm_scaling_end_to_end_on_tiny_model(tmp_path, tiny_model_dir, method, monkeypatch):
+    # the tiny random model writes word salad, which VADER scores 0 (all pairs tied): a stand-in gold that never
+    # ties on different texts, read when the task is built
+    monkeypatch.setattr("rlhf.tasks.sentiment.vader_gold_scores", lambda ps, rs: [zlib.crc32(r.encode()) / 2**32 for r in rs])
     hh = tmp_path / "hh.jsonl.gz"
     write_hh_file(hh, 40)
     cfg = Config(sizes=[4, 8], seeds=2, method=method, max_tokens=24, human_path=str(hh), human_heldout=16,

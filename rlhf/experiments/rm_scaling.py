@@ -252,6 +252,8 @@ def run_source(source: str, cfg: Config, out: Path, rm, adapter_init) -> dict:
         write_jsonl(folder / "comparisons.jsonl", pool)
         write_jsonl(folder / "heldout.jsonl", heldout)
     heldout = [c for c in heldout if preferred_index(c) is not None]
+    if not heldout:
+        raise ValueError(f"{source}: every held-out comparison ties in gold; nothing to measure accuracy on")
     better = np.array([preferred_index(c) for c in heldout])
     rows = np.arange(len(heldout))
 
