@@ -75,18 +75,21 @@ def loss_from_scores(scores: torch.Tensor, batch: list[Comparison]) -> torch.Ten
     return total
 
 
-def fit_head_on_frozen_features(rm: ScalarRole, train: list[Comparison], encoded: list[list[EncodedSequence]], l2: float) -> float:
-    """Linear probing before fine-tuning (Kumar et al. 2022, "LP-FT"): fit the scalar head by L-BFGS on the
-    trunk's features (standardised, with an L2 penalty) under the same comparison loss, so that fine-tuning starts
-    from a head that already ranks the responses instead of a random one. Returns the probe's training loss."""
-    with torch.no_grad():
-        feats = []
-        for i in range(0, len(encoded), 16):
-            seqs = [s for group in encoded[i : i + 16] for s in group]
-            feats.append(rm.hidden_at_last(*pad_encoded(seqs, rm.backbone.tokenizer.pad_token_id)))
-        x = torch.cat(feats)
-        mean, std = x.mean(0), x.std(0) + 1e-6
-        z = (x - mean) / std
+@torch.no_grad()
+def frozen_features(rm: ScalarRole, encoded: list[list[EncodedSequence]], chunk: int = 16) -> torch.Tensor:
+    """The trunk's features at each response's last token, [sum of responses, d], in the order of `encoded`."""
+    feats = []
+    for i in range(0, len(encoded), chunk):
+        seqs = [s for group in encoded[i : i + chunk] for s in group]
+        feats.append(rm.hidden_at_last(*pad_encoded(seqs, rm.backbone.tokenizer.pad_token_id)))
+    return torch.cat(feats)
+
+
+def fit_head_on_features(rm: ScalarRole, train: list[Comparison], x: torch.Tensor, l2: float) -> float:
+    """Fit the scalar head by L-BFGS on features `x` (one row per response of `train`, in order; standardised,
+    with an L2 penalty) under the comparison loss. Returns the training loss."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    z = (x - mean) / std
     w = torch.zeros(z.shape[1], requires_grad=True)
     optimizer = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
 
@@ -101,6 +104,13 @@ def fit_head_on_frozen_features(rm: ScalarRole, train: list[Comparison], encoded
         rm.head.weight.copy_((w / std).unsqueeze(0))
         rm.head.bias.fill_(-(w * mean / std).sum().item())
         return loss_from_scores(z @ w, train).item()
+
+
+def fit_head_on_frozen_features(rm: ScalarRole, train: list[Comparison], encoded: list[list[EncodedSequence]], l2: float) -> float:
+    """Linear probing before fine-tuning (Kumar et al. 2022, "LP-FT"): fit the scalar head by L-BFGS on the
+    trunk's features (standardised, with an L2 penalty) under the same comparison loss, so that fine-tuning starts
+    from a head that already ranks the responses instead of a random one. Returns the probe's training loss."""
+    return fit_head_on_features(rm, train, frozen_features(rm, encoded), l2)
 
 
 def has_tied_best(c: Comparison) -> bool:
