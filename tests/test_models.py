@@ -176,13 +176,15 @@ def test_sampler_draws_from_the_full_forward_distribution(backbone, monkeypatch)
     policy = LanguageModelRole(backbone, "policy", temperature=0.7)
     query_ids, query_mask = encode_queries(backbone.tokenizer, ["A short one", "A much longer opening line of a review that"])
     torch.manual_seed(1)
-    response = policy.sample(query_ids, query_mask, 6)
+    response, loop_logprobs = policy.sample(query_ids, query_mask, 6, with_logprobs=True)
     episodes = Episodes(query_ids, query_mask, response, torch.ones_like(response, dtype=torch.float), torch.ones(2, dtype=torch.bool))
     with torch.no_grad():
         full = policy.logits(episodes).softmax(-1)  # [B, R, V]
+        full_logprobs = policy.logprobs(episodes)
     sampled = torch.stack(seen, dim=1)
     assert sampled.shape == full.shape
     assert torch.allclose(sampled, full, atol=1e-5)
+    assert torch.allclose(loop_logprobs, full_logprobs, atol=1e-4)  # the eval's KL reads these off the loop
 
 
 def test_value_head_with_folded_normalisation_outputs_the_normalised_score(backbone):

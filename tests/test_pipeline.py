@@ -37,7 +37,14 @@ def test_smoke_run_writes_complete_run_directory(tiny_model_dir, tmp_path):
         assert key in summary["winrates"]["ppo_vs_initial"]
     assert summary["winrates"]["ppo_vs_initial"]["n"] == 8
     assert summary["wall_seconds_total"] > 0
-    assert abs(summary["policies"]["sft"]["kl_to_reference"]) < 1e-4  # the SFT policy is the reference
+    # the SFT policy's evaluation samples are best-of-N's first candidates, and best-of-N's are among its candidates
+    N = summary["policies"]["bon"]["n_samples"]
+    candidates = [json.loads(line) for line in (out / "bon" / "candidates.jsonl").read_text().splitlines()]
+    evaluated = [json.loads(line) for line in (out / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(candidates) == 8 * N
+    assert [r["response"] for r in evaluated if r["policy"] == "sft"] == [c["response"] for c in candidates[::N]]
+    for i, r in enumerate(r for r in evaluated if r["policy"] == "bon"):
+        assert r["response"] in [c["response"] for c in candidates[i * N : (i + 1) * N]]
     rows = [json.loads(line) for line in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [1, 2, 3]
     for r in rows:  # the PPO ratio is exactly 1 on the first minibatch of every iteration
@@ -103,7 +110,7 @@ def test_andon_cord_stops_ppo_with_a_checkpoint(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("overrides", [
-    ["model.lora_r=0"],  # full fine-tuning: separate copies of the model for each role
+    ["model.lora_r=0", "ppo.log_gold_reward=false"],  # full fine-tuning: separate copies of the model for each role
     ["collect.kind=ranking", "collect.responses_per_prompt=5", "reward.normalize=reference", "ppo.adaptive_kl=false", "ppo.ptx_coef=0.5"],
     ["collect.kind=pairwise", "collect.responses_per_prompt=2", "model.lora_top_layers=1", "ppo.reward_source=gold"],
 ])
@@ -116,5 +123,6 @@ def test_pipeline_variants(tiny_model_dir, tmp_path, overrides):
     assert all(r["first_minibatch_max_log_ratio"] == 0.0 for r in rows)
     if "ppo.ptx_coef=0.5" in overrides:
         assert all("ptx_nll" in r for r in rows)
+    assert all(("gold_reward" in r) == ("ppo.log_gold_reward=false" not in overrides) for r in rows)
     if "ppo.reward_source=gold" in overrides:  # PPO maximised the gold score itself
         assert all(abs(r["rm_score"] - r["gold_reward"]) < 1e-5 for r in rows)

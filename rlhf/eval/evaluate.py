@@ -38,7 +38,7 @@ def sample_with_kl(policy: LanguageModelRole, reference: LanguageModelRole, prom
         if policy is reference:  # the SFT policy is the reference: its KL is exactly 0
             log_ratio = torch.zeros_like(episodes.response_mask, dtype=torch.float32)
         else:
-            log_ratio = (policy.logprobs(episodes) - reference.logprobs(episodes)) * episodes.response_mask
+            log_ratio = (episodes.sample_logprobs - reference.logprobs(episodes)) * episodes.response_mask
         texts += batch_texts
         stops += episodes.has_stop.tolist()
         lengths += episodes.response_mask.sum(-1).tolist()
@@ -82,10 +82,12 @@ def evaluate(run: RunDir, cfg: RunConfig) -> dict:
     reward = load_reward_model(run, sft)
     reference = LanguageModelRole(sft, None, cfg.task.temperature)
     task, response_length, stop_rule = task_and_stop_rule(cfg, sft.tokenizer)
-    policies = {
-        "initial": LanguageModelRole(open_backbone(cfg, base_model_path(cfg)), None, cfg.task.temperature),
-        "sft": reference,
-    }
+    policies = {"initial": LanguageModelRole(open_backbone(cfg, base_model_path(cfg)), None, cfg.task.temperature)}
+    bon_candidates = read_jsonl(run.root / "bon" / "candidates.jsonl", Sample) if run.is_done("bon") else []
+    if bon_candidates:
+        assert [s.prompt for s in bon_candidates[:: run.done_info("bon")["n"]]] == prompts, "best-of-N was drawn for other prompts; re-run `rlhf bon`"
+    else:  # without best-of-N's candidates the SFT policy is sampled here
+        policies["sft"] = reference
     if run.is_done("ppo"):
         policies["ppo"] = LanguageModelRole(open_backbone(cfg, str(run.root / "ppo" / "model")), None, cfg.task.temperature)
 
@@ -103,18 +105,23 @@ def evaluate(run: RunDir, cfg: RunConfig) -> dict:
         figures[name].update(text_figures(prompts, texts, with_copying=cfg.task.name == "tldr"))
         rows += sample_rows(name, prompts, texts, stops, rm, gold)
         log.info("eval %s: %s", name, {k: round(v, 3) for k, v in figures[name].items() if isinstance(v, float)})
-    if run.is_done("bon"):
+    if bon_candidates:
+        # the SFT policy's samples are best-of-N's first candidates (i.i.d. SFT samples; their KL to SFT is 0),
+        # and best-of-N's are the chosen ones; both were scored by the RM in the bon stage
+        N = run.done_info("bon")["n"]
         bon = read_jsonl(run.root / "bon" / "samples.jsonl", Sample)
         assert [s.prompt for s in bon] == prompts, "best-of-N samples were drawn for other prompts; re-run `rlhf bon`"
-        texts = [s.response for s in bon]
-        responses["bon"] = texts
-        rm = reward.score(prompts, texts).tolist()
-        gold = golds["bon"] = task.gold_scorer(prompts, texts) if task.gold_scorer else None
-        lengths = [len(sft.tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
-        figures["bon"] = policy_figures(gold, rm, None, lengths, [s.has_stop for s in bon], kl_value=run.done_info("bon")["kl_to_reference"])
-        figures["bon"]["n_samples"] = run.done_info("bon")["n"]
-        figures["bon"].update(text_figures(prompts, texts, with_copying=cfg.task.name == "tldr"))
-        rows += sample_rows("bon", prompts, texts, [s.has_stop for s in bon], rm, gold)
+        for name, picked, kl in (("sft", bon_candidates[::N], 0.0), ("bon", bon, run.done_info("bon")["kl_to_reference"])):
+            texts, stops = [s.response for s in picked], [s.has_stop for s in picked]
+            responses[name] = texts
+            rm = [s.meta["rm_score_no_penalty"] for s in picked]
+            gold = golds[name] = task.gold_scorer(prompts, texts) if task.gold_scorer else None
+            lengths = [len(sft.tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
+            figures[name] = policy_figures(gold, rm, None, lengths, stops, kl_value=kl)
+            figures[name].update(text_figures(prompts, texts, with_copying=cfg.task.name == "tldr"))
+            rows += sample_rows(name, prompts, texts, stops, rm, gold)
+        figures["bon"]["n_samples"] = N
+    figures = {name: figures[name] for name in ("initial", "sft", "ppo", "bon") if name in figures}
 
     # 3. win rates judged by the gold labeler (ties count 0.5), with 95% bootstrap intervals
     winrates = {}

@@ -24,6 +24,7 @@ from rlhf.label.answers import LIKERT_RANGE, AnswerError
 from rlhf.label.dashboard import dashboard_stats
 from rlhf.label.db import open_database
 from rlhf.label.models import LIKERT_AXES, LIKERT_FLAGS, ROLES, Batch, Instructions, Judgment, Run, User
+from rlhf.label.ratelimit import LoginLimiter
 from rlhf.label.settings import LabelSettings
 from rlhf.label.work import NoWork, current_instructions, next_assignment, submit_judgment
 
@@ -57,6 +58,7 @@ def create_app(settings: LabelSettings | None = None, sessions: sessionmaker[Ses
                        same_site="strict", https_only=settings.cookie_https_only, max_age=12 * 3600)
     templates = Jinja2Templates(env=Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True))
     app.state.settings, app.state.sessions = settings, sessions
+    limiter = LoginLimiter(settings.login_max_failures_per_user, settings.login_max_failures_per_address, settings.login_window_seconds)
 
     def get_db() -> Iterator[Session]:
         with sessions() as db:
@@ -100,9 +102,17 @@ def create_app(settings: LabelSettings | None = None, sessions: sessionmaker[Ses
     def login(request: Request, name: str = Form(""), password: str = Form(""), csrf: str = Form(""),
               db: Session = Depends(get_db)) -> Response:
         auth.check_csrf(request, csrf)
+        address = request.client.host if request.client else ""
+        refused = limiter.blocked(name.strip(), address)
+        if refused is not None:  # refused before the password is checked, so guessing learns nothing
+            response = page(request, None, "login.jinja", None, status_code=429, error=refused)
+            response.headers["Retry-After"] = refused.rsplit(" ", 2)[-2]
+            return response
         user = auth.authenticate(db, name, password)
         if user is None:
+            limiter.failed(name.strip(), address)
             return page(request, None, "login.jinja", None, status_code=401, error="wrong name or password")
+        limiter.succeeded(name.strip())
         request.session.clear()  # a fresh session (and CSRF token) after login
         request.session["user_id"] = user.id
         return RedirectResponse(HOME_OF_ROLE[user.role], status_code=303)

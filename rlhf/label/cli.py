@@ -38,6 +38,9 @@ def add_label_parser(sub) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--overlap-share", type=float, default=0.05, help="share of pushed queries answered by several labelers")
     p.add_argument("--gold-threshold", type=float, default=0.7, help="gold accuracy under which a labeler is paused")
+    p.add_argument("--login-max-failures-per-user", type=int, default=5, help="failed logins per account within the window before HTTP 429")
+    p.add_argument("--login-max-failures-per-address", type=int, default=30, help="failed logins per client address within the window before HTTP 429")
+    p.add_argument("--login-window-seconds", type=float, default=900.0, help="sliding window of the login limits")
 
     p = commands.add_parser("add-user", help="create an account (password read from stdin, or --password-env)")
     _db_option(p)
@@ -76,6 +79,8 @@ def add_label_parser(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="Bradley-Terry / Plackett-Luce noise temperature")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max", type=int, default=None, help="stop after this many answers")
+    p.add_argument("--likert-from", default="", metavar="RUN_DIR",
+                   help="for likert queries: the 1-7 cut points are the septiles of the gold scores of RUN_DIR/collect/samples.jsonl (the pushed batch)")
 
 
 def main_label(args: argparse.Namespace) -> int:
@@ -101,6 +106,17 @@ def run_label_command(args: argparse.Namespace) -> int:
             raise ValueError(f"task {args.task!r} has no gold scorer to simulate a labeler with")
         client = AppLabelerClient(args.url, args.user, _read_password(args.password_env))
         labeler = SimulatedLabeler(task.gold_scorer, args.temperature, args.seed, name=args.user)
+        if args.likert_from:
+            from pathlib import Path
+
+            from rlhf.data.io import read_jsonl
+            from rlhf.data.records import Sample
+
+            path = Path(args.likert_from) / "collect" / "samples.jsonl"
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: no samples to calibrate the Likert scale on")
+            samples = read_jsonl(path, Sample)
+            labeler.calibrate_likert(task.gold_scorer([s.prompt for s in samples], [s.response for s in samples]))
         print(json.dumps({"answered": len(label_through_app(client, labeler, args.max))}))
         return 0
     from rlhf.label.db import open_database
@@ -112,7 +128,10 @@ def run_label_command(args: argparse.Namespace) -> int:
         from rlhf.label.app import create_app
         from rlhf.label.settings import LabelSettings
 
-        settings = LabelSettings(database_url=args.db, overlap_share=args.overlap_share, gold_threshold=args.gold_threshold)
+        settings = LabelSettings(database_url=args.db, overlap_share=args.overlap_share, gold_threshold=args.gold_threshold,
+                                 login_max_failures_per_user=args.login_max_failures_per_user,
+                                 login_max_failures_per_address=args.login_max_failures_per_address,
+                                 login_window_seconds=args.login_window_seconds)
         uvicorn.run(create_app(settings, sessions), host=args.host, port=args.port, log_level="warning")
         return 0
     with sessions() as db:

@@ -61,13 +61,21 @@ def push_samples(db: Session, run_dir: str | Path, kind: str, name: str = "", ov
     path = Path(run_dir) / "collect" / "samples.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no samples; run `rlhf collect {run_dir}` (or give a run that has sampled responses)")
+    return push_sample_records(db, read_jsonl(path, Sample), run_dir, kind, name, overlap_share, overlap_labelers, seed,
+                               instructions, where=str(path))
+
+
+def push_sample_records(db: Session, samples: list[Sample], run_dir: str | Path, kind: str, name: str = "",
+                        overlap_share: float = 0.05, overlap_labelers: int = 5, seed: int = 0, instructions: str = "",
+                        where: str = "samples") -> Batch:
+    """Samples (grouped by prompt) -> a batch of queries of `run_dir`'s run; `push_samples` and online PPO use it."""
     items: list[tuple[str, list[dict[str, str]]]] = []
-    for prompt, group in _group_by_prompt(read_jsonl(path, Sample)):
+    for prompt, group in _group_by_prompt(samples):
         responses = [{"text": s.response, "policy": s.policy} for s in group]
         if kind == "likert":
             items += [(prompt, [response]) for response in responses]
         else:
-            _check_group_size(kind, prompt, len(responses), str(path))
+            _check_group_size(kind, prompt, len(responses), where)
             items.append((prompt, responses))
     run = register_run(db, run_dir)
     batch = new_batch(db, name or f"{run.name}-{kind}-{len(items)}", kind, instructions, run_id=run.id)
@@ -108,6 +116,13 @@ def _judgments(db: Session, batch_names: list[str]) -> list[tuple[Judgment, Quer
     if batch_names:
         statement = statement.where(Batch.name.in_(batch_names))
     return list(db.execute(statement.order_by(Judgment.id)).all())
+
+
+def answered_comparisons(db: Session, batch_names: list[str]) -> list[Comparison]:
+    """The answers to the comparison queries of these batches, as `pull` writes them (likert left out)."""
+    if not batch_names:
+        return []
+    return [judgment_to_comparison(*row) for row in _judgments(db, batch_names) if row[1].kind != "likert"]
 
 
 def judgment_to_comparison(judgment: Judgment, query: Query, user: User, batch: Batch) -> Comparison:

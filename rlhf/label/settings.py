@@ -24,6 +24,12 @@ class LabelSettings:
     """Accuracy on the qualification batch needed before a labeler gets regular work."""
     assignment_timeout_minutes: float = 120.0
     """An unanswered overlap slot taken longer ago than this is given to someone else when work runs out."""
+    login_max_failures_per_user: int = 5
+    """Failed logins for one account within the window after which its logins get HTTP 429 until they age out."""
+    login_max_failures_per_address: int = 30
+    """Failed logins from one client address (any accounts) within the window after which that address gets HTTP 429."""
+    login_window_seconds: float = 900.0
+    """The sliding window of the two login limits."""
     cookie_https_only: bool = False
     """Send the session cookie only over HTTPS (set it when serving behind TLS)."""
 
@@ -34,3 +40,5 @@ class LabelSettings:
                 raise ValueError(f"LabelSettings.{name}: expected a number in 0..1, got {value}")
         if self.overlap_labelers < 1 or self.gold_min_answers < 1:
             raise ValueError("LabelSettings: overlap_labelers and gold_min_answers must be at least 1")
+        if self.login_max_failures_per_user < 1 or self.login_max_failures_per_address < 1 or self.login_window_seconds <= 0:
+            raise ValueError("LabelSettings: the login limits must be at least 1 and login_window_seconds positive")

@@ -1,5 +1,6 @@
 """A simulated labeler that works through the app over HTTP like a person would: log in, fetch the next
-query, answer it with a `Labeler` (e.g. rlhf.labelers.simulated.SimulatedLabeler), submit the form.
+query, answer it with a `Labeler` (e.g. rlhf.labelers.simulated.SimulatedLabeler; Likert queries with its
+`rate`), submit the form.
 Used to rehearse a collection round end to end without people, and by the load benchmark."""
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import httpx
 
 from rlhf.data.records import Comparison
+from rlhf.label.models import LIKERT_AXES
 from rlhf.labelers.base import Labeler
 
 
@@ -57,9 +59,13 @@ def label_through_app(client: AppLabelerClient, labeler: Labeler, max_queries: i
         if query["status"] != "ok":
             break
         if query["kind"] == "likert":
-            raise ValueError("simulated labelers answer comparison queries only (pairwise, best_of_k, ranking), not likert")
-        comparison = labeler.label(query["prompt"], list(query["responses"]), query["kind"])
-        response = client.submit(query["token"], form_from_comparison(comparison), query["instructions_version"])
+            if not hasattr(labeler, "rate"):
+                raise ValueError(f"labeler {labeler.name!r} cannot answer likert queries (it has no `rate`)")
+            ratings = labeler.rate(query["prompt"], query["responses"][0], LIKERT_AXES)
+            fields = {axis: str(value) for axis, value in ratings.items()}
+        else:
+            fields = form_from_comparison(labeler.label(query["prompt"], list(query["responses"]), query["kind"]))
+        response = client.submit(query["token"], fields, query["instructions_version"])
         if response.status_code != 303:
             raise RuntimeError(f"{client.name}: submit refused with HTTP {response.status_code}: {response.text[:200]}")
         accepted.append(query["token"])

@@ -3,6 +3,7 @@ noise with temperature T (T = 0: always the gold-best response), and gold win/ti
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Sequence
 
@@ -88,6 +89,21 @@ def confidence_from_probability(probability: float) -> int:
     return int(math.floor(scaled + 0.5))
 
 
+def likert_cut_points(gold_scores: Sequence[float], points: int = 7) -> list[float]:
+    """The k/points quantiles, k = 1..points-1, of a batch's gold scores (numpy's linear interpolation): the cut
+    points that put about one seventh of the batch on each point of a 7-point scale."""
+    if len(gold_scores) == 0:
+        raise ValueError("likert_cut_points: no gold scores to calibrate on")
+    return [float(q) for q in np.quantile(np.asarray(gold_scores, dtype=np.float64), [k / points for k in range(1, points)])]
+
+
+# Stiennon et al. 2020 §4.1: 7-point Likert ratings; placing the gold score among the batch's quantiles is our rule.
+def likert_from_score(score: float, cut_points: Sequence[float]) -> int:
+    """1 + the number of cut points strictly below `score`: 1..7 with 6 cut points (a score equal to a cut point
+    takes the lower rating)."""
+    return 1 + bisect.bisect_left(list(cut_points), score)
+
+
 def score_with_gold(gold_scorer: GoldScorer, prompt: str, responses: list[str]) -> list[float]:
     """Gold scores of all responses to one prompt, from one call of the scorer; checked to be K finite floats."""
     scores = [float(score) for score in gold_scorer([prompt] * len(responses), list(responses))]
@@ -121,6 +137,21 @@ class SimulatedLabeler:
         self.seed = seed
         self.name = name
         self.rng = np.random.default_rng(seed)
+        self.likert_cuts: list[float] | None = None
+
+    def calibrate_likert(self, gold_scores: Sequence[float]) -> None:
+        """Set the Likert cut points from the gold scores of the batch to be rated (see `likert_cut_points`)."""
+        self.likert_cuts = likert_cut_points(gold_scores)
+
+    def rate(self, prompt: str, response: str, axes: Sequence[str]) -> dict[str, int]:
+        """A 1-7 rating on each axis: the gold score plus this labeler's noise T * (Gumbel - Euler's gamma), drawn
+        afresh per axis (the noise under which its best-of-K choices are softmax(g / T); the gold scorer measures
+        one quality, so the axes differ by noise only), placed among the calibrated cut points (`likert_from_score`)."""
+        if self.likert_cuts is None:
+            raise ValueError(f"labeler {self.name!r}: no Likert calibration; call calibrate_likert(gold scores of the batch) first "
+                             "(`rlhf label simulate --likert-from RUN_DIR`)")
+        gold = score_with_gold(self.gold_scorer, prompt, [response])[0]
+        return {axis: likert_from_score(gold + self.temperature * (self.rng.gumbel() - np.euler_gamma), self.likert_cuts) for axis in axes}
 
     def label(self, prompt: str, responses: list[str], kind: str) -> Comparison:
         """Score all responses once with the gold scorer, then choose/rank them under the noise model."""

@@ -38,9 +38,10 @@ def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_tokens(lm, query_ids: torch.Tensor, query_mask: torch.Tensor, n_tokens: int, temperature: float) -> torch.Tensor:
+def sample_tokens(lm, query_ids: torch.Tensor, query_mask: torch.Tensor, n_tokens: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Ancestral sampling of exactly `n_tokens` tokens after left-padded queries, with a static KV cache (no
-    per-step concatenation) and the temperature applied to the logits: [B, n_tokens]."""
+    per-step concatenation) and the temperature applied to the logits: the tokens [B, n_tokens] and the log-
+    probability of each under the sampling distribution [B, n_tokens]."""
     from transformers import StaticCache
 
     B, Q = query_ids.shape
@@ -50,15 +51,18 @@ def sample_tokens(lm, query_ids: torch.Tensor, query_mask: torch.Tensor, n_token
     out = lm(input_ids=query_ids, attention_mask=mask[:, :Q], position_ids=position_ids, past_key_values=cache,
              use_cache=True, cache_position=torch.arange(Q), logits_to_keep=1)
     tokens = torch.empty(B, n_tokens, dtype=torch.long)
+    logprobs = torch.empty(B, n_tokens)
     position = position_ids[:, -1:]
     for t in range(n_tokens):
-        tokens[:, t] = sample_categorical((out.logits[:, -1].float() / temperature).softmax(-1))
+        step_logprobs = (out.logits[:, -1].float() / temperature).log_softmax(-1)
+        tokens[:, t] = sample_categorical(step_logprobs.exp())
+        logprobs[:, t] = step_logprobs.gather(-1, tokens[:, t : t + 1]).squeeze(-1)
         if t + 1 == n_tokens:
             break
         position = position + 1
         out = lm(input_ids=tokens[:, t : t + 1], attention_mask=mask[:, : Q + t + 1], position_ids=position, past_key_values=cache,
                  use_cache=True, cache_position=torch.tensor([Q + t]))
-    return tokens
+    return tokens, logprobs
 
 
 # Decoder-only models whose forward takes `inputs_embeds` unchanged (no embedding scaling or position embeddings
@@ -205,6 +209,7 @@ class Episodes:
     response_mask: torch.Tensor
     has_stop: torch.Tensor
     prefix: torch.Tensor | None = None  # frozen bottom-layer hidden states shared by all roles (see Backbone)
+    sample_logprobs: torch.Tensor | None = None  # [B,R] log-probs of the sampled tokens, read off the sampling loop
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -234,13 +239,14 @@ class LanguageModelRole:
         return list(self.backbone.model.parameters())
 
     @torch.no_grad()
-    def sample(self, query_ids: torch.Tensor, query_mask: torch.Tensor, response_length: int) -> torch.Tensor:
+    def sample(self, query_ids: torch.Tensor, query_mask: torch.Tensor, response_length: int, with_logprobs: bool = False):
         """Exactly `response_length` new tokens (EOS does not stop the batch; truncation comes after),
-        at this role's temperature, with no top-k/top-p (ppo-rlhf-details.md #5, #7, #8)."""
+        at this role's temperature, with no top-k/top-p (ppo-rlhf-details.md #5, #7, #8); with_logprobs, also
+        each token's log-probability from the sampling loop (for KL estimates; PPO recomputes its own)."""
         with self.backbone.use(self.adapter) as lm:
-            response = sample_tokens(lm, query_ids, query_mask, response_length, self.temperature)
-        assert response.shape == (query_ids.shape[0], response_length), response.shape
-        return response
+            response, logprobs = sample_tokens(lm, query_ids, query_mask, response_length, self.temperature)
+        assert response.shape == logprobs.shape == (query_ids.shape[0], response_length), response.shape
+        return (response, logprobs) if with_logprobs else response
 
     def logits(self, episodes: Episodes) -> torch.Tensor:
         """Temperature-scaled logits predicting each response token: [B, R, V]."""

@@ -47,10 +47,10 @@ def sample_episodes(policy: LanguageModelRole, prompts: list[str], response_leng
     """Sample one response per prompt; tokens after the stop become padding (masked)."""
     tok = policy.backbone.tokenizer
     query_ids, query_mask = encode_queries(tok, prompts)
-    response_ids = policy.sample(query_ids, query_mask, response_length)
+    response_ids, logprobs = policy.sample(query_ids, query_mask, response_length, with_logprobs=True)
     mask, has_stop = stop_rule.apply(response_ids)
     response_ids = torch.where(mask.bool(), response_ids, torch.full_like(response_ids, tok.pad_token_id))
-    episodes = Episodes(query_ids, query_mask, response_ids, mask, has_stop)
+    episodes = Episodes(query_ids, query_mask, response_ids, mask, has_stop, sample_logprobs=logprobs)
     return episodes, decode_responses(tok, response_ids, mask)
 
 

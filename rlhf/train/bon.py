@@ -46,12 +46,15 @@ def run_bon(run: RunDir, cfg: RunConfig) -> dict:
     repeated = [p for p in prompts for _ in range(N)]
     texts, stops, _ = sample_texts(policy, repeated, response_length, stop_rule, cfg.collect.batch_size, progress=f"best-of-{N}: sampling")
     # 2. score all of them; a response with no stop scores the fixed penalty it would get in PPO (Ziegler §3.1.2)
-    scores = reward.score(repeated, texts)
-    scores = torch.where(torch.tensor(stops), scores, torch.full_like(scores, cfg.ppo.missing_stop_penalty))
-    # 3. keep the best of each prompt's N
+    rm_scores = reward.score(repeated, texts)
+    scores = torch.where(torch.tensor(stops), rm_scores, torch.full_like(rm_scores, cfg.ppo.missing_stop_penalty))
+    # 3. keep the best of each prompt's N; all N are kept too (the first of each prompt is a plain SFT sample)
     best = best_of_n(scores.view(len(prompts), N))
     chosen = [i * N + int(b) for i, b in enumerate(best)]
-    samples = [Sample(prompt=repeated[i], response=texts[i], policy=f"bon{N}", has_stop=stops[i], meta={"rm_score": float(scores[i])}) for i in chosen]
+    candidates = [Sample(prompt=repeated[i], response=texts[i], policy="sft", has_stop=stops[i],
+                         meta={"rm_score": float(scores[i]), "rm_score_no_penalty": float(rm_scores[i])}) for i in range(len(repeated))]
+    write_jsonl(run.stage(STAGE) / "candidates.jsonl", candidates)
+    samples = [Sample(**{**candidates[i].to_dict(), "policy": f"bon{N}"}) for i in chosen]
     write_jsonl(run.stage(STAGE) / "samples.jsonl", samples)
     info = {"n": N, "n_prompts": len(prompts), "kl_to_reference": best_of_n_kl(N)}
     run.mark_done(STAGE, info)

@@ -16,6 +16,7 @@ from rlhf.models.loading import task_for, open_backbone, prompt_source, sft_mode
 from rlhf.models.roles import LanguageModelRole
 from rlhf.models.sampling import sample_episodes
 from rlhf.run import MetricsLog, RunDir, seed_everything
+from rlhf.train.online import OnlineCollection
 from rlhf.train.losses import (
     AdaptiveKLController,
     FixedKLController,
@@ -123,10 +124,14 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
         start = ckpt["iteration"]
     metrics = MetricsLog(run, STAGE, resume_step=start if ckpt else None, step_key="iteration")
     samples_path = run.stage(STAGE) / "samples.jsonl"
+    online = None  # online collection (Ziegler §2.3), off by default: rlhf/train/online.py
+    if cfg.online.enabled:
+        online = OnlineCollection(run, cfg, roles, response_length, stop_rule, prompts, ckpt.get("online") if ckpt else None)
 
     def save_checkpoint(iteration: int) -> None:
         run.save_checkpoint(STAGE, {"trainable": roles.trainable_state(), "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict(), "kl_controller": kl_ctl.state_dict(), "iteration": iteration})
+                                    "scheduler": scheduler.state_dict(), "kl_controller": kl_ctl.state_dict(), "iteration": iteration,
+                                    "online": online.state_dict() if online else None})
 
     bar = tqdm(total=pc.iterations, initial=start, desc="ppo", leave=False)
     for iteration in range(start, pc.iterations):
@@ -135,6 +140,16 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
             save_checkpoint(iteration)
             log.warning("PPO stopped before iteration %d by the Andon cord: %s", iteration + 1, reason)
             return {"stopped": True, "reason": reason, "iteration": iteration}
+
+        # 0. online collection: push fresh queries, wait for l(n) labels (cord honoured), retrain the RM at its points
+        online_row = {}
+        if online is not None:
+            online_row, reason = online.before_iteration(iteration, lambda: andon_cord_pulled(pc, run.root))
+            if reason is not None:
+                save_checkpoint(iteration)
+                log.warning("PPO stopped before iteration %d while waiting for labels: %s", iteration + 1, reason)
+                return {"stopped": True, "reason": reason, "iteration": iteration}
+            reward = roles.reward  # a retrained reward model, if one was due
 
         # 1. sample a batch of responses from the current policy (prompts in a seeded order, so resume continues it)
         order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(cfg.seed * 7919 + iteration * pc.batch_size // len(prompts)))
@@ -148,7 +163,8 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
 
         with torch.no_grad():
             # 2. score with the reward model (or the gold scorer); responses with no stop get a fixed penalty (Ziegler §3.1.2)
-            gold = task.gold_scorer(batch_prompts, texts) if task.gold_scorer is not None else None
+            wants_gold = task.gold_scorer is not None and (pc.log_gold_reward or pc.reward_source == "gold")
+            gold = task.gold_scorer(batch_prompts, texts) if wants_gold else None
             rm_scores = torch.tensor(gold) if pc.reward_source == "gold" else reward.score(batch_prompts, texts)
             scores = apply_missing_stop_penalty(rm_scores, episodes.has_stop, pc.missing_stop_penalty)
             # 3. log-probs of policy and reference and the values, in the same minibatches as the first epoch
@@ -204,6 +220,7 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
             **{k: sum(v) / len(v) for k, v in stats.items() if k not in ("ratio_max", "first_minibatch_max_log_ratio")},
             "ratio_max": max(stats["ratio_max"]),
             "first_minibatch_max_log_ratio": stats["first_minibatch_max_log_ratio"][0],
+            **online_row,
         }
         if gold is not None:  # the simulated task's gold reward (trained on only when reward_source=gold)
             row["gold_reward"] = sum(gold) / B
@@ -232,7 +249,7 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
     pb.tokenizer.save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
-    info = {"iterations": pc.iterations, "final_beta": kl_ctl.beta}
+    info = {"iterations": pc.iterations, "final_beta": kl_ctl.beta, **({"online": online.summary()} if online else {})}
     run.mark_done(STAGE, info)
     (run.stage(STAGE) / "checkpoint.pt").unlink(missing_ok=True)
     return info

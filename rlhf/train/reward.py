@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Callable
 
 import torch
 from tqdm import tqdm
 
-from rlhf.config import RunConfig
+from rlhf.config import RewardConfig, RunConfig
 from rlhf.data.io import read_jsonl
 from rlhf.data.records import Comparison
 from rlhf.models.loading import task_for, open_backbone, prompt_source, sft_model_path
@@ -74,18 +75,21 @@ def loss_from_scores(scores: torch.Tensor, batch: list[Comparison]) -> torch.Ten
     return total
 
 
-def fit_head_on_frozen_features(rm: ScalarRole, train: list[Comparison], encoded: list[list[EncodedSequence]], l2: float) -> float:
-    """Linear probing before fine-tuning (Kumar et al. 2022, "LP-FT"): fit the scalar head by L-BFGS on the
-    trunk's features (standardised, with an L2 penalty) under the same comparison loss, so that fine-tuning starts
-    from a head that already ranks the responses instead of a random one. Returns the probe's training loss."""
-    with torch.no_grad():
-        feats = []
-        for i in range(0, len(encoded), 16):
-            seqs = [s for group in encoded[i : i + 16] for s in group]
-            feats.append(rm.hidden_at_last(*pad_encoded(seqs, rm.backbone.tokenizer.pad_token_id)))
-        x = torch.cat(feats)
-        mean, std = x.mean(0), x.std(0) + 1e-6
-        z = (x - mean) / std
+@torch.no_grad()
+def frozen_features(rm: ScalarRole, encoded: list[list[EncodedSequence]], chunk: int = 16) -> torch.Tensor:
+    """The trunk's features at each response's last token, [sum of responses, d], in the order of `encoded`."""
+    feats = []
+    for i in range(0, len(encoded), chunk):
+        seqs = [s for group in encoded[i : i + chunk] for s in group]
+        feats.append(rm.hidden_at_last(*pad_encoded(seqs, rm.backbone.tokenizer.pad_token_id)))
+    return torch.cat(feats)
+
+
+def fit_head_on_features(rm: ScalarRole, train: list[Comparison], x: torch.Tensor, l2: float) -> float:
+    """Fit the scalar head by L-BFGS on features `x` (one row per response of `train`, in order; standardised,
+    with an L2 penalty) under the comparison loss. Returns the training loss."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    z = (x - mean) / std
     w = torch.zeros(z.shape[1], requires_grad=True)
     optimizer = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
 
@@ -100,6 +104,13 @@ def fit_head_on_frozen_features(rm: ScalarRole, train: list[Comparison], encoded
         rm.head.weight.copy_((w / std).unsqueeze(0))
         rm.head.bias.fill_(-(w * mean / std).sum().item())
         return loss_from_scores(z @ w, train).item()
+
+
+def fit_head_on_frozen_features(rm: ScalarRole, train: list[Comparison], encoded: list[list[EncodedSequence]], l2: float) -> float:
+    """Linear probing before fine-tuning (Kumar et al. 2022, "LP-FT"): fit the scalar head by L-BFGS on the
+    trunk's features (standardised, with an L2 penalty) under the same comparison loss, so that fine-tuning starts
+    from a head that already ranks the responses instead of a random one. Returns the probe's training loss."""
+    return fit_head_on_features(rm, train, frozen_features(rm, encoded), l2)
 
 
 def has_tied_best(c: Comparison) -> bool:
@@ -126,8 +137,9 @@ def heldout_accuracy(rm: ScalarRole, heldout: list[Comparison]) -> dict:
             "against": "gold" if heldout and heldout[0].meta.get("gold") else "labels"}
 
 
-def new_reward_model(backbone: Backbone) -> ScalarRole:
-    adapter = "reward" if backbone.is_lora else None
+def new_reward_model(backbone: Backbone, name: str = "reward") -> ScalarRole:
+    """A fresh reward model on `backbone`: a new LoRA adapter `name` (or the whole model) and a new head."""
+    adapter = name if backbone.is_lora else None
     if adapter:
         backbone.add_adapter(adapter)
     return ScalarRole(backbone, adapter)
@@ -145,9 +157,89 @@ def load_reward_model(run: RunDir, backbone: Backbone, adapter: str = "reward") 
     return rm
 
 
-def train_reward(run: RunDir, cfg: RunConfig) -> dict:
+def encode_comparisons(rm: ScalarRole, comparisons: list[Comparison]) -> list[EncodedSequence]:
+    """Every response of `comparisons`, in order, through `encode_for_scoring` (the frozen bottom layers run once)."""
+    return encode_for_scoring(rm, [c.prompt for c in comparisons for _ in c.responses], [r for c in comparisons for r in c.responses])
+
+
+def fit_reward_model(rm: ScalarRole, train: list[Comparison], rc: RewardConfig, seed: int, ckpt: dict | None = None,
+                     after_step: Callable[[int, float, float, dict], None] | None = None,
+                     flat: list[EncodedSequence] | None = None) -> int:
+    """Train `rm` on the comparisons `train` with the papers' losses: AdamW annealed linearly to 0, `rc.epochs`
+    passes each in a seeded order (after an LP-FT head fit when `rc.probe_head_first`). `ckpt` resumes a run;
+    `after_step(step, loss, lr, state)` sees each step (state() gives a checkpoint); `flat` is
+    `encode_comparisons(rm, train)` when the caller has it. Returns the steps taken."""
     from transformers import get_linear_schedule_with_warmup
 
+    backbone = rm.backbone
+    trunk_params = trainable_parameters(backbone, rm.adapter)
+    params = trunk_params + list(rm.head.parameters())
+    steps_per_epoch = math.ceil(len(train) / rc.batch_size)
+    total_steps = steps_per_epoch * rc.epochs
+    groups = [{"params": trunk_params, "lr": rc.learning_rate}, {"params": list(rm.head.parameters()), "lr": rc.head_learning_rate or rc.learning_rate}]
+    optimizer = torch.optim.AdamW(groups, eps=1e-5, weight_decay=0.0)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, total_steps)  # annealed linearly to 0
+
+    step = 0
+    if ckpt is not None:
+        rm.head.load_state_dict(ckpt["head"])
+        if backbone.is_lora:
+            backbone.load_adapter_state(rm.adapter, ckpt["trainable"])
+        else:
+            backbone.model.load_state_dict(ckpt["trainable"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        step = ckpt["step"]
+
+    def state() -> dict:
+        trainable = backbone.adapter_state(rm.adapter) if backbone.is_lora else backbone.model.state_dict()
+        return {"trainable": trainable, "head": rm.head.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "step": step}
+
+    # the frozen bottom layers (when adapters sit on the top layers only) run once for all epochs
+    flat = encode_comparisons(rm, train) if flat is None else flat
+    assert len(flat) == sum(len(c.responses) for c in train), "flat must encode every response of train, in order"
+    encoded, start = [], 0
+    for c in train:
+        encoded.append(flat[start : start + len(c.responses)])
+        start += len(c.responses)
+
+    if rc.probe_head_first and step == 0:  # LP-FT: the head is fitted on the frozen features first
+        probe_loss = fit_head_on_frozen_features(rm, train, encoded, rc.probe_l2)
+        log.info("reward model: head fitted on frozen features, training loss %.3f", probe_loss)
+
+    bar = tqdm(total=total_steps, initial=step, desc="reward model", leave=False)
+    while step < total_steps:
+        epoch, i = divmod(step, steps_per_epoch)
+        order = list(range(len(train)))
+        random.Random(seed * 1000 + epoch).shuffle(order)
+        picked = order[i * rc.batch_size : (i + 1) * rc.batch_size]
+        loss = comparison_loss(rm, [train[j] for j in picked], [encoded[j] for j in picked])
+        optimizer_step(loss, params, optimizer, scheduler)
+        step += 1
+        bar.update(1)
+        if after_step is not None:
+            after_step(step, loss.item(), scheduler.get_last_lr()[0], state)
+    bar.close()
+    return step
+
+
+def normalize_reward_model(rm: ScalarRole, train: list[Comparison], cfg: RunConfig, flat: list[EncodedSequence] | None = None) -> None:
+    """Set the RM's gain and bias: Ziegler (policy samples mean 0, std 1, over the first 256 training responses;
+    `flat` = `encode_comparisons(rm, train)` when the caller has it) or Stiennon (reference responses average 0)."""
+    rc = cfg.reward
+    if rc.normalize == "policy":
+        sample = (flat if flat is not None else encode_comparisons(rm, train[:256]))[:256]
+        raw = rm.score_encoded(sample)
+        rm.gain, rm.bias = gain_bias_for_unit_normal(raw)
+    elif rc.normalize == "reference":
+        demos = task_for(cfg).load_demonstrations("train", n=None, source=prompt_source(cfg), seed=cfg.seed)[:256]
+        rm.bias = bias_for_zero_reference(rm.score([d.prompt for d in demos], [d.response for d in demos]))
+    elif rc.normalize != "none":
+        raise ValueError(f"reward.normalize: expected policy, reference or none, got {rc.normalize!r}")
+
+
+def train_reward(run: RunDir, cfg: RunConfig) -> dict:
     rc = cfg.reward
     seed_everything(cfg.seed + 2)
     collect_dir = run.require("collect")
@@ -162,66 +254,23 @@ def train_reward(run: RunDir, cfg: RunConfig) -> dict:
     # 2. trunk initialised from the SFT model, scalar head N(0, 1/sqrt(d+1))
     backbone = open_backbone(cfg, sft_model_path(run, cfg))
     rm = new_reward_model(backbone)
-    trunk_params = trainable_parameters(backbone, rm.adapter)
-    params = trunk_params + list(rm.head.parameters())
-    steps_per_epoch = math.ceil(len(train) / rc.batch_size)
-    total_steps = steps_per_epoch * rc.epochs
-    groups = [{"params": trunk_params, "lr": rc.learning_rate}, {"params": list(rm.head.parameters()), "lr": rc.head_learning_rate or rc.learning_rate}]
-    optimizer = torch.optim.AdamW(groups, eps=1e-5, weight_decay=0.0)
-    scheduler = get_linear_schedule_with_warmup(optimizer, 0, total_steps)  # annealed linearly to 0
 
     # 3. resume
-    step = 0
     ckpt = run.load_checkpoint(STAGE)
-    if ckpt is not None:
-        rm.head.load_state_dict(ckpt["head"])
-        if backbone.is_lora:
-            backbone.load_adapter_state(rm.adapter, ckpt["trainable"])
-        else:
-            backbone.model.load_state_dict(ckpt["trainable"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        step = ckpt["step"]
-    metrics = MetricsLog(run, STAGE, resume_step=step if ckpt else None)
-    # the frozen bottom layers (when adapters sit on the top layers only) run once for all epochs
-    flat = encode_for_scoring(rm, [c.prompt for c in train for _ in c.responses], [r for c in train for r in c.responses])
-    encoded, start = [], 0
-    for c in train:
-        encoded.append(flat[start : start + len(c.responses)])
-        start += len(c.responses)
+    metrics = MetricsLog(run, STAGE, resume_step=ckpt["step"] if ckpt else None)
 
-    if rc.probe_head_first and step == 0:  # 3b. LP-FT: the head is fitted on the frozen features first
-        probe_loss = fit_head_on_frozen_features(rm, train, encoded, rc.probe_l2)
-        log.info("reward model: head fitted on frozen features, training loss %.3f", probe_loss)
+    def after_step(step: int, loss: float, lr: float, state: Callable[[], dict]) -> None:
+        metrics.write({"step": step, "loss": loss, "lr": lr})
+        if step % rc.checkpoint_every == 0 and step < math.ceil(len(train) / rc.batch_size) * rc.epochs:
+            run.save_checkpoint(STAGE, state())
 
-    # 4. train (one epoch by default), each epoch in a seeded order
-    bar = tqdm(total=total_steps, initial=step, desc="reward model", leave=False)
-    while step < total_steps:
-        epoch, i = divmod(step, steps_per_epoch)
-        order = list(range(len(train)))
-        random.Random(cfg.seed * 1000 + epoch).shuffle(order)
-        picked = order[i * rc.batch_size : (i + 1) * rc.batch_size]
-        loss = comparison_loss(rm, [train[j] for j in picked], [encoded[j] for j in picked])
-        optimizer_step(loss, params, optimizer, scheduler)
-        step += 1
-        bar.update(1)
-        metrics.write({"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]})
-        if step % rc.checkpoint_every == 0 and step < total_steps:
-            state = backbone.adapter_state(rm.adapter) if backbone.is_lora else backbone.model.state_dict()
-            run.save_checkpoint(STAGE, {"trainable": state, "head": rm.head.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "scheduler": scheduler.state_dict(), "step": step})
-    bar.close()
+    # 4. train (one epoch by default), each epoch in a seeded order; LP-FT head fit first if configured
+    flat = encode_comparisons(rm, train)  # the frozen bottom layers, once for training and normalisation
+    step = fit_reward_model(rm, train, rc, cfg.seed, ckpt, after_step, flat)
     metrics.close()
 
     # 5. normalise: Ziegler (policy samples mean 0, std 1) or Stiennon (reference responses average 0)
-    if rc.normalize == "policy":
-        raw = rm.score_encoded(flat[:256])  # the first 256 training responses
-        rm.gain, rm.bias = gain_bias_for_unit_normal(raw)
-    elif rc.normalize == "reference":
-        demos = task_for(cfg).load_demonstrations("train", n=None, source=prompt_source(cfg), seed=cfg.seed)[:256]
-        rm.bias = bias_for_zero_reference(rm.score([d.prompt for d in demos], [d.response for d in demos]))
-    elif rc.normalize != "none":
-        raise ValueError(f"reward.normalize: expected policy, reference or none, got {rc.normalize!r}")
+    normalize_reward_model(rm, train, cfg, flat)
 
     # 6. held-out accuracy, then save
     acc = heldout_accuracy(rm, heldout) if heldout else {"heldout_accuracy": float("nan"), "heldout_n": 0}

@@ -1,0 +1,198 @@
+"""What the experiments share: a base run (SFT, comparisons, reward model) whose finished stages are linked into
+one sub-run per PPO setting, a pool of samples from rho scored once, best-of-N read off that pool, and the
+measurement of a trained policy (KL to rho, gold and proxy reward) on fresh samples.
+
+    OUT/base/                 a pipeline run directory: sft/, collect/, reward/ (and config.yaml)
+    OUT/<sub>/                one PPO run: sft, collect, reward are symlinks to ../base/<stage>; ppo/ is its own
+    OUT/<sub>/measured.json   the policy's figures on fresh samples (a re-run skips a measured sub-run)
+    OUT/pool.json             the pool: P prompts x M samples of rho with their scores
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlhf.config import RunConfig
+from rlhf.data.io import atomic_write_json, atomic_write_text
+from rlhf.eval.frontier import tilted_policy_from_samples
+from rlhf.eval.stats import mean_sem
+from rlhf.run import RunDir, seed_everything
+
+log = logging.getLogger("rlhf")
+SHARED_STAGES = ("sft", "collect", "reward")
+
+
+class Clock:
+    """Wall and CPU seconds (this process and its finished children) since construction."""
+
+    def __init__(self):
+        self.wall0, self.cpu0 = time.time(), self._cpu()
+
+    @staticmethod
+    def _cpu() -> float:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+    def figures(self) -> dict:
+        return {"wall_seconds": time.time() - self.wall0, "cpu_seconds": self._cpu() - self.cpu0}
+
+
+# 1. base run and PPO sub-runs ------------------------------------------------------------------------------
+def run_base(out: Path, cfg: RunConfig) -> RunDir:
+    """SFT, collection and reward-model stages of the pipeline in OUT/base (skipped when already done)."""
+    from rlhf.models.loading import base_model_path
+    from rlhf.pipeline import run_stage, start_run
+
+    base_model_path(cfg)  # the one-time model conversion happens outside the stage clocks
+    base = RunDir(out / "base")
+    start_run(base, cfg)
+    for name in SHARED_STAGES:
+        run_stage(base, cfg, name)
+    return base
+
+
+def ppo_config(cfg: RunConfig, beta: float, reward_source: str) -> RunConfig:
+    """The base config with a fixed KL coefficient beta and the given reward source for PPO."""
+    sub = copy.deepcopy(cfg)
+    sub.ppo.init_beta, sub.ppo.adaptive_kl, sub.ppo.reward_source = beta, False, reward_source
+    return sub
+
+
+def run_ppo_sub_run(base: RunDir, root: Path, cfg: RunConfig) -> RunDir:
+    """A PPO run sharing the base run's finished SFT, comparisons and reward model (symlinked stage folders)."""
+    from rlhf.pipeline import run_stage, start_run
+
+    sub = RunDir(root)
+    sub.root.mkdir(parents=True, exist_ok=True)
+    for name in SHARED_STAGES:
+        link = sub.root / name
+        if not link.exists():
+            link.symlink_to(Path("..") / base.root.name / name, target_is_directory=True)
+    start_run(sub, cfg)
+    info = run_stage(sub, cfg, "ppo")
+    if info.get("stopped"):
+        raise RuntimeError(f"{sub.root}: PPO stopped ({info.get('reason')}); remove the stop file and re-run to resume")
+    return sub
+
+
+# 2. the pool of samples from rho -----------------------------------------------------------------------
+def test_prompts(cfg: RunConfig, n: int) -> list[str]:
+    from rlhf.models.loading import prompt_source, task_for
+
+    return [p.text for p in task_for(cfg).load_prompts("test", n=n, source=prompt_source(cfg), seed=cfg.seed)]
+
+
+def reward_as_optimised(scores, has_stop, penalty: float) -> list[float]:
+    """Scores as PPO sees them: a response without a stop gets the fixed penalty (Ziegler §3.1.2)."""
+    from rlhf.train.losses import apply_missing_stop_penalty
+
+    return apply_missing_stop_penalty(torch.as_tensor(scores, dtype=torch.float32), torch.as_tensor(has_stop), penalty).tolist()
+
+
+def sample_pool(base: RunDir, cfg: RunConfig, path: Path, n_prompts: int, per_prompt: int, with_proxy: bool) -> dict:
+    """`per_prompt` samples of rho (the SFT policy) for each of `n_prompts` test prompts, scored by the gold scorer
+    (and by the base run's reward model, the proxy, when `with_proxy`), both as PPO sees them. Cached in `path`."""
+    from rlhf.models.loading import open_backbone, sft_model_path, task_and_stop_rule
+    from rlhf.models.roles import LanguageModelRole
+    from rlhf.models.sampling import sample_texts
+    from rlhf.train.reward import load_reward_model
+
+    if path.exists():
+        return json.loads(path.read_text())
+    seed_everything(cfg.seed + 11)
+    prompts = test_prompts(cfg, n_prompts)
+    backbone = open_backbone(cfg, sft_model_path(base, cfg))
+    task, response_length, stop_rule = task_and_stop_rule(cfg, backbone.tokenizer)
+    repeated = [p for p in prompts for _ in range(per_prompt)]
+    policy = LanguageModelRole(backbone, None, cfg.task.temperature)
+    texts, stops, _ = sample_texts(policy, repeated, response_length, stop_rule, cfg.collect.batch_size, progress=f"pool: {len(repeated)} samples")
+    pool = {"prompts": prompts, "per_prompt": per_prompt, "texts": texts, "has_stop": stops,
+            "gold": reward_as_optimised(task.gold_scorer(repeated, texts), stops, cfg.ppo.missing_stop_penalty)}
+    if with_proxy:
+        proxy = load_reward_model(base, backbone)
+        pool["proxy"] = reward_as_optimised(proxy.score(repeated, texts), stops, cfg.ppo.missing_stop_penalty)
+    atomic_write_text(path, json.dumps(pool))
+    return pool
+
+
+def as_matrix(pool: dict, key: str) -> np.ndarray:
+    """A pool's scores as [prompts, samples per prompt]."""
+    return np.asarray(pool[key], dtype=float).reshape(len(pool["prompts"]), pool["per_prompt"])
+
+
+# Ziegler et al. 2019 fig. 3: pi*(y|x) ∝ rho(y|x) exp(r/beta) per prompt; E_x of its reward and KL.
+def frontier_over_prompts(rewards: np.ndarray, betas: list[float]) -> list[dict]:
+    """The optimal policy's expected reward and KL(pi* || rho), each averaged over prompts, for each beta,
+    estimated per prompt from the rows of `rewards` [P, M] (M samples of rho per prompt); sorted by KL.
+    The smallest effective sample size over prompts says how far the estimate can be trusted."""
+    points = []
+    for beta in betas:
+        per_prompt = [tilted_policy_from_samples(row, beta) for row in rewards]
+        points.append({"beta": float(beta), "kl": float(np.mean([p["kl"] for p in per_prompt])),
+                       "gold_reward": float(np.mean([p["gold_reward"] for p in per_prompt])),
+                       "min_effective_sample_size": float(min(p["effective_sample_size"] for p in per_prompt))})
+    return sorted(points, key=lambda point: point["kl"])
+
+
+# Stiennon et al. 2020 §4.1 (fig. 5): best-of-N, the response the selector scores highest among N samples.
+def best_of_n_from_pool(selector: np.ndarray, values: np.ndarray, n: int) -> dict:
+    """Mean and sem over prompts of `values` at the `selector`'s best of each disjoint group of n of a prompt's
+    M samples (M // n groups per prompt, a leftover tail is unused), both arrays [P, M]."""
+    P, M = selector.shape
+    if not 1 <= n <= M:
+        raise ValueError(f"best-of-N: n must be in [1, {M}] (the pool's samples per prompt), got {n}")
+    groups = M // n
+    sel = selector[:, : groups * n].reshape(P, groups, n)
+    val = values[:, : groups * n].reshape(P, groups, n)
+    picked = np.take_along_axis(val, sel.argmax(-1)[..., None], -1)[..., 0]  # [P, groups]
+    stats = mean_sem(picked.mean(-1))
+    return {"mean": stats["mean"], "sem": stats["sem"]}
+
+
+# 3. measuring a trained policy ----------------------------------------------------------------------------
+def measure_policy(base: RunDir, cfg: RunConfig, model_path: str, prompts: list[str], per_prompt: int, with_proxy: bool) -> dict:
+    """Fresh samples of the policy at `model_path` on `prompts`: mean KL(pi || rho) (summed token log-ratios
+    against the SFT policy), gold reward and, when `with_proxy`, the base run's reward model, as PPO scores them."""
+    from rlhf.eval.evaluate import sample_with_kl
+    from rlhf.models.loading import open_backbone, sft_model_path, task_and_stop_rule
+    from rlhf.models.roles import LanguageModelRole
+    from rlhf.train.reward import load_reward_model
+
+    seed_everything(cfg.seed + 12)
+    T = cfg.task.temperature
+    reference_backbone = open_backbone(cfg, sft_model_path(base, cfg))
+    reference = LanguageModelRole(reference_backbone, None, T)
+    policy = LanguageModelRole(open_backbone(cfg, model_path), None, T)
+    task, response_length, stop_rule = task_and_stop_rule(cfg, reference_backbone.tokenizer)
+    repeated = [p for p in prompts for _ in range(per_prompt)]
+    texts, stops, lengths, kls = sample_with_kl(policy, reference, repeated, response_length, stop_rule, cfg.collect.batch_size)
+    gold = mean_sem(reward_as_optimised(task.gold_scorer(repeated, texts), stops, cfg.ppo.missing_stop_penalty))
+    out = {"kl": mean_sem(kls)["mean"], "kl_sem": mean_sem(kls)["sem"], "gold_reward": gold["mean"], "gold_reward_sem": gold["sem"],
+           "no_stop_fraction": 1 - sum(stops) / len(stops), "response_length_mean": sum(lengths) / len(lengths),
+           "examples": [{"prompt": p, "response": t} for p, t in zip(repeated[::per_prompt][:4], texts[::per_prompt][:4])]}
+    if with_proxy:
+        proxy = load_reward_model(base, reference_backbone)
+        out["proxy_reward"] = mean_sem(reward_as_optimised(proxy.score(repeated, texts), stops, cfg.ppo.missing_stop_penalty))["mean"]
+    return out
+
+
+def measured_sub_run(sub: RunDir, base: RunDir, cfg: RunConfig, prompts: list[str], per_prompt: int, with_proxy: bool) -> dict:
+    """`measure_policy` of a sub-run's PPO policy, cached in SUB/measured.json."""
+    path = sub.root / "measured.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    figures = measure_policy(base, cfg, str(sub.root / "ppo" / "model"), prompts, per_prompt, with_proxy)
+    figures["ppo_seconds"] = sub.read_summary().get("stage_seconds", {}).get("ppo")
+    atomic_write_json(path, figures)
+    return figures
+
+
+def beta_label(beta: float) -> str:
+    return f"ppo_beta{beta:g}"

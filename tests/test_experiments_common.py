@@ -1,0 +1,64 @@
+"""The experiments' pure pieces, against numbers worked out by hand."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from rlhf.experiments.common import best_of_n_from_pool, frontier_over_prompts
+from rlhf.experiments.frontier import point_against_frontier
+from rlhf.experiments.overoptimization import peak
+
+
+def test_best_of_n_uses_disjoint_groups_and_the_selector():
+    selector = np.array([[1.0, 3.0, 2.0, 0.0], [0.0, 0.0, 5.0, 1.0]])
+    values = np.array([[10.0, 20.0, 30.0, 40.0], [1.0, 2.0, 3.0, 4.0]])
+    # n=1: every sample; prompt means 25 and 2.5 -> 13.75
+    assert best_of_n_from_pool(selector, values, 1)["mean"] == pytest.approx(13.75)
+    # n=2: prompt 0 groups (1,3)->20, (2,0)->30: 25; prompt 1 groups (0,0)->first=1, (5,1)->3: 2; mean 13.5
+    two = best_of_n_from_pool(selector, values, 2)
+    assert two["mean"] == pytest.approx(13.5)
+    assert two["sem"] == pytest.approx(np.std([25.0, 2.0], ddof=1) / math.sqrt(2))  # 11.5
+    # n=4: prompt 0 -> index 1 (20), prompt 1 -> index 2 (3): 11.5
+    assert best_of_n_from_pool(selector, values, 4)["mean"] == pytest.approx(11.5)
+    # n=3: one group of the first 3 per prompt, the 4th unused: 20 and 3
+    assert best_of_n_from_pool(selector, values, 3)["mean"] == pytest.approx(11.5)
+    # selecting by the values themselves: best-of-4 = each row's max = (40 + 4) / 2
+    assert best_of_n_from_pool(values, values, 4)["mean"] == pytest.approx(22.0)
+    with pytest.raises(ValueError, match="n must be in"):
+        best_of_n_from_pool(selector, values, 5)
+
+
+def test_frontier_over_prompts_averages_per_prompt_tilts():
+    # prompt A: rewards (0, 1), beta 1: weights ∝ (1, e), E[r] = e/(1+e) = 0.731059; log Z = log((1+e)/2) = 0.620115;
+    # KL = E[r]/beta - log Z = 0.110944. Prompt B: rewards (0, 0): E[r] = 0, KL = 0. Averages: 0.365529, 0.055472.
+    (point,) = frontier_over_prompts(np.array([[0.0, 1.0], [0.0, 0.0]]), [1.0])
+    assert point["gold_reward"] == pytest.approx(0.365529, abs=1e-6)
+    assert point["kl"] == pytest.approx(0.055472, abs=1e-6)
+    assert point["min_effective_sample_size"] == pytest.approx((1 + math.e) ** 2 / (1 + math.e**2))  # prompt A's Kish ESS 1.7864
+    # sorted by KL: a large beta (weak tilt) comes first
+    points = frontier_over_prompts(np.array([[0.0, 1.0], [0.0, 0.0]]), [0.1, 10.0])
+    assert [p["beta"] for p in points] == [10.0, 0.1]
+
+
+def test_point_against_frontier_fraction_of_gain_and_out_of_range():
+    frontier = [{"kl": 0.0, "gold_reward": 0.0}, {"kl": 1.0, "gold_reward": 1.0}, {"kl": 2.0, "gold_reward": 1.5}]
+    # at KL 0.5 the optimum is 0.5; rho's gold is -0.5, so the gains are 0.3 - (-0.5) = 0.8 of 0.5 - (-0.5) = 1.0
+    p = point_against_frontier(frontier, 0.5, 0.3, -0.5)
+    assert p["optimal_gold_reward_at_kl"] == pytest.approx(0.5) and p["fraction_of_optimum"] == pytest.approx(0.8)
+    # at KL 1.5: optimum 1.25, gold 1.25 -> fraction 1 (with rho 0)
+    assert point_against_frontier(frontier, 1.5, 1.25, 0.0)["fraction_of_optimum"] == pytest.approx(1.0)
+    # beyond the frontier: no optimum, no fraction, and a note saying why
+    far = point_against_frontier(frontier, 3.0, 1.0, 0.0)
+    assert far["optimal_gold_reward_at_kl"] is None and far["fraction_of_optimum"] is None and "beyond" in far["note"]
+    # a measured KL just below 0 (sampling noise) reads the frontier's first point; its optimum has no gain: no fraction
+    near = point_against_frontier(frontier, -0.01, 0.0, 0.0)
+    assert near["optimal_gold_reward_at_kl"] == 0.0 and near["fraction_of_optimum"] is None
+
+
+def test_peak_finds_the_rise_and_fall():
+    points = [{"kl": 2.0, "gold_reward": 0.5}, {"kl": 0.0, "gold_reward": 0.0}, {"kl": 1.0, "gold_reward": 1.0}]
+    assert peak(points) == {"peak_kl": 1.0, "peak_gold_reward": 1.0, "gold_falls_after_peak": True, "drop_after_peak": 0.5, "last_point_sem": None}
+    rising = peak([{"kl": 0.0, "gold_reward": 0.0}, {"kl": 1.0, "gold_reward": 1.0}])
+    assert rising["gold_falls_after_peak"] is False and rising["drop_after_peak"] == 0.0

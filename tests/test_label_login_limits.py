@@ -1,0 +1,74 @@
+"""Login rate limiting per account and per client address: the limiter with a fake clock, and the real server
+over HTTP on 127.0.0.1 (clients bound to 127.0.0.1 and 127.0.0.2 to act as two addresses)."""
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from rlhf.label.app import create_app
+from rlhf.label.auth import create_user
+from rlhf.label.db import open_database
+from rlhf.label.ratelimit import LoginLimiter
+from rlhf.label.settings import LabelSettings
+
+from label_helpers import PASSWORD, running_server
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_login_limiter_counts_failures_per_account_and_address_in_a_sliding_window():
+    clock = Clock()
+    limiter = LoginLimiter(max_per_user=3, max_per_address=5, window=60, clock=clock)
+    for _ in range(3):
+        assert limiter.blocked("eve", "1.2.3.4") is None
+        limiter.failed("eve", "1.2.3.4")
+        clock.now += 1
+    assert limiter.blocked("eve", "1.2.3.4") == "too many failed logins for this account; try again in 58 s"  # 1000 + 60 - 1003 + 1
+    assert limiter.blocked("eve", "9.9.9.9") is not None  # an account limit holds from any address
+    assert limiter.blocked("bob", "1.2.3.4") is None  # bob is not blocked by eve's failures (3 < 5 from the address)
+    limiter.failed("bob", "1.2.3.4")
+    limiter.failed("bob", "1.2.3.4")
+    assert "from your address" in limiter.blocked("carol", "1.2.3.4") and limiter.blocked("carol", "5.5.5.5") is None
+    clock.now = 1060.5  # eve's failures at 1000, 1001 have aged out of the window
+    assert limiter.blocked("eve", "9.9.9.9") is None
+    limiter.failed("dan", "7.7.7.7")
+    limiter.succeeded("dan")  # a success clears the account's failures, not the address's
+    assert "dan" not in limiter.by_user and len(limiter.by_address["7.7.7.7"]) == 1
+
+
+def login(url: str, name: str, password: str, address: str = "127.0.0.1") -> httpx.Response:
+    """One login from a fresh session bound to the client `address` (any 127.x address reaches the server)."""
+    with httpx.Client(base_url=url, transport=httpx.HTTPTransport(local_address=address), follow_redirects=False, timeout=30) as http:
+        csrf = re.search(r'name="csrf" value="([^"]+)"', http.get("/login").text).group(1)
+        return http.post("/login", data={"name": name, "password": password, "csrf": csrf})
+
+
+def test_repeated_failed_logins_get_http_429_per_account_and_per_address(tmp_path):
+    sessions = open_database(f"sqlite:///{tmp_path / 'label.db'}")
+    with sessions() as db:
+        for name in ("lab0", "lab1", "lab2"):
+            create_user(db, name, PASSWORD, "labeler")
+    settings = LabelSettings(secret_key="k", login_max_failures_per_user=3, login_max_failures_per_address=10, login_window_seconds=600)
+    with running_server(create_app(settings, sessions)) as url:
+        assert [login(url, "lab0", "wrong password").status_code for _ in range(3)] == [401, 401, 401]
+        refused = login(url, "lab0", PASSWORD)  # the right password, but the account is locked for the window
+        assert refused.status_code == 429 and "too many failed logins for this account" in refused.text
+        assert 0 < int(refused.headers["Retry-After"]) <= 600
+        assert login(url, "lab1", PASSWORD).status_code == 303  # other users' failures do not block lab1
+        # a success clears the account's failures: 2 + success + 2 never reach the limit of 3
+        for _ in range(2):
+            assert login(url, "lab1", "wrong password").status_code == 401
+        assert login(url, "lab1", PASSWORD).status_code == 303
+        assert [login(url, "lab1", "wrong password").status_code for _ in range(2)] == [401, 401]
+        # per address: 10 failures from 127.0.0.2 over ten names lock that address, for every account ...
+        assert [login(url, f"guess{i}", "x' OR '1'='1", "127.0.0.2").status_code for i in range(10)] == [401] * 10
+        blocked = login(url, "lab2", PASSWORD, "127.0.0.2")
+        assert blocked.status_code == 429 and "too many failed logins from your address" in blocked.text
+        assert login(url, "lab2", PASSWORD, "127.0.0.1").status_code == 303  # ... but not from 127.0.0.1 (7 failures < 10)
