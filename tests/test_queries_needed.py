@@ -30,7 +30,7 @@ def test_default_config_loads():
 
 @pytest.mark.slow
 def test_queries_needed_end_to_end_on_tiny_model(tmp_path, tiny_model_dir):
-    cfg = load_config("configs/smoke.yaml", [], cls=Config)
+    cfg = Config(run=load_config("configs/smoke.yaml"))
     cfg.n_queries, cfg.eval_prompts = [2, 4], 4
     cfg.run.model.name_or_path = str(tiny_model_dir)
     cfg.run.task.gold = "vader"
