@@ -62,3 +62,15 @@ def test_peak_finds_the_rise_and_fall():
     assert peak(points) == {"peak_kl": 1.0, "peak_gold_reward": 1.0, "gold_falls_after_peak": True, "drop_after_peak": 0.5, "last_point_sem": None}
     rising = peak([{"kl": 0.0, "gold_reward": 0.0}, {"kl": 1.0, "gold_reward": 1.0}])
     assert rising["gold_falls_after_peak"] is False and rising["drop_after_peak"] == 0.0
+
+
+def test_cli_passes_overrides_after_the_options_to_the_experiment_config(tmp_path, capsys):
+    from rlhf.cli import main
+
+    # the override comes after --out: it must reach the config loader (and fail there, before any model is loaded)
+    assert main(["experiment", "frontier", "--out", str(tmp_path / "x"), "pool_prompts=oops"]) == 2
+    assert "pool_prompts: expected int, got 'oops'" in capsys.readouterr().err
+    assert main(["experiment", "overoptimization", "run.ppo.no_such_field=1", "--out", str(tmp_path / "y")]) == 2
+    assert "unknown field 'no_such_field'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # an unknown option is still an error
+        main(["experiment", "frontier", "--out", str(tmp_path / "z"), "--bogus"])
