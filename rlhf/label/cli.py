@@ -41,6 +41,8 @@ def add_label_parser(sub) -> None:
     p.add_argument("--login-max-failures-per-user", type=int, default=5, help="failed logins per account within the window before HTTP 429")
     p.add_argument("--login-max-failures-per-address", type=int, default=30, help="failed logins per client address within the window before HTTP 429")
     p.add_argument("--login-window-seconds", type=float, default=900.0, help="sliding window of the login limits")
+    p.add_argument("--trust-proxy-headers", action="store_true",
+                   help="take the client address from X-Forwarded-For (only behind your own reverse proxy; off, a client cannot fake its address)")
 
     p = commands.add_parser("add-user", help="create an account (password read from stdin, or --password-env)")
     _db_option(p)
@@ -132,7 +134,8 @@ def run_label_command(args: argparse.Namespace) -> int:
                                  login_max_failures_per_user=args.login_max_failures_per_user,
                                  login_max_failures_per_address=args.login_max_failures_per_address,
                                  login_window_seconds=args.login_window_seconds)
-        uvicorn.run(create_app(settings, sessions), host=args.host, port=args.port, log_level="warning")
+        uvicorn.run(create_app(settings, sessions), host=args.host, port=args.port, log_level="warning",
+                    proxy_headers=args.trust_proxy_headers)
         return 0
     with sessions() as db:
         if command == "add-user":
