@@ -196,3 +196,13 @@ def measured_sub_run(sub: RunDir, base: RunDir, cfg: RunConfig, prompts: list[st
 
 def beta_label(beta: float) -> str:
     return f"ppo_beta{beta:g}"
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    """Write a matplotlib figure as PNG atomically (temp file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(path)

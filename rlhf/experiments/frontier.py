@@ -31,6 +31,7 @@ from rlhf.experiments.common import (
     run_base,
     run_ppo_sub_run,
     sample_pool,
+    save_figure,
 )
 from rlhf.train.bon import best_of_n_kl
 
@@ -144,10 +145,7 @@ def plot_frontier(path: Path, frontier: list[dict], bon: list[dict], ppo_runs: l
     ax.set_title("Reward–KL frontier (Ziegler et al. 2019, fig. 3)")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=120)
 
 
 def summary_markdown(s: dict, cfg: Config) -> str:

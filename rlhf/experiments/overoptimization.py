@@ -26,6 +26,7 @@ from rlhf.experiments.common import (
     run_base,
     run_ppo_sub_run,
     sample_pool,
+    save_figure,
 )
 from rlhf.train.bon import best_of_n_kl
 
@@ -137,10 +138,7 @@ def plot_sweeps(path: Path, bon_sweep: list[dict], ppo_sweep: list[dict], rho: d
     axes[0].set_ylabel(f"gold reward ({gold_name}; −1 without a stop)")
     fig.suptitle("Over-optimising a proxy reward model (Stiennon et al. 2020, figs. 5 and 7)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=120)
 
 
 def summary_markdown(s: dict) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 from rlhf.config import RunConfig, config_to_dict
 from rlhf.data.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 from rlhf.data.records import Comparison
+from rlhf.experiments.common import save_figure
 from rlhf.run import RunDir, seed_everything
 
 log = logging.getLogger("rlhf")
@@ -128,10 +129,7 @@ def plot(summary: dict, path: Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
 
 
 def summary_markdown(summary: dict) -> str:
