@@ -174,13 +174,15 @@ def encode_truncated(tokenizer, comparisons: list[Comparison], max_tokens: int) 
 def trunk_pass(rm, seqs: list[torch.Tensor], keep_prefix: bool, chunk: int = 16):
     """Final features at each sequence's last token [N, d] and, with `keep_prefix`, the frozen bottom layers'
     hidden states per sequence (for LoRA on the top layers). Sequences run in length order to waste little padding."""
+    from tqdm import tqdm
+
     from rlhf.models.roles import EncodedSequence, pad_encoded
 
     backbone = rm.backbone
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     feats = torch.zeros(len(seqs), backbone.hidden_size)
     encoded: list = [None] * len(seqs)
-    for start in range(0, len(order), chunk):
+    for start in tqdm(range(0, len(order), chunk), desc="rm_scaling: trunk pass", leave=False):
         idx = order[start : start + chunk]
         ids, mask, _ = pad_encoded([EncodedSequence(seqs[i], None) for i in idx], backbone.tokenizer.pad_token_id)
         prefix = backbone.frozen_prefix(ids, mask) if backbone.shares_frozen_prefix else None
