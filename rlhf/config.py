@@ -119,7 +119,10 @@ class PPOConfig:
     ppo_epochs: int = 4
     """Optimisation epochs over each batch."""
     learning_rate: float = 1e-4
-    """Policy/value learning rate, annealed linearly to 0."""
+    """Policy learning rate (and the value's unless value_learning_rate is set), annealed linearly to 0."""
+    value_learning_rate: float = 0.0
+    """Value network learning rate, annealed like the policy's; 0 = learning_rate. OpenRLHF's defaults give the critic
+    9x the actor's: the value must catch up with returns the RM it starts from was never trained to predict."""
     adaptive_kl: bool = True
     """Adaptive KL coefficient (Ziegler §2.2); False = fixed beta."""
     init_beta: float = 0.1
@@ -138,6 +141,10 @@ class PPOConfig:
     """Value clip epsilon."""
     value_coef: float = 0.1
     """Weight of the value loss."""
+    value_warmup_iterations: int = 0
+    """Iterations at the start that train only the value network, on fresh batches, before the policy moves (OpenRLHF's
+    freezing_actor_steps). The value starts from the RM, which never scored a partial response: its explained
+    variance starts far below 0, and advantages computed from it are mostly noise. Counted in `iterations`."""
     reward_source: str = "rm"
     """What PPO maximises: "rm" (the trained reward model, as in the papers) or "gold" (the simulated task's gold
     scorer itself, for studies such as Ziegler fig. 2's "PPO on the true reward"; the value still starts from the RM)."""

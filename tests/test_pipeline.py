@@ -110,8 +110,9 @@ def test_andon_cord_stops_ppo_with_a_checkpoint(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("overrides", [
-    ["model.lora_r=0", "ppo.log_gold_reward=false"],  # full fine-tuning: separate copies of the model for each role
-    ["collect.kind=ranking", "collect.responses_per_prompt=5", "reward.normalize=reference", "ppo.adaptive_kl=false", "ppo.ptx_coef=0.5"],
+    ["model.lora_r=0", "ppo.log_gold_reward=false", "ppo.value_warmup_iterations=1"],  # full fine-tuning: separate copies of the model for each role
+    ["collect.kind=ranking", "collect.responses_per_prompt=5", "reward.normalize=reference", "ppo.adaptive_kl=false", "ppo.ptx_coef=0.5",
+     "ppo.value_learning_rate=1e-2"],
     ["collect.kind=pairwise", "collect.responses_per_prompt=2", "model.lora_top_layers=1", "ppo.reward_source=gold"],
 ])
 def test_pipeline_variants(tiny_model_dir, tmp_path, overrides):
@@ -124,5 +125,9 @@ def test_pipeline_variants(tiny_model_dir, tmp_path, overrides):
     if "ppo.ptx_coef=0.5" in overrides:
         assert all("ptx_nll" in r for r in rows)
     assert all(("gold_reward" in r) == ("ppo.log_gold_reward=false" not in overrides) for r in rows)
+    if "ppo.value_warmup_iterations=1" in overrides:  # iteration 1 trained the value alone: the policy did not move
+        assert rows[0]["ratio_max"] == pytest.approx(1.0, abs=1e-5) and rows[0]["clipfrac"] == 0.0
+        assert rows[1]["kl"] == pytest.approx(0.0, abs=1e-5)  # so iteration 2 still sampled the SFT policy
+        assert rows[1]["approx_kl"] > 0  # and then it moved
     if "ppo.reward_source=gold" in overrides:  # PPO maximised the gold score itself
         assert all(abs(r["rm_score"] - r["gold_reward"]) < 1e-5 for r in rows)

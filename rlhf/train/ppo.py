@@ -110,7 +110,9 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
 
     n_minibatches = math.ceil(pc.batch_size / pc.minibatch_size)
     total_updates = pc.iterations * pc.ppo_epochs * n_minibatches
-    optimizer = torch.optim.AdamW(roles.policy_params + roles.value_params, lr=pc.learning_rate, eps=1e-5, weight_decay=0.0)
+    param_groups = [{"params": roles.policy_params, "lr": pc.learning_rate},
+                    {"params": roles.value_params, "lr": pc.value_learning_rate or pc.learning_rate}]
+    optimizer = torch.optim.AdamW(param_groups, eps=1e-5, weight_decay=0.0)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, total_updates)  # annealed linearly to 0
     kl_ctl = AdaptiveKLController(pc.init_beta, pc.target_kl, pc.k_beta) if pc.adaptive_kl else FixedKLController(pc.init_beta)
 
@@ -178,7 +180,8 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
             if pc.whiten_advantages:
                 advantages = masked_whiten(advantages, mask)
 
-        # 5. PPO epochs over minibatches: clipped policy and value losses (+ PPO-ptx)
+        # 5. PPO epochs over minibatches: clipped policy and value losses (+ PPO-ptx); value alone while it warms up
+        policy_moves = iteration >= pc.value_warmup_iterations
         stats: dict[str, list[float]] = {}
         for epoch in range(pc.ppo_epochs):
             perm = torch.arange(B) if epoch == 0 else torch.randperm(B)
@@ -193,8 +196,8 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
                 pg_loss, pg_stats = clipped_policy_loss(logprobs, old_logprobs[idx], advantages[idx], mask[idx], pc.clip_range)
                 values = value.values(mb)
                 vf_loss, vf_stats = clipped_value_loss(values, old_values[idx], returns[idx], mask[idx], pc.clip_range_value)
-                loss = pg_loss + pc.value_coef * vf_loss
-                if ptx_texts:
+                loss = pg_loss + pc.value_coef * vf_loss if policy_moves else vf_loss
+                if ptx_texts and policy_moves:
                     pick = torch.randint(len(ptx_texts), (pc.ptx_batch_size,)).tolist()
                     ptx_nll = response_nll(policy.backbone, policy.adapter, [ptx_texts[i].prompt for i in pick], [ptx_texts[i].response for i in pick])
                     loss = loss + pc.ptx_coef * ptx_nll  # = PPO loss - gamma * pretraining log-likelihood
@@ -224,7 +227,8 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
         }
         if gold is not None:  # the simulated task's gold reward (trained on only when reward_source=gold)
             row["gold_reward"] = sum(gold) / B
-        kl_ctl.update(mean_kl, B)
+        if policy_moves:  # the KL of a warm-up batch is 0 by construction, not a signal to lower beta
+            kl_ctl.update(mean_kl, B)
         metrics.write(row)
         with open(samples_path, "a") as fh:
             for p, t, sc in list(zip(batch_prompts, texts, scores.tolist()))[:4]:
