@@ -16,12 +16,15 @@ from rlhf.data.io import atomic_write_text, read_jsonl
 from rlhf.data.records import Sample
 from rlhf.eval.diversity import distinct_n
 from rlhf.eval.stats import mean_sem, win_rate
-from rlhf.eval.text_metrics import copying_fraction, mean_over_pairs, novel_ngram_fraction
+from rlhf.eval.text_metrics import (
+    copying_fraction, first_three_words_copying, has_preamble, mean_over_pairs, novel_ngram_fraction,
+)
 from rlhf.labelers.simulated import preference_from_gold
 from rlhf.models.loading import base_model_path, open_backbone, sft_model_path, task_and_stop_rule
 from rlhf.models.roles import LanguageModelRole
 from rlhf.models.sampling import sample_episodes
 from rlhf.run import RunDir, seed_everything
+from rlhf.tasks.tldr import tldr_post
 from rlhf.train.bon import eval_prompts
 from rlhf.train.reward import load_reward_model
 
@@ -57,13 +60,20 @@ def policy_figures(gold: list[float] | None, rm: list[float], kls: list[float] |
 
 
 def text_figures(prompts: list[str], texts: list[str], with_copying: bool) -> dict:
-    """Across-prompt distinct-1/2 of the responses (Kirk et al. 2024) and, with_copying, the mean copying
-    fraction (Stiennon fn. 9) and novel-bigram fraction of each response against its prompt (the post).
-    A figure that is undefined (no response has two words) is None, written as null."""
+    """Across-prompt distinct-1/2 of the responses (Kirk et al. 2024) and, with_copying (TL;DR prompts), the mean
+    copying fraction (Stiennon fn. 9) and novel-bigram fraction of each response against its prompt, and the
+    share of responses that start with the post's first three words, overall and on posts whose first sentence
+    is a preamble (Ziegler table 7; `has_preamble`), with the number of responses each share is over.
+    A figure that is undefined (no response has two words, no post has a preamble) is None, written as null."""
     out = {"distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2)}
     if with_copying:
         out["copying"] = mean_over_pairs(copying_fraction, texts, prompts)
         out["novel_2gram"] = mean_over_pairs(lambda summary, post: novel_ngram_fraction(summary, post, 2), texts, prompts)
+        posts = [tldr_post(prompt) for prompt in prompts]
+        first_three = first_three_words_copying(texts, posts, [has_preamble(post) for post in posts])
+        out.update(first_three_copied=first_three["first_three_copied"], first_three_n=first_three["n"],
+                   first_three_copied_with_preamble=first_three["first_three_copied_with_preamble"],
+                   first_three_n_with_preamble=first_three["n_with_preamble"])
     return {key: None if math.isnan(value) else value for key, value in out.items()}
 
 
