@@ -36,6 +36,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("run_dir", help="run directory made by `rlhf run` or `rlhf init`")
         p.add_argument("--force", action="store_true", help="run again even if the stage has finished")
 
+    p = sub.add_parser("eval-ood", help="evaluate a finished run's policies on another prompt set -> OUT/summary.json",
+                       description="Evaluate the initial, SFT, PPO and best-of-N policies of RUN_DIR (best-of-N drawn afresh) on other "
+                       "prompts — another task.source, split or task, or a subset of TL;DR subreddits — with the same figures as "
+                       "`rlhf eval` (gold reward, RM score, KL to the SFT policy, length, no-stop fraction, distinct-n, copying on "
+                       "TL;DR). Writes OUT/summary.json (with the prompts used) and OUT/samples.jsonl; RUN_DIR is not changed. "
+                       "Example: rlhf eval-ood runs/tldr --out runs/tldr-ood --exclude-subreddits relationships task.n_eval_prompts=128",
+                       epilog="overrides may set task.* (name, source, gold, n_eval_prompts, temperature, ...), eval.*, bon.n, seed, "
+                       "collect.batch_size and model.threads; the prompts are the first task.n_eval_prompts of a seeded shuffle.")
+    p.add_argument("run_dir", help="run directory with a trained reward model (and SFT/PPO/best-of-N as they exist)")
+    p.add_argument("--out", required=True, help="output directory (not the run directory or one of its stage folders)")
+    p.add_argument("--split", default="test", help="split of the prompt source (default test; a local file is its own split)")
+    p.add_argument("--subreddits", default="", help="TL;DR only: keep prompts of these subreddits (comma-separated, e.g. relationships,AskReddit)")
+    p.add_argument("--exclude-subreddits", default="", help="TL;DR only: drop prompts of these subreddits (comma-separated)")
+    p.add_argument("overrides", nargs="*", help="overrides such as task.source=FILE task.name=tldr task.n_eval_prompts=64")
+
     p = sub.add_parser("init", help="create a run directory with a config, without running anything",
                        description="Write RUN_DIR/config.yaml so that stages can be run one by one.")
     p.add_argument("--config", required=True, help="YAML config")
@@ -72,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # `experiment NAME --config C --out O a=b`: argparse binds NAME and the (empty) overrides before the options,
     # so overrides that come after the options arrive here as extra arguments
-    if extra and (args.command != "experiment" or any(e.startswith("-") for e in extra)):
+    if extra and (args.command not in ("experiment", "eval-ood") or any(e.startswith("-") for e in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
@@ -120,6 +135,15 @@ def main(argv: list[str] | None = None) -> int:
             setup_logging(RunDir(args.out), level)
             summary = run_experiment(args.name, args.config or None, args.out, args.overrides)
             print(f"summary: {Path(args.out) / 'summary.md'} ({summary.get('wall_seconds', 0):.0f} s)")
+            return 0
+        if args.command == "eval-ood":
+            from rlhf.eval.ood import evaluate_ood
+
+            setup_logging(RunDir(args.out), level)
+            summary = evaluate_ood(args.run_dir, args.out, args.overrides, args.split, args.subreddits, args.exclude_subreddits)
+            headline = ("n", "gold_reward_mean", "rm_score_mean", "kl_to_reference")
+            print(json.dumps({name: {k: v for k, v in figures.items() if k in headline} for name, figures in summary["policies"].items()}, indent=2))
+            print(f"summary: {Path(args.out) / 'summary.json'} ({summary['prompts']['n']} prompts)")
             return 0
         if args.command == "report":
             if len(args.run_dirs) == 1 and not args.out:

@@ -11,7 +11,9 @@ import pytest
 from rlhf.tasks import TASK_NAMES, find_stop_index, get_task
 from rlhf.tasks.dialogue import format_dialogue_query, split_dialogue
 from rlhf.tasks.sentiment import clean_review_text, opening_word_count, vader_gold_scores
-from rlhf.tasks.tldr import approximate_token_count, format_tldr_query, parse_tldr_query, truncate_post_to_fit
+from rlhf.tasks.tldr import (
+    approximate_token_count, format_tldr_query, parse_tldr_query, tldr_post, truncate_post_to_fit,
+)
 
 SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
 
@@ -143,6 +145,16 @@ def test_format_tldr_query_exact_string():
         parse_tldr_query("no header", "here")
 
 
+def test_tldr_post_of_a_query():
+    query = format_tldr_query("cats", "POST: in the title", "Is this normal?\nPOST: a later line\nIt is 3 years old.")
+    assert tldr_post(query) == "Is this normal?\nPOST: a later line\nIt is 3 years old."
+    assert tldr_post("POST: the cat sat TL;DR:") == "the cat sat"  # the TL;DR marker need not be on its own line
+    assert tldr_post("TITLE: t\nPOST: no marker at the end") == "no marker at the end"
+    assert tldr_post(format_tldr_query("cats", "t", "")) == ""
+    with pytest.raises(ValueError, match="expected a line starting with 'POST:'"):
+        tldr_post("SUBREDDIT: r/cats\nTITLE: a POST: inside the title\nTL;DR:")
+
+
 def word_counter(text: str) -> int:
     return len(text.split())
 
@@ -241,6 +253,9 @@ def test_real_tldr_file():
     assert all(p.text.startswith("SUBREDDIT: r/") and p.text.endswith("\nTL;DR:") for p in prompts)
     assert all(approximate_token_count(p.text) <= 512 for p in prompts)
     assert len(get_task("tldr").load_demonstrations("test", n=10, source=str(path))) == 10
+    untruncated = [p for p in prompts if not p.meta["truncated"]]
+    posts = {row["id"]: row["post"].strip() for row in map(json.loads, path.read_text().splitlines())}
+    assert untruncated and all(tldr_post(p.text) == posts[p.id] for p in untruncated)
 
 
 def test_real_hh_rlhf_file():

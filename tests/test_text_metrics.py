@@ -11,11 +11,13 @@ from rlhf.eval.text_metrics import (
     copying_fraction,
     copying_report,
     first_three_words_copying,
+    has_preamble,
     length_statistics,
     longest_common_subsequence_length,
     ngrams,
     novel_ngram_fraction,
     novel_sentence_fraction,
+    preamble_rule,
     repeated_ngram_fraction,
     rouge_f1,
     sentences,
@@ -94,6 +96,42 @@ def test_first_three_words_copying_overall_and_with_preamble() -> None:
     assert no_flags["n_with_preamble"] == 0 and math.isnan(no_flags["first_three_copied_with_preamble"])
     with pytest.raises(ValueError, match="has_preamble"):
         first_three_words_copying(summaries, sources, has_preamble=[True])
+
+
+PREAMBLE_POSTS = [  # (post, the rule expected to flag it)
+    ("Long time lurker, first time poster. My boyfriend and I have been dating for a year.", "lurker"),
+    ("Throwaway for obvious reasons.\n\nMy sister stole my car.", "throwaway"),
+    ("Sorry for formatting, I'm on mobile. So yesterday my landlord called.", "apology for the writing"),
+    ("Obligatory English is not my first language. I (22F) met a guy at work.", "not a native speaker"),
+    ("Edit: solved, thanks everyone!\nMy laptop would not boot.", "edit or update"),
+    ("UPDATE 2 - he called back. Original post below.", "edit or update"),
+    ("This is going to be long, so bear with me. It started in high school.", "long post warning"),
+    ("First post here, be gentle. My dog keeps barking at night.", "first post"),
+    ("Hello reddit!\nMy roommate never cleans.", "greeting"),
+    ("Dear fellow redditors,\nI need advice about my lease.", "greeting"),
+    ("I'm typing this on my phone. Anyway, here goes.", "on mobile"),
+    ("Not sure if this is the right sub for this. My car makes a noise.", "right place"),
+    ("Repost from r/relationships. We have been together 3 years.", "repost"),
+]
+NO_PREAMBLE_POSTS = [
+    "My first car broke down yesterday. Long time lurker, first time poster, by the way.",  # preamble not first
+    "I lost my phone on the bus. Sorry for the formatting, I'm on mobile.",
+    "We first met at a party five years ago and it was my first time posting a photo online.",
+    "My mobile phone bill doubled last month and the company will not explain why.",
+    "Hey guys, so I just messed up at work and my boss is furious with me.",  # a greeting with content
+    "Dear landlord, I am writing to complain about the heating in my flat.",
+    "My girlfriend and I have been in a long distance relationship for two years.",
+    "The throw was away from the catcher, and the game ended.",
+    "",
+]
+
+
+def test_preamble_rules_on_hand_written_posts() -> None:
+    for post, rule in PREAMBLE_POSTS:
+        assert has_preamble(post) and has_preamble(post.upper()), post  # case-insensitive
+    assert [preamble_rule(post) for post, _ in PREAMBLE_POSTS] == [rule for _, rule in PREAMBLE_POSTS]
+    for post in NO_PREAMBLE_POSTS:
+        assert not has_preamble(post), post
 
 
 def test_copying_report_averages_over_pairs() -> None:

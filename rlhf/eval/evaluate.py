@@ -1,28 +1,31 @@
 """Evaluation on held-out prompts for the initial, SFT, PPO and best-of-N policies: gold reward (mean, sem),
 RM score, KL to the reference (SFT), length, distinct-n over the responses (and copying from the post on TL;DR),
 and win rates judged by the gold labeler with bootstrap intervals.
-Writes RUN_DIR/eval/samples.jsonl and the `policies` and `winrates` sections of summary.json."""
+`evaluate` (the eval stage) writes RUN_DIR/eval/samples.jsonl and the `policies` and `winrates` sections of
+summary.json; `evaluate_on_prompts` measures the policies on any prompt list (see rlhf/eval/ood.py)."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 
 import torch
 
 from rlhf.config import RunConfig
-import json
-
 from rlhf.data.io import atomic_write_text, read_jsonl
 from rlhf.data.records import Sample
 from rlhf.eval.diversity import distinct_n
 from rlhf.eval.stats import mean_sem, win_rate
-from rlhf.eval.text_metrics import copying_fraction, mean_over_pairs, novel_ngram_fraction
+from rlhf.eval.text_metrics import (
+    copying_fraction, first_three_words_copying, has_preamble, mean_over_pairs, novel_ngram_fraction,
+)
 from rlhf.labelers.simulated import preference_from_gold
 from rlhf.models.loading import base_model_path, open_backbone, sft_model_path, task_and_stop_rule
 from rlhf.models.roles import LanguageModelRole
 from rlhf.models.sampling import sample_episodes
 from rlhf.run import RunDir, seed_everything
-from rlhf.train.bon import eval_prompts
+from rlhf.tasks.tldr import tldr_post
+from rlhf.train.bon import best_of_n_kl, draw_best_of_n, eval_prompts
 from rlhf.train.reward import load_reward_model
 
 log = logging.getLogger("rlhf")
@@ -57,13 +60,20 @@ def policy_figures(gold: list[float] | None, rm: list[float], kls: list[float] |
 
 
 def text_figures(prompts: list[str], texts: list[str], with_copying: bool) -> dict:
-    """Across-prompt distinct-1/2 of the responses (Kirk et al. 2024) and, with_copying, the mean copying
-    fraction (Stiennon fn. 9) and novel-bigram fraction of each response against its prompt (the post).
-    A figure that is undefined (no response has two words) is None, written as null."""
+    """Across-prompt distinct-1/2 of the responses (Kirk et al. 2024) and, with_copying (TL;DR prompts), the mean
+    copying fraction (Stiennon fn. 9) and novel-bigram fraction of each response against its prompt, and the
+    share of responses that start with the post's first three words, overall and on posts whose first sentence
+    is a preamble (Ziegler table 7; `has_preamble`), with the number of responses each share is over.
+    A figure that is undefined (no response has two words, no post has a preamble) is None, written as null."""
     out = {"distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2)}
     if with_copying:
         out["copying"] = mean_over_pairs(copying_fraction, texts, prompts)
         out["novel_2gram"] = mean_over_pairs(lambda summary, post: novel_ngram_fraction(summary, post, 2), texts, prompts)
+        posts = [tldr_post(prompt) for prompt in prompts]
+        first_three = first_three_words_copying(texts, posts, [has_preamble(post) for post in posts])
+        out.update(first_three_copied=first_three["first_three_copied"], first_three_n=first_three["n"],
+                   first_three_copied_with_preamble=first_three["first_three_copied_with_preamble"],
+                   first_three_n_with_preamble=first_three["n_with_preamble"])
     return {key: None if math.isnan(value) else value for key, value in out.items()}
 
 
@@ -72,9 +82,11 @@ def sample_rows(policy: str, prompts, texts, stops, rm, gold) -> list[dict]:
             for i, (p, t, s, r) in enumerate(zip(prompts, texts, stops, rm))]
 
 
-def evaluate(run: RunDir, cfg: RunConfig) -> dict:
-    seed_everything(cfg.seed + 5)
-    prompts = eval_prompts(cfg)
+def evaluate_on_prompts(run: RunDir, cfg: RunConfig, prompts: list[str], reuse_bon: bool) -> tuple[dict, dict, list[dict]]:
+    """Sample the run's initial, SFT, PPO (when trained) and best-of-N (when drawn) policies on `prompts` and measure
+    them; returns (figures per policy, win rates vs. initial, one row per sample). With reuse_bon the run's own
+    best-of-N candidates are used (they must have been drawn for these prompts); otherwise, when the run has a
+    best-of-N stage, best-of-cfg.bon.n is drawn afresh here. Writes nothing."""
     bs = cfg.collect.batch_size
 
     # 1. models: the SFT model is the reference and carries the reward model's adapter
@@ -83,15 +95,16 @@ def evaluate(run: RunDir, cfg: RunConfig) -> dict:
     reference = LanguageModelRole(sft, None, cfg.task.temperature)
     task, response_length, stop_rule = task_and_stop_rule(cfg, sft.tokenizer)
     policies = {"initial": LanguageModelRole(open_backbone(cfg, base_model_path(cfg)), None, cfg.task.temperature)}
-    bon_candidates = read_jsonl(run.root / "bon" / "candidates.jsonl", Sample) if run.is_done("bon") else []
+    bon_candidates = read_jsonl(run.root / "bon" / "candidates.jsonl", Sample) if reuse_bon and run.is_done("bon") else []
     if bon_candidates:
         assert [s.prompt for s in bon_candidates[:: run.done_info("bon")["n"]]] == prompts, "best-of-N was drawn for other prompts; re-run `rlhf bon`"
-    else:  # without best-of-N's candidates the SFT policy is sampled here
+    elif reuse_bon or not run.is_done("bon"):  # without best-of-N's candidates the SFT policy is sampled here
         policies["sft"] = reference
     if run.is_done("ppo"):
         policies["ppo"] = LanguageModelRole(open_backbone(cfg, str(run.root / "ppo" / "model")), None, cfg.task.temperature)
+    with_copying = cfg.task.name == "tldr"
 
-    # 2. sample each policy on the held-out prompts; gold reward, RM score, KL to the reference
+    # 2. sample each policy on the prompts; gold reward, RM score, KL to the reference
     responses: dict[str, list[str]] = {}
     golds: dict[str, list[float]] = {}
     figures: dict[str, dict] = {}
@@ -102,23 +115,27 @@ def evaluate(run: RunDir, cfg: RunConfig) -> dict:
         rm = reward.score(prompts, texts).tolist()
         gold = golds[name] = task.gold_scorer(prompts, texts) if task.gold_scorer else None
         figures[name] = policy_figures(gold, rm, kls, lengths, stops)
-        figures[name].update(text_figures(prompts, texts, with_copying=cfg.task.name == "tldr"))
+        figures[name].update(text_figures(prompts, texts, with_copying=with_copying))
         rows += sample_rows(name, prompts, texts, stops, rm, gold)
         log.info("eval %s: %s", name, {k: round(v, 3) for k, v in figures[name].items() if isinstance(v, float)})
     if bon_candidates:
-        # the SFT policy's samples are best-of-N's first candidates (i.i.d. SFT samples; their KL to SFT is 0),
-        # and best-of-N's are the chosen ones; both were scored by the RM in the bon stage
-        N = run.done_info("bon")["n"]
+        N, bon_kl = run.done_info("bon")["n"], run.done_info("bon")["kl_to_reference"]
         bon = read_jsonl(run.root / "bon" / "samples.jsonl", Sample)
         assert [s.prompt for s in bon] == prompts, "best-of-N samples were drawn for other prompts; re-run `rlhf bon`"
-        for name, picked, kl in (("sft", bon_candidates[::N], 0.0), ("bon", bon, run.done_info("bon")["kl_to_reference"])):
+    elif "sft" not in policies:
+        N, bon_kl = cfg.bon.n, best_of_n_kl(cfg.bon.n)
+        bon_candidates, bon = draw_best_of_n(reference, reward, prompts, N, response_length, stop_rule, bs, cfg.ppo.missing_stop_penalty)
+    if bon_candidates:
+        # the SFT policy's samples are best-of-N's first candidates (i.i.d. SFT samples; their KL to SFT is 0),
+        # and best-of-N's are the chosen ones; both were scored by the RM when best-of-N was drawn
+        for name, picked, kl in (("sft", bon_candidates[::N], 0.0), ("bon", bon, bon_kl)):
             texts, stops = [s.response for s in picked], [s.has_stop for s in picked]
             responses[name] = texts
             rm = [s.meta["rm_score_no_penalty"] for s in picked]
             gold = golds[name] = task.gold_scorer(prompts, texts) if task.gold_scorer else None
             lengths = [len(sft.tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
             figures[name] = policy_figures(gold, rm, None, lengths, stops, kl_value=kl)
-            figures[name].update(text_figures(prompts, texts, with_copying=cfg.task.name == "tldr"))
+            figures[name].update(text_figures(prompts, texts, with_copying=with_copying))
             rows += sample_rows(name, prompts, texts, stops, rm, gold)
         figures["bon"]["n_samples"] = N
     figures = {name: figures[name] for name in ("initial", "sft", "ppo", "bon") if name in figures}
@@ -130,7 +147,19 @@ def evaluate(run: RunDir, cfg: RunConfig) -> dict:
             if name in responses:
                 outcomes = [preference_from_gold(a, b) for a, b in zip(golds[name], golds["initial"])]
                 winrates[f"{name}_vs_initial"] = win_rate(outcomes, seed=cfg.seed, n_resamples=cfg.eval.bootstrap_resamples)
-    atomic_write_text(run.stage(STAGE) / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    return figures, winrates, rows
+
+
+def samples_jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def evaluate(run: RunDir, cfg: RunConfig) -> dict:
+    """The eval stage: the run's policies on its held-out prompts -> RUN_DIR/eval/samples.jsonl and summary.json."""
+    seed_everything(cfg.seed + 5)
+    prompts = eval_prompts(cfg)
+    figures, winrates, rows = evaluate_on_prompts(run, cfg, prompts, reuse_bon=True)
+    atomic_write_text(run.stage(STAGE) / "samples.jsonl", samples_jsonl(rows))
     reward_info = run.done_info("reward")
     run.update_summary(
         reward_model={k: reward_info[k] for k in ("heldout_accuracy", "heldout_n", "train_n", "normalize") if k in reward_info},

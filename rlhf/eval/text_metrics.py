@@ -1,6 +1,6 @@
 """Text metrics for summaries and responses: ROUGE (rouge-score), copying from the source (Stiennon et al. 2020
 fn. 9), novel n-grams and sentences, repeated n-grams (Ziegler et al. 2019 figs. 5-6), first-three-words copying
-(Ziegler et al. 2019 table 7) and response-length statistics.
+(Ziegler et al. 2019 table 7) with a heuristic preamble detector, and response-length statistics.
 
 Word-level metrics use `words`: lower-cased runs of letters, digits and inner apostrophes; punctuation is dropped.
 Each function scores one (summary, source) pair or a list of them; `mean_over_pairs` averages a per-pair metric.
@@ -153,6 +153,54 @@ def first_three_words_copying(
         "first_three_copied_with_preamble": float(np.mean(with_preamble)) if with_preamble else float("nan"),
         "n_with_preamble": len(with_preamble),
     }
+
+
+# Ziegler et al. 2019 table 7 reports first-three-words copying "on posts with a preamble"; this rule set decides which
+# posts have one. Each rule is (name, pattern), searched case-insensitively in the post's first sentence only.
+PREAMBLE_RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (name, re.compile(pattern, re.IGNORECASE))
+    for name, pattern in (
+        ("greeting", r"^(?:hi|hello|hey|heyo|hiya|howdy|greetings|dear)\b(?:[\s,!.]+[^\s,!.]+){0,3}[\s,!.]*$"),
+        ("lurker", r"\blurk(?:er|ing)\b|\bfirst[- ]time poster\b"),
+        ("first post",  # "my first time posting a photo" is about content: no article or pronoun may follow
+         r"\bfirst (?:ever )?(?:reddit )?(?:post|time posting)\b(?!\s+(?:a|an|the|my|his|her|their|this|some)\b)"),
+        ("throwaway", r"\bthrowaway\b|\b(?:an? )?(?:alt|alternate) account\b"),
+        ("apology for the writing",
+         r"\b(?:sorry|apologi[sz]e|apologies|excuse)\b.*\b(?:format\w*|typos?|spelling|grammar|grammatical|grammical|"
+         r"errors|mistakes|english|mobile|phone|length|long|wall of text)\b"),
+        ("on mobile",
+         r"\b(?:i'm|i’m|im|i am|currently|posting|typing|writing|submitting)\s+(?:this\s+)?(?:on|from|through|via)\s+(?:my\s+|a\s+)?"
+         r"(?:mobile|phone|cell(?:phone)?|iphone|android)\b|\bmobile (?:user|here)\b|\bformat\w*\b.*\bmobile\b"),
+        ("not a native speaker",
+         r"\benglish (?:is not|isn't|isn’t|is not) my (?:first|native|mother)|\bnon-?native (?:english )?speaker|"
+         r"\bnot a native (?:english )?speaker"),
+        ("repost", r"\brepost(?:ed|ing)?\b|\bx-?post\b|\bcross-?post\w*|\b(?:previously|originally|also) posted\b"),
+        ("edit or update", r"^(?:edit|edited|update|updated|eta)\s*\d*\s*[:\-]"),
+        ("obligatory", r"^obligatory\b"),
+        ("long post warning",
+         r"\b(?:this|it)(?:'s|’s| is)? (?:going to|gonna|will|might|may) be (?:a )?(?:bit |little |very |pretty )?(?:long|lengthy)\b|"
+         r"\bbear with me\b|\bwall of text\b|\blong post\b"),
+        ("right place", r"\b(?:right|correct|appropriate) (?:place|sub(?:reddit)?) (?:to|for)\b|\bnot sure (?:if|where) (?:this|to post)"),
+    )
+)
+
+
+def preamble_rule(post: str) -> str | None:
+    """The name of the first rule of PREAMBLE_RULES that matches the post's first sentence (see `sentences`:
+    split after . ! ? and at line breaks), or None. A heuristic, not a classifier: it knows the usual
+    throat-clearing openings of Reddit posts (a bare greeting, "long time lurker", "first post", "throwaway",
+    apologies for formatting or English, "on mobile", "repost", "Edit:", "Obligatory ...", "this will be long, bear with me",
+    "not sure this is the right sub") and misses other phrasings; words later in the post are never looked at."""
+    first = sentences(post)
+    if not first:
+        return None
+    sentence = first[0]
+    return next((name for name, pattern in PREAMBLE_RULES if pattern.search(sentence)), None)
+
+
+def has_preamble(post: str) -> bool:
+    """True when the post's first sentence is throat-clearing before the content (see `preamble_rule`)."""
+    return preamble_rule(post) is not None
 
 
 def copying_report(summaries: Sequence[str], sources: Sequence[str], max_n: int = 4) -> dict[str, float]:

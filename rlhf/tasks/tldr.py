@@ -25,6 +25,8 @@ _HUB_QUERY = re.compile(
     r"\ASUBREDDIT: r/(?P<subreddit>[^\n]*)\nTITLE: (?P<title>[^\n]*)\nPOST: (?P<post>.*)\nTL;DR:\s*\Z", re.S
 )
 
+_POST_OF_QUERY = re.compile(r"(?:\A|\n)POST: ?(?P<post>.*?)\s*(?:TL;DR:\s*)?\Z", re.S)
+
 
 def format_tldr_query(subreddit: str, title: str, post: str) -> str:
     """The query shown to the policy (the template of Stiennon et al. 2020, single newlines)."""
@@ -88,6 +90,15 @@ def parse_tldr_query(query: str, location: str) -> tuple[str, str, str]:
             f"{location}: field 'prompt' is not of the form 'SUBREDDIT: r/...\\nTITLE: ...\\nPOST: ...\\nTL;DR:'"
         )
     return match["subreddit"], match["title"], match["post"]
+
+
+def tldr_post(query: str) -> str:
+    """The post inside a TL;DR query: the text after the first line that starts with "POST:", up to a final
+    "TL;DR:" (left out, with surrounding whitespace). Raises when the query has no "POST:" line."""
+    match = _POST_OF_QUERY.search(query)
+    if match is None:
+        raise ValueError(f"TL;DR query {query[:60]!r}: expected a line starting with 'POST:'")
+    return match["post"]
 
 
 def _tldr_posts(source: str, split: str) -> Iterator[tuple[str, str, str, str, str]]:

@@ -34,27 +34,35 @@ def eval_prompts(cfg: RunConfig) -> list[str]:
     return [p.text for p in task.load_prompts("test", n=cfg.task.n_eval_prompts, source=prompt_source(cfg), seed=cfg.seed)]
 
 
+def draw_best_of_n(policy: LanguageModelRole, reward, prompts: list[str], n: int, response_length: int, stop_rule,
+                   batch_size: int, missing_stop_penalty: float) -> tuple[list[Sample], list[Sample]]:
+    """N samples of `policy` per prompt scored by the reward model; returns (all N per prompt, in prompt order,
+    policy "sft"; the highest-scoring one of each prompt, policy "bon<N>"). A response without a stop scores the
+    fixed penalty it would get in PPO (Ziegler §3.1.2); meta keeps both rm_score and rm_score_no_penalty."""
+    repeated = [p for p in prompts for _ in range(n)]
+    texts, stops, _ = sample_texts(policy, repeated, response_length, stop_rule, batch_size, progress=f"best-of-{n}: sampling")
+    rm_scores = reward.score(repeated, texts)
+    scores = torch.where(torch.tensor(stops), rm_scores, torch.full_like(rm_scores, missing_stop_penalty))
+    best = best_of_n(scores.view(len(prompts), n))
+    chosen = [i * n + int(b) for i, b in enumerate(best)]
+    candidates = [Sample(prompt=repeated[i], response=texts[i], policy="sft", has_stop=stops[i],
+                         meta={"rm_score": float(scores[i]), "rm_score_no_penalty": float(rm_scores[i])}) for i in range(len(repeated))]
+    return candidates, [Sample(**{**candidates[i].to_dict(), "policy": f"bon{n}"}) for i in chosen]
+
+
 def run_bon(run: RunDir, cfg: RunConfig) -> dict:
     seed_everything(cfg.seed + 4)
-    # 1. N samples per held-out prompt from the SFT policy
+    # 1. N samples per held-out prompt from the SFT policy, scored by the reward model
     backbone = open_backbone(cfg, sft_model_path(run, cfg))
     reward = load_reward_model(run, backbone)
     policy = LanguageModelRole(backbone, None, cfg.task.temperature)
     task, response_length, stop_rule = task_and_stop_rule(cfg, backbone.tokenizer)
     prompts = eval_prompts(cfg)
     N = cfg.bon.n
-    repeated = [p for p in prompts for _ in range(N)]
-    texts, stops, _ = sample_texts(policy, repeated, response_length, stop_rule, cfg.collect.batch_size, progress=f"best-of-{N}: sampling")
-    # 2. score all of them; a response with no stop scores the fixed penalty it would get in PPO (Ziegler §3.1.2)
-    rm_scores = reward.score(repeated, texts)
-    scores = torch.where(torch.tensor(stops), rm_scores, torch.full_like(rm_scores, cfg.ppo.missing_stop_penalty))
-    # 3. keep the best of each prompt's N; all N are kept too (the first of each prompt is a plain SFT sample)
-    best = best_of_n(scores.view(len(prompts), N))
-    chosen = [i * N + int(b) for i, b in enumerate(best)]
-    candidates = [Sample(prompt=repeated[i], response=texts[i], policy="sft", has_stop=stops[i],
-                         meta={"rm_score": float(scores[i]), "rm_score_no_penalty": float(rm_scores[i])}) for i in range(len(repeated))]
+    candidates, samples = draw_best_of_n(policy, reward, prompts, N, response_length, stop_rule, cfg.collect.batch_size,
+                                         cfg.ppo.missing_stop_penalty)
+    # 2. keep the best of each prompt's N; all N are kept too (the first of each prompt is a plain SFT sample)
     write_jsonl(run.stage(STAGE) / "candidates.jsonl", candidates)
-    samples = [Sample(**{**candidates[i].to_dict(), "policy": f"bon{N}"}) for i in chosen]
     write_jsonl(run.stage(STAGE) / "samples.jsonl", samples)
     info = {"n": N, "n_prompts": len(prompts), "kl_to_reference": best_of_n_kl(N)}
     run.mark_done(STAGE, info)
