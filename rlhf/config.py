@@ -213,6 +213,9 @@ class JudgeConfig:
     """`lm` judge: a log-probability difference |log P(A) - log P(B)| at or below this is a tie."""
     lm_batch_size: int = 8
     """`lm` judge: comparisons per forward pass."""
+    lm_order_rule: str = "tie"
+    """`lm` judge, both orders: `tie` (a disagreement between the orders is a tie) or `logodds` (the sign of
+    [log P(A) - log P(B)] shown first minus the same shown second, which cancels a constant position bias)."""
     llm: LLMJudgeConfig = field(default_factory=LLMJudgeConfig)
     """The `llm` judge's endpoint, model and key (base_url, model, api_key or api_key_env, temperature, max_tokens)."""
 

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlhf.eval.lm_judge import LMPairwiseJudge, judge_both_orders, judge_input, post_of, verdict_from_logprobs
+from rlhf.eval.lm_judge import (
+    LMPairwiseJudge,
+    judge_both_orders,
+    judge_input,
+    outcome_from_both_logodds,
+    post_of,
+    verdict_from_logprobs,
+)
 from rlhf.labelers.base import Labeler
 from rlhf.labelers.judge import JudgeLabeler, copeland_scores
 from rlhf.tasks.tldr import in_split, load_tldr_prompts, stable_unit_hash
@@ -20,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 class FixedLogprobJudge(LMPairwiseJudge):
     """The LM judge with log P(A), log P(B) looked up per (a, b) as shown instead of read from a model."""
 
-    def __init__(self, table: dict[tuple[str, str], tuple[float, float]], margin: float = 0.0):
-        super().__init__(margin=margin, name="fixed")
+    def __init__(self, table: dict[tuple[str, str], tuple[float, float]], margin: float = 0.0, order_rule: str = "tie"):
+        super().__init__(margin=margin, name="fixed", order_rule=order_rule)
         self.table = table
 
     def answer_logprobs(self, items):
@@ -51,6 +58,18 @@ def test_both_orders_consistent_win_and_position_bias_tie():
     assert [j.outcome_for_a for j in judged] == [1.0, 0.5, 0.0]
     assert [j.consistent for j in judged] == [True, False, True]
     assert [[v.outcome for v in j.verdicts] for j in judged] == [["a", "b"], ["a", "a"], ["b", "a"]]
+
+
+def test_logodds_rule_cancels_a_constant_position_bias():
+    # u first: d = -0.3 - (-1.5) = 1.2; v first: d = -0.2 - (-1.9) = 1.7; 1.2 - 1.7 = -0.5 < 0: v preferred
+    assert outcome_from_both_logodds((-0.3, -1.5), (-0.2, -1.9)) == 0.0
+    # x first: d = 0.7; y first: d = -0.5; 0.7 - (-0.5) = 1.2 > 0: x preferred; with margin 0.7 (2 x 0.7 = 1.4): a tie
+    assert outcome_from_both_logodds((-0.5, -1.2), (-0.9, -0.4)) == 1.0
+    assert outcome_from_both_logodds((-0.5, -1.2), (-0.9, -0.4), margin=0.7) == 0.5
+    assert outcome_from_both_logodds((math.nan, -1.0), (-1.0, -1.0)) is None
+    table = {("u", "v"): (-0.3, -1.5), ("v", "u"): (-0.2, -1.9)}
+    judged = judge_both_orders(FixedLogprobJudge(table, order_rule="logodds"), [("p", "u", "v")])
+    assert judged[0].outcome_for_a == 0.0 and judged[0].consistent is False  # the verdicts still disagree ("a", "a")
 
 
 def test_copeland_scores_hand_worked():

@@ -9,6 +9,7 @@ the simulated human of the offline set-up, as the zero-shot sentiment classifier
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +23,7 @@ QUESTION = (
     "for being longer."
 )
 ANSWER_TOKENS = (" A", " B")
+ORDER_RULES = ("tie", "logodds")
 
 
 def post_of(prompt: str) -> str:
@@ -45,14 +47,30 @@ def verdict_from_logprobs(logprob_a: float, logprob_b: float, margin: float = 0.
     return Verdict("a" if difference > margin else "b" if difference < -margin else "tie", raw)
 
 
-class LMPairwiseJudge:
-    """`compare(prompt, a, b) -> Verdict` from log P(" A") vs log P(" B"); `compare_many` does a list in batches."""
+# Zheng et al. 2023 (swap positions) / Wang et al. 2023 (balanced position calibration): with a position bias c,
+# d(x, y) = log P(A) - log P(B) = c + q and d(y, x) = c - q, so d(x, y) - d(y, x) = 2q is free of c.
+def outcome_from_both_logodds(forward: tuple[float, float], backward: tuple[float, float], margin: float = 0.0) -> float | None:
+    """Outcome for x from (log P(A), log P(B)) with x shown first (`forward`) and with y shown first (`backward`):
+    1 when d_forward - d_backward > 2 margin, 0 when < -2 margin, else 0.5; None when not finite."""
+    score = (forward[0] - forward[1]) - (backward[0] - backward[1])
+    if not math.isfinite(score):
+        return None
+    return 1.0 if score > 2 * margin else 0.0 if score < -2 * margin else 0.5
 
-    def __init__(self, model_path: str | None = None, margin: float = 0.0, batch_size: int = 8, name: str = ""):
+
+class LMPairwiseJudge:
+    """`compare(prompt, a, b) -> Verdict` from log P(" A") vs log P(" B"); `compare_many` does a list in batches.
+    order_rule says how `judge_both_orders` combines the two orders: "tie" (the two verdicts must agree, else a tie)
+    or "logodds" (the sign of the log-odds difference summed over both orders, which cancels a constant position bias)."""
+
+    def __init__(self, model_path: str | None = None, margin: float = 0.0, batch_size: int = 8, name: str = "", order_rule: str = "tie"):
+        if order_rule not in ORDER_RULES:
+            raise ValueError(f"order_rule: expected one of {ORDER_RULES}, got {order_rule!r}")
         self.model_path = model_path or None
         self.margin = margin
         self.batch_size = batch_size
         self.name = name or "lm_judge"
+        self.order_rule = order_rule
         self._loaded: tuple | None = None
 
     def _model(self):
@@ -91,14 +109,18 @@ class LMPairwiseJudge:
 
 
 def judge_both_orders(judge, items: Sequence[tuple[str, str, str]]) -> list[JudgedItem]:
-    """`judge_pairs(judge, items, position="both")`, with all 2n comparisons in one `compare_many` call when the
-    judge has one (the LM judge batches them); a disagreement between the two orders is a tie."""
+    """`judge_pairs(judge, items, position="both")`, with all 2n comparisons batched for the LM judge; a disagreement
+    between the two orders is a tie, or, with the LM judge's order_rule "logodds", the outcome is the sign of the
+    log-odds summed over both orders (`outcome_from_both_logodds`). `consistent` is always whether the two verdicts agree."""
     if not hasattr(judge, "compare_many"):
         return judge_pairs(judge, items, position="both")
-    verdicts = judge.compare_many([*items, *[(p, b, a) for p, a, b in items]])
-    forward, backward = verdicts[: len(items)], verdicts[len(items) :]
+    both = [*items, *[(p, b, a) for p, a, b in items]]
+    logprobs = judge.answer_logprobs(both)
+    verdicts = [verdict_from_logprobs(a, b, judge.margin) for a, b in logprobs]
     judged = []
-    for f, b in zip(forward, backward):
+    for i, (f, b) in enumerate(zip(verdicts[: len(items)], verdicts[len(items) :])):
         outcome, consistent = combine_orders(f, b)
+        if getattr(judge, "order_rule", "tie") == "logodds" and consistent is not None:
+            outcome = outcome_from_both_logodds(logprobs[i], logprobs[len(items) + i], judge.margin)
         judged.append(JudgedItem(("ab", "ba"), (f, b), outcome, consistent))
     return judged

@@ -75,7 +75,7 @@ def build_judge(cfg):
     if jc.kind == "lm":
         from rlhf.eval.lm_judge import LMPairwiseJudge
 
-        return LMPairwiseJudge(jc.lm_model or None, jc.lm_margin, jc.lm_batch_size)
+        return LMPairwiseJudge(jc.lm_model or None, jc.lm_margin, jc.lm_batch_size, order_rule=jc.lm_order_rule)
     if jc.kind == "llm":
         from rlhf.eval.llm_judge import LLMJudge
 
