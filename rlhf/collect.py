@@ -52,8 +52,11 @@ def collect(run: RunDir, cfg: RunConfig) -> dict:
     # 1. K responses per prompt from the current policy (the SFT model)
     backbone = open_backbone(cfg, sft_model_path(run, cfg))
     task, response_length, stop_rule = task_and_stop_rule(cfg, backbone.tokenizer)
-    if task.gold_scorer is None:
-        raise ValueError(f"task '{task.name}' has no simulated gold labeler; set collect.comparisons_path to human comparisons")
+    if cc.labeler not in ("gold", "judge"):
+        raise ValueError(f"collect.labeler: expected gold or judge, got {cc.labeler!r}")
+    if cc.labeler == "gold" and task.gold_scorer is None:
+        raise ValueError(f"task '{task.name}' has no simulated gold labeler; set collect.comparisons_path to human comparisons, "
+                         "or collect.labeler=judge for the pairwise judge of the `judge` section")
     prompts = [p.text for p in task.load_prompts("train", n=cc.n_prompts, source=prompt_source(cfg), seed=cfg.seed + 1)]
     policy = LanguageModelRole(backbone, None, cfg.task.temperature)
     K = cc.responses_per_prompt
@@ -62,21 +65,35 @@ def collect(run: RunDir, cfg: RunConfig) -> dict:
     samples = [Sample(prompt=p, response=t, policy="sft", has_stop=s) for p, t, s in zip(repeated, texts, stops)]
     write_jsonl(out / "samples.jsonl", samples)
 
+    items = [(p, texts[i * K : (i + 1) * K]) for i, p in enumerate(prompts)]
+    if cc.labeler == "judge":
+        # 2'. a pairwise judge compares every pair of each prompt's K responses in both orders (rlhf/labelers/judge.py);
+        # its win counts are stored as meta["gold"]
+        from rlhf.labelers.judge import JudgeLabeler, build_judge
+
+        comparisons = label_many(JudgeLabeler(build_judge(cfg), seed=cfg.seed), items, cc.kind)
+        return _write_comparisons(run, cfg, comparisons, {"n_prompts": len(prompts), "responses_per_prompt": K, "kind": cc.kind,
+                                                          "labeler": "judge", "judge": cfg.judge.kind, "no_stop_fraction": 1 - sum(stops) / len(stops)})
+
     # 2. the labeler compares the K responses of each prompt (gold scores computed once, in batches)
     gold = task.gold_scorer(repeated, texts)
     known = {(p, t): g for p, t, g in zip(repeated, texts, gold)}
     labeler = SimulatedLabeler(lambda ps, rs: [known[(p, r)] for p, r in zip(ps, rs)], temperature=cc.labeler_temperature, seed=cfg.seed)
-    items = [(p, texts[i * K : (i + 1) * K]) for i, p in enumerate(prompts)]
     comparisons = label_many(labeler, items, cc.kind)
 
     # 3. gold scores beside each comparison, so held-out accuracy is measured against the noise-free gold labeler
     comparisons = [
         Comparison(**{**c.to_dict(), "meta": {**c.meta, "gold": list(gold[i * K : (i + 1) * K])}}) for i, c in enumerate(comparisons)
     ]
-    train, heldout = split_heldout(comparisons, cc.heldout_fraction, cfg.seed)
-    write_jsonl(out / "comparisons.jsonl", train)
-    write_jsonl(out / "heldout.jsonl", heldout)
-    info = {"n_prompts": len(prompts), "responses_per_prompt": K, "kind": cc.kind, "n_train": len(train), "n_heldout": len(heldout),
-            "no_stop_fraction": 1 - sum(stops) / len(stops)}
+    return _write_comparisons(run, cfg, comparisons, {"n_prompts": len(prompts), "responses_per_prompt": K, "kind": cc.kind,
+                                                      "no_stop_fraction": 1 - sum(stops) / len(stops)})
+
+
+def _write_comparisons(run: RunDir, cfg: RunConfig, comparisons: list[Comparison], info: dict) -> dict:
+    """Split off the held-out prompts, write both files and mark the stage done."""
+    train, heldout = split_heldout(comparisons, cfg.collect.heldout_fraction, cfg.seed)
+    write_jsonl(run.stage(STAGE) / "comparisons.jsonl", train)
+    write_jsonl(run.stage(STAGE) / "heldout.jsonl", heldout)
+    info = {**info, "n_train": len(train), "n_heldout": len(heldout)}
     run.mark_done(STAGE, info)
     return info

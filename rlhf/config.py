@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from rlhf.eval.llm_judge import LLMJudgeConfig
+
 
 @dataclass
 class ModelConfig:
@@ -49,6 +51,12 @@ class TaskConfig:
     """Sampling temperature, applied to logits in sampling and in every reference/training forward."""
     n_eval_prompts: int = 64
     """Held-out prompts for evaluation."""
+    max_query_tokens: int = 0
+    """TL;DR: token budget of a query (posts are cut at a newline, space or character to fit, counted with the model's
+    tokenizer); 0 = the task's default, 512 (Stiennon et al. 2020)."""
+    test_fraction: float = 0.0
+    """TL;DR with a local file: share of its rows held out as the `test` split by a stable hash of each row's id (the
+    rest is the `train` split used by SFT, collection and PPO); 0 = the file is every split."""
 
 
 @dataclass
@@ -83,6 +91,9 @@ class CollectConfig:
     """Prompts per generation batch."""
     comparisons_path: str = ""
     """Use these comparison records (JSONL/Parquet, e.g. exported from the labeling app) instead of sampling and labeling."""
+    labeler: str = "gold"
+    """Simulated labeler: `gold` (the task's gold scorer with Bradley-Terry noise) or `judge` (the pairwise judge of the
+    `judge` section, asked about every pair in both orders; for tasks without a gold scorer, such as tldr)."""
 
 
 @dataclass
@@ -199,6 +210,24 @@ class EvalConfig:
 
 
 @dataclass
+class JudgeConfig:
+    kind: str = "lm"
+    """Pairwise judge: `lm` (a zero-shot judge read from a local instruct model: log P(" A") vs log P(" B") of its
+    answer to "which summary is better", rlhf/eval/lm_judge.py) or `llm` (an OpenAI-compatible endpoint, `llm` below)."""
+    lm_model: str = ""
+    """Model of the `lm` judge: a local HF folder; empty = the built-in SmolLM2-135M-Instruct."""
+    lm_margin: float = 0.0
+    """`lm` judge: a log-probability difference |log P(A) - log P(B)| at or below this is a tie."""
+    lm_batch_size: int = 8
+    """`lm` judge: comparisons per forward pass."""
+    lm_order_rule: str = "tie"
+    """`lm` judge, both orders: `tie` (a disagreement between the orders is a tie) or `logodds` (the sign of
+    [log P(A) - log P(B)] shown first minus the same shown second, which cancels a constant position bias)."""
+    llm: LLMJudgeConfig = field(default_factory=LLMJudgeConfig)
+    """The `llm` judge's endpoint, model and key (base_url, model, api_key or api_key_env, temperature, max_tokens)."""
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     """Random seed for everything."""
@@ -220,6 +249,8 @@ class RunConfig:
     """Best-of-N sampling."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """Pairwise judge: the simulated labeler when collect.labeler is `judge`, and the judge of experiments' win rates."""
 
 
 class ConfigError(ValueError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-EXPERIMENTS = ("frontier", "queries_needed", "overoptimization", "rm_scaling")
+EXPERIMENTS = ("frontier", "queries_needed", "overoptimization", "rm_scaling", "rlhf_vs_sft")
 
 
 def run_experiment(name: str, config_path: str | Path | None, out: str | Path, overrides: list[str] = ()) -> dict:
@@ -19,6 +19,8 @@ def run_experiment(name: str, config_path: str | Path | None, out: str | Path, o
         from rlhf.experiments import overoptimization as module
     elif name == "rm_scaling":
         from rlhf.experiments import rm_scaling as module
+    elif name == "rlhf_vs_sft":
+        from rlhf.experiments import rlhf_vs_sft as module
     else:
         raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
     cfg = load_config(config_path, overrides, cls=module.Config)

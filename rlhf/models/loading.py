@@ -36,10 +36,19 @@ def open_backbone(cfg: RunConfig, path: str) -> Backbone:
 
 
 def task_for(cfg: RunConfig):
-    """The configured task (with its gold scorer option, when set)."""
+    """The configured task (with its gold scorer option, when set; for tldr its query budget, counted with the
+    model's tokenizer, and its split of a local file by id)."""
     from rlhf.tasks import get_task
 
-    return get_task(cfg.task.name, **({"gold": cfg.task.gold} if cfg.task.gold else {}))
+    options = {"gold": cfg.task.gold} if cfg.task.gold else {}
+    if cfg.task.max_query_tokens:
+        options["max_query_tokens"] = cfg.task.max_query_tokens
+    if cfg.task.test_fraction:
+        options["test_fraction"] = cfg.task.test_fraction
+    if cfg.task.name == "tldr":
+        tokenizer = load_tokenizer(base_model_path(cfg))
+        options["count_tokens"] = lambda text: len(tokenizer(text, add_special_tokens=True).input_ids)
+    return get_task(cfg.task.name, **options)
 
 
 def task_and_stop_rule(cfg: RunConfig, tokenizer):

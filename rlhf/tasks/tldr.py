@@ -3,6 +3,7 @@ budget, and prompts/demonstrations from a jsonl(.gz) file or a Hugging Face hub 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -82,6 +83,22 @@ def truncate_post_to_fit(
     return post[:cut].rstrip()
 
 
+def stable_unit_hash(post_id: str) -> float:
+    """The first 8 bytes of SHA-256 of the id (UTF-8), big-endian, over 2^64: a number in [0, 1) that is the same on
+    every machine and Python version (unlike `hash`)."""
+    return int.from_bytes(hashlib.sha256(post_id.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+def in_split(post_id: str, split: str, test_fraction: float) -> bool:
+    """Whether the row belongs to `split` when a file is split by id: `test` holds the ids whose
+    stable_unit_hash < test_fraction, every other split the rest; with test_fraction 0 every row is in every split."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction: expected a share in [0, 1), got {test_fraction}")
+    if test_fraction == 0.0:
+        return True
+    return (stable_unit_hash(post_id) < test_fraction) == (split == "test")
+
+
 def parse_tldr_query(query: str, location: str) -> tuple[str, str, str]:
     """(subreddit, title, post) from an already formatted query such as the hub's `prompt` field."""
     match = _HUB_QUERY.match(query.lstrip())
@@ -117,12 +134,14 @@ def _tldr_posts(source: str, split: str) -> Iterator[tuple[str, str, str, str, s
 
 
 def _query_and_summary(
-    source: str, split: str, count_tokens: TokenCounter | None, max_query_tokens: int
+    source: str, split: str, count_tokens: TokenCounter | None, max_query_tokens: int, test_fraction: float = 0.0
 ) -> list[tuple[str, str, str, dict[str, Any]]]:
-    """(id, truncated query, summary, meta) for every post of the source."""
+    """(id, truncated query, summary, meta) for every post of the source (of `split`, when test_fraction > 0)."""
     counter = count_tokens or approximate_token_count
     rows = []
     for post_id, subreddit, title, post, summary in _tldr_posts(source, split):
+        if not in_split(str(post_id), split, test_fraction):
+            continue
         kept_post = truncate_post_to_fit(subreddit, title, post, counter, max_query_tokens)
         meta = {"subreddit": subreddit, "title": title, "summary": summary, "truncated": kept_post != post}
         rows.append((post_id, format_tldr_query(subreddit, title, kept_post), summary, meta))
@@ -136,12 +155,14 @@ def load_tldr_prompts(
     seed: int = 0,
     count_tokens: TokenCounter | None = None,
     max_query_tokens: int = TLDR_MAX_QUERY_TOKENS,
+    test_fraction: float = 0.0,
 ) -> list[Prompt]:
-    """The first n of a seeded shuffle of the TL;DR queries of `source` (default: the hub dataset)."""
+    """The first n of a seeded shuffle of the TL;DR queries of `source` (default: the hub dataset); with
+    test_fraction > 0 only the rows of `split` by a stable hash of their id (see `in_split`)."""
     source = source or TLDR_HUB_NAME
     prompts = [
         Prompt(text=query, id=str(post_id), meta=meta)
-        for post_id, query, _summary, meta in _query_and_summary(source, split, count_tokens, max_query_tokens)
+        for post_id, query, _summary, meta in _query_and_summary(source, split, count_tokens, max_query_tokens, test_fraction)
     ]
     return take_first_shuffled(prompts, n, seed, f"tldr prompts ({source}, {split})")
 
@@ -153,13 +174,14 @@ def load_tldr_demonstrations(
     seed: int = 0,
     count_tokens: TokenCounter | None = None,
     max_query_tokens: int = TLDR_MAX_QUERY_TOKENS,
+    test_fraction: float = 0.0,
 ) -> list[Demonstration]:
     """(query, " " + the author's TL;DR) pairs, the first n of a seeded shuffle; posts with an empty
     summary are left out (nothing to imitate)."""
     source = source or TLDR_HUB_NAME
     demonstrations = [
         Demonstration(prompt=query, response=" " + summary, id=str(post_id))
-        for post_id, query, summary, _meta in _query_and_summary(source, split, count_tokens, max_query_tokens)
+        for post_id, query, summary, _meta in _query_and_summary(source, split, count_tokens, max_query_tokens, test_fraction)
         if summary
     ]
     return take_first_shuffled(demonstrations, n, seed, f"tldr demonstrations ({source}, {split})")
@@ -170,16 +192,21 @@ def make_tldr_task(
     stop_min_tokens: int = TLDR_STOP_MIN_TOKENS,
     count_tokens: TokenCounter | None = None,
     max_query_tokens: int = TLDR_MAX_QUERY_TOKENS,
+    test_fraction: float = 0.0,
 ) -> Task:
-    """The TL;DR task; a summary ends at its first newline (from token 1 on). No simulated gold labeler."""
+    """The TL;DR task; a summary ends at its first newline (from token 1 on). No simulated gold scorer: comparisons
+    come from people (collect.comparisons_path) or from a pairwise judge (collect.labeler: judge)."""
+    in_split("", "train", test_fraction)  # checks the share
     return Task(
         name="tldr",
         response_length=response_length,
         stop_strings=TLDR_STOP_STRINGS,
         stop_min_tokens=stop_min_tokens,
-        load_prompts=partial(load_tldr_prompts, count_tokens=count_tokens, max_query_tokens=max_query_tokens),
+        load_prompts=partial(
+            load_tldr_prompts, count_tokens=count_tokens, max_query_tokens=max_query_tokens, test_fraction=test_fraction
+        ),
         load_demonstrations=partial(
-            load_tldr_demonstrations, count_tokens=count_tokens, max_query_tokens=max_query_tokens
+            load_tldr_demonstrations, count_tokens=count_tokens, max_query_tokens=max_query_tokens, test_fraction=test_fraction
         ),
         gold_scorer=None,
         format_query=format_tldr_query,

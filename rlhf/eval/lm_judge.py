@@ -1,0 +1,126 @@
+"""A zero-shot pairwise judge read from a local instruct model, for tasks without a gold scorer (TL;DR).
+
+The model is asked which of two summaries of a post is better (the criteria of Stiennon et al. 2020 App. C and of
+the GPT-4 judge of Kirk et al. 2024: accuracy, coverage, coherence) and its answer is read at the next token:
+log P(" A") against log P(" B"). Nothing is generated, so there is nothing to parse. Small models prefer one position
+whatever the content; judge both orders (`rlhf.eval.judging.judge_pairs(position="both")`, or `judge_both_orders`
+here, batched) and count a disagreement as a tie. With the built-in SmolLM2-135M-Instruct this is a weak judge: it is
+the simulated human of the offline set-up, as the zero-shot sentiment classifier is the sentiment task's gold.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from rlhf.eval.judges import Verdict
+from rlhf.eval.judging import JudgedItem, combine_orders, judge_pairs
+
+QUESTION = (
+    "Which summary of this Reddit post is better? A good summary is accurate (it states only what the post says), "
+    "covers the most important points of the post, and is clear and coherent on its own. Do not prefer a summary "
+    "for being longer."
+)
+ANSWER_TOKENS = (" A", " B")
+ORDER_RULES = ("tie", "logodds")
+
+
+def post_of(prompt: str) -> str:
+    """The post as the judge sees it: the policy's query without its trailing "TL;DR:" cue."""
+    text = prompt.rstrip()
+    return text[: -len("TL;DR:")].rstrip() if text.endswith("TL;DR:") else text
+
+
+def judge_input(prompt: str, a: str, b: str) -> str:
+    """The chat-formatted question (SmolLM2's chat markup) whose next token after "The better summary is" is read."""
+    return (f"<|im_start|>user\n{QUESTION}\n\n{post_of(prompt)}\n\nSummary A: {a.strip()}\n\nSummary B: {b.strip()}\n\n"
+            f"Answer with A or B.<|im_end|>\n<|im_start|>assistant\nThe better summary is")
+
+
+def verdict_from_logprobs(logprob_a: float, logprob_b: float, margin: float = 0.0) -> Verdict:
+    """'a' when log P(A) - log P(B) > margin, 'b' when it is < -margin, else 'tie' (non-finite: 'unparseable')."""
+    raw = f"logP(A)={logprob_a:.4f} logP(B)={logprob_b:.4f}"
+    difference = logprob_a - logprob_b
+    if difference != difference or difference in (float("inf"), float("-inf")):
+        return Verdict("unparseable", raw)
+    return Verdict("a" if difference > margin else "b" if difference < -margin else "tie", raw)
+
+
+# Zheng et al. 2023 (swap positions) / Wang et al. 2023 (balanced position calibration): with a position bias c,
+# d(x, y) = log P(A) - log P(B) = c + q and d(y, x) = c - q, so d(x, y) - d(y, x) = 2q is free of c.
+def outcome_from_both_logodds(forward: tuple[float, float], backward: tuple[float, float], margin: float = 0.0) -> float | None:
+    """Outcome for x from (log P(A), log P(B)) with x shown first (`forward`) and with y shown first (`backward`):
+    1 when d_forward - d_backward > 2 margin, 0 when < -2 margin, else 0.5; None when not finite."""
+    score = (forward[0] - forward[1]) - (backward[0] - backward[1])
+    if not math.isfinite(score):
+        return None
+    return 1.0 if score > 2 * margin else 0.0 if score < -2 * margin else 0.5
+
+
+class LMPairwiseJudge:
+    """`compare(prompt, a, b) -> Verdict` from log P(" A") vs log P(" B"); `compare_many` does a list in batches.
+    order_rule says how `judge_both_orders` combines the two orders: "tie" (the two verdicts must agree, else a tie)
+    or "logodds" (the sign of the log-odds difference summed over both orders, which cancels a constant position bias)."""
+
+    def __init__(self, model_path: str | None = None, margin: float = 0.0, batch_size: int = 8, name: str = "", order_rule: str = "tie"):
+        if order_rule not in ORDER_RULES:
+            raise ValueError(f"order_rule: expected one of {ORDER_RULES}, got {order_rule!r}")
+        self.model_path = model_path or None
+        self.margin = margin
+        self.batch_size = batch_size
+        self.name = name or "lm_judge"
+        self.order_rule = order_rule
+        self._loaded: tuple | None = None
+
+    def _model(self):
+        if self._loaded is None:
+            from rlhf.models.provision import builtin_model_dir, load_causal_lm, load_tokenizer
+
+            path = self.model_path or str(builtin_model_dir())
+            tokenizer = load_tokenizer(path)
+            model = load_causal_lm(path, tokenizer).eval()
+            ids = [tokenizer(token, add_special_tokens=False).input_ids for token in ANSWER_TOKENS]
+            if any(len(i) != 1 for i in ids):
+                raise ValueError(f"{path}: the judge's answers {ANSWER_TOKENS} must be one token each, got {ids}")
+            self._loaded = (tokenizer, model, [i[0] for i in ids])
+        return self._loaded
+
+    @torch.no_grad()
+    def answer_logprobs(self, items: Sequence[tuple[str, str, str]]) -> list[tuple[float, float]]:
+        """(log P(" A"), log P(" B")) of the next token for each (prompt, a, b), in batches of `batch_size`."""
+        from rlhf.models.roles import encode_queries, position_ids_from_mask
+
+        tokenizer, model, (token_a, token_b) = self._model()
+        out: list[tuple[float, float]] = []
+        for i in range(0, len(items), self.batch_size):
+            ids, mask = encode_queries(tokenizer, [judge_input(*item) for item in items[i : i + self.batch_size]])
+            trunk = getattr(model, model.base_model_prefix)
+            hidden = trunk(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).last_hidden_state[:, -1]
+            logprobs = model.get_output_embeddings()(hidden).float().log_softmax(-1)
+            out += list(zip(logprobs[:, token_a].tolist(), logprobs[:, token_b].tolist()))
+        return out
+
+    def compare_many(self, items: Sequence[tuple[str, str, str]]) -> list[Verdict]:
+        return [verdict_from_logprobs(a, b, self.margin) for a, b in self.answer_logprobs(items)]
+
+    def compare(self, prompt: str, a: str, b: str) -> Verdict:
+        return self.compare_many([(prompt, a, b)])[0]
+
+
+def judge_both_orders(judge, items: Sequence[tuple[str, str, str]]) -> list[JudgedItem]:
+    """`judge_pairs(judge, items, position="both")`, with all 2n comparisons batched for the LM judge; a disagreement
+    between the two orders is a tie, or, with the LM judge's order_rule "logodds", the outcome is the sign of the
+    log-odds summed over both orders (`outcome_from_both_logodds`). `consistent` is always whether the two verdicts agree."""
+    if not hasattr(judge, "compare_many"):
+        return judge_pairs(judge, items, position="both")
+    both = [*items, *[(p, b, a) for p, a, b in items]]
+    logprobs = judge.answer_logprobs(both)
+    verdicts = [verdict_from_logprobs(a, b, judge.margin) for a, b in logprobs]
+    judged = []
+    for i, (f, b) in enumerate(zip(verdicts[: len(items)], verdicts[len(items) :])):
+        outcome, consistent = combine_orders(f, b)
+        if getattr(judge, "order_rule", "tie") == "logodds" and consistent is not None:
+            outcome = outcome_from_both_logodds(logprobs[i], logprobs[len(items) + i], judge.margin)
+        judged.append(JudgedItem(("ab", "ba"), (f, b), outcome, consistent))
+    return judged
