@@ -163,6 +163,8 @@ def test_rlhf_vs_sft_experiment_end_to_end(tiny_model_dir, tmp_path):
         assert 0.0 <= p["position_consistency_rate"] <= 1.0 and "rougeL" in p["rouge"] and "copying" in p["copying"]
         assert "distinct_2_across_input" in p["diversity"] and "ead_2_across_input" in p["diversity"]
     assert s["policies"]["ppo"]["diversity"]["distinct_1_per_input"] is not None
+    for name, p in s["policies"].items():  # a judge that flips with the order is flagged in the summary
+        assert any(w.startswith(f"{name}:") for w in s["warnings"]) == (p["position_consistency_rate"] < 0.5)
     assert s["policies"]["bon"]["diversity"]["distinct_1_per_input"] is None and s["policies"]["bon"]["n_samples"] == 2
     assert s["comparisons"]["kind"] == "pairwise" and s["labeler"] == "judge" and s["judge"] == "lm_judge"
     assert s["data"]["n_eval_posts"] == 3 and s["wall_seconds"] > 0

@@ -30,6 +30,7 @@ from rlhf.experiments.common import Clock, run_base, save_figure
 
 log = logging.getLogger("rlhf")
 POLICIES = ("sft", "ppo", "bon")
+MIN_POSITION_CONSISTENCY = 0.5  # below this share of order-consistent verdicts the summary carries a warning
 
 
 @dataclass
@@ -238,13 +239,19 @@ def run(cfg: Config, out: Path) -> dict:
     vocabulary = cfg.ead_vocabulary_size or len(tokenizer)
     policies = {name: policy_figures(records[name], prompts, references, tokenizer, rc, vocabulary) for name in POLICIES}
     policies["bon"]["n_samples"] = samples["bon"]["n"]
+    warnings = []
     for name, figures in policies.items():
         log.info("rlhf_vs_sft: %s win rate %s [%s, %s] (n = %s)", name, figures["win_rate"], figures["ci95_low"], figures["ci95_high"], figures["n"])
+        consistency = figures["position_consistency_rate"]
+        if consistency is not None and consistency < MIN_POSITION_CONSISTENCY:
+            warnings.append(f"{name}: the judge gave the same verdict in both orders on only {consistency:.0%} of the items, "
+                            "so most verdicts are ties and the win rate says little; use a stronger judge (judge.kind: llm)")
+            log.warning("rlhf_vs_sft: %s", warnings[-1])
 
     # 6. plot and summaries
     reward_info, collect_info = base.done_info("reward"), base.done_info("collect")
     summary = {
-        "experiment": "rlhf_vs_sft", "judge": judge.name, "labeler": rc.collect.labeler,
+        "experiment": "rlhf_vs_sft", "judge": judge.name, "labeler": rc.collect.labeler, "warnings": warnings,
         "data": {"source": rc.task.source, "test_fraction": rc.task.test_fraction, "n_eval_posts": len(prompts),
                  "max_query_tokens": rc.task.max_query_tokens or 512},
         "reward_model": {k: reward_info.get(k) for k in ("heldout_accuracy", "heldout_n", "train_n", "against")},
