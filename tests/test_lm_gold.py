@@ -24,3 +24,25 @@ def test_lm_gold_orders_clearly_positive_above_clearly_negative():
 def test_sentiment_task_gold_option():
     assert isinstance(get_task("sentiment", gold="lm").gold_scorer, LMSentimentScorer)
     assert get_task("sentiment").gold_scorer is not None
+
+
+def test_shared_prefix_cache_gives_the_scores_of_one_plain_forward_per_text():
+    # responses starting with punctuation merge with the quote that follows "Text:"; the cache stops before it
+    import torch
+
+    from rlhf.tasks.sentiment_lm_gold import _model, shared_question_prefix
+
+    scorer = LMSentimentScorer(batch_size=3)
+    responses = [", I loved it.", "...and then it ended badly", " a fine, quiet film", '"Great" they said', "", "ok"]
+    assert all(judge_input(r).startswith(shared_question_prefix()) for r in responses)
+    tokenizer, model = _model(scorer._path())
+    positive = tokenizer(" positive", add_special_tokens=False).input_ids[0]
+    negative = tokenizer(" negative", add_special_tokens=False).input_ids[0]
+    plain = []
+    with torch.no_grad():
+        for r in responses:
+            ids = tokenizer(judge_input(r), add_special_tokens=True, return_tensors="pt").input_ids
+            logprobs = model(input_ids=ids).logits[0, -1].log_softmax(-1)
+            plain.append((logprobs[positive] - logprobs[negative]).item())
+    cached = scorer(["p"] * len(responses), responses)
+    assert max(abs(a - b) for a, b in zip(plain, cached)) < 1e-3, (plain, cached)

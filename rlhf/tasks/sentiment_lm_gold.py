@@ -19,6 +19,13 @@ def judge_input(response: str) -> str:
             f"<|im_start|>assistant\nThe sentiment is")
 
 
+def shared_question_prefix() -> str:
+    """The start every `judge_input` shares, cut where no response can change its tokens (after "Text:", before
+    the space and quote that a response starting with punctuation would merge with)."""
+    text = judge_input("")
+    return text[: text.index("Text:") + len("Text:")]
+
+
 def _model(path: str):
     with _LOCK:
         if path not in _MODELS:
@@ -46,18 +53,51 @@ class LMSentimentScorer:
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
-        from rlhf.models.roles import encode_queries, position_ids_from_mask
-
         if len(prompts) != len(responses):
             raise ValueError(f"LMSentimentScorer: {len(prompts)} prompts but {len(responses)} responses")
         tokenizer, model = _model(self._path())
         positive = tokenizer(" positive", add_special_tokens=False).input_ids[0]
         negative = tokenizer(" negative", add_special_tokens=False).input_ids[0]
-        scores: list[float] = []
-        for i in range(0, len(responses), self.batch_size):
-            ids, mask = encode_queries(tokenizer, [judge_input(r) for r in responses[i : i + self.batch_size]])
-            trunk = getattr(model, model.base_model_prefix)
-            hidden = trunk(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).last_hidden_state[:, -1]
-            logprobs = model.get_output_embeddings()(hidden).log_softmax(-1)
-            scores += (logprobs[:, positive] - logprobs[:, negative]).tolist()
-        return scores
+        hidden = self._last_hidden(tokenizer, model, [judge_input(r) for r in responses])
+        logprobs = model.get_output_embeddings()(hidden).log_softmax(-1)
+        return (logprobs[:, positive] - logprobs[:, negative]).tolist()
+
+    def _last_hidden(self, tokenizer, model, texts: list[str]) -> torch.Tensor:
+        """The trunk's last hidden state of each text, [len(texts), d]. Every text starts with the same question,
+        so its tokens run once and their KV cache is shared; the rest of each text runs in batches sorted by length
+        (little padding). Exact: the tokens, positions and attention are those of one forward per text. A text
+        whose tokens do not start with the question's (impossible with `judge_input`, checked anyway) runs whole."""
+        from transformers import DynamicCache
+
+        from rlhf.models.roles import encode_queries, position_ids_from_mask
+
+        trunk = getattr(model, model.base_model_prefix)
+        prefix = tokenizer(shared_question_prefix(), add_special_tokens=True).input_ids
+        P = len(prefix)
+        encoded = [tokenizer(t, add_special_tokens=True).input_ids for t in texts]
+        with_prefix = [i for i, e in enumerate(encoded) if e[:P] == prefix and len(e) > P]
+        prefix_cache = trunk(input_ids=torch.tensor([prefix]), use_cache=True).past_key_values
+        out = torch.empty(len(texts), model.config.hidden_size)
+        order = sorted(with_prefix, key=lambda i: len(encoded[i]))
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            rests = [encoded[i][P:] for i in rows]
+            R = max(len(r) for r in rests)
+            ids = torch.full((len(rows), R), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), R), dtype=torch.long)
+            for j, r in enumerate(rests):  # left-padded after the shared prefix: [prefix][pad][rest]
+                ids[j, R - len(r) :] = torch.tensor(r)
+                mask[j, R - len(r) :] = 1
+            cache = DynamicCache(ddp_cache_data=[(layer.keys.expand(len(rows), -1, -1, -1).contiguous(),
+                                                  layer.values.expand(len(rows), -1, -1, -1).contiguous())
+                                                 for layer in prefix_cache.layers], config=model.config)
+            hidden = trunk(input_ids=ids, attention_mask=torch.cat([mask.new_ones(len(rows), P), mask], dim=1),
+                           position_ids=P + position_ids_from_mask(mask), past_key_values=cache, use_cache=True,
+                           cache_position=torch.arange(P, P + R)).last_hidden_state[:, -1]
+            out[rows] = hidden
+        rest = [i for i in range(len(texts)) if i not in set(with_prefix)]
+        for start in range(0, len(rest), self.batch_size):
+            rows = rest[start : start + self.batch_size]
+            ids, mask = encode_queries(tokenizer, [texts[i] for i in rows])
+            out[rows] = trunk(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).last_hidden_state[:, -1]
+        return out
