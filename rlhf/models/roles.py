@@ -422,16 +422,20 @@ def pad_encoded(seqs: list[EncodedSequence], pad_id: int):
     return ids, mask, prefix
 
 
-def encode_queries(tokenizer, prompts: list[str]):
-    """Left-padded query ids and mask."""
-    enc = [tokenizer(p, add_special_tokens=True).input_ids for p in prompts]
-    Q = max(len(e) for e in enc)
-    ids = torch.full((len(enc), Q), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(enc), Q), dtype=torch.long)
-    for i, e in enumerate(enc):
+def left_pad(token_lists: list[list[int]], pad_id: int):
+    """Left-padded ids and attention mask [B, longest] of token-id lists."""
+    Q = max(len(e) for e in token_lists)
+    ids = torch.full((len(token_lists), Q), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_lists), Q), dtype=torch.long)
+    for i, e in enumerate(token_lists):
         ids[i, Q - len(e) :] = torch.tensor(e)
         mask[i, Q - len(e) :] = 1
     return ids, mask
+
+
+def encode_queries(tokenizer, prompts: list[str]):
+    """Left-padded query ids and mask."""
+    return left_pad([tokenizer(p, add_special_tokens=True).input_ids for p in prompts], tokenizer.pad_token_id)
 
 
 def export_reward_model(role: ScalarRole, folder) -> None:

@@ -69,7 +69,7 @@ class LMSentimentScorer:
         whose tokens do not start with the question's (impossible with `judge_input`, checked anyway) runs whole."""
         from transformers import DynamicCache
 
-        from rlhf.models.roles import encode_queries, position_ids_from_mask
+        from rlhf.models.roles import encode_queries, left_pad, position_ids_from_mask
 
         trunk = getattr(model, model.base_model_prefix)
         prefix = tokenizer(shared_question_prefix(), add_special_tokens=True).input_ids
@@ -81,13 +81,8 @@ class LMSentimentScorer:
         order = sorted(with_prefix, key=lambda i: len(encoded[i]))
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
-            rests = [encoded[i][P:] for i in rows]
-            R = max(len(r) for r in rests)
-            ids = torch.full((len(rows), R), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), R), dtype=torch.long)
-            for j, r in enumerate(rests):  # left-padded after the shared prefix: [prefix][pad][rest]
-                ids[j, R - len(r) :] = torch.tensor(r)
-                mask[j, R - len(r) :] = 1
+            ids, mask = left_pad([encoded[i][P:] for i in rows], tokenizer.pad_token_id)  # [prefix][pad][rest]
+            R = ids.shape[1]
             cache = DynamicCache(ddp_cache_data=[(layer.keys.expand(len(rows), -1, -1, -1).contiguous(),
                                                   layer.values.expand(len(rows), -1, -1, -1).contiguous())
                                                  for layer in prefix_cache.layers], config=model.config)
@@ -95,7 +90,8 @@ class LMSentimentScorer:
                            position_ids=P + position_ids_from_mask(mask), past_key_values=cache, use_cache=True,
                            cache_position=torch.arange(P, P + R)).last_hidden_state[:, -1]
             out[rows] = hidden
-        rest = [i for i in range(len(texts)) if i not in set(with_prefix)]
+        cached = set(with_prefix)
+        rest = [i for i in range(len(texts)) if i not in cached]
         for start in range(0, len(rest), self.batch_size):
             rows = rest[start : start + self.batch_size]
             ids, mask = encode_queries(tokenizer, [texts[i] for i in rows])
