@@ -454,7 +454,7 @@ def export_reward_model(role: ScalarRole, folder) -> None:
     if bb.is_lora:
         bb.model, bb.adapters = lm, []  # the backbone now holds the merged model
     config = lm.config.to_dict()
-    config.update(num_labels=1, rlhf_reward_bias=role.gain * float(role.head.bias) + role.bias, rlhf_append_eos=True)
+    config.update(num_labels=1, rlhf_reward_bias=role.gain * float(role.head.bias.detach()) + role.bias, rlhf_append_eos=True)
     cls_config = type(lm.config).from_dict(config)
     classifier = AutoModelForSequenceClassification.from_config(cls_config)
     trunk_prefix = lm.base_model_prefix
