@@ -46,3 +46,10 @@ def test_text_figures_without_words_are_none() -> None:
     assert figures == {"distinct_1": None, "distinct_2": None, "copying": None, "novel_2gram": None,
                        "first_three_copied": None, "first_three_n": 0,
                        "first_three_copied_with_preamble": None, "first_three_n_with_preamble": 0}
+
+
+def test_copying_is_measured_against_the_post_not_the_title() -> None:
+    prompts = [format_tldr_query("pets", "the cat sat", "a dog ran home")]
+    # both bigrams of "the cat sat" are in the title only: nothing is copied from the post, both bigrams are novel
+    figures = text_figures(prompts, ["the cat sat"], with_copying=True)
+    assert figures["copying"] == 0.0 and figures["novel_2gram"] == 1.0

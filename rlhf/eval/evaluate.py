@@ -61,15 +61,15 @@ def policy_figures(gold: list[float] | None, rm: list[float], kls: list[float] |
 
 def text_figures(prompts: list[str], texts: list[str], with_copying: bool) -> dict:
     """Across-prompt distinct-1/2 of the responses (Kirk et al. 2024) and, with_copying (TL;DR prompts), the mean
-    copying fraction (Stiennon fn. 9) and novel-bigram fraction of each response against its prompt, and the
+    copying fraction (Stiennon fn. 9) and novel-bigram fraction of each response against its post, and the
     share of responses that start with the post's first three words, overall and on posts whose first sentence
     is a preamble (Ziegler table 7; `has_preamble`), with the number of responses each share is over.
     A figure that is undefined (no response has two words, no post has a preamble) is None, written as null."""
     out = {"distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2)}
     if with_copying:
-        out["copying"] = mean_over_pairs(copying_fraction, texts, prompts)
-        out["novel_2gram"] = mean_over_pairs(lambda summary, post: novel_ngram_fraction(summary, post, 2), texts, prompts)
-        posts = [tldr_post(prompt) for prompt in prompts]
+        posts = [tldr_post(prompt) for prompt in prompts]  # against the post, not the subreddit and title lines
+        out["copying"] = mean_over_pairs(copying_fraction, texts, posts)
+        out["novel_2gram"] = mean_over_pairs(lambda summary, post: novel_ngram_fraction(summary, post, 2), texts, posts)
         first_three = first_three_words_copying(texts, posts, [has_preamble(post) for post in posts])
         out.update(first_three_copied=first_three["first_three_copied"], first_three_n=first_three["n"],
                    first_three_copied_with_preamble=first_three["first_three_copied_with_preamble"],

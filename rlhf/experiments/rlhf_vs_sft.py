@@ -147,7 +147,7 @@ def policy_figures(record: dict, prompts: list[str], references: list[str], toke
     position consistency, ROUGE against the reference, copying from the post, length and diversity."""
     from rlhf.eval.diversity import diversity_report
     from rlhf.eval.judging import summarize_judgements
-    from rlhf.eval.lm_judge import post_of
+    from rlhf.tasks.tldr import tldr_post
     from rlhf.eval.text_metrics import copying_report, length_statistics, rouge_f1
 
     texts = record["texts"]
@@ -169,7 +169,7 @@ def policy_figures(record: dict, prompts: list[str], references: list[str], toke
         "n_unparseable": judged["n_unparseable"], "kl_to_sft": record["kl"],
         "length": length_statistics([min(n, limit) for n in lengths], record["stops"], limit),
         "length_mean": sum(lengths) / len(lengths), "reference_length_mean": sum(ref_lengths) / len(ref_lengths),
-        "rouge": rouge_f1(texts, references), "copying": copying_report(texts, [post_of(p) for p in prompts]),
+        "rouge": rouge_f1(texts, references), "copying": copying_report(texts, [tldr_post(p) for p in prompts]),
         "diversity": diversity, "samples_per_post": len(groups[0]),
         "examples": [{"post": p[:400], "summary": t, "reference": r} for p, t, r in list(zip(prompts, texts, references))[:3]],
     })
@@ -178,12 +178,12 @@ def policy_figures(record: dict, prompts: list[str], references: list[str], toke
 def reference_figures(prompts: list[str], references: list[str], tokenizer, vocabulary: int) -> dict:
     """The human summaries' own length, copying and across-input diversity, for scale."""
     from rlhf.eval.diversity import diversity_report
-    from rlhf.eval.lm_judge import post_of
+    from rlhf.tasks.tldr import tldr_post
     from rlhf.eval.text_metrics import copying_report
 
     across = {k: v for k, v in diversity_report([[r] for r in references], vocabulary).items() if k.endswith("across_input")}
     return nan_to_none({"length_mean": sum(token_length(tokenizer, r) for r in references) / len(references),
-                        "copying": copying_report(references, [post_of(p) for p in prompts]), "diversity": across})
+                        "copying": copying_report(references, [tldr_post(p) for p in prompts]), "diversity": across})
 
 
 def paired_differences(records: dict[str, dict], rc: RunConfig) -> dict:
