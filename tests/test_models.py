@@ -155,6 +155,21 @@ def test_reward_scores_from_cached_prefix_equal_direct_scores(tiny_model_dir):
     assert torch.allclose(rm.score_encoded(encode_for_scoring(rm, prompts, responses), batch_size=1), rm.score(prompts, responses), atol=1e-5)
 
 
+def test_scores_in_length_sorted_batches_come_back_in_input_order(tiny_model_dir):
+    from rlhf.models.roles import encode_for_scoring, length_sorted_batches
+
+    assert length_sorted_batches([5, 2, 9, 2, 7], 2) == [[1, 3], [0, 4], [2]]
+    bb = top_layer_backbone(tiny_model_dir, "reward")
+    rm = ScalarRole(bb, "reward")
+    rm.gain, rm.bias = 1.5, 0.25
+    prompts = ["A much longer opening for a film that", "A film", "Plot:", "I rented this on a rainy Sunday and", "It"]
+    responses = [" bored me from the first minute to the last", " was good.", " none", " by the end I", " was fine, I guess, for a while"]
+    with torch.no_grad():
+        alone = torch.stack([rm.raw_score([p], [r])[0] for p, r in zip(prompts, responses)]) * 1.5 + 0.25
+    assert torch.allclose(rm.score(prompts, responses, batch_size=2), alone, atol=1e-5)
+    assert torch.allclose(rm.score_encoded(encode_for_scoring(rm, prompts, responses, chunk=2), batch_size=3), alone, atol=1e-5)
+
+
 def test_sample_categorical_matches_the_probabilities_and_never_picks_zero_mass():
     from rlhf.models.roles import sample_categorical
 
@@ -172,7 +187,7 @@ def test_sampler_draws_from_the_full_forward_distribution(backbone, monkeypatch)
 
     seen = []
     real = roles.sample_categorical
-    monkeypatch.setattr(roles, "sample_categorical", lambda probs: (seen.append(probs.clone()), real(probs))[1])
+    monkeypatch.setattr(roles, "sample_categorical", lambda probs, u=None: (seen.append(probs.clone()), real(probs, u))[1])
     policy = LanguageModelRole(backbone, "policy", temperature=0.7)
     query_ids, query_mask = encode_queries(backbone.tokenizer, ["A short one", "A much longer opening line of a review that"])
     torch.manual_seed(1)
@@ -185,6 +200,53 @@ def test_sampler_draws_from_the_full_forward_distribution(backbone, monkeypatch)
     assert sampled.shape == full.shape
     assert torch.allclose(sampled, full, atol=1e-5)
     assert torch.allclose(loop_logprobs, full_logprobs, atol=1e-4)  # the eval's KL reads these off the loop
+
+
+def test_rows_that_stopped_leave_the_batch_and_the_others_sample_the_same_tokens(backbone):
+    """With a stop rule, a row that stopped is no longer computed (later forwards see fewer rows); every row's
+    tokens and log-probs up to its stop are those of sampling all positions, and 0 after it."""
+    from rlhf.models.roles import sample_tokens
+
+    lm = backbone.causal_lm()
+    query_ids, query_mask = encode_queries(backbone.tokenizer, ["One", "Two three", "A much longer opening line", "Four", "Five six"])
+    stops_at = lambda tokens, t: tokens % 4 == 0  # noqa: E731 - about a quarter of the vocabulary ends a response
+    torch.manual_seed(3)
+    full_tokens, full_logprobs = sample_tokens(lm, query_ids, query_mask, 8, 0.9)
+    batch_sizes = []
+    hook = lm.register_forward_pre_hook(lambda module, args, kwargs: batch_sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    torch.manual_seed(3)
+    try:
+        tokens, logprobs = sample_tokens(lm, query_ids, query_mask, 8, 0.9, stops_at)
+    finally:
+        hook.remove()
+    stops = [next((t for t in range(8) if int(full_tokens[row, t]) % 4 == 0), 7) for row in range(5)]
+    assert min(stops) < 6 and max(stops) == 7, f"the seed should stop some rows early and keep one to the end: {stops}"
+    for row, stop in enumerate(stops):
+        assert tokens[row, : stop + 1].tolist() == full_tokens[row, : stop + 1].tolist()
+        assert torch.allclose(logprobs[row, : stop + 1], full_logprobs[row, : stop + 1], atol=1e-5)
+        assert tokens[row, stop + 1 :].eq(0).all() and logprobs[row, stop + 1 :].eq(0).all()
+    assert batch_sizes[0] == 5 and len(batch_sizes) <= 8
+    assert batch_sizes[1:] == [sum(stop > t for stop in stops) for t in range(len(batch_sizes) - 1)]
+
+
+def test_samples_do_not_depend_on_the_batch_size(backbone, monkeypatch):
+    import rlhf.models.sampling as sampling
+    from rlhf.models.sampling import sample_texts, uniform_draws
+
+    torch.manual_seed(5)
+    stepwise = [torch.rand(3, 1) for _ in range(4)]  # how the sampler drew before draws were decoupled
+    torch.manual_seed(5)
+    assert torch.equal(uniform_draws(3, 4), torch.cat(stepwise, dim=1))
+    monkeypatch.setattr(sampling, "DRAW_BLOCK", 2)  # blocks smaller than the batches below
+    policy = LanguageModelRole(backbone, "policy", temperature=1.0)
+    rule = StopRule(backbone.tokenizer, (".",), min_tokens=2)
+    prompts = ["One", "Two three", "A much longer opening line", "Four", "Five six"]
+    outputs = []
+    for batch_size in (5, 3, 1):
+        torch.manual_seed(7)
+        outputs.append(sample_texts(policy, prompts, 6, rule, batch_size))
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert len(set(outputs[0][0])) > 1  # the responses differ from each other
 
 
 def test_value_head_with_folded_normalisation_outputs_the_normalised_score(backbone):

@@ -22,7 +22,7 @@ from rlhf.eval.text_metrics import (
 from rlhf.labelers.simulated import preference_from_gold
 from rlhf.models.loading import base_model_path, open_backbone, sft_model_path, task_and_stop_rule
 from rlhf.models.roles import LanguageModelRole
-from rlhf.models.sampling import sample_episodes
+from rlhf.models.sampling import sample_episodes, uniform_draws
 from rlhf.run import RunDir, seed_everything
 from rlhf.tasks.tldr import tldr_post
 from rlhf.train.bon import best_of_n_kl, draw_best_of_n, eval_prompts
@@ -36,12 +36,14 @@ STAGE = "eval"
 def sample_with_kl(policy: LanguageModelRole, reference: LanguageModelRole, prompts: list[str], response_length: int, stop_rule, batch_size: int):
     """Responses of `policy` and, for each, the summed log-ratio log pi - log pi_ref over its tokens (a sample of KL)."""
     texts, stops, lengths, kls = [], [], [], []
+    uniforms = uniform_draws(len(prompts), response_length)  # the samples do not depend on batch_size
     for i in range(0, len(prompts), batch_size):
-        episodes, batch_texts = sample_episodes(policy, prompts[i : i + batch_size], response_length, stop_rule)
+        episodes, batch_texts = sample_episodes(policy, prompts[i : i + batch_size], response_length, stop_rule, uniforms[i : i + batch_size])
         if policy is reference:  # the SFT policy is the reference: its KL is exactly 0
             log_ratio = torch.zeros_like(episodes.response_mask, dtype=torch.float32)
-        else:
-            log_ratio = (episodes.sample_logprobs - reference.logprobs(episodes)) * episodes.response_mask
+        else:  # in slices of 64: the reference's logits over a whole batch would be large
+            ref_logprobs = torch.cat([reference.logprobs(episodes.select(slice(j, j + 64))) for j in range(0, len(batch_texts), 64)])
+            log_ratio = (episodes.sample_logprobs - ref_logprobs) * episodes.response_mask
         texts += batch_texts
         stops += episodes.has_stop.tolist()
         lengths += episodes.response_mask.sum(-1).tolist()

@@ -6,6 +6,7 @@ Sequences are laid out as [left-padded query | response padded on the right afte
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -29,39 +30,63 @@ def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return T - 1 - flipped.argmax(-1)
 
 
-def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
+def sample_categorical(probs: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
     """One index per row of `probs` [B, V] (rows need not sum to 1), by inverting the cumulative distribution
-    with a single uniform draw per row: exact, and far cheaper than torch.multinomial's V exponentials per row."""
+    with a single uniform draw per row (`u` [B, 1], drawn here when not given): exact, and far cheaper than
+    torch.multinomial's V exponentials per row."""
     cdf = probs.cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, dtype=cdf.dtype) * cdf[:, -1:]
+    if u is None:
+        u = torch.rand(probs.shape[0], 1, dtype=cdf.dtype)
+    u = u.to(cdf.dtype) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
 
 
 @torch.no_grad()
-def sample_tokens(lm, query_ids: torch.Tensor, query_mask: torch.Tensor, n_tokens: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ancestral sampling of exactly `n_tokens` tokens after left-padded queries, with a static KV cache (no
-    per-step concatenation) and the temperature applied to the logits: the tokens [B, n_tokens] and the log-
-    probability of each under the sampling distribution [B, n_tokens]."""
-    from transformers import StaticCache
+def sample_tokens(lm, query_ids: torch.Tensor, query_mask: torch.Tensor, n_tokens: int, temperature: float,
+                  stops_at: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+                  uniforms: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ancestral sampling of `n_tokens` tokens after left-padded queries, with a KV cache and the temperature
+    applied to the logits: the tokens [B, n_tokens] and the log-probability of each under the sampling
+    distribution [B, n_tokens]. Row b's token at step t inverts the CDF at `uniforms[b, t]` (drawn here, step by
+    step, when not given). `stops_at(tokens [b], t)` (the task's stop rule) marks rows whose token at step t ends
+    their response: those rows leave the batch and their cache, and hold token 0 and log-prob 0 after the stop.
+    That is only a saving: fixed-length sampling truncates everything after the stop to padding
+    (ppo-rlhf-details.md #5), and each row's draws are its own, so every row's tokens up to its stop are those
+    of sampling all n_tokens."""
+    from transformers import DynamicCache
 
     B, Q = query_ids.shape
-    cache = StaticCache(config=lm.config, max_cache_len=Q + n_tokens)
+    if uniforms is None:
+        uniforms = torch.rand(n_tokens, B).T
+    assert uniforms.shape == (B, n_tokens), (uniforms.shape, B, n_tokens)
+    cache = DynamicCache(config=lm.config)
     mask = torch.cat([query_mask, query_mask.new_ones(B, n_tokens)], dim=1)
     position_ids = position_ids_from_mask(query_mask)
     out = lm(input_ids=query_ids, attention_mask=mask[:, :Q], position_ids=position_ids, past_key_values=cache,
-             use_cache=True, cache_position=torch.arange(Q), logits_to_keep=1)
-    tokens = torch.empty(B, n_tokens, dtype=torch.long)
-    logprobs = torch.empty(B, n_tokens)
+             use_cache=True, logits_to_keep=1)
+    tokens = torch.zeros(B, n_tokens, dtype=torch.long)
+    logprobs = torch.zeros(B, n_tokens)
+    active = torch.arange(B)  # the rows still in the batch, in the order of the cache's rows
     position = position_ids[:, -1:]
     for t in range(n_tokens):
+        if len(active) == 0:
+            break
         step_logprobs = (out.logits[:, -1].float() / temperature).log_softmax(-1)
-        tokens[:, t] = sample_categorical(step_logprobs.exp())
-        logprobs[:, t] = step_logprobs.gather(-1, tokens[:, t : t + 1]).squeeze(-1)
+        new = sample_categorical(step_logprobs.exp(), uniforms[active, t : t + 1])
+        tokens[active, t] = new
+        logprobs[active, t] = step_logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)
         if t + 1 == n_tokens:
             break
+        if stops_at is not None:
+            keep = ~stops_at(new, t)
+            if not keep.all():
+                cache.batch_select_indices(keep.nonzero().squeeze(-1))
+                active, position, new = active[keep], position[keep], new[keep]
+                if len(active) == 0:
+                    break
         position = position + 1
-        out = lm(input_ids=tokens[:, t : t + 1], attention_mask=mask[:, : Q + t + 1], position_ids=position, past_key_values=cache,
-                 use_cache=True, cache_position=torch.tensor([Q + t]))
+        out = lm(input_ids=new.unsqueeze(-1), attention_mask=mask[active, : Q + t + 1], position_ids=position,
+                 past_key_values=cache, use_cache=True)
     return tokens, logprobs
 
 
@@ -239,12 +264,14 @@ class LanguageModelRole:
         return list(self.backbone.model.parameters())
 
     @torch.no_grad()
-    def sample(self, query_ids: torch.Tensor, query_mask: torch.Tensor, response_length: int, with_logprobs: bool = False):
-        """Exactly `response_length` new tokens (EOS does not stop the batch; truncation comes after),
-        at this role's temperature, with no top-k/top-p (ppo-rlhf-details.md #5, #7, #8); with_logprobs, also
-        each token's log-probability from the sampling loop (for KL estimates; PPO recomputes its own)."""
+    def sample(self, query_ids: torch.Tensor, query_mask: torch.Tensor, response_length: int, with_logprobs: bool = False,
+               stops_at: Callable[[torch.Tensor, int], torch.Tensor] | None = None, uniforms: torch.Tensor | None = None):
+        """`response_length` new tokens (EOS does not stop the batch; truncation comes after; with `stops_at`,
+        rows that stopped are no longer computed; `uniforms` as in `sample_tokens`), at this role's temperature,
+        with no top-k/top-p (ppo-rlhf-details.md #5, #7, #8); with_logprobs, also each token's log-probability
+        from the sampling loop (for KL estimates; PPO recomputes its own)."""
         with self.backbone.use(self.adapter) as lm:
-            response, logprobs = sample_tokens(lm, query_ids, query_mask, response_length, self.temperature)
+            response, logprobs = sample_tokens(lm, query_ids, query_mask, response_length, self.temperature, stops_at, uniforms)
         assert response.shape == logprobs.shape == (query_ids.shape[0], response_length), response.shape
         return (response, logprobs) if with_logprobs else response
 
@@ -316,19 +343,22 @@ class ScalarRole:
 
     @torch.no_grad()
     def score(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> torch.Tensor:
-        """Normalised reward gain*r + bias for each (prompt, response), in batches."""
-        out = []
-        for i in range(0, len(prompts), batch_size):
-            out.append(self.raw_score(prompts[i : i + batch_size], responses[i : i + batch_size]))
-        raw = torch.cat(out) if out else torch.zeros(0)
+        """Normalised reward gain*r + bias for each (prompt, response), in batches of similar lengths."""
+        tok = self.backbone.tokenizer
+        lengths = [len(tok(p).input_ids) + len(tok(r, add_special_tokens=False).input_ids) for p, r in zip(prompts, responses)]
+        raw = torch.zeros(len(prompts))
+        for rows in length_sorted_batches(lengths, batch_size):
+            raw[rows] = self.raw_score([prompts[i] for i in rows], [responses[i] for i in rows])
         return raw * self.gain + self.bias
 
     @torch.no_grad()
     def score_encoded(self, seqs: list["EncodedSequence"], batch_size: int = 64) -> torch.Tensor:
         """`score` for sequences already through `encode_for_scoring`: only the layers above the frozen prefix run."""
         pad_id = self.backbone.tokenizer.pad_token_id
-        raw = [self.raw_scores_at_last(*pad_encoded(seqs[i : i + batch_size], pad_id)) for i in range(0, len(seqs), batch_size)]
-        return (torch.cat(raw) if raw else torch.zeros(0)) * self.gain + self.bias
+        raw = torch.zeros(len(seqs))
+        for rows in length_sorted_batches([len(s.ids) for s in seqs], batch_size):
+            raw[rows] = self.raw_scores_at_last(*pad_encoded([seqs[i] for i in rows], pad_id))
+        return raw * self.gain + self.bias
 
     # persistence -----------------------------------------------------------------------------------
     def save(self, folder, name: str) -> None:
@@ -396,15 +426,25 @@ class EncodedSequence:
 
 @torch.no_grad()
 def encode_for_scoring(role: "ScalarRole", prompts: list[str], responses: list[str], chunk: int = 64) -> list[EncodedSequence]:
-    """Tokenise (and run the frozen bottom layers once) so that many epochs over these sequences run the top layers only."""
-    out = []
-    for i in range(0, len(prompts), chunk):
-        ids, mask = role.encode(prompts[i : i + chunk], responses[i : i + chunk])
+    """Tokenise (and run the frozen bottom layers once, in batches of similar lengths) so that many epochs over
+    these sequences run the top layers only. One EncodedSequence per (prompt, response), in order."""
+    tok = role.backbone.tokenizer
+    lengths = [len(tok(p).input_ids) + len(tok(r, add_special_tokens=False).input_ids) for p, r in zip(prompts, responses)]
+    out: list[EncodedSequence | None] = [None] * len(prompts)
+    for rows in length_sorted_batches(lengths, chunk):
+        ids, mask = role.encode([prompts[i] for i in rows], [responses[i] for i in rows])
         prefix = role.backbone.frozen_prefix(ids, mask) if role.backbone.shares_frozen_prefix else None
-        for row in range(ids.shape[0]):
-            real = mask[row].bool()
-            out.append(EncodedSequence(ids[row][real], None if prefix is None else prefix[row][real]))
+        for k, i in enumerate(rows):
+            real = mask[k].bool()
+            out[i] = EncodedSequence(ids[k][real], None if prefix is None else prefix[k][real])
     return out
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices 0..len(lengths)-1 in batches of at most batch_size, shortest first, so that a padded batch wastes
+    little on padding; the caller puts each result back at its index."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def pad_encoded(seqs: list[EncodedSequence], pad_id: int):

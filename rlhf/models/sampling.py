@@ -26,11 +26,15 @@ class StopRule:
                     self.has_stop_string[i] = True
         self.min_tokens = min_tokens
 
+    def stops_at(self, token_ids: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
+        """Whether each token, at its response position, ends the response: bool of token_ids' shape."""
+        return self.is_eos[token_ids] | (self.has_stop_string[token_ids] & (position >= self.min_tokens))
+
     def apply(self, response_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mask [B,R] float with 1 up to and including the stop token, has_stop [B] bool)."""
         B, R = response_ids.shape
         position = torch.arange(R).expand(B, R)
-        stops = self.is_eos[response_ids] | (self.has_stop_string[response_ids] & (position >= self.min_tokens))
+        stops = self.stops_at(response_ids, position)
         has_stop = stops.any(-1)
         first = torch.where(has_stop, stops.float().argmax(-1), torch.full((B,), R - 1))
         mask = (position <= first.unsqueeze(-1)).float()
@@ -42,12 +46,27 @@ def decode_responses(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor) 
     return tokenizer.batch_decode([row[:n].tolist() for row, n in zip(response_ids, lengths)], skip_special_tokens=True)
 
 
+DRAW_BLOCK = 64  # rows per block of uniform draws (the sampling batch size before draws were decoupled from it)
+
+
+def uniform_draws(n_rows: int, n_tokens: int) -> torch.Tensor:
+    """The uniforms that pick every sampled token of n_rows responses, [n_rows, n_tokens]: drawn from torch's
+    global generator in blocks of DRAW_BLOCK rows, step by step within a block, so that what a prompt list
+    samples depends on the seed and not on the batch size it is computed in."""
+    blocks = [torch.rand(n_tokens, min(DRAW_BLOCK, n_rows - i)).T for i in range(0, n_rows, DRAW_BLOCK)]
+    return torch.cat(blocks) if blocks else torch.zeros(0, n_tokens)
+
+
 @torch.no_grad()
-def sample_episodes(policy: LanguageModelRole, prompts: list[str], response_length: int, stop_rule: StopRule) -> tuple[Episodes, list[str]]:
-    """Sample one response per prompt; tokens after the stop become padding (masked)."""
+def sample_episodes(policy: LanguageModelRole, prompts: list[str], response_length: int, stop_rule: StopRule,
+                    uniforms: torch.Tensor | None = None) -> tuple[Episodes, list[str]]:
+    """Sample one response per prompt (row i's tokens picked by `uniforms[i]`, default `uniform_draws`); tokens
+    after the stop become padding (masked)."""
     tok = policy.backbone.tokenizer
     query_ids, query_mask = encode_queries(tok, prompts)
-    response_ids, logprobs = policy.sample(query_ids, query_mask, response_length, with_logprobs=True)
+    uniforms = uniform_draws(len(prompts), response_length) if uniforms is None else uniforms
+    response_ids, logprobs = policy.sample(query_ids, query_mask, response_length, with_logprobs=True,
+                                           stops_at=stop_rule.stops_at, uniforms=uniforms)
     mask, has_stop = stop_rule.apply(response_ids)
     response_ids = torch.where(mask.bool(), response_ids, torch.full_like(response_ids, tok.pad_token_id))
     episodes = Episodes(query_ids, query_mask, response_ids, mask, has_stop, sample_logprobs=logprobs)
@@ -59,8 +78,9 @@ def sample_texts(policy: LanguageModelRole, prompts: list[str], response_length:
     from tqdm import tqdm
 
     texts, stops, lengths = [], [], []
+    uniforms = uniform_draws(len(prompts), response_length)  # the samples do not depend on batch_size
     for i in tqdm(range(0, len(prompts), batch_size), desc=progress or "sampling", leave=False, disable=not progress):
-        episodes, batch_texts = sample_episodes(policy, prompts[i : i + batch_size], response_length, stop_rule)
+        episodes, batch_texts = sample_episodes(policy, prompts[i : i + batch_size], response_length, stop_rule, uniforms[i : i + batch_size])
         texts += batch_texts
         stops += episodes.has_stop.tolist()
         lengths += episodes.response_mask.sum(-1).long().tolist()
