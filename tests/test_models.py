@@ -70,6 +70,28 @@ def test_temperature_divides_the_logits(backbone):
     assert torch.allclose(cold, hot * 2, atol=1e-5)
 
 
+def test_logprobs_and_entropy_at_real_positions_only_equal_the_full_computation(backbone):
+    from rlhf.train.losses import entropy_from_logits, logprobs_from_logits
+
+    tok = backbone.tokenizer
+    q, qm = encode_queries(tok, ["Hello there", "A longer opening of a review"])
+    response = torch.tensor([[100, 200, 300, 7], [400, 500, 7, 7]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    ep = Episodes(q, qm, response, mask, torch.ones(2, dtype=torch.bool))
+    backbone.mark_trainable("policy")
+    policy = LanguageModelRole(backbone, "policy", 0.7)
+    logprobs, entropy = policy.logprobs(ep, with_entropy=True)
+    with torch.no_grad():
+        logits = policy.logits(ep)  # every position, padding included
+        full_logprobs, full_entropy = logprobs_from_logits(logits, response), entropy_from_logits(logits)
+    real = mask.bool()
+    assert torch.allclose(logprobs[real], full_logprobs[real], atol=1e-5)
+    assert torch.allclose(entropy[real], full_entropy[real], atol=1e-4)
+    assert logprobs[~real].eq(0).all() and entropy[~real].eq(0).all()
+    logprobs.sum().backward()  # gradients reach the adapter through the real positions
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in backbone.adapter_parameters("policy"))
+
+
 def test_reference_is_base_with_adapters_off(backbone):
     tok = backbone.tokenizer
     q, qm = encode_queries(tok, ["Hello there"])

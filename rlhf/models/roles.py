@@ -282,10 +282,16 @@ class LanguageModelRole:
         return self.backbone.lm_head(hidden[:, Q - 1 : Q + R - 1]) / self.temperature
 
     def logprobs(self, episodes: Episodes, with_entropy: bool = False):
-        logits = self.logits(episodes)
-        lp = logprobs_from_logits(logits, episodes.response_ids)
+        """Log-probability [B, R] of each response token (and the entropy of its distribution), at the real
+        positions only: padding after a stop gets 0 and costs no vocabulary projection, which over the full
+        width would be as much compute as the top layers of a PPO step."""
+        Q, R = episodes.query_ids.shape[1], episodes.response_ids.shape[1]
+        hidden = self.backbone.hidden_states(self.adapter, episodes.input_ids, episodes.attention_mask, episodes.prefix)
+        real = episodes.response_mask.bool()
+        logits = (self.backbone.lm_head(hidden[:, Q - 1 : Q + R - 1][real]) / self.temperature).unsqueeze(0)  # [1, real, V]
+        lp = hidden.new_zeros(real.shape).masked_scatter(real, logprobs_from_logits(logits, episodes.response_ids[real].unsqueeze(0))[0])
         if with_entropy:
-            return lp, entropy_from_logits(logits)
+            return lp, hidden.new_zeros(real.shape).masked_scatter(real, entropy_from_logits(logits)[0])
         return lp
 
 
