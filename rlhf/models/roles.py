@@ -47,8 +47,8 @@ def sample_tokens(lm, query_ids: torch.Tensor, query_mask: torch.Tensor, n_token
                   uniforms: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Ancestral sampling of `n_tokens` tokens after left-padded queries, with a KV cache and the temperature
     applied to the logits: the tokens [B, n_tokens] and the log-probability of each under the sampling
-    distribution [B, n_tokens]. Row b's token at step t inverts the CDF at `uniforms[b, t]` (drawn here, step by
-    step, when not given). `stops_at(tokens [b], t)` (the task's stop rule) marks rows whose token at step t ends
+    distribution [B, n_tokens]. Row b's token at step t inverts the CDF at `uniforms[b, t]` (when not given, drawn
+    here in the order of one draw per row at each step). `stops_at(tokens [b], t)` (the task's stop rule) marks rows whose token at step t ends
     their response: those rows leave the batch and their cache, and hold token 0 and log-prob 0 after the stop.
     That is only a saving: fixed-length sampling truncates everything after the stop to padding
     (ppo-rlhf-details.md #5), and each row's draws are its own, so every row's tokens up to its stop are those
