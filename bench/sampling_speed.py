@@ -3,9 +3,10 @@ in turn, three times each, from the same seed: batch 64 with every row computed 
 sampling ran before), batch 64 with rows that reached their stop dropped from the batch, and batch 128 with them
 dropped. Prints responses/s per mode and repetition, the ratios of the medians, and the share of responses
 identical to the first mode's (it should be 1: the uniform draws do not depend on the batch, and dropping a row
-only skips work whose tokens become padding). Changes nothing in the run directory:
+only skips work whose tokens become padding). With --profile, also the top operators of a torch profile of one
+batch of 64. Changes nothing in the run directory:
 
-    .venv/bin/python bench/sampling_speed.py RUN
+    .venv/bin/python bench/sampling_speed.py RUN [--profile]
 """
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import statistics
 import sys
 import time
 
+import torch
+
 from rlhf.config import load_config
 from rlhf.models.loading import open_backbone, sft_model_path, task_and_stop_rule
-from rlhf.models.roles import encode_queries, sample_tokens
-from rlhf.models.sampling import uniform_draws
+from rlhf.models.roles import encode_queries
+from rlhf.models.sampling import sample_tokens, uniform_draws
 from rlhf.run import RunDir, seed_everything
 from rlhf.train.bon import eval_prompts
 
@@ -29,7 +32,7 @@ def sample_all(lm, tokenizer, prompts, response_length, temperature, stop_rule, 
     kept = []
     for i in range(0, len(prompts), batch_size):
         query_ids, query_mask = encode_queries(tokenizer, prompts[i : i + batch_size])
-        tokens, _ = sample_tokens(lm, query_ids, query_mask, response_length, temperature,
+        tokens, _, _ = sample_tokens(lm, query_ids, query_mask, response_length, temperature,
                                   stop_rule.stops_at if drop_stopped else None, uniforms[i : i + batch_size])
         mask, _ = stop_rule.apply(tokens)
         kept += [row[: int(n)].tolist() for row, n in zip(tokens, mask.sum(-1))]
@@ -37,6 +40,8 @@ def sample_all(lm, tokenizer, prompts, response_length, temperature, stop_rule, 
 
 
 def main(argv: list[str]) -> None:
+    profile = "--profile" in argv
+    argv = [a for a in argv if a != "--profile"]
     if len(argv) != 1:
         sys.exit(__doc__)
     run = RunDir(argv[0])
@@ -61,6 +66,11 @@ def main(argv: list[str]) -> None:
         same = sum(a == b for a, b in zip(samples[mode], samples[first])) / len(prompts)
         print(f"{mode}: median {statistics.median(rates[mode]):.2f} responses/s, x{statistics.median(rates[mode]) / base:.2f}; identical responses {same:.3f}")
     print(f"mean response length {sum(len(k) for k in samples[first]) / len(prompts):.1f} of {response_length} tokens")
+    if profile:
+        query_ids, query_mask = encode_queries(backbone.tokenizer, prompts[:64])
+        with torch.profiler.profile() as prof, backbone.use(None) as lm:
+            sample_tokens(lm, query_ids, query_mask, response_length, cfg.task.temperature, stop_rule.stops_at)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
 
 
 if __name__ == "__main__":

@@ -193,7 +193,7 @@ def test_scores_in_length_sorted_batches_come_back_in_input_order(tiny_model_dir
 
 
 def test_sample_categorical_matches_the_probabilities_and_never_picks_zero_mass():
-    from rlhf.models.roles import sample_categorical
+    from rlhf.models.sampling import sample_categorical
 
     torch.manual_seed(0)
     probs = torch.tensor([[0.0, 0.1, 0.0, 0.6, 0.3]]).repeat(20000, 1) * 7.0  # unnormalised rows work too
@@ -205,15 +205,15 @@ def test_sample_categorical_matches_the_probabilities_and_never_picks_zero_mass(
 def test_sampler_draws_from_the_full_forward_distribution(backbone, monkeypatch):
     """The KV-cached sampling loop (left padding, position ids, temperature) sees exactly the distribution that
     a full forward over the finished sequence gives at every response position."""
-    import rlhf.models.roles as roles
+    import rlhf.models.sampling as sampling
 
     seen = []
-    real = roles.sample_categorical
-    monkeypatch.setattr(roles, "sample_categorical", lambda probs, u=None: (seen.append(probs.clone()), real(probs, u))[1])
+    real = sampling.sample_categorical
+    monkeypatch.setattr(sampling, "sample_categorical", lambda probs, u=None: (seen.append(probs.clone()), real(probs, u))[1])
     policy = LanguageModelRole(backbone, "policy", temperature=0.7)
     query_ids, query_mask = encode_queries(backbone.tokenizer, ["A short one", "A much longer opening line of a review that"])
     torch.manual_seed(1)
-    response, loop_logprobs = policy.sample(query_ids, query_mask, 6, with_logprobs=True)
+    response, loop_logprobs, _ = policy.sample(query_ids, query_mask, 6)
     episodes = Episodes(query_ids, query_mask, response, torch.ones_like(response, dtype=torch.float), torch.ones(2, dtype=torch.bool))
     with torch.no_grad():
         full = policy.logits(episodes).softmax(-1)  # [B, R, V]
@@ -227,18 +227,18 @@ def test_sampler_draws_from_the_full_forward_distribution(backbone, monkeypatch)
 def test_rows_that_stopped_leave_the_batch_and_the_others_sample_the_same_tokens(backbone):
     """With a stop rule, a row that stopped is no longer computed (later forwards see fewer rows); every row's
     tokens and log-probs up to its stop are those of sampling all positions, and 0 after it."""
-    from rlhf.models.roles import sample_tokens
+    from rlhf.models.sampling import sample_tokens
 
     lm = backbone.causal_lm()
     query_ids, query_mask = encode_queries(backbone.tokenizer, ["One", "Two three", "A much longer opening line", "Four", "Five six"])
     stops_at = lambda tokens, t: tokens % 4 == 0  # noqa: E731 - about a quarter of the vocabulary ends a response
     torch.manual_seed(3)
-    full_tokens, full_logprobs = sample_tokens(lm, query_ids, query_mask, 8, 0.9)
+    full_tokens, full_logprobs, _ = sample_tokens(lm, query_ids, query_mask, 8, 0.9)
     batch_sizes = []
     hook = lm.register_forward_pre_hook(lambda module, args, kwargs: batch_sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
     torch.manual_seed(3)
     try:
-        tokens, logprobs = sample_tokens(lm, query_ids, query_mask, 8, 0.9, stops_at)
+        tokens, logprobs, _ = sample_tokens(lm, query_ids, query_mask, 8, 0.9, stops_at)
     finally:
         hook.remove()
     stops = [next((t for t in range(8) if int(full_tokens[row, t]) % 4 == 0), 7) for row in range(5)]
@@ -280,3 +280,38 @@ def test_value_head_with_folded_normalisation_outputs_the_normalised_score(backb
     assert (rm.gain, rm.bias) == (1.0, 0.0)
     with torch.no_grad():
         assert torch.allclose(rm.raw_score(prompts, responses), normalised, atol=1e-5)
+
+
+def test_sampling_keeps_the_frozen_prefix_that_the_finished_sequences_give(tiny_model_dir):
+    """with_prefix, the sampling loop keeps the bottom layers' output at every position a log-prob or value reads
+    (query, and response tokens before each row's stop); log-probs and values computed from it equal those of
+    full forwards."""
+    bb = top_layer_backbone(tiny_model_dir, "policy")
+    bb.add_adapter("value")
+    for p in bb.adapter_parameters("value"):
+        p.data.normal_(0, 0.5)
+    policy, value = LanguageModelRole(bb, "policy", temperature=0.8), ScalarRole(bb, "value")
+    rule = StopRule(bb.tokenizer)
+    rule.has_stop_string = torch.arange(len(rule.has_stop_string)) % 4 == 0  # about a quarter of tokens end a response
+    torch.manual_seed(5)
+    episodes, _ = sample_episodes(policy, ["One", "Two three", "A much longer opening line", "Four", "Five six"], 8, rule, with_prefix=True)
+    lengths = episodes.response_mask.sum(-1).long().tolist()
+    assert min(lengths) < 6 and max(lengths) == 8, f"the seed should stop some rows early and keep one to the end: {lengths}"
+    Q = episodes.query_ids.shape[1]
+    full_prefix = bb.frozen_prefix(episodes.input_ids, episodes.attention_mask)
+    for row, n in enumerate(lengths):  # every position before the row's last response token was computed
+        assert torch.allclose(episodes.prefix[row, : Q + n - 1], full_prefix[row, : Q + n - 1], atol=1e-5)
+        assert episodes.prefix[row, Q + n - 1 :].eq(0).all()
+    without = Episodes(episodes.query_ids, episodes.query_mask, episodes.response_ids, episodes.response_mask, episodes.has_stop)
+    real = episodes.response_mask.bool()
+    with torch.no_grad():
+        assert torch.allclose(policy.logprobs(episodes)[real], policy.logprobs(without)[real], atol=1e-5)
+        assert torch.allclose(value.values(episodes)[real], value.values(without)[real], atol=1e-5)
+
+
+def test_backbones_share_a_frozen_prefix_only_with_the_same_bottom_layers(tiny_model_dir):
+    a, b = top_layer_backbone(tiny_model_dir, "policy"), top_layer_backbone(tiny_model_dir, "policy")
+    assert a.same_frozen_prefix(b)  # different top-layer adapters, same bottom layers
+    with torch.no_grad():
+        b.causal_lm().model.layers[0].mlp.up_proj.weight[0, 0] += 1e-3
+    assert not a.same_frozen_prefix(b)

@@ -37,8 +37,11 @@ def sample_with_kl(policy: LanguageModelRole, reference: LanguageModelRole, prom
     """Responses of `policy` and, for each, the summed log-ratio log pi - log pi_ref over its tokens (a sample of KL)."""
     texts, stops, lengths, kls = [], [], [], []
     uniforms = uniform_draws(len(prompts), response_length)  # the samples do not depend on batch_size
+    # when policy and reference share their frozen bottom layers (top-layer adapters merged), the reference runs
+    # its top layers only, on the bottom layers' output kept from the sampling loop
+    with_prefix = policy is not reference and policy.backbone.same_frozen_prefix(reference.backbone)
     for i in range(0, len(prompts), batch_size):
-        episodes, batch_texts = sample_episodes(policy, prompts[i : i + batch_size], response_length, stop_rule, uniforms[i : i + batch_size])
+        episodes, batch_texts = sample_episodes(policy, prompts[i : i + batch_size], response_length, stop_rule, uniforms[i : i + batch_size], with_prefix)
         if policy is reference:  # the SFT policy is the reference: its KL is exactly 0
             log_ratio = torch.zeros_like(episodes.response_mask, dtype=torch.float32)
         else:  # in slices of 64: the reference's logits over a whole batch would be large

@@ -30,66 +30,6 @@ def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return T - 1 - flipped.argmax(-1)
 
 
-def sample_categorical(probs: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
-    """One index per row of `probs` [B, V] (rows need not sum to 1), by inverting the cumulative distribution
-    with a single uniform draw per row (`u` [B, 1], drawn here when not given): exact, and far cheaper than
-    torch.multinomial's V exponentials per row."""
-    cdf = probs.cumsum(-1)
-    if u is None:
-        u = torch.rand(probs.shape[0], 1, dtype=cdf.dtype)
-    u = u.to(cdf.dtype) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
-
-
-@torch.no_grad()
-def sample_tokens(lm, query_ids: torch.Tensor, query_mask: torch.Tensor, n_tokens: int, temperature: float,
-                  stops_at: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
-                  uniforms: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ancestral sampling of `n_tokens` tokens after left-padded queries, with a KV cache and the temperature
-    applied to the logits: the tokens [B, n_tokens] and the log-probability of each under the sampling
-    distribution [B, n_tokens]. Row b's token at step t inverts the CDF at `uniforms[b, t]` (when not given, drawn
-    here in the order of one draw per row at each step). `stops_at(tokens [b], t)` (the task's stop rule) marks rows whose token at step t ends
-    their response: those rows leave the batch and their cache, and hold token 0 and log-prob 0 after the stop.
-    That is only a saving: fixed-length sampling truncates everything after the stop to padding
-    (ppo-rlhf-details.md #5), and each row's draws are its own, so every row's tokens up to its stop are those
-    of sampling all n_tokens."""
-    from transformers import DynamicCache
-
-    B, Q = query_ids.shape
-    if uniforms is None:
-        uniforms = torch.rand(n_tokens, B).T
-    assert uniforms.shape == (B, n_tokens), (uniforms.shape, B, n_tokens)
-    cache = DynamicCache(config=lm.config)
-    mask = torch.cat([query_mask, query_mask.new_ones(B, n_tokens)], dim=1)
-    position_ids = position_ids_from_mask(query_mask)
-    out = lm(input_ids=query_ids, attention_mask=mask[:, :Q], position_ids=position_ids, past_key_values=cache,
-             use_cache=True, logits_to_keep=1)
-    tokens = torch.zeros(B, n_tokens, dtype=torch.long)
-    logprobs = torch.zeros(B, n_tokens)
-    active = torch.arange(B)  # the rows still in the batch, in the order of the cache's rows
-    position = position_ids[:, -1:]
-    for t in range(n_tokens):
-        if len(active) == 0:
-            break
-        step_logprobs = (out.logits[:, -1].float() / temperature).log_softmax(-1)
-        new = sample_categorical(step_logprobs.exp(), uniforms[active, t : t + 1])
-        tokens[active, t] = new
-        logprobs[active, t] = step_logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)
-        if t + 1 == n_tokens:
-            break
-        if stops_at is not None:
-            keep = ~stops_at(new, t)
-            if not keep.all():
-                cache.batch_select_indices(keep.nonzero().squeeze(-1))
-                active, position, new = active[keep], position[keep], new[keep]
-                if len(active) == 0:
-                    break
-        position = position + 1
-        out = lm(input_ids=new.unsqueeze(-1), attention_mask=mask[active, : Q + t + 1], position_ids=position,
-                 past_key_values=cache, use_cache=True)
-    return tokens, logprobs
-
-
 # Decoder-only models whose forward takes `inputs_embeds` unchanged (no embedding scaling or position embeddings
 # added), so that running a slice of `model.layers` on cached hidden states is exact.
 SPLITTABLE_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
@@ -188,6 +128,24 @@ class Backbone:
         then the frozen bottom layers are computed once per batch and shared by every role and PPO epoch."""
         return self.is_lora and 0 < self.top_layers < self.model.config.num_hidden_layers and self.model.config.model_type in SPLITTABLE_MODEL_TYPES
 
+    @property
+    def n_bottom(self) -> int:
+        """The number of frozen bottom layers (those below the adapters)."""
+        return self.model.config.num_hidden_layers - self.top_layers
+
+    def same_frozen_prefix(self, other: "Backbone") -> bool:
+        """Whether `other` computes the same bottom-layer hidden states (same embeddings and bottom-layer weights,
+        e.g. the SFT model and a PPO policy merged from top-layer adapters), so one's prefix serves the other."""
+        if not (self.shares_frozen_prefix and other.shares_frozen_prefix and self.n_bottom == other.n_bottom):
+            return False
+        mine, theirs = (getattr(b.causal_lm(), b.causal_lm().base_model_prefix) for b in (self, other))
+        pairs = [(mine.embed_tokens, theirs.embed_tokens)] + list(zip(list(mine.layers)[: self.n_bottom], list(theirs.layers)[: self.n_bottom]))
+        for a, b in pairs:
+            sa, sb = a.state_dict(), b.state_dict()
+            if sa.keys() != sb.keys() or not all(torch.equal(sa[k], sb[k]) for k in sa):
+                return False
+        return True
+
     @contextmanager
     def _layers(self, trunk, keep: slice, final_norm: bool):
         layers, norm = trunk.layers, trunk.norm
@@ -203,9 +161,8 @@ class Backbone:
     def frozen_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Hidden states after the bottom layers, which carry no adapter and never train."""
         assert self.shares_frozen_prefix
-        n_bottom = self.model.config.num_hidden_layers - self.top_layers
         with self.use(None) as lm:
-            with self._layers(getattr(lm, lm.base_model_prefix), slice(0, n_bottom), final_norm=False) as trunk:
+            with self._layers(getattr(lm, lm.base_model_prefix), slice(0, self.n_bottom), final_norm=False) as trunk:
                 out = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
         return out.last_hidden_state
 
@@ -216,8 +173,7 @@ class Backbone:
             trunk = getattr(lm, lm.base_model_prefix)
             if prefix is None:
                 return trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
-            n_bottom = self.model.config.num_hidden_layers - self.top_layers
-            with self._layers(trunk, slice(n_bottom, None), final_norm=True) as top:
+            with self._layers(trunk, slice(self.n_bottom, None), final_norm=True) as top:
                 return top(inputs_embeds=prefix, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -264,16 +220,25 @@ class LanguageModelRole:
         return list(self.backbone.model.parameters())
 
     @torch.no_grad()
-    def sample(self, query_ids: torch.Tensor, query_mask: torch.Tensor, response_length: int, with_logprobs: bool = False,
-               stops_at: Callable[[torch.Tensor, int], torch.Tensor] | None = None, uniforms: torch.Tensor | None = None):
+    def sample(self, query_ids: torch.Tensor, query_mask: torch.Tensor, response_length: int,
+               stops_at: Callable[[torch.Tensor, int], torch.Tensor] | None = None, uniforms: torch.Tensor | None = None,
+               with_prefix: bool = False):
         """`response_length` new tokens (EOS does not stop the batch; truncation comes after; with `stops_at`,
         rows that stopped are no longer computed; `uniforms` as in `sample_tokens`), at this role's temperature,
-        with no top-k/top-p (ppo-rlhf-details.md #5, #7, #8); with_logprobs, also each token's log-probability
-        from the sampling loop (for KL estimates; PPO recomputes its own)."""
+        with no top-k/top-p (ppo-rlhf-details.md #5, #7, #8): (tokens, each token's log-probability from the
+        sampling loop (for KL estimates; PPO recomputes its own), prefix). with_prefix, prefix is the frozen
+        bottom layers' output at every position a later log-prob or value reads ([B, Q+R, d], as
+        `Backbone.frozen_prefix` gives for the finished sequences up to float rounding); else None."""
+        from rlhf.models.sampling import sample_tokens  # sampling.py imports this module
+
         with self.backbone.use(self.adapter) as lm:
-            response, logprobs = sample_tokens(lm, query_ids, query_mask, response_length, self.temperature, stops_at, uniforms)
+            hidden_of = None
+            if with_prefix:
+                assert self.backbone.shares_frozen_prefix, "with_prefix needs adapters on the top layers only"
+                hidden_of = getattr(lm, lm.base_model_prefix).layers[self.backbone.n_bottom - 1]
+            response, logprobs, prefix = sample_tokens(lm, query_ids, query_mask, response_length, self.temperature, stops_at, uniforms, hidden_of)
         assert response.shape == logprobs.shape == (query_ids.shape[0], response_length), response.shape
-        return (response, logprobs) if with_logprobs else response
+        return response, logprobs, prefix
 
     def logits(self, episodes: Episodes) -> torch.Tensor:
         """Temperature-scaled logits predicting each response token: [B, R, V]."""
@@ -338,10 +303,14 @@ class ScalarRole:
         self.gain, self.bias = 1.0, 0.0
 
     # text interface -------------------------------------------------------------------------------
-    def encode(self, prompts: list[str], responses: list[str], padding_side: str = "left"):
+    def tokenize(self, prompts: list[str], responses: list[str]) -> list[tuple[list[int], list[int]]]:
         """Prompt + response + EOS: the score is read at the EOS that ends every response (ppo-rlhf-details.md #9),
         the same token whether the response stopped at EOS, at the task's stop string, or not at all."""
-        return encode_prompt_response(self.backbone.tokenizer, prompts, responses, padding_side=padding_side, append_eos=True)[:2]
+        return tokenize_prompt_response(self.backbone.tokenizer, prompts, responses, append_eos=True)
+
+    def encode(self, prompts: list[str], responses: list[str], padding_side: str = "left"):
+        """`tokenize`, padded: (input_ids, attention_mask)."""
+        return pad_prompt_response(self.tokenize(prompts, responses), self.backbone.tokenizer.pad_token_id, padding_side)[:2]
 
     def raw_score(self, prompts: list[str], responses: list[str], padding_side: str = "left") -> torch.Tensor:
         ids, mask = self.encode(prompts, responses, padding_side)
@@ -350,11 +319,11 @@ class ScalarRole:
     @torch.no_grad()
     def score(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> torch.Tensor:
         """Normalised reward gain*r + bias for each (prompt, response), in batches of similar lengths."""
-        tok = self.backbone.tokenizer
-        lengths = [len(tok(p).input_ids) + len(tok(r, add_special_tokens=False).input_ids) for p, r in zip(prompts, responses)]
+        pairs = self.tokenize(prompts, responses)
         raw = torch.zeros(len(prompts))
-        for rows in length_sorted_batches(lengths, batch_size):
-            raw[rows] = self.raw_score([prompts[i] for i in rows], [responses[i] for i in rows])
+        for rows in length_sorted_batches([len(q) + len(a) for q, a in pairs], batch_size):
+            ids, mask, _ = pad_prompt_response([pairs[i] for i in rows], self.backbone.tokenizer.pad_token_id)
+            raw[rows] = self.raw_scores_at_last(ids, mask)
         return raw * self.gain + self.bias
 
     @torch.no_grad()
@@ -397,8 +366,8 @@ class ScalarRole:
         self.gain, self.bias = float(meta["gain"]), float(meta["bias"])
 
 
-def encode_prompt_response(tokenizer, prompts: list[str], responses: list[str], padding_side: str = "left", append_eos: bool = False):
-    """Tokenise prompt and response separately (as in sampling) and pad: (input_ids, attention_mask, response_mask)."""
+def tokenize_prompt_response(tokenizer, prompts: list[str], responses: list[str], append_eos: bool = False) -> list[tuple[list[int], list[int]]]:
+    """Prompt and response tokenised separately, as in sampling: one (prompt ids, response ids) per pair."""
     assert len(prompts) == len(responses)
     rows = []
     for p, r in zip(prompts, responses):
@@ -409,8 +378,13 @@ def encode_prompt_response(tokenizer, prompts: list[str], responses: list[str], 
         if not q:
             raise ValueError(f"empty prompt: {p!r}")
         rows.append((q, a))
+    return rows
+
+
+def pad_prompt_response(rows: list[tuple[list[int], list[int]]], pad_id: int, padding_side: str = "left"):
+    """Tokenised (prompt, response) pairs padded into (input_ids, attention_mask, response_mask)."""
     T = max(len(q) + len(a) for q, a in rows)
-    ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), T), dtype=torch.long)
     rmask = torch.zeros((len(rows), T), dtype=torch.float32)
     for i, (q, a) in enumerate(rows):
@@ -420,6 +394,11 @@ def encode_prompt_response(tokenizer, prompts: list[str], responses: list[str], 
         mask[i, start : start + len(seq)] = 1
         rmask[i, start + len(q) : start + len(seq)] = 1
     return ids, mask, rmask
+
+
+def encode_prompt_response(tokenizer, prompts: list[str], responses: list[str], padding_side: str = "left", append_eos: bool = False):
+    """Tokenise prompt and response separately (as in sampling) and pad: (input_ids, attention_mask, response_mask)."""
+    return pad_prompt_response(tokenize_prompt_response(tokenizer, prompts, responses, append_eos), tokenizer.pad_token_id, padding_side)
 
 
 @dataclass
@@ -434,11 +413,10 @@ class EncodedSequence:
 def encode_for_scoring(role: "ScalarRole", prompts: list[str], responses: list[str], chunk: int = 64) -> list[EncodedSequence]:
     """Tokenise (and run the frozen bottom layers once, in batches of similar lengths) so that many epochs over
     these sequences run the top layers only. One EncodedSequence per (prompt, response), in order."""
-    tok = role.backbone.tokenizer
-    lengths = [len(tok(p).input_ids) + len(tok(r, add_special_tokens=False).input_ids) for p, r in zip(prompts, responses)]
+    pairs = role.tokenize(prompts, responses)
     out: list[EncodedSequence | None] = [None] * len(prompts)
-    for rows in length_sorted_batches(lengths, chunk):
-        ids, mask = role.encode([prompts[i] for i in rows], [responses[i] for i in rows])
+    for rows in length_sorted_batches([len(q) + len(a) for q, a in pairs], chunk):
+        ids, mask, _ = pad_prompt_response([pairs[i] for i in rows], role.backbone.tokenizer.pad_token_id)
         prefix = role.backbone.frozen_prefix(ids, mask) if role.backbone.shares_frozen_prefix else None
         for k, i in enumerate(rows):
             real = mask[k].bool()

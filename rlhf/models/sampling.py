@@ -1,9 +1,89 @@
-"""Fixed-length sampling, then truncation at EOS or the task's stop rule (ppo-rlhf-details.md #5, #6)."""
+"""Ancestral sampling with a KV cache; fixed-length sampling, then truncation at EOS or the task's stop rule
+(ppo-rlhf-details.md #5, #6)."""
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
-from rlhf.models.roles import Episodes, LanguageModelRole, encode_queries
+from rlhf.models.roles import Episodes, LanguageModelRole, encode_queries, position_ids_from_mask
+
+
+def sample_categorical(probs: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+    """One index per row of `probs` [B, V] (rows need not sum to 1), by inverting the cumulative distribution
+    with a single uniform draw per row (`u` [B, 1], drawn here when not given): exact, and far cheaper than
+    torch.multinomial's V exponentials per row."""
+    cdf = probs.cumsum(-1)
+    if u is None:
+        u = torch.rand(probs.shape[0], 1, dtype=cdf.dtype)
+    u = u.to(cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
+
+
+@torch.no_grad()
+def sample_tokens(lm, query_ids: torch.Tensor, query_mask: torch.Tensor, n_tokens: int, temperature: float,
+                  stops_at: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+                  uniforms: torch.Tensor | None = None,
+                  hidden_of: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Ancestral sampling of `n_tokens` tokens after left-padded queries, with a KV cache and the temperature
+    applied to the logits: the tokens [B, n_tokens], the log-probability of each under the sampling distribution
+    [B, n_tokens], and (with `hidden_of`, one of lm's decoder layers) that layer's output at every position the
+    loop ran [B, Q + n_tokens, d] — the query, and each response token before the last one and before the row's
+    stop; 0 elsewhere — else None. Row b's token at step t inverts the CDF at `uniforms[b, t]` (when not given,
+    drawn here in the order of one draw per row at each step). `stops_at(tokens [b], t)` (the task's stop rule)
+    marks rows whose token at step t ends their response: those rows leave the batch and their cache, and hold
+    token 0 and log-prob 0 after the stop. That is only a saving: fixed-length sampling truncates everything after
+    the stop to padding (ppo-rlhf-details.md #5), and each row's draws are its own, so every row's tokens up to
+    its stop are those of sampling all n_tokens."""
+    from transformers import DynamicCache
+
+    B, Q = query_ids.shape
+    if uniforms is None:
+        uniforms = torch.rand(n_tokens, B).T
+    assert uniforms.shape == (B, n_tokens), (uniforms.shape, B, n_tokens)
+    layer_out: list[torch.Tensor] = []
+    hook = None if hidden_of is None else hidden_of.register_forward_hook(
+        lambda module, args, output: layer_out.append(output[0] if isinstance(output, tuple) else output))
+    try:
+        cache = DynamicCache(config=lm.config)
+        mask = torch.cat([query_mask, query_mask.new_ones(B, n_tokens)], dim=1)
+        position_ids = position_ids_from_mask(query_mask)
+        out = lm(input_ids=query_ids, attention_mask=mask[:, :Q], position_ids=position_ids, past_key_values=cache,
+                 use_cache=True, logits_to_keep=1)
+        hidden = None
+        if hidden_of is not None:
+            assert len(layer_out) == 1 and layer_out[0].shape[:2] == (B, Q), "hidden_of must be a layer that runs once per forward"
+            hidden = layer_out[0].new_zeros(B, Q + n_tokens, layer_out[0].shape[-1])
+            hidden[:, :Q] = layer_out.pop()
+        tokens = torch.zeros(B, n_tokens, dtype=torch.long)
+        logprobs = torch.zeros(B, n_tokens)
+        active = torch.arange(B)  # the rows still in the batch, in the order of the cache's rows
+        position = position_ids[:, -1:]
+        for t in range(n_tokens):
+            if len(active) == 0:
+                break
+            step_logprobs = (out.logits[:, -1].float() / temperature).log_softmax(-1)
+            new = sample_categorical(step_logprobs.exp(), uniforms[active, t : t + 1])
+            tokens[active, t] = new
+            logprobs[active, t] = step_logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+            if t + 1 == n_tokens:
+                break
+            if stops_at is not None:
+                keep = ~stops_at(new, t)
+                if not keep.all():
+                    cache.batch_select_indices(keep.nonzero().squeeze(-1))
+                    active, position, new = active[keep], position[keep], new[keep]
+                    if len(active) == 0:
+                        break
+            position = position + 1
+            out = lm(input_ids=new.unsqueeze(-1), attention_mask=mask[active, : Q + t + 1], position_ids=position,
+                     past_key_values=cache, use_cache=True)
+            if hidden is not None:
+                hidden[active, Q + t] = layer_out.pop()[:, 0]
+    finally:
+        if hook is not None:
+            hook.remove()
+    return tokens, logprobs, hidden
 
 
 class StopRule:
@@ -59,17 +139,18 @@ def uniform_draws(n_rows: int, n_tokens: int) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_episodes(policy: LanguageModelRole, prompts: list[str], response_length: int, stop_rule: StopRule,
-                    uniforms: torch.Tensor | None = None) -> tuple[Episodes, list[str]]:
+                    uniforms: torch.Tensor | None = None, with_prefix: bool = False) -> tuple[Episodes, list[str]]:
     """Sample one response per prompt (row i's tokens picked by `uniforms[i]`, default `uniform_draws`); tokens
-    after the stop become padding (masked)."""
+    after the stop become padding (masked). with_prefix, the episodes carry the frozen bottom layers' output
+    from the sampling loop itself (`LanguageModelRole.sample`), so no role runs those layers again."""
     tok = policy.backbone.tokenizer
     query_ids, query_mask = encode_queries(tok, prompts)
     uniforms = uniform_draws(len(prompts), response_length) if uniforms is None else uniforms
-    response_ids, logprobs = policy.sample(query_ids, query_mask, response_length, with_logprobs=True,
-                                           stops_at=stop_rule.stops_at, uniforms=uniforms)
+    response_ids, logprobs, prefix = policy.sample(query_ids, query_mask, response_length, stops_at=stop_rule.stops_at,
+                                                   uniforms=uniforms, with_prefix=with_prefix)
     mask, has_stop = stop_rule.apply(response_ids)
     response_ids = torch.where(mask.bool(), response_ids, torch.full_like(response_ids, tok.pad_token_id))
-    episodes = Episodes(query_ids, query_mask, response_ids, mask, has_stop, sample_logprobs=logprobs)
+    episodes = Episodes(query_ids, query_mask, response_ids, mask, has_stop, prefix=prefix, sample_logprobs=logprobs)
     return episodes, decode_responses(tok, response_ids, mask)
 
 

@@ -157,9 +157,8 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
         order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(cfg.seed * 7919 + iteration * pc.batch_size // len(prompts)))
         first = iteration * pc.batch_size % len(prompts)
         batch_prompts = [prompts[order[(first + j) % len(prompts)]] for j in range(pc.batch_size)]
-        episodes, texts = sample_episodes(policy, batch_prompts, response_length, stop_rule)
-        if policy.backbone.shares_frozen_prefix:  # the bottom layers run once for all roles and epochs
-            episodes.prefix = policy.backbone.frozen_prefix(episodes.input_ids, episodes.attention_mask)
+        # (the frozen bottom layers' output is kept from the sampling loop: they never run again for any role or epoch)
+        episodes, texts = sample_episodes(policy, batch_prompts, response_length, stop_rule, with_prefix=policy.backbone.shares_frozen_prefix)
         mask = episodes.response_mask
         B = len(batch_prompts)
 
