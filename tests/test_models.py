@@ -315,3 +315,40 @@ def test_backbones_share_a_frozen_prefix_only_with_the_same_bottom_layers(tiny_m
     with torch.no_grad():
         b.causal_lm().model.layers[0].mlp.up_proj.weight[0, 0] += 1e-3
     assert not a.same_frozen_prefix(b)
+
+
+def test_reward_model_scores_sampled_episodes_from_the_sampling_loop(tiny_model_dir):
+    """for_scoring, a finished row is fed its last token and EOS before it leaves the batch: the samples do not
+    change, and the reward model's score from the kept bottom-layer output equals a full forward over query +
+    response up to its stop + EOS (an EOS stop is that EOS), read at the EOS."""
+    torch.manual_seed(0)
+    bb = top_layer_backbone(tiny_model_dir, "policy")
+    bb.add_adapter("reward")
+    for p in bb.adapter_parameters("reward"):
+        p.data.normal_(0, 0.5)
+    policy, rm = LanguageModelRole(bb, "policy", temperature=0.8), ScalarRole(bb, "reward")
+    rm.gain, rm.bias = 1.5, 0.25
+    tok = bb.tokenizer
+    rule = StopRule(tok)
+    V = len(rule.is_eos)
+    rule.is_eos = (torch.arange(V) % 23 == 0) | rule.is_eos  # some rows stop at an "EOS", some at a stop string, some not at all
+    rule.has_stop_string = torch.arange(V) % 17 == 0
+    prompts = ["One", "Two three", "A much longer opening line", "Four", "Five six", "Seven", "Eight nine ten"]
+    torch.manual_seed(0)
+    plain, _ = sample_episodes(policy, prompts, 6, rule)
+    torch.manual_seed(0)
+    episodes, _ = sample_episodes(policy, prompts, 6, rule, for_scoring=True)
+    assert torch.equal(plain.response_ids, episodes.response_ids) and torch.allclose(plain.sample_logprobs, episodes.sample_logprobs)
+    n = episodes.response_mask.sum(-1).long().tolist()
+    last = [int(episodes.response_ids[b, k - 1]) for b, k in enumerate(n)]
+    kinds = ["eos" if bool(rule.is_eos[t]) else "stop" if s else "none" for t, s in zip(last, episodes.has_stop.tolist())]
+    assert {"eos", "stop", "none"} <= set(kinds), f"the seed should give every kind of ending: {kinds}"
+    ids, mask, _ = episodes.scoring
+    q_ids, q_mask = encode_queries(tok, prompts)
+    for b, (k, kind) in enumerate(zip(n, kinds)):
+        response = episodes.response_ids[b, :k].tolist()
+        expected = response[:-1] + [tok.eos_token_id] if kind == "eos" else response + [tok.eos_token_id]
+        assert ids[b][mask[b].bool()].tolist() == q_ids[b][q_mask[b].bool()].tolist() + expected
+    with torch.no_grad():
+        full = rm.raw_scores_at_last(ids, mask) * 1.5 + 0.25
+    assert torch.allclose(rm.score_episodes(episodes, batch_size=3), full, atol=1e-5)

@@ -21,7 +21,7 @@ from rlhf.eval.text_metrics import (
 )
 from rlhf.labelers.simulated import preference_from_gold
 from rlhf.models.loading import base_model_path, open_backbone, sft_model_path, task_and_stop_rule
-from rlhf.models.roles import LanguageModelRole
+from rlhf.models.roles import LanguageModelRole, ScalarRole
 from rlhf.models.sampling import sample_episodes, uniform_draws
 from rlhf.run import RunDir, seed_everything
 from rlhf.tasks.tldr import tldr_post
@@ -33,25 +33,31 @@ STAGE = "eval"
 
 
 @torch.no_grad()
-def sample_with_kl(policy: LanguageModelRole, reference: LanguageModelRole, prompts: list[str], response_length: int, stop_rule, batch_size: int):
-    """Responses of `policy` and, for each, the summed log-ratio log pi - log pi_ref over its tokens (a sample of KL)."""
-    texts, stops, lengths, kls = [], [], [], []
+def sample_with_kl(policy: LanguageModelRole, reference: LanguageModelRole, prompts: list[str], response_length: int, stop_rule, batch_size: int,
+                   reward: ScalarRole | None = None):
+    """Responses of `policy` and, for each, the summed log-ratio log pi - log pi_ref over its tokens (a sample of KL),
+    and (with `reward`) its reward-model score, else None: (texts, stops, lengths, kls, rm scores)."""
+    texts, stops, lengths, kls, rm = [], [], [], [], []
     uniforms = uniform_draws(len(prompts), response_length)  # the samples do not depend on batch_size
-    # when policy and reference share their frozen bottom layers (top-layer adapters merged), the reference runs
-    # its top layers only, on the bottom layers' output kept from the sampling loop
+    # when policy and reference (or reward model) share the frozen bottom layers (top-layer adapters merged), they
+    # run their top layers only, on the bottom layers' output kept from the sampling loop
     with_prefix = policy is not reference and policy.backbone.same_frozen_prefix(reference.backbone)
+    for_scoring = reward is not None and policy.backbone.same_frozen_prefix(reward.backbone)
     for i in range(0, len(prompts), batch_size):
-        episodes, batch_texts = sample_episodes(policy, prompts[i : i + batch_size], response_length, stop_rule, uniforms[i : i + batch_size], with_prefix)
+        batch = prompts[i : i + batch_size]
+        episodes, batch_texts = sample_episodes(policy, batch, response_length, stop_rule, uniforms[i : i + batch_size], with_prefix, for_scoring)
         if policy is reference:  # the SFT policy is the reference: its KL is exactly 0
             log_ratio = torch.zeros_like(episodes.response_mask, dtype=torch.float32)
         else:  # in slices of 64: the reference's logits over a whole batch would be large
             ref_logprobs = torch.cat([reference.logprobs(episodes.select(slice(j, j + 64))) for j in range(0, len(batch_texts), 64)])
             log_ratio = (episodes.sample_logprobs - ref_logprobs) * episodes.response_mask
+        if reward is not None:
+            rm += (reward.score_episodes(episodes) if for_scoring else reward.score(batch, batch_texts)).tolist()
         texts += batch_texts
         stops += episodes.has_stop.tolist()
         lengths += episodes.response_mask.sum(-1).tolist()
         kls += log_ratio.sum(-1).tolist()
-    return texts, stops, lengths, kls
+    return texts, stops, lengths, kls, (rm if reward is not None else None)
 
 
 def policy_figures(gold: list[float] | None, rm: list[float], kls: list[float] | None, lengths: list[float], stops: list[bool], kl_value: float | None = None) -> dict:
@@ -115,9 +121,8 @@ def evaluate_on_prompts(run: RunDir, cfg: RunConfig, prompts: list[str], reuse_b
     figures: dict[str, dict] = {}
     rows: list[dict] = []
     for name, policy in policies.items():
-        texts, stops, lengths, kls = sample_with_kl(policy, reference, prompts, response_length, stop_rule, bs)
+        texts, stops, lengths, kls, rm = sample_with_kl(policy, reference, prompts, response_length, stop_rule, bs, reward)
         responses[name] = texts
-        rm = reward.score(prompts, texts).tolist()
         gold = golds[name] = task.gold_scorer(prompts, texts) if task.gold_scorer else None
         figures[name] = policy_figures(gold, rm, kls, lengths, stops)
         figures[name].update(text_figures(prompts, texts, with_copying=with_copying))

@@ -172,7 +172,7 @@ def measure_policy(base: RunDir, cfg: RunConfig, model_path: str, prompts: list[
     policy = LanguageModelRole(open_backbone(cfg, model_path), None, T)
     task, response_length, stop_rule = task_and_stop_rule(cfg, reference_backbone.tokenizer)
     repeated = [p for p in prompts for _ in range(per_prompt)]
-    texts, stops, lengths, kls = sample_with_kl(policy, reference, repeated, response_length, stop_rule, cfg.collect.batch_size)
+    texts, stops, lengths, kls, _ = sample_with_kl(policy, reference, repeated, response_length, stop_rule, cfg.collect.batch_size)
     gold = mean_sem(reward_as_optimised(task.gold_scorer(repeated, texts), stops, cfg.ppo.missing_stop_penalty))
     out = {"kl": mean_sem(kls)["mean"], "kl_sem": mean_sem(kls)["sem"], "gold_reward": gold["mean"], "gold_reward_sem": gold["sem"],
            "no_stop_fraction": 1 - sum(stops) / len(stops), "response_length_mean": sum(lengths) / len(lengths),

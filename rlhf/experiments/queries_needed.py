@@ -99,7 +99,7 @@ def final_figures(sub: RunDir, cfg: RunConfig, prompts: list[str], reference, po
     seed_everything(cfg.seed + 5)
     policy = LanguageModelRole(open_backbone(cfg, policy_path), None, cfg.task.temperature)
     task, response_length, stop_rule = task_and_stop_rule(cfg, reference.backbone.tokenizer)
-    texts, stops, lengths, kls = sample_with_kl(policy, reference, prompts, response_length, stop_rule, cfg.collect.batch_size)
+    texts, stops, lengths, kls, _ = sample_with_kl(policy, reference, prompts, response_length, stop_rule, cfg.collect.batch_size)
     gold = mean_sem(task.gold_scorer(prompts, texts))
     figures = {"gold_reward": gold["mean"], "gold_reward_sem": gold["sem"], "kl": mean_sem(kls)["mean"], "n": gold["n"],
                "no_stop_fraction": 1 - sum(stops) / len(stops), "examples": [{"prompt": p, "response": t} for p, t in zip(prompts[:4], texts[:4])]}

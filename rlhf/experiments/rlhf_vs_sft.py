@@ -113,7 +113,7 @@ def ppo_summaries(base, rc: RunConfig, prompts: list[str], per_post: int) -> dic
     policy = LanguageModelRole(open_backbone(rc, str(base.root / "ppo" / "model")), None, rc.task.temperature)
     _, response_length, stop_rule = task_and_stop_rule(rc, sft.tokenizer)
     repeated = [p for p in prompts for _ in range(per_post)]
-    texts, stops, _, kls = sample_with_kl(policy, reference, repeated, response_length, stop_rule, rc.collect.batch_size)
+    texts, stops, _, kls, _ = sample_with_kl(policy, reference, repeated, response_length, stop_rule, rc.collect.batch_size)
     groups = [texts[i * per_post : (i + 1) * per_post] for i in range(len(prompts))]
     return {"texts": texts[::per_post], "stops": stops[::per_post], "groups": groups, "kl": sum(kls) / len(kls)}
 

@@ -136,6 +136,8 @@ class Backbone:
     def same_frozen_prefix(self, other: "Backbone") -> bool:
         """Whether `other` computes the same bottom-layer hidden states (same embeddings and bottom-layer weights,
         e.g. the SFT model and a PPO policy merged from top-layer adapters), so one's prefix serves the other."""
+        if other is self:
+            return self.shares_frozen_prefix
         if not (self.shares_frozen_prefix and other.shares_frozen_prefix and self.n_bottom == other.n_bottom):
             return False
         mine, theirs = (getattr(b.causal_lm(), b.causal_lm().base_model_prefix) for b in (self, other))
@@ -191,6 +193,7 @@ class Episodes:
     has_stop: torch.Tensor
     prefix: torch.Tensor | None = None  # frozen bottom-layer hidden states shared by all roles (see Backbone)
     sample_logprobs: torch.Tensor | None = None  # [B,R] log-probs of the sampled tokens, read off the sampling loop
+    scoring: tuple | None = None  # (input_ids, attention_mask, prefix) the reward model scores (sampling.scoring_inputs)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -202,7 +205,9 @@ class Episodes:
 
     def select(self, idx) -> "Episodes":
         return Episodes(self.query_ids[idx], self.query_mask[idx], self.response_ids[idx], self.response_mask[idx], self.has_stop[idx],
-                        None if self.prefix is None else self.prefix[idx])
+                        None if self.prefix is None else self.prefix[idx],
+                        None if self.sample_logprobs is None else self.sample_logprobs[idx],
+                        None if self.scoring is None else tuple(x[idx] for x in self.scoring))
 
 
 class LanguageModelRole:
@@ -222,13 +227,14 @@ class LanguageModelRole:
     @torch.no_grad()
     def sample(self, query_ids: torch.Tensor, query_mask: torch.Tensor, response_length: int,
                stops_at: Callable[[torch.Tensor, int], torch.Tensor] | None = None, uniforms: torch.Tensor | None = None,
-               with_prefix: bool = False):
+               with_prefix: bool = False, eos_tail: tuple[int, torch.Tensor] | None = None):
         """`response_length` new tokens (EOS does not stop the batch; truncation comes after; with `stops_at`,
         rows that stopped are no longer computed; `uniforms` as in `sample_tokens`), at this role's temperature,
         with no top-k/top-p (ppo-rlhf-details.md #5, #7, #8): (tokens, each token's log-probability from the
         sampling loop (for KL estimates; PPO recomputes its own), prefix). with_prefix, prefix is the frozen
         bottom layers' output at every position a later log-prob or value reads ([B, Q+R, d], as
-        `Backbone.frozen_prefix` gives for the finished sequences up to float rounding); else None."""
+        `Backbone.frozen_prefix` gives for the finished sequences up to float rounding; with `eos_tail` as in
+        `sample_tokens`, [B, Q+R+1, d] covering the reward model's input too); else None."""
         from rlhf.models.sampling import sample_tokens  # sampling.py imports this module
 
         with self.backbone.use(self.adapter) as lm:
@@ -236,7 +242,7 @@ class LanguageModelRole:
             if with_prefix:
                 assert self.backbone.shares_frozen_prefix, "with_prefix needs adapters on the top layers only"
                 hidden_of = getattr(lm, lm.base_model_prefix).layers[self.backbone.n_bottom - 1]
-            response, logprobs, prefix = sample_tokens(lm, query_ids, query_mask, response_length, self.temperature, stops_at, uniforms, hidden_of)
+            response, logprobs, prefix = sample_tokens(lm, query_ids, query_mask, response_length, self.temperature, stops_at, uniforms, hidden_of, eos_tail)
         assert response.shape == logprobs.shape == (query_ids.shape[0], response_length), response.shape
         return response, logprobs, prefix
 
@@ -324,6 +330,16 @@ class ScalarRole:
         for rows in length_sorted_batches([len(q) + len(a) for q, a in pairs], batch_size):
             ids, mask, _ = pad_prompt_response([pairs[i] for i in rows], self.backbone.tokenizer.pad_token_id)
             raw[rows] = self.raw_scores_at_last(ids, mask)
+        return raw * self.gain + self.bias
+
+    @torch.no_grad()
+    def score_episodes(self, episodes: Episodes, batch_size: int = 64) -> torch.Tensor:
+        """`score` of sampled episodes from their token ids (not re-tokenised text) and the bottom layers' output
+        kept by the sampling loop (`sample_episodes(for_scoring=True)`): only the top layers run."""
+        assert episodes.scoring is not None, "sample with for_scoring=True"
+        ids, mask, prefix = episodes.scoring
+        raw = torch.cat([self.raw_scores_at_last(ids[i : i + batch_size], mask[i : i + batch_size], prefix[i : i + batch_size])
+                         for i in range(0, len(ids), batch_size)])
         return raw * self.gain + self.bias
 
     @torch.no_grad()

@@ -24,62 +24,90 @@ def sample_categorical(probs: torch.Tensor, u: torch.Tensor | None = None) -> to
 def sample_tokens(lm, query_ids: torch.Tensor, query_mask: torch.Tensor, n_tokens: int, temperature: float,
                   stops_at: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
                   uniforms: torch.Tensor | None = None,
-                  hidden_of: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                  hidden_of: torch.nn.Module | None = None,
+                  eos_tail: tuple[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Ancestral sampling of `n_tokens` tokens after left-padded queries, with a KV cache and the temperature
     applied to the logits: the tokens [B, n_tokens], the log-probability of each under the sampling distribution
     [B, n_tokens], and (with `hidden_of`, one of lm's decoder layers) that layer's output at every position the
-    loop ran [B, Q + n_tokens, d] — the query, and each response token before the last one and before the row's
-    stop; 0 elsewhere — else None. Row b's token at step t inverts the CDF at `uniforms[b, t]` (when not given,
-    drawn here in the order of one draw per row at each step). `stops_at(tokens [b], t)` (the task's stop rule)
-    marks rows whose token at step t ends their response: those rows leave the batch and their cache, and hold
-    token 0 and log-prob 0 after the stop. That is only a saving: fixed-length sampling truncates everything after
-    the stop to padding (ppo-rlhf-details.md #5), and each row's draws are its own, so every row's tokens up to
-    its stop are those of sampling all n_tokens."""
+    loop ran [B, Q + n_tokens (+1 with eos_tail), d], 0 elsewhere; else None.
+
+    Row b's token at step t inverts the CDF at `uniforms[b, t]` (when not given, drawn here in the order of one
+    draw per row at each step). `stops_at(tokens [b], t)` (the task's stop rule) marks rows whose token at step t
+    ends their response: those rows stop sampling and hold token 0 and log-prob 0 after the stop. That is only a
+    saving: fixed-length sampling truncates everything after the stop to padding (ppo-rlhf-details.md #5), and
+    each row's draws are its own, so every row's tokens up to its stop are those of sampling all n_tokens.
+
+    Without eos_tail a row leaves the batch (and its cache) at its last token, which is never fed, so `hidden`
+    covers the query and the response before its last token: what log-probs and values read. With
+    `eos_tail = (eos_id, is_eos [V] bool)` a finished row is fed its last token and then eos_id before it leaves
+    (an EOS last token is fed as eos_id itself), so `hidden` also covers the sequence the reward model scores,
+    response + EOS read at the EOS (`scoring_inputs`)."""
     from transformers import DynamicCache
 
     B, Q = query_ids.shape
     if uniforms is None:
         uniforms = torch.rand(n_tokens, B).T
     assert uniforms.shape == (B, n_tokens), (uniforms.shape, B, n_tokens)
+    assert eos_tail is None or hidden_of is not None, "eos_tail feeds tokens only to keep their hidden states"
+    width = n_tokens + (1 if eos_tail is not None else 0)
     layer_out: list[torch.Tensor] = []
     hook = None if hidden_of is None else hidden_of.register_forward_hook(
         lambda module, args, output: layer_out.append(output[0] if isinstance(output, tuple) else output))
     try:
         cache = DynamicCache(config=lm.config)
-        mask = torch.cat([query_mask, query_mask.new_ones(B, n_tokens)], dim=1)
+        mask = torch.cat([query_mask, query_mask.new_ones(B, width)], dim=1)
         position_ids = position_ids_from_mask(query_mask)
         out = lm(input_ids=query_ids, attention_mask=mask[:, :Q], position_ids=position_ids, past_key_values=cache,
                  use_cache=True, logits_to_keep=1)
         hidden = None
         if hidden_of is not None:
             assert len(layer_out) == 1 and layer_out[0].shape[:2] == (B, Q), "hidden_of must be a layer that runs once per forward"
-            hidden = layer_out[0].new_zeros(B, Q + n_tokens, layer_out[0].shape[-1])
+            hidden = layer_out[0].new_zeros(B, Q + width, layer_out[0].shape[-1])
             hidden[:, :Q] = layer_out.pop()
         tokens = torch.zeros(B, n_tokens, dtype=torch.long)
         logprobs = torch.zeros(B, n_tokens)
-        active = torch.arange(B)  # the rows still in the batch, in the order of the cache's rows
+        # per row of the batch (the cache's rows, in order): its row in the output, whether it still samples, and
+        # how many tail tokens (eos_tail) it has yet to be fed after this step's
+        active = torch.arange(B)
+        sampling = torch.ones(B, dtype=torch.bool)
+        eos_next = torch.zeros(B, dtype=torch.bool)
+        feed = torch.zeros(B, dtype=torch.long)
         position = position_ids[:, -1:]
-        for t in range(n_tokens):
+        for t in range(width):  # the token fed at step t sits at response position t
+            # 1. rows that sample: one token each
+            leave = ~sampling & ~eos_next  # tail rows whose last tail token was fed at the previous step
+            feed = torch.where(~sampling & eos_next, eos_tail[0] if eos_tail is not None else 0, feed)
+            eos_next = eos_next & sampling
+            rows = sampling.nonzero().squeeze(-1)
+            if t < n_tokens and len(rows):
+                step_logprobs = (out.logits[rows, -1].float() / temperature).log_softmax(-1)
+                new = sample_categorical(step_logprobs.exp(), uniforms[active[rows], t : t + 1])
+                tokens[active[rows], t] = new
+                logprobs[active[rows], t] = step_logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+                ended = stops_at(new, t) if stops_at is not None else torch.zeros_like(new, dtype=torch.bool)
+                ended = ended | (t + 1 == n_tokens)
+                feed[rows] = new
+                if eos_tail is None:
+                    leave[rows[ended]] = True
+                else:  # fed now: the last token (an EOS as eos_id); next step: eos_id, unless it was an EOS
+                    last_is_eos = eos_tail[1][new] & ended
+                    feed[rows[last_is_eos]] = eos_tail[0]
+                    eos_next[rows[ended & ~last_is_eos]] = True
+                sampling[rows[ended]] = False
+            # 2. rows that are done leave the batch and its cache
+            if leave.any():
+                keep = ~leave
+                cache.batch_select_indices(keep.nonzero().squeeze(-1))
+                active, sampling, eos_next, feed, position = active[keep], sampling[keep], eos_next[keep], feed[keep], position[keep]
             if len(active) == 0:
                 break
-            step_logprobs = (out.logits[:, -1].float() / temperature).log_softmax(-1)
-            new = sample_categorical(step_logprobs.exp(), uniforms[active, t : t + 1])
-            tokens[active, t] = new
-            logprobs[active, t] = step_logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)
-            if t + 1 == n_tokens:
-                break
-            if stops_at is not None:
-                keep = ~stops_at(new, t)
-                if not keep.all():
-                    cache.batch_select_indices(keep.nonzero().squeeze(-1))
-                    active, position, new = active[keep], position[keep], new[keep]
-                    if len(active) == 0:
-                        break
+            # 3. feed each remaining row its token at response position t
             position = position + 1
-            out = lm(input_ids=new.unsqueeze(-1), attention_mask=mask[active, : Q + t + 1], position_ids=position,
+            out = lm(input_ids=feed.unsqueeze(-1), attention_mask=mask[active, : Q + t + 1], position_ids=position,
                      past_key_values=cache, use_cache=True)
             if hidden is not None:
                 hidden[active, Q + t] = layer_out.pop()[:, 0]
+        assert eos_tail is None or len(active) == 0 or not (sampling | eos_next).any(), "rows left with tokens to feed"
     finally:
         if hook is not None:
             hook.remove()
@@ -137,20 +165,42 @@ def uniform_draws(n_rows: int, n_tokens: int) -> torch.Tensor:
     return torch.cat(blocks) if blocks else torch.zeros(0, n_tokens)
 
 
+def scoring_inputs(episodes: Episodes, hidden: torch.Tensor, eos_id: int, is_eos: torch.Tensor):
+    """(input_ids, attention_mask, prefix) [B, Q+R+1] of what the reward model scores for sampled episodes: the
+    query, the response up to its stop, and EOS, read at the EOS (an EOS stop is that EOS), as `ScalarRole.tokenize`
+    lays out a (prompt, response) pair; `hidden` is `sample_tokens`'s with eos_tail=(eos_id, is_eos)."""
+    B, R = episodes.response_ids.shape
+    n = episodes.response_mask.sum(-1).long()  # tokens up to and including the stop
+    last = episodes.response_ids.gather(1, (n - 1).unsqueeze(-1)).squeeze(-1)
+    ends_eos = episodes.has_stop & is_eos[last]
+    ids = torch.cat([episodes.response_ids, episodes.response_ids.new_zeros(B, 1)], dim=1)
+    ids[torch.arange(B), torch.where(ends_eos, n - 1, n)] = eos_id
+    mask = (torch.arange(R + 1) < (n + (~ends_eos).long()).unsqueeze(-1)).long()
+    assert hidden.shape[:2] == (B, episodes.query_ids.shape[1] + R + 1), hidden.shape
+    return torch.cat([episodes.query_ids, ids], dim=1), torch.cat([episodes.query_mask, mask], dim=1), hidden
+
+
 @torch.no_grad()
 def sample_episodes(policy: LanguageModelRole, prompts: list[str], response_length: int, stop_rule: StopRule,
-                    uniforms: torch.Tensor | None = None, with_prefix: bool = False) -> tuple[Episodes, list[str]]:
+                    uniforms: torch.Tensor | None = None, with_prefix: bool = False,
+                    for_scoring: bool = False) -> tuple[Episodes, list[str]]:
     """Sample one response per prompt (row i's tokens picked by `uniforms[i]`, default `uniform_draws`); tokens
     after the stop become padding (masked). with_prefix, the episodes carry the frozen bottom layers' output
-    from the sampling loop itself (`LanguageModelRole.sample`), so no role runs those layers again."""
+    from the sampling loop itself (`LanguageModelRole.sample`), so no role runs those layers again; for_scoring,
+    also `episodes.scoring` (`scoring_inputs`), so that a reward model sharing those layers scores the episodes
+    with its top layers only (`ScalarRole.score_episodes`)."""
     tok = policy.backbone.tokenizer
     query_ids, query_mask = encode_queries(tok, prompts)
     uniforms = uniform_draws(len(prompts), response_length) if uniforms is None else uniforms
-    response_ids, logprobs, prefix = policy.sample(query_ids, query_mask, response_length, stops_at=stop_rule.stops_at,
-                                                   uniforms=uniforms, with_prefix=with_prefix)
+    eos_tail = (tok.eos_token_id, stop_rule.is_eos) if for_scoring else None
+    response_ids, logprobs, hidden = policy.sample(query_ids, query_mask, response_length, stops_at=stop_rule.stops_at,
+                                                   uniforms=uniforms, with_prefix=with_prefix or for_scoring, eos_tail=eos_tail)
     mask, has_stop = stop_rule.apply(response_ids)
     response_ids = torch.where(mask.bool(), response_ids, torch.full_like(response_ids, tok.pad_token_id))
+    prefix = None if hidden is None else hidden[:, : query_ids.shape[1] + response_length]
     episodes = Episodes(query_ids, query_mask, response_ids, mask, has_stop, prefix=prefix, sample_logprobs=logprobs)
+    if for_scoring:
+        episodes.scoring = scoring_inputs(episodes, hidden, tok.eos_token_id, stop_rule.is_eos)
     return episodes, decode_responses(tok, response_ids, mask)
 
 

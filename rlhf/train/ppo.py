@@ -158,7 +158,10 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
         first = iteration * pc.batch_size % len(prompts)
         batch_prompts = [prompts[order[(first + j) % len(prompts)]] for j in range(pc.batch_size)]
         # (the frozen bottom layers' output is kept from the sampling loop: they never run again for any role or epoch)
-        episodes, texts = sample_episodes(policy, batch_prompts, response_length, stop_rule, with_prefix=policy.backbone.shares_frozen_prefix)
+        # (and the reward model, on the same bottom layers, scores the sampled tokens from it with its top layers only)
+        from_sampling = pc.reward_source != "gold" and policy.backbone.same_frozen_prefix(reward.backbone)
+        episodes, texts = sample_episodes(policy, batch_prompts, response_length, stop_rule,
+                                          with_prefix=policy.backbone.shares_frozen_prefix, for_scoring=from_sampling)
         mask = episodes.response_mask
         B = len(batch_prompts)
 
@@ -166,7 +169,8 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
             # 2. score with the reward model (or the gold scorer); responses with no stop get a fixed penalty (Ziegler §3.1.2)
             wants_gold = task.gold_scorer is not None and (pc.log_gold_reward or pc.reward_source == "gold")
             gold = task.gold_scorer(batch_prompts, texts) if wants_gold else None
-            rm_scores = torch.tensor(gold) if pc.reward_source == "gold" else reward.score(batch_prompts, texts)
+            rm_scores = (torch.tensor(gold) if pc.reward_source == "gold" else
+                         reward.score_episodes(episodes) if from_sampling else reward.score(batch_prompts, texts))
             scores = apply_missing_stop_penalty(rm_scores, episodes.has_stop, pc.missing_stop_penalty)
             # 3. log-probs of policy and reference and the values, in the same minibatches as the first epoch
             mbs = chunks(B, pc.minibatch_size)
