@@ -12,7 +12,8 @@ import time
 
 import torch
 
-from rlhf.models.roles import encode_queries, position_ids_from_mask
+from rlhf.models.encoding import encode_queries
+from rlhf.models.roles import position_ids_from_mask
 from rlhf.tasks.sentiment_lm_gold import LMSentimentScorer, _model, judge_input
 
 

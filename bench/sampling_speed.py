@@ -18,7 +18,7 @@ import torch
 
 from rlhf.config import load_config
 from rlhf.models.loading import open_backbone, sft_model_path, task_and_stop_rule
-from rlhf.models.roles import encode_queries
+from rlhf.models.encoding import encode_queries
 from rlhf.models.sampling import sample_tokens, uniform_draws
 from rlhf.run import RunDir, seed_everything
 from rlhf.train.bon import eval_prompts

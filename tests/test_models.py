@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from rlhf.models.provision import ModelNotAvailable, from_pretrained, load_causal_lm, load_tokenizer
-from rlhf.models.roles import Backbone, Episodes, LanguageModelRole, ScalarRole, encode_queries, position_ids_from_mask
+from rlhf.models.encoding import encode_queries
+from rlhf.models.roles import Backbone, Episodes, LanguageModelRole, ScalarRole, position_ids_from_mask
 from rlhf.models.sampling import StopRule, sample_episodes
 
 
@@ -163,7 +164,8 @@ def test_frozen_prefix_then_top_layers_equals_full_forward(tiny_model_dir):
 
 
 def test_reward_scores_from_cached_prefix_equal_direct_scores(tiny_model_dir):
-    from rlhf.models.roles import encode_for_scoring, pad_encoded
+    from rlhf.models.encoding import pad_encoded
+    from rlhf.models.roles import encode_for_scoring
 
     bb = top_layer_backbone(tiny_model_dir, "reward")
     tok = bb.tokenizer
@@ -178,7 +180,8 @@ def test_reward_scores_from_cached_prefix_equal_direct_scores(tiny_model_dir):
 
 
 def test_scores_in_length_sorted_batches_come_back_in_input_order(tiny_model_dir):
-    from rlhf.models.roles import encode_for_scoring, length_sorted_batches
+    from rlhf.models.encoding import length_sorted_batches
+    from rlhf.models.roles import encode_for_scoring
 
     assert length_sorted_batches([5, 2, 9, 2, 7], 2) == [[1, 3], [0, 4], [2]]
     bb = top_layer_backbone(tiny_model_dir, "reward")

@@ -89,7 +89,8 @@ class LMPairwiseJudge:
     @torch.no_grad()
     def answer_logprobs(self, items: Sequence[tuple[str, str, str]]) -> list[tuple[float, float]]:
         """(log P(" A"), log P(" B")) of the next token for each (prompt, a, b), in batches of `batch_size`."""
-        from rlhf.models.roles import encode_queries, position_ids_from_mask
+        from rlhf.models.encoding import encode_queries
+        from rlhf.models.roles import position_ids_from_mask
 
         tokenizer, model, (token_a, token_b) = self._model()
         out: list[tuple[float, float]] = []

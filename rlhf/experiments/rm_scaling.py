@@ -176,7 +176,7 @@ def trunk_pass(rm, seqs: list[torch.Tensor], keep_prefix: bool, chunk: int = 16)
     hidden states per sequence (for LoRA on the top layers). Sequences run in length order to waste little padding."""
     from tqdm import tqdm
 
-    from rlhf.models.roles import EncodedSequence, pad_encoded
+    from rlhf.models.encoding import EncodedSequence, pad_encoded
 
     backbone = rm.backbone
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
@@ -209,7 +209,7 @@ def lp_ft_scores(rm, cfg: Config, train: list[Comparison], train_x, train_encode
     annealing, `reward.epochs` epochs in seeded orders; scores of the held-out responses."""
     from transformers import get_linear_schedule_with_warmup
 
-    from rlhf.models.roles import pad_encoded
+    from rlhf.models.encoding import pad_encoded
     from rlhf.train.optim import optimizer_step, trainable_parameters
     from rlhf.train.reward import comparison_loss, fit_head_on_features
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from rlhf.models.encoding import EncodedSequence, length_sorted_batches, pad_encoded, pad_prompt_response, tokenize_prompt_response
 from rlhf.train.losses import entropy_from_logits, logprobs_from_logits, reward_head_init_std
 
 
@@ -343,7 +344,7 @@ class ScalarRole:
         return raw * self.gain + self.bias
 
     @torch.no_grad()
-    def score_encoded(self, seqs: list["EncodedSequence"], batch_size: int = 64) -> torch.Tensor:
+    def score_encoded(self, seqs: list[EncodedSequence], batch_size: int = 64) -> torch.Tensor:
         """`score` for sequences already through `encode_for_scoring`: only the layers above the frozen prefix run."""
         pad_id = self.backbone.tokenizer.pad_token_id
         raw = torch.zeros(len(seqs))
@@ -382,49 +383,6 @@ class ScalarRole:
         self.gain, self.bias = float(meta["gain"]), float(meta["bias"])
 
 
-def tokenize_prompt_response(tokenizer, prompts: list[str], responses: list[str], append_eos: bool = False) -> list[tuple[list[int], list[int]]]:
-    """Prompt and response tokenised separately, as in sampling: one (prompt ids, response ids) per pair."""
-    assert len(prompts) == len(responses)
-    rows = []
-    for p, r in zip(prompts, responses):
-        q = tokenizer(p, add_special_tokens=True).input_ids
-        a = tokenizer(r, add_special_tokens=False).input_ids
-        if append_eos:
-            a = a + [tokenizer.eos_token_id]
-        if not q:
-            raise ValueError(f"empty prompt: {p!r}")
-        rows.append((q, a))
-    return rows
-
-
-def pad_prompt_response(rows: list[tuple[list[int], list[int]]], pad_id: int, padding_side: str = "left"):
-    """Tokenised (prompt, response) pairs padded into (input_ids, attention_mask, response_mask)."""
-    T = max(len(q) + len(a) for q, a in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    rmask = torch.zeros((len(rows), T), dtype=torch.float32)
-    for i, (q, a) in enumerate(rows):
-        seq = q + a
-        start = T - len(seq) if padding_side == "left" else 0
-        ids[i, start : start + len(seq)] = torch.tensor(seq)
-        mask[i, start : start + len(seq)] = 1
-        rmask[i, start + len(q) : start + len(seq)] = 1
-    return ids, mask, rmask
-
-
-def encode_prompt_response(tokenizer, prompts: list[str], responses: list[str], padding_side: str = "left", append_eos: bool = False):
-    """Tokenise prompt and response separately (as in sampling) and pad: (input_ids, attention_mask, response_mask)."""
-    return pad_prompt_response(tokenize_prompt_response(tokenizer, prompts, responses, append_eos), tokenizer.pad_token_id, padding_side)
-
-
-@dataclass
-class EncodedSequence:
-    """One tokenised sequence without padding, with its frozen-prefix hidden states when the backbone shares them."""
-
-    ids: torch.Tensor
-    prefix: torch.Tensor | None
-
-
 @torch.no_grad()
 def encode_for_scoring(role: "ScalarRole", prompts: list[str], responses: list[str], chunk: int = 64) -> list[EncodedSequence]:
     """Tokenise (and run the frozen bottom layers once, in batches of similar lengths) so that many epochs over
@@ -438,44 +396,6 @@ def encode_for_scoring(role: "ScalarRole", prompts: list[str], responses: list[s
             real = mask[k].bool()
             out[i] = EncodedSequence(ids[k][real], None if prefix is None else prefix[k][real])
     return out
-
-
-def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices 0..len(lengths)-1 in batches of at most batch_size, shortest first, so that a padded batch wastes
-    little on padding; the caller puts each result back at its index."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def pad_encoded(seqs: list[EncodedSequence], pad_id: int):
-    """Left-pad sequences back into (input_ids, attention_mask, prefix or None)."""
-    T = max(len(s.ids) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    prefix = None if seqs[0].prefix is None else torch.zeros((len(seqs), T, seqs[0].prefix.shape[-1]))
-    for i, s in enumerate(seqs):
-        n = len(s.ids)
-        ids[i, T - n :] = s.ids
-        mask[i, T - n :] = 1
-        if prefix is not None:
-            prefix[i, T - n :] = s.prefix
-    return ids, mask, prefix
-
-
-def left_pad(token_lists: list[list[int]], pad_id: int):
-    """Left-padded ids and attention mask [B, longest] of token-id lists."""
-    Q = max(len(e) for e in token_lists)
-    ids = torch.full((len(token_lists), Q), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(token_lists), Q), dtype=torch.long)
-    for i, e in enumerate(token_lists):
-        ids[i, Q - len(e) :] = torch.tensor(e)
-        mask[i, Q - len(e) :] = 1
-    return ids, mask
-
-
-def encode_queries(tokenizer, prompts: list[str]):
-    """Left-padded query ids and mask."""
-    return left_pad([tokenizer(p, add_special_tokens=True).input_ids for p in prompts], tokenizer.pad_token_id)
 
 
 def export_reward_model(role: ScalarRole, folder) -> None:

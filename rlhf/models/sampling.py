@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 import torch
 
-from rlhf.models.roles import Episodes, LanguageModelRole, encode_queries, position_ids_from_mask
+from rlhf.models.encoding import encode_queries
+from rlhf.models.roles import Episodes, LanguageModelRole, position_ids_from_mask
 
 
 def sample_categorical(probs: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:

@@ -69,7 +69,8 @@ class LMSentimentScorer:
         whose tokens do not start with the question's (impossible with `judge_input`, checked anyway) runs whole."""
         from transformers import DynamicCache
 
-        from rlhf.models.roles import encode_queries, left_pad, position_ids_from_mask
+        from rlhf.models.encoding import encode_queries, left_pad
+        from rlhf.models.roles import position_ids_from_mask
 
         trunk = getattr(model, model.base_model_prefix)
         prefix = tokenizer(shared_question_prefix(), add_special_tokens=True).input_ids

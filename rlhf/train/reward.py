@@ -14,7 +14,8 @@ from rlhf.config import RewardConfig, RunConfig
 from rlhf.data.io import read_jsonl
 from rlhf.data.records import Comparison
 from rlhf.models.loading import task_for, open_backbone, prompt_source, sft_model_path
-from rlhf.models.roles import Backbone, EncodedSequence, ScalarRole, encode_for_scoring, export_reward_model, pad_encoded
+from rlhf.models.encoding import EncodedSequence, pad_encoded
+from rlhf.models.roles import Backbone, ScalarRole, encode_for_scoring, export_reward_model
 from rlhf.run import MetricsLog, RunDir, seed_everything
 from rlhf.train.losses import (
     best_of_k_loss,

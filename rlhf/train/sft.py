@@ -13,7 +13,8 @@ from tqdm import tqdm
 
 from rlhf.config import RunConfig
 from rlhf.models.loading import task_for, base_model_path, open_backbone, prompt_source
-from rlhf.models.roles import Backbone, encode_prompt_response
+from rlhf.models.encoding import encode_prompt_response
+from rlhf.models.roles import Backbone
 from rlhf.run import MetricsLog, RunDir, seed_everything
 from rlhf.train.optim import load_trainable_state, optimizer_step, trainable_parameters, trainable_state
 
