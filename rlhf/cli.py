@@ -68,11 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default="", help="cache folder (default $RLHF_CACHE or ~/.cache/rlhf)")
 
     p = sub.add_parser("experiment", help="run one of the papers' experiments in miniature -> OUT/summary.{json,md} and plots",
-                       description="Run an experiment (frontier, queries_needed, overoptimization, rm_scaling, rlhf_vs_sft) into --out; "
+                       description="Run an experiment (frontier, queries_needed, overoptimization, rouge_proxy, rm_scaling, rlhf_vs_sft) into --out; "
                        "re-running on the same --out reuses its finished parts.")
     p.add_argument("--config", default="", help="YAML config (see configs/experiments/NAME.yaml); empty = the experiment's defaults")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("name", help="experiment name: frontier, queries_needed, overoptimization, rm_scaling or rlhf_vs_sft")
+    p.add_argument("name", help="experiment name: frontier, queries_needed, overoptimization, rouge_proxy, rm_scaling or rlhf_vs_sft")
     p.add_argument("overrides", nargs="*", help="config overrides such as run.ppo.iterations=2 pool_prompts=8 (before or after the options)")
 
     from rlhf.label.cli import add_label_parser

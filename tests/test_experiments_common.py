@@ -8,7 +8,7 @@ import pytest
 
 from rlhf.experiments.common import best_of_n_from_pool, frontier_over_prompts
 from rlhf.experiments.frontier import point_against_frontier
-from rlhf.experiments.overoptimization import peak
+from rlhf.experiments.overoptimization import batches_by_kl, peak, trajectory
 
 
 def test_best_of_n_uses_disjoint_groups_and_the_selector():
@@ -28,6 +28,17 @@ def test_best_of_n_uses_disjoint_groups_and_the_selector():
     assert best_of_n_from_pool(values, values, 4)["mean"] == pytest.approx(22.0)
     with pytest.raises(ValueError, match="n must be in"):
         best_of_n_from_pool(selector, values, 5)
+
+
+def test_best_of_n_leaves_out_unparseable_values():
+    selector = np.array([[1.0, 3.0, 2.0, 0.0], [0.0, 0.0, 5.0, 1.0]])
+    values = np.array([[1.0, np.nan, 0.5, 0.0], [np.nan, 0.0, np.nan, 1.0]])
+    # n=2: prompt 0 picks index 1 (nan) and 2 (0.5) -> 0.5; prompt 1 picks index 0 (nan) and 2 (nan) -> dropped
+    two = best_of_n_from_pool(selector, values, 2)
+    assert two["mean"] == pytest.approx(0.5) and two["n_picks"] == 1
+    # n=1: prompt 0 (1 + 0.5 + 0) / 3 = 0.5, prompt 1 (0 + 1) / 2 = 0.5
+    one = best_of_n_from_pool(selector, values, 1)
+    assert one["mean"] == pytest.approx(0.5) and one["sem"] == pytest.approx(0.0) and one["n_picks"] == 5
 
 
 def test_frontier_over_prompts_averages_per_prompt_tilts():
@@ -62,6 +73,24 @@ def test_peak_finds_the_rise_and_fall():
     assert peak(points) == {"peak_kl": 1.0, "peak_gold_reward": 1.0, "gold_falls_after_peak": True, "drop_after_peak": 0.5, "last_point_sem": None}
     rising = peak([{"kl": 0.0, "gold_reward": 0.0}, {"kl": 1.0, "gold_reward": 1.0}])
     assert rising["gold_falls_after_peak"] is False and rising["drop_after_peak"] == 0.0
+
+
+def test_trajectory_reads_the_scores_as_optimised_from_the_ppo_log():
+    rows = [{"iteration": 1, "kl": 0.0, "rm_score": 0.2, "score": -0.1, "gold_reward": 2.0, "gold_score": 1.5},
+            {"iteration": 2, "kl": 3.5, "rm_score": 0.9, "score": 0.9}]  # no gold logged in this one
+    assert trajectory(rows) == [{"iteration": 1, "kl": 0.0, "proxy_reward": -0.1, "gold_reward": 1.5},
+                                {"iteration": 2, "kl": 3.5, "proxy_reward": 0.9, "gold_reward": None}]
+
+
+def test_batches_by_kl_pools_the_runs_into_bins():
+    runs = [{"beta": 0.1, "points": [{"kl": 0.0, "proxy_reward": 0.0, "gold_reward": 1.0}, {"kl": 5.0, "proxy_reward": 1.0, "gold_reward": 3.0}]},
+            {"beta": 0.01, "points": [{"kl": 9.0, "proxy_reward": 2.0, "gold_reward": 2.0}, {"kl": 12.0, "proxy_reward": 4.0, "gold_reward": 4.0},
+                                      {"kl": 3.0, "proxy_reward": 9.0, "gold_reward": None}, {"kl": 30.0, "proxy_reward": 5.0, "gold_reward": 0.5}]}]
+    first, second, third = batches_by_kl(runs, 8.0)  # [0, 8): KL 0 and 5; [8, 16): 9 and 12; [24, 32): 30; no gold = left out
+    assert (first["n_batches"], first["kl"], first["proxy_reward"], first["gold_reward"]) == (2, 2.5, 0.5, 2.0)
+    assert first["gold_reward_sem"] == pytest.approx(1.0)  # std(1, 3) = sqrt(2), over sqrt(2)
+    assert (second["kl_low"], second["kl_high"], second["kl"], second["proxy_reward"], second["gold_reward"]) == (8.0, 16.0, 10.5, 3.0, 3.0)
+    assert (third["kl_low"], third["n_batches"], third["gold_reward_sem"]) == (24.0, 1, None)
 
 
 def test_cli_passes_overrides_after_the_options_to_the_experiment_config(tmp_path, capsys):

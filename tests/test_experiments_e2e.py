@@ -68,6 +68,12 @@ def test_overoptimization_experiment_writes_sweeps(tiny_model_dir, tmp_path):
     assert all(p >= proxies[0] - 1e-6 for p in proxies)  # the best of each group by the proxy is at least the group's mean
     assert s["bon_sweep"][0]["proxy_reward"] == pytest.approx(s["rho"]["proxy_reward"], abs=1e-5)
     assert s["labeler_temperature"] == 0.5 and s["wall_seconds"] > 0
+    # each PPO run's path, one point per iteration: the first batch is sampled from rho itself (KL 0)
+    assert [run["beta"] for run in s["ppo_trajectories"]] == [0.1, 0.01]
+    for run in s["ppo_trajectories"]:
+        assert [p["iteration"] for p in run["points"]] == [1] and abs(run["points"][0]["kl"]) < 1e-3
+        assert all(-1.0 <= p["gold_reward"] <= 1.0 for p in run["points"])
+    assert sum(b["n_batches"] for b in s["ppo_batches_by_kl"]) == 2  # one batch per run, pooled by KL
     assert (out / "overoptimization.png").stat().st_size > 1000
 
 

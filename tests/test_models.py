@@ -355,3 +355,25 @@ def test_reward_model_scores_sampled_episodes_from_the_sampling_loop(tiny_model_
     with torch.no_grad():
         full = rm.raw_scores_at_last(ids, mask) * 1.5 + 0.25
     assert torch.allclose(rm.score_episodes(episodes, batch_size=3), full, atol=1e-5)
+
+
+def test_best_of_n_and_eval_sampling_draw_what_sample_texts_draws(backbone):
+    """The three batch loops share `sampled_batches`: best-of-N's candidates and the eval's samples (with their KL
+    to the policy itself, exactly 0) are what `sample_texts` draws from the same seed, whatever the batch size."""
+    from rlhf.eval.evaluate import sample_with_kl
+    from rlhf.models.sampling import sample_texts
+    from rlhf.train.bon import draw_best_of_n
+
+    policy, rm = LanguageModelRole(backbone, "policy", temperature=1.0), ScalarRole(backbone, "reward")
+    rule = StopRule(backbone.tokenizer, (".",), min_tokens=2)
+    prompts = ["One", "Two three", "A much longer opening line"]
+    torch.manual_seed(3)
+    texts, stops, lengths = sample_texts(policy, [p for p in prompts for _ in range(2)], 6, rule, batch_size=4)
+    torch.manual_seed(3)
+    candidates, best = draw_best_of_n(policy, rm, prompts, 2, 6, rule, batch_size=5, missing_stop_penalty=-1.0)
+    assert [c.response for c in candidates] == texts and [c.has_stop for c in candidates] == stops
+    assert [b.response for b in best] == [max(candidates[2 * i : 2 * i + 2], key=lambda c: c.meta["rm_score"]).response for i in range(3)]
+    torch.manual_seed(3)
+    eval_texts, eval_stops, eval_lengths, kls, scores = sample_with_kl(policy, policy, [p for p in prompts for _ in range(2)], 6, rule, batch_size=3, reward=rm)
+    assert (eval_texts, eval_stops, eval_lengths) == (texts, stops, lengths) and kls == [0.0] * 6
+    assert scores == pytest.approx([c.meta["rm_score_no_penalty"] for c in candidates], abs=1e-5)

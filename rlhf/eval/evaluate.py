@@ -22,7 +22,7 @@ from rlhf.eval.text_metrics import (
 from rlhf.labelers.simulated import preference_from_gold
 from rlhf.models.loading import base_model_path, open_backbone, sft_model_path, task_and_stop_rule
 from rlhf.models.roles import LanguageModelRole, ScalarRole
-from rlhf.models.sampling import sample_episodes, uniform_draws
+from rlhf.models.sampling import sampled_batches
 from rlhf.run import RunDir, seed_everything
 from rlhf.tasks.tldr import tldr_post
 from rlhf.train.bon import best_of_n_kl, draw_best_of_n, eval_prompts
@@ -38,14 +38,14 @@ def sample_with_kl(policy: LanguageModelRole, reference: LanguageModelRole, prom
     """Responses of `policy` and, for each, the summed log-ratio log pi - log pi_ref over its tokens (a sample of KL),
     and (with `reward`) its reward-model score, else None: (texts, stops, lengths, kls, rm scores)."""
     texts, stops, lengths, kls, rm = [], [], [], [], []
-    uniforms = uniform_draws(len(prompts), response_length)  # the samples do not depend on batch_size
     # when policy and reference (or reward model) share the frozen bottom layers (top-layer adapters merged), they
     # run their top layers only, on the bottom layers' output kept from the sampling loop
-    with_prefix = policy is not reference and policy.backbone.same_frozen_prefix(reference.backbone)
-    for_scoring = reward is not None and policy.backbone.same_frozen_prefix(reward.backbone)
-    for i in range(0, len(prompts), batch_size):
-        batch = prompts[i : i + batch_size]
-        episodes, batch_texts = sample_episodes(policy, batch, response_length, stop_rule, uniforms[i : i + batch_size], with_prefix, for_scoring)
+    shares_with_reference = policy.backbone.same_frozen_prefix(reference.backbone)
+    with_prefix = policy is not reference and shares_with_reference
+    for_scoring = reward is not None and (shares_with_reference if reward.backbone is reference.backbone
+                                          else policy.backbone.same_frozen_prefix(reward.backbone))
+    for rows, episodes, batch_texts in sampled_batches(policy, prompts, response_length, stop_rule, batch_size, with_prefix, for_scoring):
+        batch = prompts[rows]
         if policy is reference:  # the SFT policy is the reference: its KL is exactly 0
             log_ratio = torch.zeros_like(episodes.response_mask, dtype=torch.float32)
         else:  # in slices of 64: the reference's logits over a whole batch would be large

@@ -52,18 +52,23 @@ def mean_over_pairs(metric: Callable[[str, str], float | None], summaries: Seque
 # ------------------------------------------------------------------------------------------------ ROUGE
 
 
-def rouge_f1(predictions: Sequence[str], references: Sequence[str], use_stemmer: bool = True) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F1 of predictions against references (Lin 2004; Google's rouge-score package)."""
+def rouge_per_pair(predictions: Sequence[str], references: Sequence[str], use_stemmer: bool = True) -> list[dict[str, float]]:
+    """ROUGE-1/2/L F1 of each prediction against its reference (Lin 2004; Google's rouge-score package)."""
     from rouge_score import rouge_scorer
 
     _check_pairs(predictions, references)
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
-    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    out = []
     for prediction, reference in zip(predictions, references):
         scores = scorer.score(reference, prediction)  # rouge-score takes (target, prediction)
-        for name in ROUGE_TYPES:
-            totals[name] += scores[name].fmeasure
-    return {name: total / len(predictions) for name, total in totals.items()}
+        out.append({name: scores[name].fmeasure for name in ROUGE_TYPES})
+    return out
+
+
+def rouge_f1(predictions: Sequence[str], references: Sequence[str], use_stemmer: bool = True) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F1 of predictions against references."""
+    per_pair = rouge_per_pair(predictions, references, use_stemmer)
+    return {name: sum(p[name] for p in per_pair) / len(per_pair) for name in ROUGE_TYPES}
 
 
 # ------------------------------------------------------------------------------------------------ copying

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-EXPERIMENTS = ("frontier", "queries_needed", "overoptimization", "rm_scaling", "rlhf_vs_sft")
+EXPERIMENTS = ("frontier", "queries_needed", "overoptimization", "rouge_proxy", "rm_scaling", "rlhf_vs_sft")
 
 
 def run_experiment(name: str, config_path: str | Path | None, out: str | Path, overrides: list[str] = ()) -> dict:
@@ -17,6 +17,8 @@ def run_experiment(name: str, config_path: str | Path | None, out: str | Path, o
         from rlhf.experiments import queries_needed as module
     elif name == "overoptimization":
         from rlhf.experiments import overoptimization as module
+    elif name == "rouge_proxy":
+        from rlhf.experiments import rouge_proxy as module
     elif name == "rm_scaling":
         from rlhf.experiments import rm_scaling as module
     elif name == "rlhf_vs_sft":

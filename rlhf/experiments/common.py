@@ -144,7 +144,8 @@ def frontier_over_prompts(rewards: np.ndarray, betas: list[float]) -> list[dict]
 # Stiennon et al. 2020 §4.1 (fig. 5): best-of-N, the response the selector scores highest among N samples.
 def best_of_n_from_pool(selector: np.ndarray, values: np.ndarray, n: int) -> dict:
     """Mean and sem over prompts of `values` at the `selector`'s best of each disjoint group of n of a prompt's
-    M samples (M // n groups per prompt, a leftover tail is unused), both arrays [P, M]."""
+    M samples (M // n groups per prompt, a leftover tail is unused), both arrays [P, M]. A NaN value (an
+    unparseable verdict) is left out: a prompt's mean is over its other picks, and a prompt with none is dropped."""
     P, M = selector.shape
     if not 1 <= n <= M:
         raise ValueError(f"best-of-N: n must be in [1, {M}] (the pool's samples per prompt), got {n}")
@@ -152,8 +153,10 @@ def best_of_n_from_pool(selector: np.ndarray, values: np.ndarray, n: int) -> dic
     sel = selector[:, : groups * n].reshape(P, groups, n)
     val = values[:, : groups * n].reshape(P, groups, n)
     picked = np.take_along_axis(val, sel.argmax(-1)[..., None], -1)[..., 0]  # [P, groups]
-    stats = mean_sem(picked.mean(-1))
-    return {"mean": stats["mean"], "sem": stats["sem"]}
+    counted = np.isfinite(picked)
+    per_prompt = np.where(counted, picked, 0.0).sum(-1)[counted.any(-1)] / counted.sum(-1)[counted.any(-1)]
+    stats = mean_sem(per_prompt)
+    return {"mean": stats["mean"], "sem": stats["sem"], "n_picks": int(counted.sum())}
 
 
 # 3. measuring a trained policy ----------------------------------------------------------------------------
@@ -192,6 +195,11 @@ def measured_sub_run(sub: RunDir, base: RunDir, cfg: RunConfig, prompts: list[st
     figures["ppo_seconds"] = sub.read_summary().get("stage_seconds", {}).get("ppo")
     atomic_write_json(path, figures)
     return figures
+
+
+def ppo_metrics(sub: RunDir) -> list[dict]:
+    """The rows of a sub-run's PPO log (SUB/ppo/metrics.jsonl), one per iteration."""
+    return [json.loads(line) for line in (sub.root / "ppo" / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def beta_label(beta: float) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 from rlhf.config import RunConfig, config_to_dict
 from rlhf.data.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 from rlhf.data.records import Comparison
-from rlhf.experiments.common import save_figure
+from rlhf.experiments.common import ppo_metrics, save_figure
 from rlhf.run import RunDir, seed_everything
 
 log = logging.getLogger("rlhf")
@@ -81,7 +81,7 @@ def subset_collect(sub: RunDir, base: RunDir, n: int, seed: int) -> None:
 
 
 def ppo_curve(sub: RunDir, batch_size: int) -> dict:
-    rows = [json.loads(line) for line in (sub.root / "ppo" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = ppo_metrics(sub)
     return {"episodes": episodes_axis([r["iteration"] for r in rows], batch_size), "gold_reward": [r["gold_reward"] for r in rows],
             "rm_score": [r["rm_score"] for r in rows], "kl": [r["kl"] for r in rows]}
 

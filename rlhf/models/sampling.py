@@ -205,14 +205,23 @@ def sample_episodes(policy: LanguageModelRole, prompts: list[str], response_leng
     return episodes, decode_responses(tok, response_ids, mask)
 
 
-def sample_texts(policy: LanguageModelRole, prompts: list[str], response_length: int, stop_rule: StopRule, batch_size: int = 64, progress: str = ""):
-    """Responses for many prompts in batches: (texts, has_stop list, lengths list)."""
+def sampled_batches(policy: LanguageModelRole, prompts: list[str], response_length: int, stop_rule: StopRule, batch_size: int,
+                    with_prefix: bool = False, for_scoring: bool = False, progress: str = ""):
+    """Episodes of `policy` for many prompts, a batch at a time: yields (slice of `prompts`, episodes, texts). The
+    uniform draws for all prompts are made first, so the samples do not depend on batch_size."""
     from tqdm import tqdm
 
-    texts, stops, lengths = [], [], []
-    uniforms = uniform_draws(len(prompts), response_length)  # the samples do not depend on batch_size
+    uniforms = uniform_draws(len(prompts), response_length)
     for i in tqdm(range(0, len(prompts), batch_size), desc=progress or "sampling", leave=False, disable=not progress):
-        episodes, batch_texts = sample_episodes(policy, prompts[i : i + batch_size], response_length, stop_rule, uniforms[i : i + batch_size])
+        rows = slice(i, i + batch_size)
+        episodes, texts = sample_episodes(policy, prompts[rows], response_length, stop_rule, uniforms[rows], with_prefix, for_scoring)
+        yield rows, episodes, texts
+
+
+def sample_texts(policy: LanguageModelRole, prompts: list[str], response_length: int, stop_rule: StopRule, batch_size: int = 64, progress: str = ""):
+    """Responses for many prompts in batches: (texts, has_stop list, lengths list)."""
+    texts, stops, lengths = [], [], []
+    for _, episodes, batch_texts in sampled_batches(policy, prompts, response_length, stop_rule, batch_size, progress=progress):
         texts += batch_texts
         stops += episodes.has_stop.tolist()
         lengths += episodes.response_mask.sum(-1).long().tolist()

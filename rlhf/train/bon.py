@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 
 import torch
-from tqdm import tqdm
 
 from rlhf.config import RunConfig
 from rlhf.data.io import write_jsonl
 from rlhf.data.records import Sample
 from rlhf.models.loading import task_for, open_backbone, prompt_source, sft_model_path, task_and_stop_rule
 from rlhf.models.roles import LanguageModelRole
-from rlhf.models.sampling import sample_episodes, uniform_draws
+from rlhf.models.sampling import sampled_batches
 from rlhf.run import RunDir, seed_everything
 from rlhf.train.reward import load_reward_model
 
@@ -43,14 +42,12 @@ def draw_best_of_n(policy: LanguageModelRole, reward, prompts: list[str], n: int
     repeated = [p for p in prompts for _ in range(n)]
     # a reward model on the policy's frozen bottom layers scores from the sampling loop's hidden states (top layers only)
     from_sampling = policy.backbone.same_frozen_prefix(reward.backbone)
-    uniforms = uniform_draws(len(repeated), response_length)  # the samples do not depend on batch_size
     texts, stops, batch_scores = [], [], []
-    for i in tqdm(range(0, len(repeated), batch_size), desc=f"best-of-{n}: sampling", leave=False):
-        episodes, batch_texts = sample_episodes(policy, repeated[i : i + batch_size], response_length, stop_rule, uniforms[i : i + batch_size],
-                                                for_scoring=from_sampling)
+    for rows, episodes, batch_texts in sampled_batches(policy, repeated, response_length, stop_rule, batch_size,
+                                                       for_scoring=from_sampling, progress=f"best-of-{n}: sampling"):
         texts += batch_texts
         stops += episodes.has_stop.tolist()
-        batch_scores.append(reward.score_episodes(episodes) if from_sampling else reward.score(repeated[i : i + batch_size], batch_texts))
+        batch_scores.append(reward.score_episodes(episodes) if from_sampling else reward.score(repeated[rows], batch_texts))
     rm_scores = torch.cat(batch_scores)
     scores = torch.where(torch.tensor(stops), rm_scores, torch.full_like(rm_scores, missing_stop_penalty))
     best = best_of_n(scores.view(len(prompts), n))

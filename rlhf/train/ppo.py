@@ -230,6 +230,7 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
         }
         if gold is not None:  # the simulated task's gold reward (trained on only when reward_source=gold)
             row["gold_reward"] = sum(gold) / B
+            row["gold_score"] = apply_missing_stop_penalty(torch.tensor(gold, dtype=torch.float32), episodes.has_stop, pc.missing_stop_penalty).mean().item()
         if policy_moves:  # the KL of a warm-up batch is 0 by construction, not a signal to lower beta
             kl_ctl.update(mean_kl, B)
         metrics.write(row)
