@@ -117,7 +117,7 @@ class SlowLabeler:
 @pytest.mark.slow
 def test_online_ppo_pauses_for_app_labels_and_retrains_the_reward_model(tiny_model_dir, tmp_path, monkeypatch):
     """Tiny random model; the labeling app's database as label source; two simulated app users answering over
-    HTTP in background threads, starting only once PPO has finished its first iteration, so PPO must pause."""
+    HTTP in background threads, starting only once PPO has paused for labels (whatever the machine's load)."""
     import json
     from pathlib import Path
 
@@ -129,6 +129,7 @@ def test_online_ppo_pauses_for_app_labels_and_retrains_the_reward_model(tiny_mod
     from rlhf.pipeline import run_stage, start_run
     from rlhf.run import RunDir
     from rlhf.tasks import get_task
+    from rlhf.train import online_labels
 
     from label_helpers import running_server
 
@@ -152,12 +153,20 @@ def test_online_ppo_pauses_for_app_labels_and_retrains_the_reward_model(tiny_mod
             create_user(db, name, PASSWORD, "labeler", simulated="sentiment T=0.5")
     gold = get_task("sentiment").gold_scorer
     metrics = run.root / "ppo" / "metrics.jsonl"
-    done = threading.Event()
+    done, paused = threading.Event(), threading.Event()
     answered: list[int] = []
+    wait_for_labels = online_labels.wait_for_labels
+
+    def wait_and_tell(count, needed, *args, **kwargs):
+        if count() < needed:
+            paused.set()
+        return wait_for_labels(count, needed, *args, **kwargs)
+
+    monkeypatch.setattr(online_labels, "wait_for_labels", wait_and_tell)
 
     def work(url: str, name: str, seed: int) -> None:
-        while not (metrics.exists() and metrics.read_text().strip()) and not done.is_set():
-            time.sleep(0.05)  # start after PPO's first iteration: it must then wait for us
+        while not paused.is_set() and not done.is_set():
+            time.sleep(0.05)  # start once PPO waits for labels (before its second iteration, l(8) = 14 > 8)
         client = AppLabelerClient(url, name, PASSWORD)
         labeler = SlowLabeler(SimulatedLabeler(gold, 0.5, seed, name=name), delay=0.3)
         while not done.is_set():

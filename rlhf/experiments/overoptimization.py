@@ -169,7 +169,7 @@ def plot_sweeps(path: Path, bon_sweep: list[dict], ppo_sweep: list[dict], trajec
         ax.set_ylabel(f"gold reward ({gold_name}; −1 without a stop)")
         ax.set_title(title, fontsize=10)
         lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-        ax.legend(lines, [h.get_label() for h in lines], fontsize=8, loc="best")
+        ax.legend(lines, [h.get_label() for h in lines], fontsize=8, loc="lower right")
     # every PPO training batch (grey dots: gold), pooled into KL bins: mean gold (green) and proxy (purple, right axis)
     ax, twin = axes[2], axes[2].twinx()
     batches = [p for run in trajectories for p in run["points"] if p["gold_reward"] is not None]
