@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RLHF := $(VENV)/bin/rlhf
 
-.PHONY: demo test test-fast provision clean
+.PHONY: demo test test-fast lint fmt provision clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,18 @@ demo: provision
 	$(RLHF) run --config configs/quickstart.yaml --out runs/quickstart
 	@echo "Report: runs/quickstart/report.html  Summary: runs/quickstart/summary.json"
 
-test: provision
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check rlhf tests bench
+	$(VENV)/bin/ruff format --check rlhf tests bench
+
+fmt: $(VENV)/.installed
+	$(VENV)/bin/ruff check --fix rlhf tests bench
+	$(VENV)/bin/ruff format rlhf tests bench
+
+test: lint provision
 	$(PY) -m pytest -q
 
-test-fast: provision
+test-fast: lint provision
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

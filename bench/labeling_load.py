@@ -26,12 +26,12 @@ from sqlalchemy import func, select
 
 from rlhf.data.io import write_jsonl
 from rlhf.data.records import Sample
-from rlhf.label import exchange
-from rlhf.label.auth import create_user
-from rlhf.label.db import open_database
-from rlhf.label.models import Assignment, Batch, Judgment, Query
-from rlhf.label.simulated_client import AppLabelerClient, form_from_comparison
 from rlhf.labelers.simulated import SimulatedLabeler
+from rlhf.labeling_app import exchange
+from rlhf.labeling_app.auth import create_user
+from rlhf.labeling_app.db import open_database
+from rlhf.labeling_app.simulated_client import AppLabelerClient, form_from_comparison
+from rlhf.labeling_app.tables import Assignment, Batch, Judgment, Query
 
 PASSWORD = "load-test-password"
 

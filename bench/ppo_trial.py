@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from rlhf.config import load_config
-from rlhf.models.loading import open_backbone, sft_model_path, task_and_stop_rule
+from rlhf.models.loading import open_backbone, sft_model_path
 from rlhf.models.roles import LanguageModelRole
 from rlhf.models.sampling import sample_texts
 from rlhf.run import RunDir, seed_everything
-from rlhf.train.bon import eval_prompts
-from rlhf.train.ppo import train_ppo
+from rlhf.stages.ppo import train_ppo
+from rlhf.tasks import evaluation_prompts, task_and_stop_rule
 
 
 def gold_rewards(cfg, model_path: str, prompts: list[str], seed: int) -> list[float]:
@@ -54,7 +54,7 @@ def main(argv: list[str]) -> None:
     train_ppo(run, cfg)
     ppo_seconds = time.time() - t0
     # 3. PPO and SFT samples on the same held-out prompts with the same seed; gold reward of each
-    prompts = eval_prompts(cfg)
+    prompts = evaluation_prompts(cfg)
     ppo_gold = np.array(gold_rewards(cfg, str(out / "ppo" / "model"), prompts, seed=123))
     sft_gold = np.array(gold_rewards(cfg, sft_model_path(run, cfg), prompts, seed=123))
     diff = ppo_gold - sft_gold

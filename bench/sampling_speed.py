@@ -17,11 +17,11 @@ import time
 import torch
 
 from rlhf.config import load_config
-from rlhf.models.loading import open_backbone, sft_model_path, task_and_stop_rule
 from rlhf.models.encoding import encode_queries
+from rlhf.models.loading import open_backbone, sft_model_path
 from rlhf.models.sampling import sample_tokens, uniform_draws
 from rlhf.run import RunDir, seed_everything
-from rlhf.train.bon import eval_prompts
+from rlhf.tasks import evaluation_prompts, task_and_stop_rule
 
 MODES = {"batch 64, every row": (64, False), "batch 64, stopped rows dropped": (64, True), "batch 128, stopped rows dropped": (128, True)}
 
@@ -46,7 +46,7 @@ def main(argv: list[str]) -> None:
         sys.exit(__doc__)
     run = RunDir(argv[0])
     cfg = load_config(run.root / "config.yaml", ["task.n_eval_prompts=172"])
-    prompts = eval_prompts(cfg)
+    prompts = evaluation_prompts(cfg)
     prompts = prompts + prompts[:84]
     backbone = open_backbone(cfg, sft_model_path(run, cfg))
     _, response_length, stop_rule = task_and_stop_rule(cfg, backbone.tokenizer)

@@ -11,11 +11,11 @@ import sys
 import numpy as np
 
 from rlhf.config import load_config
-from rlhf.models.loading import base_model_path, open_backbone, sft_model_path, task_and_stop_rule
+from rlhf.models.loading import base_model_path, open_backbone, sft_model_path
 from rlhf.models.roles import LanguageModelRole
 from rlhf.models.sampling import sample_texts
 from rlhf.run import RunDir, seed_everything
-from rlhf.train.bon import eval_prompts
+from rlhf.tasks import evaluation_prompts, task_and_stop_rule
 
 
 def main(argv: list[str]) -> None:
@@ -23,7 +23,7 @@ def main(argv: list[str]) -> None:
         sys.exit(__doc__)
     run = RunDir(argv[0])
     cfg = load_config(run.root / "config.yaml", ["task.n_eval_prompts=128"])
-    prompts = eval_prompts(cfg)
+    prompts = evaluation_prompts(cfg)
     for name, path in (("initial", base_model_path(cfg)), ("sft", sft_model_path(run, cfg))):
         backbone = open_backbone(cfg, path)
         task, response_length, stop_rule = task_and_stop_rule(cfg, backbone.tokenizer)

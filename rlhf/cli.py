@@ -7,6 +7,16 @@ import logging
 import sys
 from pathlib import Path
 
+from rlhf.config import describe_config, load_config
+from rlhf.eval.compare_report import write_comparison_report
+from rlhf.eval.ood import evaluate_ood
+from rlhf.eval.report import write_report
+from rlhf.experiments import run_experiment
+from rlhf.labeling_app.cli import add_label_parser, main_label
+from rlhf.models.provision import builtin_model_dir
+from rlhf.pipeline import run_pipeline, run_stage, start_run
+from rlhf.run import RunDir, setup_logging
+
 STAGE_HELP = {
     "sft": "supervised fine-tuning on demonstrations -> RUN_DIR/sft/model",
     "collect": "sample K responses per prompt from the SFT policy and have the labeler compare them -> RUN_DIR/collect/",
@@ -75,8 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="experiment name: frontier, queries_needed, overoptimization, rouge_proxy, rm_scaling or rlhf_vs_sft")
     p.add_argument("overrides", nargs="*", help="config overrides such as run.ppo.iterations=2 pool_prompts=8 (before or after the options)")
 
-    from rlhf.label.cli import add_label_parser
-
     add_label_parser(sub)
     sub.add_parser("config-help", help="list every config field with its default and meaning", description="Every config field, its default and its meaning.")
     return parser
@@ -92,28 +100,22 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     if args.command == "label":  # the labeling app does not need torch (rlhf.run imports it)
-        from rlhf.label.cli import main_label
 
         return main_label(args)
-    from rlhf.run import RunDir, setup_logging
 
     level = logging.DEBUG if args.verbose else logging.INFO
     try:
         if args.command == "config-help":
-            from rlhf.config import describe_config
 
             print("\n".join(describe_config()))
             return 0
         if args.command == "provision":
-            from rlhf.models.provision import builtin_model_dir
 
             setup_logging(None, level)
             print(builtin_model_dir(args.cache_dir))
             return 0
-        from rlhf.config import load_config
 
         if args.command in ("run", "init"):
-            from rlhf.pipeline import run_pipeline, start_run
 
             cfg = load_config(args.config, args.overrides)
             run = RunDir(args.out)
@@ -130,14 +132,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {Path(args.out) / 'report.html'}")
             return 0
         if args.command == "experiment":
-            from rlhf.experiments import run_experiment
 
             setup_logging(RunDir(args.out), level)
             summary = run_experiment(args.name, args.config or None, args.out, args.overrides)
             print(f"summary: {Path(args.out) / 'summary.md'} ({summary.get('wall_seconds', 0):.0f} s)")
             return 0
         if args.command == "eval-ood":
-            from rlhf.eval.ood import evaluate_ood
 
             setup_logging(RunDir(args.out), level)
             summary = evaluate_ood(args.run_dir, args.out, args.overrides, args.split, args.subreddits, args.exclude_subreddits)
@@ -147,19 +147,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "report":
             if len(args.run_dirs) == 1 and not args.out:
-                from rlhf.eval.report import write_report
 
                 setup_logging(RunDir(args.run_dirs[0]), level)
                 print(f"report: {write_report(Path(args.run_dirs[0]))}")
                 return 0
-            from rlhf.eval.compare_report import write_comparison_report
 
             setup_logging(None, level)
             print(f"report: {write_comparison_report(args.run_dirs, args.out or 'comparison-report.html')}")
             return 0
         run = RunDir(args.run_dir)
         setup_logging(run, level)
-        from rlhf.pipeline import run_stage
 
         info = run_stage(run, run.load_config(), args.command, force=args.force)
         print(json.dumps(info, indent=2, default=str))

@@ -14,7 +14,25 @@ from pathlib import Path
 
 import yaml
 
-from rlhf.eval.llm_judge import LLMJudgeConfig
+
+@dataclass
+class LLMJudgeConfig:
+    """An OpenAI-compatible chat-completions endpoint used as a judge (rlhf/judges/llm.py)."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """Base URL of an OpenAI-compatible API; the judge POSTs to {base_url}/chat/completions."""
+    model: str = ""
+    """Model name sent in the request (required)."""
+    api_key: str = ""
+    """Bearer token sent as the Authorization header; empty = read the variable named by api_key_env."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the key when api_key is empty (no header when it is unset too)."""
+    temperature: float = 0.0
+    """Sampling temperature of the judge (0 = as deterministic as the server allows)."""
+    max_tokens: int = 256
+    """Most tokens the judge may write per answer."""
+    timeout_seconds: float = 60.0
+    """Seconds to wait for one answer before the request fails."""
 
 
 @dataclass
@@ -213,7 +231,7 @@ class EvalConfig:
 class JudgeConfig:
     kind: str = "lm"
     """Pairwise judge: `lm` (a zero-shot judge read from a local instruct model: log P(" A") vs log P(" B") of its
-    answer to "which summary is better", rlhf/eval/lm_judge.py) or `llm` (an OpenAI-compatible endpoint, `llm` below)."""
+    answer to "which summary is better", rlhf/judges/lm.py) or `llm` (an OpenAI-compatible endpoint, `llm` below)."""
     lm_model: str = ""
     """Model of the `lm` judge: a local HF folder; empty = the built-in SmolLM2-135M-Instruct."""
     lm_margin: float = 0.0

@@ -7,18 +7,20 @@ import time
 from collections.abc import Callable
 
 from rlhf.config import RunConfig, config_to_dict
+from rlhf.eval.evaluate import evaluate
+from rlhf.eval.report import write_report
+from rlhf.models.loading import base_model_path
 from rlhf.run import RunDir
+from rlhf.stages.bon import run_bon
+from rlhf.stages.collect import collect
+from rlhf.stages.ppo import train_ppo
+from rlhf.stages.reward import train_reward
+from rlhf.stages.sft import train_sft
 
 log = logging.getLogger("rlhf")
 
 
 def stage_functions() -> dict[str, Callable]:
-    from rlhf.collect import collect
-    from rlhf.eval.evaluate import evaluate
-    from rlhf.train.bon import run_bon
-    from rlhf.train.ppo import train_ppo
-    from rlhf.train.reward import train_reward
-    from rlhf.train.sft import train_sft
 
     return {"sft": train_sft, "collect": collect, "reward": train_reward, "ppo": train_ppo, "bon": run_bon, "eval": evaluate}
 
@@ -59,8 +61,6 @@ def start_run(run: RunDir, cfg: RunConfig) -> None:
 
 
 def run_pipeline(run: RunDir, cfg: RunConfig) -> dict:
-    from rlhf.eval.report import write_report
-    from rlhf.models.loading import base_model_path
 
     base_model_path(cfg)  # one-time model conversion happens here, outside the stage clocks
     start_run(run, cfg)

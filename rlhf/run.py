@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from torch.utils.tensorboard import SummaryWriter
 
 from rlhf.config import RunConfig, config_from_dict, config_to_dict
 from rlhf.data.io import atomic_write_bytes, atomic_write_json
@@ -140,7 +141,6 @@ class MetricsLog:
             fh.write(json.dumps(row) + "\n")
         try:
             if self._tb is None:
-                from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(self._tb_dir))
             step = int(row.get(self.step_key, 0))

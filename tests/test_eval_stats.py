@@ -1,4 +1,4 @@
-"""Tests for rlhf.eval.stats: hand-worked means, SEMs and win rates, and bootstrap interval coverage."""
+"""Tests for rlhf.stats: hand-worked means, SEMs and win rates, and bootstrap interval coverage."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from rlhf.eval.stats import mean_sem, paired_bootstrap_diff, win_rate
+from rlhf.stats import mean_sem, paired_bootstrap_diff, win_rate
 
 
 def test_mean_sem_by_hand() -> None:

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from rlhf.eval.frontier import (
-    best_of_n_kl,
     fraction_of_optimum,
     frontier_from_samples,
     optimal_reward_at_kl,
     tilted_policy_exact,
     tilted_policy_from_samples,
 )
+from rlhf.models.best_of_n import best_of_n_kl
 
 RHO = np.array([0.5, 0.25, 0.25])
 REWARDS = np.array([0.0, math.log(2.0), 0.0])

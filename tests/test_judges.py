@@ -1,4 +1,4 @@
-"""Tests for rlhf.eval.judges and rlhf.eval.judging: verdicts, each judge, position-bias handling,
+"""Tests for rlhf.judges.base and rlhf.judges.protocol: verdicts, each judge, position-bias handling,
 unparseable answers, the judged win rate and judge validation (synthetic, and on HH-RLHF when present)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import torch
 
 from rlhf.data.io import write_jsonl
 from rlhf.data.records import Comparison
-from rlhf.eval.judges import GoldJudge, HumanLabelJudge, LabelerJudge, RewardModelJudge, Verdict, verdict_from_scores
-from rlhf.eval.judging import combine_orders, judge_pairs, position_statistics, summarize_judgements, validate_judge
+from rlhf.judges.base import GoldJudge, HumanLabelJudge, LabelerJudge, RewardModelJudge, Verdict, verdict_from_scores
+from rlhf.judges.protocol import combine_orders, judge_pairs, position_statistics, summarize_judgements, validate_judge
 from rlhf.labelers.simulated import SimulatedLabeler
 
 

@@ -10,18 +10,17 @@ import shutil
 from pathlib import Path
 
 import pytest
+from label_helpers import PASSWORD, running_server, write_gold, write_samples
 from sqlalchemy import func, select
 
-from rlhf.label import exchange
-from rlhf.label.app import create_app
-from rlhf.label.auth import create_user
-from rlhf.label.db import open_database
-from rlhf.label.models import Judgment
-from rlhf.label.settings import LabelSettings
-
-from label_helpers import PASSWORD, running_server, write_gold, write_samples
 from rlhf.data.io import write_jsonl
 from rlhf.data.records import Sample
+from rlhf.labeling_app import exchange
+from rlhf.labeling_app.app import create_app
+from rlhf.labeling_app.auth import create_user
+from rlhf.labeling_app.db import open_database
+from rlhf.labeling_app.settings import LabelSettings
+from rlhf.labeling_app.tables import Judgment
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

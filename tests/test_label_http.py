@@ -8,20 +8,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from label_helpers import PASSWORD, Browserless, postgres_server, running_server, write_samples
 from sqlalchemy import func, inspect, select
 
 from rlhf.data.io import read_jsonl
 from rlhf.data.records import Comparison
-from rlhf.label import exchange
-from rlhf.label.app import create_app
-from rlhf.label.auth import create_user
-from rlhf.label.db import open_database
-from rlhf.label.models import Judgment, Query, User
-from rlhf.label.settings import LabelSettings
-from rlhf.label.simulated_client import AppLabelerClient, label_through_app
 from rlhf.labelers.simulated import SimulatedLabeler
-
-from label_helpers import PASSWORD, Browserless, postgres_server, running_server, write_samples
+from rlhf.labeling_app import exchange
+from rlhf.labeling_app.app import create_app
+from rlhf.labeling_app.auth import create_user
+from rlhf.labeling_app.db import open_database
+from rlhf.labeling_app.settings import LabelSettings
+from rlhf.labeling_app.simulated_client import AppLabelerClient, label_through_app
+from rlhf.labeling_app.tables import Judgment, Query, User
 
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 SQLI = ["' OR '1'='1", "x'); DROP TABLE users;--", "1; DELETE FROM judgments", "\" OR \"\"=\""]

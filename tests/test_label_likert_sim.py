@@ -6,19 +6,18 @@ import json
 
 import numpy as np
 import pytest
+from label_helpers import PASSWORD, running_server, write_samples
 
 from rlhf.data.io import read_jsonl
 from rlhf.data.records import Comparison
-from rlhf.label import exchange
-from rlhf.label.app import create_app
-from rlhf.label.auth import create_user
-from rlhf.label.db import open_database
-from rlhf.label.models import LIKERT_AXES
-from rlhf.label.settings import LabelSettings
-from rlhf.label.simulated_client import AppLabelerClient, label_through_app
 from rlhf.labelers.simulated import SimulatedLabeler, likert_cut_points, likert_from_score
-
-from label_helpers import PASSWORD, running_server, write_samples
+from rlhf.labeling_app import exchange
+from rlhf.labeling_app.app import create_app
+from rlhf.labeling_app.auth import create_user
+from rlhf.labeling_app.db import open_database
+from rlhf.labeling_app.settings import LabelSettings
+from rlhf.labeling_app.simulated_client import AppLabelerClient, label_through_app
+from rlhf.labeling_app.tables import LIKERT_AXES
 
 
 def last_digit_gold(prompts, responses):

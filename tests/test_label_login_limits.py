@@ -5,14 +5,13 @@ from __future__ import annotations
 import re
 
 import httpx
-
-from rlhf.label.app import create_app
-from rlhf.label.auth import create_user
-from rlhf.label.db import open_database
-from rlhf.label.ratelimit import LoginLimiter
-from rlhf.label.settings import LabelSettings
-
 from label_helpers import PASSWORD, running_server
+
+from rlhf.labeling_app.app import create_app
+from rlhf.labeling_app.auth import create_user
+from rlhf.labeling_app.db import open_database
+from rlhf.labeling_app.ratelimit import LoginLimiter
+from rlhf.labeling_app.settings import LabelSettings
 
 
 class Clock:

@@ -11,19 +11,18 @@ from pathlib import Path
 
 import pytest
 import yaml
+from label_helpers import PASSWORD, running_server
+from test_label_browser import CHROMIUM, CHROMIUM_ARGS, login
 
 from rlhf.data.io import read_jsonl
 from rlhf.data.records import Comparison
-from rlhf.label import exchange
-from rlhf.label.app import create_app
-from rlhf.label.auth import create_user
-from rlhf.label.db import open_database
-from rlhf.label.settings import LabelSettings
-from rlhf.label.simulated_client import AppLabelerClient, label_through_app
 from rlhf.labelers.simulated import SimulatedLabeler
-
-from label_helpers import PASSWORD, running_server
-from test_label_browser import CHROMIUM, CHROMIUM_ARGS, login
+from rlhf.labeling_app import exchange
+from rlhf.labeling_app.app import create_app
+from rlhf.labeling_app.auth import create_user
+from rlhf.labeling_app.db import open_database
+from rlhf.labeling_app.settings import LabelSettings
+from rlhf.labeling_app.simulated_client import AppLabelerClient, label_through_app
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,22 +3,20 @@ gold and qualification rules, exactly-once storage, push/pull, migrations and th
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
+from label_helpers import PASSWORD, write_gold, write_samples
 from sqlalchemy import func, inspect, select
 
 from rlhf.data.io import read_jsonl
 from rlhf.data.records import Comparison
-from rlhf.label import andon, exchange, metrics
-from rlhf.label.answers import AnswerError, dense_ranks, gold_correct, parse_answer
-from rlhf.label.auth import authenticate, create_user, password_matches
-from rlhf.label.db import make_engine, open_database
-from rlhf.label.models import Assignment, Judgment, Query, User
-from rlhf.label.settings import LabelSettings
-from rlhf.label.work import NoWork, next_assignment, submit_judgment
-
-from label_helpers import PASSWORD, write_gold, write_samples
+from rlhf.labeling_app import andon, exchange, metrics
+from rlhf.labeling_app.answers import AnswerError, dense_ranks, gold_correct, parse_answer
+from rlhf.labeling_app.auth import authenticate, create_user, password_matches
+from rlhf.labeling_app.db import make_engine, open_database
+from rlhf.labeling_app.settings import LabelSettings
+from rlhf.labeling_app.tables import Assignment, Judgment, Query, User
+from rlhf.labeling_app.work import NoWork, next_assignment, submit_judgment
 
 
 @pytest.fixture
@@ -292,7 +290,7 @@ def test_pull_writes_comparisons_the_reward_stage_reads_and_summarize_rows(db, t
 
 def test_andon_pull_writes_the_stop_file_ppo_reads_and_release_removes_it(db, tmp_path):
     from rlhf.config import PPOConfig
-    from rlhf.train.ppo import andon_cord_pulled
+    from rlhf.stages.ppo import andon_cord_pulled
 
     run = andon.register_run(db, tmp_path / "run")
     (user,) = users(db, 1)
@@ -316,7 +314,7 @@ def test_dashboard_numbers_on_a_small_hand_worked_example(db, tmp_path):
     labeler-labeler pairs: q1 (a,b) agree, (a,c), (b,c) not -> 1/3; q2 (a,c) agree -> 1/3: rate 2/6.
     labeler-researcher pairs: q1 a,b agree with r, c not; q2 a,c agree, b not: rate 4/6.
     a agrees with the other labelers in 2 of 4 pairs (q1 b yes, c no; q2 b no, c yes) and with r in 2 of 2."""
-    from rlhf.label.dashboard import dashboard_stats
+    from rlhf.labeling_app.dashboard import dashboard_stats
 
     write_samples(tmp_path / "run", prompts=2, per_prompt=4)
     exchange.push_samples(db, tmp_path / "run", "best_of_k", overlap_share=1.0, overlap_labelers=3)
@@ -376,7 +374,7 @@ def test_an_abandoned_overlap_slot_is_reclaimed_and_its_late_submit_refused(db, 
 
 
 def test_each_judgment_records_the_instructions_version_its_page_showed(db, tmp_path):
-    from rlhf.label.models import Instructions
+    from rlhf.labeling_app.tables import Instructions
 
     write_samples(tmp_path / "run", prompts=2, per_prompt=2)
     batch = exchange.push_samples(db, tmp_path / "run", "pairwise", overlap_share=0.0, instructions="v1 text")

@@ -1,4 +1,4 @@
-"""Tests for the length-controlled win rate in rlhf.eval.stats, and the win-rate interval's coverage with ties."""
+"""Tests for the length-controlled win rate in rlhf.stats, and the win-rate interval's coverage with ties."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from rlhf.eval.stats import length_controlled_win_rate, length_controlled_win_rate_point, win_rate
+from rlhf.stats import length_controlled_win_rate, length_controlled_win_rate_point, win_rate
 
 
 def test_lc_win_rate_saturated_model_by_hand() -> None:

@@ -1,4 +1,4 @@
-"""Tests for rlhf.eval.llm_judge against a stub OpenAI-compatible server on 127.0.0.1 (no network)."""
+"""Tests for rlhf.judges.llm against a stub OpenAI-compatible server on 127.0.0.1 (no network)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from rlhf.eval.judging import judge_pairs, summarize_judgements
-from rlhf.eval.llm_judge import LLMJudge, LLMJudgeConfig, judge_messages, parse_judge_answer
+from rlhf.judges.llm import LLMJudge, LLMJudgeConfig, judge_messages, parse_judge_answer
+from rlhf.judges.protocol import judge_pairs, summarize_judgements
 
 
 class StubChatServer(BaseHTTPRequestHandler):

@@ -1,4 +1,4 @@
-"""Tests for rlhf.train.losses: every equation checked against numbers worked out by hand.
+"""Tests for rlhf.losses: every equation checked against numbers worked out by hand.
 Handy constants: softplus(-d) = -log sigmoid(d) = log(1 + e^-d):
 d=1 -> 0.3132617, d=2 -> 0.1269280, d=3 -> 0.0485874, d=0 -> log 2 = 0.6931472."""
 
@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from rlhf.train.losses import (
+from rlhf.losses import (
     AdaptiveKLController,
     FixedKLController,
     apply_missing_stop_penalty,

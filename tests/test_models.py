@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf.models.provision import ModelNotAvailable, from_pretrained, load_causal_lm, load_tokenizer
 from rlhf.models.encoding import encode_queries
+from rlhf.models.provision import ModelNotAvailable, from_pretrained, load_causal_lm, load_tokenizer
 from rlhf.models.roles import Backbone, Episodes, LanguageModelRole, ScalarRole, position_ids_from_mask
 from rlhf.models.sampling import StopRule, sample_episodes
 
@@ -72,7 +72,7 @@ def test_temperature_divides_the_logits(backbone):
 
 
 def test_logprobs_and_entropy_at_real_positions_only_equal_the_full_computation(backbone):
-    from rlhf.train.losses import entropy_from_logits, logprobs_from_logits
+    from rlhf.losses import entropy_from_logits, logprobs_from_logits
 
     tok = backbone.tokenizer
     q, qm = encode_queries(tok, ["Hello there", "A longer opening of a review"])
@@ -216,7 +216,7 @@ def test_sampler_draws_from_the_full_forward_distribution(backbone, monkeypatch)
     policy = LanguageModelRole(backbone, "policy", temperature=0.7)
     query_ids, query_mask = encode_queries(backbone.tokenizer, ["A short one", "A much longer opening line of a review that"])
     torch.manual_seed(1)
-    response, loop_logprobs, _ = policy.sample(query_ids, query_mask, 6)
+    response, loop_logprobs, _ = sampling.sample_from_role(policy, query_ids, query_mask, 6)
     episodes = Episodes(query_ids, query_mask, response, torch.ones_like(response, dtype=torch.float), torch.ones(2, dtype=torch.bool))
     with torch.no_grad():
         full = policy.logits(episodes).softmax(-1)  # [B, R, V]
@@ -361,8 +361,8 @@ def test_best_of_n_and_eval_sampling_draw_what_sample_texts_draws(backbone):
     """The three batch loops share `sampled_batches`: best-of-N's candidates and the eval's samples (with their KL
     to the policy itself, exactly 0) are what `sample_texts` draws from the same seed, whatever the batch size."""
     from rlhf.eval.evaluate import sample_with_kl
+    from rlhf.models.best_of_n import draw_best_of_n
     from rlhf.models.sampling import sample_texts
-    from rlhf.train.bon import draw_best_of_n
 
     policy, rm = LanguageModelRole(backbone, "policy", temperature=1.0), ScalarRole(backbone, "reward")
     rule = StopRule(backbone.tokenizer, (".",), min_tokens=2)

@@ -6,16 +6,15 @@ import threading
 import time
 
 import pytest
+from label_helpers import PASSWORD
 
 from rlhf.data.records import Comparison
-from rlhf.label.auth import create_user
-from rlhf.label.models import Batch, Query
-from rlhf.label.settings import LabelSettings
-from rlhf.label.work import NoWork, next_assignment, submit_judgment
-from rlhf.train.online import online_label_schedule, retrain_label_counts
-from rlhf.train.online_labels import AppLabels, SimulatedLabels, wait_for_labels
-
-from label_helpers import PASSWORD
+from rlhf.labeling_app.auth import create_user
+from rlhf.labeling_app.settings import LabelSettings
+from rlhf.labeling_app.tables import Batch, Query
+from rlhf.labeling_app.work import NoWork, next_assignment, submit_judgment
+from rlhf.stages.online import online_label_schedule, retrain_label_counts
+from rlhf.stages.online_labels import AppLabels, SimulatedLabels, wait_for_labels
 
 
 def test_online_label_schedule_by_hand():
@@ -121,17 +120,17 @@ def test_online_ppo_pauses_for_app_labels_and_retrains_the_reward_model(tiny_mod
     import json
     from pathlib import Path
 
+    from label_helpers import running_server
+
     from rlhf.config import load_config
-    from rlhf.label.app import create_app
-    from rlhf.label.db import open_database
-    from rlhf.label.simulated_client import AppLabelerClient, label_through_app
     from rlhf.labelers.simulated import SimulatedLabeler
+    from rlhf.labeling_app.app import create_app
+    from rlhf.labeling_app.db import open_database
+    from rlhf.labeling_app.simulated_client import AppLabelerClient, label_through_app
     from rlhf.pipeline import run_stage, start_run
     from rlhf.run import RunDir
+    from rlhf.stages import online_labels
     from rlhf.tasks import get_task
-    from rlhf.train import online_labels
-
-    from label_helpers import running_server
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TQDM_DISABLE", "1")

@@ -46,9 +46,9 @@ def test_select_prompts_filters_subreddits_then_takes_n(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"task.n_eval_prompts: expected 1..2"):
         select_prompts(cfg, "test", exclude=("cats",))
     cfg.task.n_eval_prompts = 4  # without a filter: the first n of the same seeded shuffle as `rlhf eval`
-    from rlhf.train.bon import eval_prompts
+    from rlhf.tasks import evaluation_prompts
 
-    assert [p.text for p in select_prompts(cfg, "test")] == eval_prompts(cfg)
+    assert [p.text for p in select_prompts(cfg, "test")] == evaluation_prompts(cfg)
     cfg.task.name, cfg.task.source = "sentiment", ""
     with pytest.raises(ValueError, match="only TL;DR prompts have a subreddit"):
         select_prompts(cfg, "test", include=("cats",))

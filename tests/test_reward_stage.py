@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 
 from rlhf.data.records import Comparison
+from rlhf.losses import best_of_k_loss, pairwise_loss, ranking_loss
 from rlhf.models.provision import load_causal_lm, load_tokenizer
 from rlhf.models.roles import Backbone, ScalarRole, encode_for_scoring, export_reward_model
-from rlhf.train.losses import best_of_k_loss, pairwise_loss, ranking_loss
-from rlhf.train.reward import comparison_loss, has_tied_best
+from rlhf.stages.reward import comparison_loss, has_tied_best
 
 
 def make_rm(tiny_model_dir, top_layers=0):
@@ -71,7 +71,7 @@ def test_exported_reward_model_loads_in_plain_transformers(tiny_model_dir, tmp_p
 def test_head_fitted_on_frozen_features_ranks_the_training_comparisons(tiny_model_dir):
     """LP-FT's first step: a head fitted by L-BFGS on the trunk's features lowers the comparison loss from its
     random start and puts the chosen response first on a learnable toy set (the word "great" is always chosen)."""
-    from rlhf.train.reward import fit_head_on_frozen_features, loss_from_scores
+    from rlhf.stages.reward import fit_head_on_frozen_features, loss_from_scores
 
     rm = make_rm(tiny_model_dir, top_layers=1)
     words = [" dull", " fine", " slow", " odd", " long", " late", " cold", " grey"]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlhf.eval.lm_judge import (
+from rlhf.judges.labeler import JudgeLabeler, copeland_scores
+from rlhf.judges.lm import (
     LMPairwiseJudge,
     judge_both_orders,
     judge_input,
@@ -18,7 +19,6 @@ from rlhf.eval.lm_judge import (
     verdict_from_logprobs,
 )
 from rlhf.labelers.base import Labeler
-from rlhf.labelers.judge import JudgeLabeler, copeland_scores
 from rlhf.tasks.tldr import in_split, load_tldr_prompts, stable_unit_hash
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,9 +133,9 @@ def test_tldr_loader_splits_a_file_by_id(tmp_path):
 
 @pytest.mark.slow
 def test_rlhf_vs_sft_experiment_end_to_end(tiny_model_dir, tmp_path):
+    import os
     import subprocess
     import sys
-    import os
 
     source = write_tldr_rows(tmp_path / "tldr.jsonl", 24)
     n_test = sum(stable_unit_hash(f"post-{i}") < 0.4 for i in range(24))

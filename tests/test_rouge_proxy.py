@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from test_experiments_e2e import rlhf
+from test_rlhf_vs_sft import write_tldr_rows
 
 from rlhf.eval.text_metrics import rouge_f1, rouge_per_pair
 from rlhf.experiments.rouge_proxy import spearman
-from test_experiments_e2e import rlhf
-from test_rlhf_vs_sft import write_tldr_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 

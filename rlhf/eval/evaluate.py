@@ -15,18 +15,22 @@ from rlhf.config import RunConfig
 from rlhf.data.io import atomic_write_text, read_jsonl
 from rlhf.data.records import Sample
 from rlhf.eval.diversity import distinct_n
-from rlhf.eval.stats import mean_sem, win_rate
 from rlhf.eval.text_metrics import (
-    copying_fraction, first_three_words_copying, has_preamble, mean_over_pairs, novel_ngram_fraction,
+    copying_fraction,
+    first_three_words_copying,
+    has_preamble,
+    mean_over_pairs,
+    novel_ngram_fraction,
 )
 from rlhf.labelers.simulated import preference_from_gold
-from rlhf.models.loading import base_model_path, open_backbone, sft_model_path, task_and_stop_rule
+from rlhf.models.best_of_n import best_of_n_kl, draw_best_of_n
+from rlhf.models.loading import base_model_path, load_reward_model, open_backbone, sft_model_path
 from rlhf.models.roles import LanguageModelRole, ScalarRole
 from rlhf.models.sampling import sampled_batches
 from rlhf.run import RunDir, seed_everything
+from rlhf.stats import mean_sem, win_rate
+from rlhf.tasks import evaluation_prompts, task_and_stop_rule
 from rlhf.tasks.tldr import tldr_post
-from rlhf.train.bon import best_of_n_kl, draw_best_of_n, eval_prompts
-from rlhf.train.reward import load_reward_model
 
 log = logging.getLogger("rlhf")
 STAGE = "eval"
@@ -167,7 +171,7 @@ def samples_jsonl(rows: list[dict]) -> str:
 def evaluate(run: RunDir, cfg: RunConfig) -> dict:
     """The eval stage: the run's policies on its held-out prompts -> RUN_DIR/eval/samples.jsonl and summary.json."""
     seed_everything(cfg.seed + 5)
-    prompts = eval_prompts(cfg)
+    prompts = evaluation_prompts(cfg)
     figures, winrates, rows = evaluate_on_prompts(run, cfg, prompts, reuse_bon=True)
     atomic_write_text(run.stage(STAGE) / "samples.jsonl", samples_jsonl(rows))
     reward_info = run.done_info("reward")

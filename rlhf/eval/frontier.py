@@ -1,7 +1,7 @@
 """The reward-KL frontier of Ziegler et al. 2019 fig. 3: the optimal KL-regularised policy
 pi*(x) ∝ rho(x) exp(r(x) / beta) for a range of beta, its expected gold reward and KL(pi* || rho), estimated
 from samples of rho by self-normalised importance weights. The KL of best-of-N sampling is
-`rlhf.train.bon.best_of_n_kl`, re-exported here.
+`rlhf.models.best_of_n.best_of_n_kl`.
 
 Why the weights need no log-probabilities: pi*(x) / rho(x) = exp(r(x) / beta) / Z with Z = E_rho[exp(r / beta)],
 so for samples x_i ~ rho the weights are w_i ∝ exp(r_i / beta) and KL(pi* || rho) = E_pi*[r] / beta - log Z.
@@ -16,8 +16,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy.special import logsumexp
-
-from rlhf.train.bon import best_of_n_kl  # noqa: F401  KL of best-of-N, re-exported for the frontier plots
 
 
 def _finite_vector(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:

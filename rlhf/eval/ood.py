@@ -16,7 +16,9 @@ from pathlib import Path
 from rlhf.config import RunConfig, load_config
 from rlhf.data.io import atomic_write_json, atomic_write_text
 from rlhf.data.records import Prompt
+from rlhf.eval.evaluate import evaluate_on_prompts, samples_jsonl
 from rlhf.run import RunDir, seed_everything
+from rlhf.tasks import prompt_source, task_for
 
 log = logging.getLogger("rlhf")
 # what an out-of-distribution evaluation may change: the prompts and how they are sampled, never the policies
@@ -51,7 +53,6 @@ def ood_config(run: RunDir, overrides: Sequence[str]) -> RunConfig:
 def select_prompts(cfg: RunConfig, split: str, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[Prompt]:
     """The first cfg.task.n_eval_prompts of a seeded shuffle of the task's prompts of `split` from cfg.task.source,
     after the subreddit filter (TL;DR only). Without a filter these are the prompts `rlhf eval` uses for that split."""
-    from rlhf.models.loading import prompt_source, task_for
 
     if (include or exclude) and cfg.task.name != "tldr":
         raise ValueError(f"--subreddits/--exclude-subreddits: only TL;DR prompts have a subreddit, the task is {cfg.task.name!r}")
@@ -74,7 +75,6 @@ def _check_out_dir(run: RunDir, out: Path) -> None:
 def evaluate_ood(run_dir: str | Path, out_dir: str | Path, overrides: Sequence[str] = (), split: str = "test",
                  subreddits: str = "", exclude_subreddits: str = "") -> dict:
     """Evaluate the run's policies on the selected prompts; write OUT_DIR/samples.jsonl and OUT_DIR/summary.json."""
-    from rlhf.eval.evaluate import evaluate_on_prompts, samples_jsonl
 
     run, out = RunDir(run_dir), Path(out_dir)
     _check_out_dir(run, out)

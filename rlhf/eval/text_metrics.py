@@ -54,7 +54,7 @@ def mean_over_pairs(metric: Callable[[str, str], float | None], summaries: Seque
 
 def rouge_per_pair(predictions: Sequence[str], references: Sequence[str], use_stemmer: bool = True) -> list[dict[str, float]]:
     """ROUGE-1/2/L F1 of each prediction against its reference (Lin 2004; Google's rouge-score package)."""
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer  # lazy: a heavy import, needed for ROUGE only
 
     _check_pairs(predictions, references)
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)

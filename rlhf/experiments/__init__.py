@@ -4,26 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rlhf.config import load_config
+from rlhf.experiments import frontier, overoptimization, queries_needed, rlhf_vs_sft, rm_scaling, rouge_proxy
+
 EXPERIMENTS = ("frontier", "queries_needed", "overoptimization", "rouge_proxy", "rm_scaling", "rlhf_vs_sft")
 
 
 def run_experiment(name: str, config_path: str | Path | None, out: str | Path, overrides: list[str] = ()) -> dict:
     """Load the experiment's config (defaults, then the YAML file, then overrides) and run it into `out`."""
-    from rlhf.config import load_config
-
-    if name == "frontier":
-        from rlhf.experiments import frontier as module
-    elif name == "queries_needed":
-        from rlhf.experiments import queries_needed as module
-    elif name == "overoptimization":
-        from rlhf.experiments import overoptimization as module
-    elif name == "rouge_proxy":
-        from rlhf.experiments import rouge_proxy as module
-    elif name == "rm_scaling":
-        from rlhf.experiments import rm_scaling as module
-    elif name == "rlhf_vs_sft":
-        from rlhf.experiments import rlhf_vs_sft as module
-    else:
+    modules = {"frontier": frontier, "queries_needed": queries_needed, "overoptimization": overoptimization,
+               "rouge_proxy": rouge_proxy, "rm_scaling": rm_scaling, "rlhf_vs_sft": rlhf_vs_sft}
+    module = modules.get(name)
+    if module is None:
         raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
     cfg = load_config(config_path, overrides, cls=module.Config)
     return module.run(cfg, Path(out))

@@ -21,9 +21,16 @@ import torch
 
 from rlhf.config import RunConfig
 from rlhf.data.io import atomic_write_json, atomic_write_text
+from rlhf.eval.evaluate import sample_with_kl
 from rlhf.eval.frontier import tilted_policy_from_samples
-from rlhf.eval.stats import mean_sem
+from rlhf.losses import apply_missing_stop_penalty
+from rlhf.models.loading import base_model_path, load_reward_model, open_backbone, sft_model_path
+from rlhf.models.roles import LanguageModelRole
+from rlhf.models.sampling import sample_texts
+from rlhf.pipeline import run_stage, start_run
 from rlhf.run import RunDir, seed_everything
+from rlhf.stats import mean_sem
+from rlhf.tasks import prompt_source, task_and_stop_rule, task_for
 
 log = logging.getLogger("rlhf")
 SHARED_STAGES = ("sft", "collect", "reward")
@@ -47,8 +54,6 @@ class Clock:
 # 1. base run and PPO sub-runs ------------------------------------------------------------------------------
 def run_base(out: Path, cfg: RunConfig) -> RunDir:
     """SFT, collection and reward-model stages of the pipeline in OUT/base (skipped when already done)."""
-    from rlhf.models.loading import base_model_path
-    from rlhf.pipeline import run_stage, start_run
 
     base_model_path(cfg)  # the one-time model conversion happens outside the stage clocks
     base = RunDir(out / "base")
@@ -67,7 +72,6 @@ def ppo_config(cfg: RunConfig, beta: float, reward_source: str) -> RunConfig:
 
 def run_ppo_sub_run(base: RunDir, root: Path, cfg: RunConfig) -> RunDir:
     """A PPO run sharing the base run's finished SFT, comparisons and reward model (symlinked stage folders)."""
-    from rlhf.pipeline import run_stage, start_run
 
     sub = RunDir(root)
     sub.root.mkdir(parents=True, exist_ok=True)
@@ -84,14 +88,12 @@ def run_ppo_sub_run(base: RunDir, root: Path, cfg: RunConfig) -> RunDir:
 
 # 2. the pool of samples from rho -----------------------------------------------------------------------
 def test_prompts(cfg: RunConfig, n: int) -> list[str]:
-    from rlhf.models.loading import prompt_source, task_for
 
     return [p.text for p in task_for(cfg).load_prompts("test", n=n, source=prompt_source(cfg), seed=cfg.seed)]
 
 
 def reward_as_optimised(scores, has_stop, penalty: float) -> list[float]:
     """Scores as PPO sees them: a response without a stop gets the fixed penalty (Ziegler §3.1.2)."""
-    from rlhf.train.losses import apply_missing_stop_penalty
 
     return apply_missing_stop_penalty(torch.as_tensor(scores, dtype=torch.float32), torch.as_tensor(has_stop), penalty).tolist()
 
@@ -99,10 +101,6 @@ def reward_as_optimised(scores, has_stop, penalty: float) -> list[float]:
 def sample_pool(base: RunDir, cfg: RunConfig, path: Path, n_prompts: int, per_prompt: int, with_proxy: bool) -> dict:
     """`per_prompt` samples of rho (the SFT policy) for each of `n_prompts` test prompts, scored by the gold scorer
     (and by the base run's reward model, the proxy, when `with_proxy`), both as PPO sees them. Cached in `path`."""
-    from rlhf.models.loading import open_backbone, sft_model_path, task_and_stop_rule
-    from rlhf.models.roles import LanguageModelRole
-    from rlhf.models.sampling import sample_texts
-    from rlhf.train.reward import load_reward_model
 
     if path.exists():
         return json.loads(path.read_text())
@@ -163,10 +161,6 @@ def best_of_n_from_pool(selector: np.ndarray, values: np.ndarray, n: int) -> dic
 def measure_policy(base: RunDir, cfg: RunConfig, model_path: str, prompts: list[str], per_prompt: int, with_proxy: bool) -> dict:
     """Fresh samples of the policy at `model_path` on `prompts`: mean KL(pi || rho) (summed token log-ratios
     against the SFT policy), gold reward and, when `with_proxy`, the base run's reward model, as PPO scores them."""
-    from rlhf.eval.evaluate import sample_with_kl
-    from rlhf.models.loading import open_backbone, sft_model_path, task_and_stop_rule
-    from rlhf.models.roles import LanguageModelRole
-    from rlhf.train.reward import load_reward_model
 
     seed_everything(cfg.seed + 12)
     T = cfg.task.temperature
@@ -208,7 +202,7 @@ def beta_label(beta: float) -> str:
 
 def save_figure(fig, path: Path, dpi: int = 110) -> None:
     """Write a matplotlib figure as PNG atomically (temp file, then rename) and close it."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: a heavy import, needed for plots only
 
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=dpi)

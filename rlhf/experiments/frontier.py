@@ -23,8 +23,8 @@ from rlhf.eval.frontier import fraction_of_optimum, optimal_reward_at_kl
 from rlhf.experiments.common import (
     Clock,
     as_matrix,
-    beta_label,
     best_of_n_from_pool,
+    beta_label,
     frontier_over_prompts,
     measured_sub_run,
     ppo_config,
@@ -33,7 +33,7 @@ from rlhf.experiments.common import (
     sample_pool,
     save_figure,
 )
-from rlhf.train.bon import best_of_n_kl
+from rlhf.models.best_of_n import best_of_n_kl
 
 log = logging.getLogger("rlhf")
 FRACTION_DEFINITION = "(gold_reward - rho_gold_reward) / (optimal_gold_reward_at_kl - rho_gold_reward): the share of the optimum's gain over rho"
@@ -124,10 +124,10 @@ def run(cfg: Config, out: Path) -> dict:
 
 
 def plot_frontier(path: Path, frontier: list[dict], bon: list[dict], ppo_runs: list[dict], rho_gold: float, gold_name: str) -> None:
-    import matplotlib
+    import matplotlib  # lazy: a heavy import, needed for plots only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: a heavy import, needed for plots only
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ax.plot([p["kl"] for p in frontier], [p["gold_reward"] for p in frontier], "-", color="black", label="optimal π* (from samples of ρ)")

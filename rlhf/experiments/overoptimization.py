@@ -22,8 +22,8 @@ from rlhf.data.io import atomic_write_json, atomic_write_text
 from rlhf.experiments.common import (
     Clock,
     as_matrix,
-    beta_label,
     best_of_n_from_pool,
+    beta_label,
     measured_sub_run,
     ppo_config,
     ppo_metrics,
@@ -32,7 +32,7 @@ from rlhf.experiments.common import (
     sample_pool,
     save_figure,
 )
-from rlhf.train.bon import best_of_n_kl
+from rlhf.models.best_of_n import best_of_n_kl
 
 log = logging.getLogger("rlhf")
 
@@ -147,10 +147,10 @@ def run(cfg: Config, out: Path) -> dict:
 
 
 def plot_sweeps(path: Path, bon_sweep: list[dict], ppo_sweep: list[dict], trajectories: list[dict], binned: list[dict], rho: dict, gold_name: str) -> None:
-    import matplotlib
+    import matplotlib  # lazy: a heavy import, needed for plots only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: a heavy import, needed for plots only
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     ppo = sorted([rho, *ppo_sweep], key=lambda p: p["kl"])

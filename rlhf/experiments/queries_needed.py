@@ -27,8 +27,14 @@ from pathlib import Path
 from rlhf.config import RunConfig, config_to_dict
 from rlhf.data.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 from rlhf.data.records import Comparison
+from rlhf.eval.evaluate import sample_with_kl
 from rlhf.experiments.common import ppo_metrics, save_figure
+from rlhf.models.loading import base_model_path, open_backbone, sft_model_path
+from rlhf.models.roles import LanguageModelRole
+from rlhf.pipeline import run_stage, start_run
 from rlhf.run import RunDir, seed_everything
+from rlhf.stats import mean_sem
+from rlhf.tasks import evaluation_prompts, task_and_stop_rule
 
 log = logging.getLogger("rlhf")
 
@@ -88,10 +94,6 @@ def ppo_curve(sub: RunDir, batch_size: int) -> dict:
 
 def final_figures(sub: RunDir, cfg: RunConfig, prompts: list[str], reference, policy_path: str) -> dict:
     """Gold reward (mean, sem) and KL to the SFT policy of fresh samples on held-out prompts; cached in final.json."""
-    from rlhf.eval.evaluate import sample_with_kl
-    from rlhf.eval.stats import mean_sem
-    from rlhf.models.loading import open_backbone, task_and_stop_rule
-    from rlhf.models.roles import LanguageModelRole
 
     path = sub.root / "final.json"
     if path.exists():
@@ -108,10 +110,10 @@ def final_figures(sub: RunDir, cfg: RunConfig, prompts: list[str], reference, po
 
 
 def plot(summary: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: a heavy import, needed for plots only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: a heavy import, needed for plots only
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     cmap = plt.get_cmap("viridis")
@@ -147,10 +149,6 @@ def summary_markdown(summary: dict) -> str:
 
 
 def run(cfg: Config, out: Path) -> dict:
-    from rlhf.models.loading import base_model_path, open_backbone, sft_model_path
-    from rlhf.models.roles import LanguageModelRole
-    from rlhf.pipeline import run_stage, start_run
-    from rlhf.train.bon import eval_prompts
 
     wall0, usage = time.time(), resource.getrusage(resource.RUSAGE_SELF)
     out = Path(out)
@@ -196,7 +194,7 @@ def run(cfg: Config, out: Path) -> dict:
     # 4. final evaluation on held-out prompts: the SFT policy and every PPO policy, gold reward and KL to SFT
     eval_cfg = copy.deepcopy(rc)
     eval_cfg.task.n_eval_prompts = cfg.eval_prompts
-    prompts = eval_prompts(eval_cfg)
+    prompts = evaluation_prompts(eval_cfg)
     reference = LanguageModelRole(open_backbone(rc, sft_model_path(base, rc)), None, rc.task.temperature)
     sft_figures = final_figures(base, rc, prompts, reference, sft_model_path(base, rc))
     runs = []

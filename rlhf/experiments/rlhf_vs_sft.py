@@ -25,8 +25,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhf.config import RunConfig, config_to_dict
-from rlhf.data.io import atomic_write_json, atomic_write_text
+from rlhf.data.io import atomic_write_json, atomic_write_text, read_jsonl
+from rlhf.data.records import Sample
+from rlhf.eval.diversity import diversity_report
+from rlhf.eval.evaluate import sample_with_kl
+from rlhf.eval.text_metrics import copying_report, length_statistics, rouge_f1
 from rlhf.experiments.common import Clock, run_base, save_figure
+from rlhf.judges.base import Verdict
+from rlhf.judges.labeler import build_judge
+from rlhf.judges.lm import judge_both_orders
+from rlhf.judges.protocol import JudgedItem, summarize_judgements
+from rlhf.models.loading import base_model_path, open_backbone, sft_model_path
+from rlhf.models.provision import load_tokenizer
+from rlhf.models.roles import LanguageModelRole
+from rlhf.pipeline import run_stage
+from rlhf.run import seed_everything
+from rlhf.stats import paired_bootstrap_diff
+from rlhf.tasks import prompt_source, task_and_stop_rule, task_for
+from rlhf.tasks.tldr import tldr_post
 
 log = logging.getLogger("rlhf")
 POLICIES = ("sft", "ppo", "bon")
@@ -78,7 +94,6 @@ def check_source(rc: RunConfig) -> Path:
 # 2. the policies' summaries of the held-out posts ------------------------------------------------------------
 def eval_posts(rc: RunConfig):
     """The held-out posts best-of-N was drawn for: (prompts, reference summaries)."""
-    from rlhf.models.loading import prompt_source, task_for
 
     posts = task_for(rc).load_prompts("test", n=rc.task.n_eval_prompts, source=prompt_source(rc), seed=rc.seed)
     return [p.text for p in posts], [p.meta["summary"] for p in posts]
@@ -86,8 +101,6 @@ def eval_posts(rc: RunConfig):
 
 def bon_summaries(base, prompts: list[str]) -> dict[str, dict]:
     """SFT (each post's N best-of-N candidates; the first is the judged one) and best-of-N (the chosen) from OUT/base/bon."""
-    from rlhf.data.io import read_jsonl
-    from rlhf.data.records import Sample
 
     n = base.done_info("bon")["n"]
     candidates = read_jsonl(base.root / "bon" / "candidates.jsonl", Sample)
@@ -102,10 +115,6 @@ def bon_summaries(base, prompts: list[str]) -> dict[str, dict]:
 
 def ppo_summaries(base, rc: RunConfig, prompts: list[str], per_post: int) -> dict:
     """`per_post` fresh summaries of the PPO policy per post and their KL to the SFT policy (summed token log-ratios)."""
-    from rlhf.eval.evaluate import sample_with_kl
-    from rlhf.models.loading import open_backbone, sft_model_path, task_and_stop_rule
-    from rlhf.models.roles import LanguageModelRole
-    from rlhf.run import seed_everything
 
     seed_everything(rc.seed + 21)
     sft = open_backbone(rc, sft_model_path(base, rc))
@@ -121,7 +130,6 @@ def ppo_summaries(base, rc: RunConfig, prompts: list[str], per_post: int) -> dic
 # 3. judging against the reference summaries -------------------------------------------------------------------
 def judged_policy(path: Path, judge, prompts: list[str], references: list[str], samples: dict) -> dict:
     """The judge's verdicts on (post, policy summary, reference summary) in both orders, cached in `path`."""
-    from rlhf.eval.lm_judge import judge_both_orders
 
     if path.exists():
         return json.loads(path.read_text())
@@ -135,8 +143,6 @@ def judged_policy(path: Path, judge, prompts: list[str], references: list[str], 
 
 def as_judged_items(record: dict):
     """JudgedItems back from a cached record (for `summarize_judgements`)."""
-    from rlhf.eval.judges import Verdict
-    from rlhf.eval.judging import JudgedItem
 
     return [JudgedItem(tuple(o), tuple(Verdict(v) for v in vs), outcome, consistent)
             for o, vs, outcome, consistent in zip(record["orders"], record["verdicts"], record["outcomes"], record["consistent"])]
@@ -145,10 +151,6 @@ def as_judged_items(record: dict):
 def policy_figures(record: dict, prompts: list[str], references: list[str], tokenizer, rc: RunConfig, vocabulary: int) -> dict:
     """Win rate against the reference (ties 1/2, SEM, bootstrap interval over posts), length-controlled win rate,
     position consistency, ROUGE against the reference, copying from the post, length and diversity."""
-    from rlhf.eval.diversity import diversity_report
-    from rlhf.eval.judging import summarize_judgements
-    from rlhf.tasks.tldr import tldr_post
-    from rlhf.eval.text_metrics import copying_report, length_statistics, rouge_f1
 
     texts = record["texts"]
     lengths = [token_length(tokenizer, t) for t in texts]
@@ -177,9 +179,6 @@ def policy_figures(record: dict, prompts: list[str], references: list[str], toke
 
 def reference_figures(prompts: list[str], references: list[str], tokenizer, vocabulary: int) -> dict:
     """The human summaries' own length, copying and across-input diversity, for scale."""
-    from rlhf.eval.diversity import diversity_report
-    from rlhf.tasks.tldr import tldr_post
-    from rlhf.eval.text_metrics import copying_report
 
     across = {k: v for k, v in diversity_report([[r] for r in references], vocabulary).items() if k.endswith("across_input")}
     return nan_to_none({"length_mean": sum(token_length(tokenizer, r) for r in references) / len(references),
@@ -188,7 +187,6 @@ def reference_figures(prompts: list[str], references: list[str], tokenizer, voca
 
 def paired_differences(records: dict[str, dict], rc: RunConfig) -> dict:
     """PPO - SFT and best-of-N - SFT win-rate differences over the same posts, with a paired bootstrap interval."""
-    from rlhf.eval.stats import paired_bootstrap_diff
 
     out = {}
     for name in ("ppo", "bon"):
@@ -201,10 +199,6 @@ def paired_differences(records: dict[str, dict], rc: RunConfig) -> dict:
 
 # 4. the run ------------------------------------------------------------------------------------------------------
 def run(cfg: Config, out: Path) -> dict:
-    from rlhf.labelers.judge import build_judge
-    from rlhf.models.provision import load_tokenizer
-    from rlhf.models.loading import base_model_path
-    from rlhf.pipeline import run_stage
 
     clock = Clock()
     out = Path(out)
@@ -276,10 +270,10 @@ def redacted(config: dict) -> dict:
 
 
 def plot_win_rates(path: Path, policies: dict, judge_name: str) -> None:
-    import matplotlib
+    import matplotlib  # lazy: a heavy import, needed for plots only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: a heavy import, needed for plots only
 
     labels = {"sft": "SFT", "ppo": "PPO", "bon": f"best-of-{policies['bon'].get('n_samples', 'N')}"}
     names = [n for n in POLICIES if policies[n]["win_rate"] is not None]

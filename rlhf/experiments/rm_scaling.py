@@ -20,17 +20,31 @@ import json
 import logging
 import math
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
+from transformers import get_linear_schedule_with_warmup
 
 from rlhf.config import RunConfig, config_to_dict
+from rlhf.data.importers import import_hh_rlhf
 from rlhf.data.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 from rlhf.data.records import Comparison
 from rlhf.experiments.common import save_figure
+from rlhf.labelers.base import label_many
+from rlhf.labelers.simulated import SimulatedLabeler
+from rlhf.models.encoding import EncodedSequence, pad_encoded
+from rlhf.models.loading import base_model_path, open_backbone
+from rlhf.models.roles import LanguageModelRole
+from rlhf.models.sampling import sample_texts
 from rlhf.run import atomic_torch_save, seed_everything
+from rlhf.stages.optim import optimizer_step, trainable_parameters
+from rlhf.stages.reward import comparison_loss, fit_head_on_features, new_reward_model
+from rlhf.stats import bootstrap_mean_interval
+from rlhf.tasks import prompt_source, task_and_stop_rule
 
 log = logging.getLogger("rlhf")
 SOURCES = ("human", "simulated")
@@ -105,7 +119,6 @@ def disjoint_pairs(prompt: str, responses: list[str], gold: list[float]) -> list
 # ------------------------------------------------------------------------------------------ 1. comparisons
 def human_comparisons(cfg: Config) -> tuple[list[Comparison], list[Comparison]]:
     """HH-RLHF comparisons, shuffled with the run's seed: (training pool, held-out)."""
-    from rlhf.data.importers import import_hh_rlhf
 
     if not Path(cfg.human_path).exists() and Path(cfg.human_path).suffix in (".jsonl", ".gz", ".json", ".parquet"):
         raise FileNotFoundError(f"human_path: {cfg.human_path} not found (HH-RLHF rows {{chosen, rejected}}; "
@@ -121,11 +134,6 @@ def simulated_comparisons(cfg: Config, folder: Path) -> tuple[list[Comparison], 
     """Responses of the base model (train-split prompts for the pool, test-split for held-out), each pair labelled
     by the task's simulated labeler (Bradley-Terry noise `collect.labeler_temperature`); gold scores kept in meta.
     Cached in folder/{comparisons,heldout}.jsonl."""
-    from rlhf.labelers.base import label_many
-    from rlhf.labelers.simulated import SimulatedLabeler
-    from rlhf.models.loading import base_model_path, open_backbone, prompt_source, task_and_stop_rule
-    from rlhf.models.roles import LanguageModelRole
-    from rlhf.models.sampling import sample_texts
 
     if (folder / "heldout.jsonl").exists():
         return read_jsonl(folder / "comparisons.jsonl", Comparison), read_jsonl(folder / "heldout.jsonl", Comparison)
@@ -174,9 +182,6 @@ def encode_truncated(tokenizer, comparisons: list[Comparison], max_tokens: int) 
 def trunk_pass(rm, seqs: list[torch.Tensor], keep_prefix: bool, chunk: int = 16):
     """Final features at each sequence's last token [N, d] and, with `keep_prefix`, the frozen bottom layers'
     hidden states per sequence (for LoRA on the top layers). Sequences run in length order to waste little padding."""
-    from tqdm import tqdm
-
-    from rlhf.models.encoding import EncodedSequence, pad_encoded
 
     backbone = rm.backbone
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
@@ -197,7 +202,6 @@ def trunk_pass(rm, seqs: list[torch.Tensor], keep_prefix: bool, chunk: int = 16)
 # ------------------------------------------------------------------------------------------ 3. reward models
 def probe_scores(rm, train: list[Comparison], train_x: torch.Tensor, heldout_x: torch.Tensor, l2: float) -> np.ndarray:
     """Linear probe: the head fitted on the training responses' features, applied to the held-out ones."""
-    from rlhf.train.reward import fit_head_on_features
 
     fit_head_on_features(rm, train, train_x, l2)
     with torch.no_grad():
@@ -207,11 +211,6 @@ def probe_scores(rm, train: list[Comparison], train_x: torch.Tensor, heldout_x: 
 def lp_ft_scores(rm, cfg: Config, train: list[Comparison], train_x, train_encoded, heldout_encoded, adapter_init, seed: int) -> np.ndarray:
     """LP-FT: the probe, then LoRA fine-tuning of the top layers with the reward stage's loss, AdamW and linear
     annealing, `reward.epochs` epochs in seeded orders; scores of the held-out responses."""
-    from transformers import get_linear_schedule_with_warmup
-
-    from rlhf.models.encoding import pad_encoded
-    from rlhf.train.optim import optimizer_step, trainable_parameters
-    from rlhf.train.reward import comparison_loss, fit_head_on_features
 
     rc = cfg.run.reward
     backbone = rm.backbone
@@ -237,7 +236,6 @@ def lp_ft_scores(rm, cfg: Config, train: list[Comparison], train_x, train_encode
 
 
 def interval(values: np.ndarray, cfg: Config, seed: int) -> tuple[float, float]:
-    from rlhf.eval.stats import bootstrap_mean_interval
 
     return bootstrap_mean_interval(values, seed, cfg.bootstrap_resamples, 0.95)
 
@@ -317,10 +315,10 @@ def run_source(source: str, cfg: Config, out: Path, rm, adapter_init) -> dict:
 
 # ------------------------------------------------------------------------------------------ 4. report
 def plot(summary: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: a heavy import, needed for plots only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: a heavy import, needed for plots only
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = {"human": "tab:blue", "simulated": "tab:orange"}
@@ -363,11 +361,7 @@ def summary_markdown(summary: dict) -> str:
 
 
 def run(cfg: Config, out: Path) -> dict:
-    import resource
-    import time
-
-    from rlhf.models.loading import base_model_path, open_backbone
-    from rlhf.train.reward import new_reward_model
+    import resource  # lazy: a heavy import, needed for peak-memory figures only
 
     wall0 = time.time()
     usage = resource.getrusage(resource.RUSAGE_SELF)

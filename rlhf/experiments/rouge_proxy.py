@@ -26,12 +26,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from rlhf.config import RunConfig, config_to_dict
 from rlhf.data.io import atomic_write_json, atomic_write_text
+from rlhf.eval.text_metrics import ROUGE_TYPES, rouge_per_pair
 from rlhf.experiments.common import Clock, best_of_n_from_pool, save_figure
 from rlhf.experiments.overoptimization import peak
-from rlhf.train.bon import best_of_n_kl
+from rlhf.judges.labeler import build_judge
+from rlhf.judges.lm import judge_both_orders
+from rlhf.models.best_of_n import best_of_n_kl
+from rlhf.models.loading import base_model_path, open_backbone, sft_model_path
+from rlhf.models.roles import LanguageModelRole
+from rlhf.models.sampling import sample_texts
+from rlhf.pipeline import run_stage, start_run
+from rlhf.run import RunDir, seed_everything
+from rlhf.tasks import prompt_source, task_and_stop_rule, task_for
 
 log = logging.getLogger("rlhf")
 
@@ -53,7 +63,6 @@ class Config:
 
 def check_config(cfg: Config) -> Path:
     """The TL;DR file of the config, or a clear error, before anything runs."""
-    from rlhf.eval.text_metrics import ROUGE_TYPES
 
     rc = cfg.run
     if rc.task.name != "tldr":
@@ -72,13 +81,6 @@ def check_config(cfg: Config) -> Path:
 def judged_pool(base, cfg: Config, path: Path) -> dict:
     """M summaries of rho per held-out post, their ROUGE against the post's reference, and the judge's verdict on
     each against that reference in both orders (outcome for the summary; None = unparseable). Cached in `path`."""
-    from rlhf.eval.lm_judge import judge_both_orders
-    from rlhf.eval.text_metrics import rouge_per_pair
-    from rlhf.labelers.judge import build_judge
-    from rlhf.models.loading import open_backbone, prompt_source, sft_model_path, task_and_stop_rule, task_for
-    from rlhf.models.roles import LanguageModelRole
-    from rlhf.models.sampling import sample_texts
-    from rlhf.run import seed_everything
 
     if path.exists():
         return json.loads(path.read_text())
@@ -106,7 +108,6 @@ def judged_pool(base, cfg: Config, path: Path) -> dict:
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     """Spearman rank correlation of the finite pairs (scipy), None when undefined."""
-    from scipy.stats import spearmanr
 
     keep = np.isfinite(x) & np.isfinite(y)
     if keep.sum() < 3 or np.ptp(x[keep]) == 0 or np.ptp(y[keep]) == 0:
@@ -115,9 +116,6 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
 
 
 def run(cfg: Config, out: Path) -> dict:
-    from rlhf.models.loading import base_model_path
-    from rlhf.pipeline import run_stage, start_run
-    from rlhf.run import RunDir
 
     clock = Clock()
     out = Path(out)
@@ -171,10 +169,10 @@ def run(cfg: Config, out: Path) -> dict:
 
 
 def plot_sweep(path: Path, bon_sweep: list[dict], rouge_type: str, judge: str) -> None:
-    import matplotlib
+    import matplotlib  # lazy: a heavy import, needed for plots only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: a heavy import, needed for plots only
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     kls = [p["kl"] for p in bon_sweep]

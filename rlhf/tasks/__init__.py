@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlhf.config import RunConfig
+from rlhf.models.loading import base_model_path
+from rlhf.models.provision import load_tokenizer
+from rlhf.models.sampling import StopRule
 from rlhf.tasks.base import Task, find_stop_index
+from rlhf.tasks.dialogue import make_dialogue_task
+from rlhf.tasks.sentiment import make_sentiment_task
+from rlhf.tasks.tldr import make_tldr_task
 
 TASK_NAMES = ("sentiment", "tldr", "dialogue")
 
@@ -14,13 +21,8 @@ def get_task(name: str, **options: Any) -> Task:
     sentiment: response_length, stop_min_tokens, stop_strings;
     tldr: response_length, stop_min_tokens, count_tokens, max_query_tokens;
     dialogue: response_length, stop_min_tokens."""
-    if name == "sentiment":
-        from rlhf.tasks.sentiment import make_sentiment_task as make_task
-    elif name == "tldr":
-        from rlhf.tasks.tldr import make_tldr_task as make_task
-    elif name == "dialogue":
-        from rlhf.tasks.dialogue import make_dialogue_task as make_task
-    else:
+    make_task = {"sentiment": make_sentiment_task, "tldr": make_tldr_task, "dialogue": make_dialogue_task}.get(name)
+    if make_task is None:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}")
     try:
         return make_task(**options)
@@ -28,4 +30,36 @@ def get_task(name: str, **options: Any) -> Task:
         raise ValueError(f"task {name!r}: bad options {sorted(options)} ({error})") from None
 
 
-__all__ = ["TASK_NAMES", "Task", "find_stop_index", "get_task"]
+def task_for(cfg: RunConfig):
+    """The configured task (with its gold scorer option, when set; for tldr its query budget, counted with the
+    model's tokenizer, and its split of a local file by id)."""
+    options = {"gold": cfg.task.gold} if cfg.task.gold else {}
+    if cfg.task.max_query_tokens:
+        options["max_query_tokens"] = cfg.task.max_query_tokens
+    if cfg.task.test_fraction:
+        options["test_fraction"] = cfg.task.test_fraction
+    if cfg.task.name == "tldr":
+        tokenizer = load_tokenizer(base_model_path(cfg))
+        options["count_tokens"] = lambda text: len(tokenizer(text, add_special_tokens=True).input_ids)
+    return get_task(cfg.task.name, **options)
+
+
+def task_and_stop_rule(cfg: RunConfig, tokenizer):
+    task = task_for(cfg)
+    response_length = cfg.task.response_length or task.response_length
+    min_tokens = task.stop_min_tokens if cfg.task.stop_min_tokens < 0 else cfg.task.stop_min_tokens
+    return task, response_length, StopRule(tokenizer, task.stop_strings, min_tokens)
+
+
+def prompt_source(cfg: RunConfig) -> str | None:
+    return cfg.task.source or None
+
+
+def evaluation_prompts(cfg: RunConfig) -> list[str]:
+    """The held-out prompts every policy is evaluated on: the first task.n_eval_prompts of a seeded shuffle of the
+    task's test split (best-of-N and the evaluation stage use the same list)."""
+    task = task_for(cfg)
+    return [p.text for p in task.load_prompts("test", n=cfg.task.n_eval_prompts, source=prompt_source(cfg), seed=cfg.seed)]
+
+
+__all__ = ["TASK_NAMES", "Task", "evaluation_prompts", "find_stop_index", "get_task", "prompt_source", "task_and_stop_rule", "task_for"]

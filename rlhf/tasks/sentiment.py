@@ -11,6 +11,7 @@ from typing import Any
 from rlhf.data.io import iter_rows
 from rlhf.data.records import Demonstration, Prompt
 from rlhf.tasks.base import Task, check_split, require_text_field, row_id, take_first_shuffled
+from rlhf.tasks.sentiment_lm_gold import LMSentimentScorer
 from rlhf.tasks.sentiment_prompts import builtin_demonstration_pairs, builtin_prompts
 
 SENTIMENT_SPLITS = ("train", "test")
@@ -27,7 +28,9 @@ _SENTENCE_END = (".", "!", "?")
 @lru_cache(maxsize=1)
 def vader_analyzer() -> Any:
     """One shared VADER analyzer per process (building it parses the lexicon, ~0.1 s)."""
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    from vaderSentiment.vaderSentiment import (
+        SentimentIntensityAnalyzer,  # lazy: a heavy import, needed for the VADER gold scorer only
+    )
 
     return SentimentIntensityAnalyzer()
 
@@ -144,7 +147,6 @@ def make_sentiment_task(
     if gold == "vader":
         gold_scorer = vader_gold_scores
     elif gold == "lm":
-        from rlhf.tasks.sentiment_lm_gold import LMSentimentScorer
 
         gold_scorer = LMSentimentScorer()
     else:

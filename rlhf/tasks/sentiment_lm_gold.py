@@ -7,6 +7,11 @@ from __future__ import annotations
 import threading
 
 import torch
+from transformers import DynamicCache
+
+from rlhf.models.encoding import encode_queries, left_pad
+from rlhf.models.provision import builtin_model_dir, load_causal_lm, load_tokenizer
+from rlhf.models.roles import position_ids_from_mask
 
 QUESTION = "Is the sentiment of this text positive or negative?"
 _LOCK = threading.Lock()
@@ -29,7 +34,6 @@ def shared_question_prefix() -> str:
 def _model(path: str):
     with _LOCK:
         if path not in _MODELS:
-            from rlhf.models.provision import load_causal_lm, load_tokenizer
 
             tokenizer = load_tokenizer(path)
             _MODELS[path] = (tokenizer, load_causal_lm(path, tokenizer))
@@ -46,7 +50,6 @@ class LMSentimentScorer:
 
     def _path(self) -> str:
         if self.model_path is None:
-            from rlhf.models.provision import builtin_model_dir
 
             self.model_path = str(builtin_model_dir())
         return self.model_path
@@ -67,10 +70,6 @@ class LMSentimentScorer:
         so its tokens run once and their KV cache is shared; the rest of each text runs in batches sorted by length
         (little padding). Exact: the tokens, positions and attention are those of one forward per text. A text
         whose tokens do not start with the question's (impossible with `judge_input`, checked anyway) runs whole."""
-        from transformers import DynamicCache
-
-        from rlhf.models.encoding import encode_queries, left_pad
-        from rlhf.models.roles import position_ids_from_mask
 
         trunk = getattr(model, model.base_model_prefix)
         prefix = tokenizer(shared_question_prefix(), add_special_tokens=True).input_ids

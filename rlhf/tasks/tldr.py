@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
+from rlhf.data.importers import format_tldr_query
 from rlhf.data.io import iter_rows
 from rlhf.data.records import Demonstration, Prompt
 from rlhf.tasks.base import Task, require_text_field, row_id, take_first_shuffled
@@ -27,11 +28,6 @@ _HUB_QUERY = re.compile(
 )
 
 _POST_OF_QUERY = re.compile(r"(?:\A|\n)POST: ?(?P<post>.*?)\s*(?:TL;DR:\s*)?\Z", re.S)
-
-
-def format_tldr_query(subreddit: str, title: str, post: str) -> str:
-    """The query shown to the policy (the template of Stiennon et al. 2020, single newlines)."""
-    return f"SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\nTL;DR:"
 
 
 def approximate_token_count(text: str) -> int:

@@ -18,6 +18,8 @@ from itertools import combinations
 import numpy as np
 
 from rlhf.data.records import Comparison
+from rlhf.judges.llm import LLMJudge
+from rlhf.judges.lm import LMPairwiseJudge, judge_both_orders
 from rlhf.labelers.base import check_kind_and_count
 from rlhf.labelers.simulated import CONFIDENCE_CANT_TELL, ranks_by_descending_gold
 
@@ -45,7 +47,6 @@ class JudgeLabeler:
         self.rng = np.random.default_rng(seed)
 
     def pair_outcomes(self, prompt: str, responses: Sequence[str]) -> dict[tuple[int, int], float | None]:
-        from rlhf.eval.lm_judge import judge_both_orders
 
         pairs = list(combinations(range(len(responses)), 2))
         judged = judge_both_orders(self.judge, [(prompt, responses[i], responses[j]) for i, j in pairs])
@@ -73,11 +74,9 @@ def build_judge(cfg):
     """The pairwise judge of a run config's `judge` section: the local LM judge or the OpenAI-compatible LLM judge."""
     jc = cfg.judge
     if jc.kind == "lm":
-        from rlhf.eval.lm_judge import LMPairwiseJudge
 
         return LMPairwiseJudge(jc.lm_model or None, jc.lm_margin, jc.lm_batch_size, order_rule=jc.lm_order_rule)
     if jc.kind == "llm":
-        from rlhf.eval.llm_judge import LLMJudge
 
         return LLMJudge(jc.llm)
     raise ValueError(f"judge.kind: expected lm or llm, got {jc.kind!r}")

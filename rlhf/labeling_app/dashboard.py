@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from rlhf.label.answers import top_choice
-from rlhf.label.metrics import (
+from rlhf.labeling_app.answers import top_choice
+from rlhf.labeling_app.metrics import (
     agreement_rate,
     bootstrap_interval,
     cohen_kappa,
@@ -19,7 +19,7 @@ from rlhf.label.metrics import (
     pairwise_agreement_counts,
     throughput_per_hour,
 )
-from rlhf.label.models import LIKERT_AXES, Batch, Judgment, Query, User
+from rlhf.labeling_app.tables import LIKERT_AXES, Batch, Judgment, Query, User
 
 
 def comparable_label(kind: str, answer: dict[str, Any]) -> Any:

@@ -8,10 +8,14 @@ import random
 from rlhf.config import RunConfig
 from rlhf.data.io import read_records, write_jsonl
 from rlhf.data.records import Comparison, Sample
-from rlhf.models.loading import open_backbone, prompt_source, sft_model_path, task_and_stop_rule
+from rlhf.judges.labeler import JudgeLabeler, build_judge
+from rlhf.labelers.base import label_many
+from rlhf.labelers.simulated import SimulatedLabeler
+from rlhf.models.loading import open_backbone, sft_model_path
 from rlhf.models.roles import LanguageModelRole
 from rlhf.models.sampling import sample_texts
 from rlhf.run import RunDir, seed_everything
+from rlhf.tasks import prompt_source, task_and_stop_rule
 
 log = logging.getLogger("rlhf")
 STAGE = "collect"
@@ -28,8 +32,6 @@ def split_heldout(comparisons: list[Comparison], fraction: float, seed: int) -> 
 
 
 def collect(run: RunDir, cfg: RunConfig) -> dict:
-    from rlhf.labelers.simulated import SimulatedLabeler
-    from rlhf.labelers.base import label_many
 
     cc = cfg.collect
     if cc.kind == "pairwise" and cc.responses_per_prompt != 2:
@@ -67,9 +69,8 @@ def collect(run: RunDir, cfg: RunConfig) -> dict:
 
     items = [(p, texts[i * K : (i + 1) * K]) for i, p in enumerate(prompts)]
     if cc.labeler == "judge":
-        # 2'. a pairwise judge compares every pair of each prompt's K responses in both orders (rlhf/labelers/judge.py);
+        # 2'. a pairwise judge compares every pair of each prompt's K responses in both orders (rlhf/judges/labeler.py);
         # its win counts are stored as meta["gold"]
-        from rlhf.labelers.judge import JudgeLabeler, build_judge
 
         comparisons = label_many(JudgeLabeler(build_judge(cfg), seed=cfg.seed), items, cc.kind)
         return _write_comparisons(run, cfg, comparisons, {"n_prompts": len(prompts), "responses_per_prompt": K, "kind": cc.kind,

@@ -15,9 +15,9 @@ from sqlalchemy import delete, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from rlhf.label.answers import clean_note, draw_order, gold_correct, parse_answer
-from rlhf.label.models import Assignment, Batch, Instructions, Judgment, Query, User, utcnow
-from rlhf.label.settings import LabelSettings
+from rlhf.labeling_app.answers import clean_note, draw_order, gold_correct, parse_answer
+from rlhf.labeling_app.settings import LabelSettings
+from rlhf.labeling_app.tables import Assignment, Batch, Instructions, Judgment, Query, User, utcnow
 
 _rng = random.SystemRandom()
 CANDIDATES = 16  # choose among the oldest few open queries so concurrent labelers rarely race for one slot

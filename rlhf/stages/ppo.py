@@ -10,14 +10,10 @@ import shutil
 
 import torch
 from tqdm import tqdm
+from transformers import get_linear_schedule_with_warmup
 
 from rlhf.config import RunConfig
-from rlhf.models.loading import task_for, open_backbone, prompt_source, sft_model_path, task_and_stop_rule
-from rlhf.models.roles import LanguageModelRole
-from rlhf.models.sampling import sample_episodes
-from rlhf.run import MetricsLog, RunDir, seed_everything
-from rlhf.train.online import OnlineCollection
-from rlhf.train.losses import (
+from rlhf.losses import (
     AdaptiveKLController,
     FixedKLController,
     apply_missing_stop_penalty,
@@ -29,9 +25,14 @@ from rlhf.train.losses import (
     masked_mean,
     masked_whiten,
 )
-from rlhf.train.reward import load_reward_model
-from rlhf.train.optim import optimizer_step, trainable_parameters
-from rlhf.train.sft import response_nll
+from rlhf.models.loading import load_reward_model, open_backbone, sft_model_path
+from rlhf.models.roles import LanguageModelRole
+from rlhf.models.sampling import sample_episodes
+from rlhf.run import MetricsLog, RunDir, seed_everything
+from rlhf.stages.online import OnlineCollection
+from rlhf.stages.optim import optimizer_step, trainable_parameters
+from rlhf.stages.sft import response_nll
+from rlhf.tasks import prompt_source, task_and_stop_rule, task_for
 
 log = logging.getLogger("rlhf")
 STAGE = "ppo"
@@ -92,7 +93,6 @@ def andon_cord_pulled(pc, run_dir=None) -> str | None:
 
 
 def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
-    from transformers import get_linear_schedule_with_warmup
 
     pc = cfg.ppo
     seed_everything(cfg.seed + 3)
@@ -126,7 +126,7 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
         start = ckpt["iteration"]
     metrics = MetricsLog(run, STAGE, resume_step=start if ckpt else None, step_key="iteration")
     samples_path = run.stage(STAGE) / "samples.jsonl"
-    online = None  # online collection (Ziegler §2.3), off by default: rlhf/train/online.py
+    online = None  # online collection (Ziegler §2.3), off by default: rlhf/stages/online.py
     if cfg.online.enabled:
         online = OnlineCollection(run, cfg, roles, response_length, stop_rule, prompts, ckpt.get("online") if ckpt else None)
 

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 
 from rlhf.data.records import Comparison
-from rlhf.label.models import LIKERT_AXES
 from rlhf.labelers.base import Labeler
+from rlhf.labeling_app.tables import LIKERT_AXES
 
 
 def form_from_comparison(comparison: Comparison) -> dict[str, str]:

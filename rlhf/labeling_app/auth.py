@@ -11,7 +11,7 @@ from fastapi import HTTPException, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from rlhf.label.models import ROLES, User
+from rlhf.labeling_app.tables import ROLES, User
 
 _hasher = PasswordHasher()
 MIN_PASSWORD_LENGTH = 8

@@ -40,7 +40,7 @@ def bootstrap_interval(items: Sequence[tuple[int, int]], resamples: int = 1000, 
 # Krippendorff (2004) alpha = 1 - D_o / D_e, via the `krippendorff` package (ordinal for Likert scales).
 def krippendorff_alpha(ratings: Sequence[Sequence[float | None]], level: str) -> float | None:
     """Alpha of a raters x items table (None = not rated); None when fewer than 2 values vary."""
-    import krippendorff
+    import krippendorff  # lazy: a heavy import, needed for the agreement dashboard only
 
     table = np.array([[np.nan if value is None else value for value in row] for row in ratings], dtype=float)
     if table.size == 0 or table.shape[0] < 2 or len(set(table[~np.isnan(table)].tolist())) < 2:
@@ -51,7 +51,7 @@ def krippendorff_alpha(ratings: Sequence[Sequence[float | None]], level: str) ->
 # Cohen (1960) kappa = (p_o - p_e) / (1 - p_e), via scikit-learn.
 def cohen_kappa(first: Sequence[Hashable], second: Sequence[Hashable]) -> float | None:
     """Kappa between two raters' labels on the same items; None if undefined (one label only, or no items)."""
-    from sklearn.metrics import cohen_kappa_score
+    from sklearn.metrics import cohen_kappa_score  # lazy: a heavy import, needed for the agreement dashboard only
 
     if not first or len(set(first) | set(second)) < 2:
         return None

@@ -6,7 +6,7 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rlhf.label.models import LIKERT_AXES, LIKERT_FLAGS
+from rlhf.labeling_app.tables import LIKERT_AXES, LIKERT_FLAGS
 
 MAX_NOTE_LENGTH = 5000
 LIKERT_RANGE = (1, 7)  # Stiennon et al. 2020 §4.1: 7-point Likert scales

@@ -9,22 +9,24 @@ from collections.abc import Callable
 
 import torch
 from tqdm import tqdm
+from transformers import get_linear_schedule_with_warmup
 
 from rlhf.config import RewardConfig, RunConfig
 from rlhf.data.io import read_jsonl
 from rlhf.data.records import Comparison
-from rlhf.models.loading import task_for, open_backbone, prompt_source, sft_model_path
-from rlhf.models.encoding import EncodedSequence, pad_encoded
-from rlhf.models.roles import Backbone, ScalarRole, encode_for_scoring, export_reward_model
-from rlhf.run import MetricsLog, RunDir, seed_everything
-from rlhf.train.losses import (
+from rlhf.losses import (
     best_of_k_loss,
     bias_for_zero_reference,
     gain_bias_for_unit_normal,
     pairwise_loss,
     ranking_loss,
 )
-from rlhf.train.optim import optimizer_step, trainable_parameters
+from rlhf.models.encoding import EncodedSequence, pad_encoded
+from rlhf.models.loading import open_backbone, sft_model_path
+from rlhf.models.roles import Backbone, ScalarRole, encode_for_scoring, export_reward_model
+from rlhf.run import MetricsLog, RunDir, seed_everything
+from rlhf.stages.optim import optimizer_step, trainable_parameters
+from rlhf.tasks import prompt_source, task_for
 
 log = logging.getLogger("rlhf")
 STAGE = "reward"
@@ -146,18 +148,6 @@ def new_reward_model(backbone: Backbone, name: str = "reward") -> ScalarRole:
     return ScalarRole(backbone, adapter)
 
 
-def load_reward_model(run: RunDir, backbone: Backbone, adapter: str = "reward") -> ScalarRole:
-    """The trained RM on `backbone` (a new adapter of that name, loaded from RUN_DIR/reward)."""
-    run.require(STAGE)
-    if backbone.is_lora:
-        backbone.add_adapter(adapter)
-        rm = ScalarRole(backbone, adapter)
-    else:
-        rm = ScalarRole(backbone, None)
-    rm.load(run.root / STAGE, "reward")
-    return rm
-
-
 def encode_comparisons(rm: ScalarRole, comparisons: list[Comparison]) -> list[EncodedSequence]:
     """Every response of `comparisons`, in order, through `encode_for_scoring` (the frozen bottom layers run once)."""
     return encode_for_scoring(rm, [c.prompt for c in comparisons for _ in c.responses], [r for c in comparisons for r in c.responses])
@@ -170,7 +160,6 @@ def fit_reward_model(rm: ScalarRole, train: list[Comparison], rc: RewardConfig, 
     passes each in a seeded order (after an LP-FT head fit when `rc.probe_head_first`). `ckpt` resumes a run;
     `after_step(step, loss, lr, state)` sees each step (state() gives a checkpoint); `flat` is
     `encode_comparisons(rm, train)` when the caller has it. Returns the steps taken."""
-    from transformers import get_linear_schedule_with_warmup
 
     backbone = rm.backbone
     trunk_params = trainable_parameters(backbone, rm.adapter)

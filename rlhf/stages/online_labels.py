@@ -16,10 +16,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy import func, select
+
 from rlhf.data.io import read_jsonl, write_jsonl
 from rlhf.data.records import Comparison, Sample
 from rlhf.labelers.base import label_many
 from rlhf.labelers.simulated import SimulatedLabeler
+from rlhf.labeling_app.db import open_database
+from rlhf.labeling_app.exchange import answered_comparisons, push_sample_records
+from rlhf.labeling_app.tables import Batch, Judgment, Query
 
 log = logging.getLogger("rlhf")
 Items = list[tuple[str, list[str]]]
@@ -92,7 +97,6 @@ class AppLabels:
 
     def __init__(self, initial: list[Comparison], db_url: str, run_dir: Path, kind: str, prefix: str,
                  timeout: float, poll: float):
-        from rlhf.label.db import open_database
 
         self.initial, self.run_dir, self.kind, self.prefix = initial, Path(run_dir), kind, prefix
         self.sessions = open_database(db_url or None)
@@ -104,7 +108,6 @@ class AppLabels:
         return f"{Path(run_dir).resolve().name}-online-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%f}"
 
     def push(self, items: Items, iteration: int) -> None:
-        from rlhf.label.exchange import push_sample_records
 
         samples = [Sample(prompt=p, response=r, policy=f"ppo-iteration-{iteration}") for p, responses in items for r in responses]
         with self.sessions() as db:
@@ -112,16 +115,10 @@ class AppLabels:
                                 where=f"PPO iteration {iteration} samples")
 
     def _batch_names(self, db) -> list[str]:
-        from sqlalchemy import select
-
-        from rlhf.label.models import Batch
 
         return list(db.scalars(select(Batch.name).where(Batch.name.startswith(self.prefix + "-", autoescape=True))))
 
     def asked(self) -> int:
-        from sqlalchemy import func, select
-
-        from rlhf.label.models import Batch, Query
 
         with self.sessions() as db:
             online = db.scalar(select(func.count(Query.id)).join(Batch).where(Batch.name.startswith(self.prefix + "-", autoescape=True),
@@ -129,9 +126,6 @@ class AppLabels:
         return len(self.initial) + (online or 0)
 
     def count(self) -> int:
-        from sqlalchemy import func, select
-
-        from rlhf.label.models import Batch, Judgment, Query
 
         with self.sessions() as db:
             online = db.scalar(select(func.count(Judgment.id)).join(Query, Judgment.query_id == Query.id).join(Batch)
@@ -142,7 +136,6 @@ class AppLabels:
         return wait_for_labels(self.count, needed, should_stop, self.timeout, self.poll, f" (batches {self.prefix}-*)")
 
     def comparisons(self) -> list[Comparison]:
-        from rlhf.label.exchange import answered_comparisons
 
         with self.sessions() as db:
             return self.initial + answered_comparisons(db, self._batch_names(db))

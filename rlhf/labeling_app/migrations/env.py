@@ -1,9 +1,9 @@
-"""Alembic environment: runs migrations on the connection handed over by rlhf.label.db.upgrade_schema
+"""Alembic environment: runs migrations on the connection handed over by rlhf.labeling_app.db.upgrade_schema
 (or on sqlalchemy.url when run by the alembic command line)."""
 from alembic import context
 from sqlalchemy import create_engine
 
-from rlhf.label.models import Base
+from rlhf.labeling_app.tables import Base
 
 config = context.config
 connection = config.attributes.get("connection")

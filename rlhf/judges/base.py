@@ -3,7 +3,7 @@
 A `Verdict` says which of the two responses, in the order shown, the judge preferred ("a", "b"), "tie", or
 "unparseable" (the judge answered but its answer could not be read; never turned into a random choice).
 This module has the gold (simulated) judge, a judge wrapping any `Labeler`, the reward-model judge and the
-human-label judge; the LLM judge over an HTTP endpoint is in `rlhf.eval.llm_judge`.
+human-label judge; the LLM judge over an HTTP endpoint is in `rlhf.judges.llm`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from rlhf.data.io import read_records
 from rlhf.data.records import Comparison
 from rlhf.labelers.base import Labeler
 from rlhf.labelers.simulated import GoldScorer, score_with_gold
@@ -125,7 +126,6 @@ class HumanLabelJudge:
 
     @classmethod
     def from_file(cls, path: str | Path, name: str = "human") -> HumanLabelJudge:
-        from rlhf.data.io import read_records
 
         return cls(read_records(path, Comparison), name=name, source=str(path))
 

@@ -1,5 +1,5 @@
 """Database connection: SQLite in WAL mode by default (a file under the data directory), PostgreSQL by URL;
-the schema is created and upgraded by the Alembic migrations in rlhf/label/migrations."""
+the schema is created and upgraded by the Alembic migrations in rlhf/labeling_app/migrations."""
 from __future__ import annotations
 
 import os
@@ -40,8 +40,8 @@ def make_engine(url: str) -> Engine:
 
 def upgrade_schema(engine: Engine) -> None:
     """Bring the database to the newest Alembic revision (creates all tables on an empty database)."""
-    from alembic import command
-    from alembic.config import Config
+    from alembic import command  # lazy: a heavy import, needed for schema migrations only
+    from alembic.config import Config  # lazy: a heavy import, needed for schema migrations only
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))

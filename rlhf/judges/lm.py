@@ -3,7 +3,7 @@
 The model is asked which of two summaries of a post is better (the criteria of Stiennon et al. 2020 App. C and of
 the GPT-4 judge of Kirk et al. 2024: accuracy, coverage, coherence) and its answer is read at the next token:
 log P(" A") against log P(" B"). Nothing is generated, so there is nothing to parse. Small models prefer one position
-whatever the content; judge both orders (`rlhf.eval.judging.judge_pairs(position="both")`, or `judge_both_orders`
+whatever the content; judge both orders (`rlhf.judges.protocol.judge_pairs(position="both")`, or `judge_both_orders`
 here, batched) and count a disagreement as a tie. With the built-in SmolLM2-135M-Instruct this is a weak judge: it is
 the simulated human of the offline set-up, as the zero-shot sentiment classifier is the sentiment task's gold.
 """
@@ -14,8 +14,11 @@ from collections.abc import Sequence
 
 import torch
 
-from rlhf.eval.judges import Verdict
-from rlhf.eval.judging import JudgedItem, combine_orders, judge_pairs
+from rlhf.judges.base import Verdict
+from rlhf.judges.protocol import JudgedItem, combine_orders, judge_pairs
+from rlhf.models.encoding import encode_queries
+from rlhf.models.provision import builtin_model_dir, load_causal_lm, load_tokenizer
+from rlhf.models.roles import position_ids_from_mask
 
 QUESTION = (
     "Which summary of this Reddit post is better? A good summary is accurate (it states only what the post says), "
@@ -75,7 +78,6 @@ class LMPairwiseJudge:
 
     def _model(self):
         if self._loaded is None:
-            from rlhf.models.provision import builtin_model_dir, load_causal_lm, load_tokenizer
 
             path = self.model_path or str(builtin_model_dir())
             tokenizer = load_tokenizer(path)
@@ -89,8 +91,6 @@ class LMPairwiseJudge:
     @torch.no_grad()
     def answer_logprobs(self, items: Sequence[tuple[str, str, str]]) -> list[tuple[float, float]]:
         """(log P(" A"), log P(" B")) of the next token for each (prompt, a, b), in batches of `batch_size`."""
-        from rlhf.models.encoding import encode_queries
-        from rlhf.models.roles import position_ids_from_mask
 
         tokenizer, model, (token_a, token_b) = self._model()
         out: list[tuple[float, float]] = []

@@ -12,9 +12,9 @@ import os
 import re
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 
-from rlhf.eval.judges import Verdict
+from rlhf.config import LLMJudgeConfig
+from rlhf.judges.base import Verdict
 
 SYSTEM_PROMPT = (
     "You are a careful evaluator of summaries and assistant responses. You compare two responses to the same "
@@ -39,24 +39,6 @@ Do not prefer a response for being longer, and do not let the order of the respo
 Explain your reasoning in at most three sentences. Then end with one line that is exactly
 "Preferred: A", "Preferred: B" or "Preferred: Tie"."""
 ANSWER_LINE = re.compile(r"preferred\s*:\s*\**\s*(a|b|tie)\b", re.IGNORECASE)
-
-
-@dataclass
-class LLMJudgeConfig:
-    base_url: str = "http://127.0.0.1:8000/v1"
-    """Base URL of an OpenAI-compatible API; the judge POSTs to {base_url}/chat/completions."""
-    model: str = ""
-    """Model name sent in the request (required)."""
-    api_key: str = ""
-    """Bearer token sent as the Authorization header; empty = read the variable named by api_key_env."""
-    api_key_env: str = "OPENAI_API_KEY"
-    """Environment variable holding the key when api_key is empty (no header when it is unset too)."""
-    temperature: float = 0.0
-    """Sampling temperature of the judge (0 = as deterministic as the server allows)."""
-    max_tokens: int = 256
-    """Most tokens the judge may write per answer."""
-    timeout_seconds: float = 60.0
-    """Seconds to wait for one answer before the request fails."""
 
 
 def judge_messages(prompt: str, a: str, b: str) -> list[dict[str, str]]:

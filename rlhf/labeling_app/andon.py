@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
 from rlhf.data.io import atomic_write_text
-from rlhf.label.models import AndonPull, Run, User, utcnow
+from rlhf.labeling_app.tables import AndonPull, Run, User, utcnow
 
 MAX_REASON_LENGTH = 2000
 

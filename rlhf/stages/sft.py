@@ -10,13 +10,15 @@ import shutil
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+from transformers import get_cosine_schedule_with_warmup
 
 from rlhf.config import RunConfig
-from rlhf.models.loading import task_for, base_model_path, open_backbone, prompt_source
 from rlhf.models.encoding import encode_prompt_response
+from rlhf.models.loading import base_model_path, open_backbone
 from rlhf.models.roles import Backbone
 from rlhf.run import MetricsLog, RunDir, seed_everything
-from rlhf.train.optim import load_trainable_state, optimizer_step, trainable_parameters, trainable_state
+from rlhf.stages.optim import load_trainable_state, optimizer_step, trainable_parameters, trainable_state
+from rlhf.tasks import prompt_source, task_for
 
 log = logging.getLogger("rlhf")
 STAGE = "sft"
@@ -33,7 +35,6 @@ def response_nll(backbone: Backbone, adapter: str | None, prompts: list[str], re
 
 
 def train_sft(run: RunDir, cfg: RunConfig) -> dict:
-    from transformers import get_cosine_schedule_with_warmup
 
     sc = cfg.sft
     if sc.n_demonstrations == 0:

@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session
 
 from rlhf.data.io import atomic_write_text, read_jsonl, write_jsonl
 from rlhf.data.records import MAX_RANKED_RESPONSES, Comparison, RecordError, Sample
-from rlhf.label.andon import register_run
-from rlhf.label.models import Batch, Instructions, Judgment, Query, User
+from rlhf.labeling_app.andon import register_run
+from rlhf.labeling_app.tables import Batch, Instructions, Judgment, Query, User
 
 DEFAULT_INSTRUCTIONS = {
     "pairwise": "Pick the better response (A or B), then say how sure you are: 1 = a guess, 5 = can't tell, 9 = certain.",

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from rlhf.data.records import Comparison
-from rlhf.eval.judges import Judge, Verdict
-from rlhf.eval.stats import length_controlled_win_rate, win_rate
+from rlhf.judges.base import Judge, Verdict
+from rlhf.stats import length_controlled_win_rate, win_rate
 
 POSITION_MODES = ("both", "random")
 

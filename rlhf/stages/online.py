@@ -20,8 +20,15 @@ from rlhf.data.records import COMPARISON_KINDS, Comparison
 from rlhf.models.loading import open_backbone, sft_model_path
 from rlhf.models.sampling import sample_texts
 from rlhf.run import RunDir
-from rlhf.train.online_labels import AppLabels, SimulatedLabels
-from rlhf.train.reward import fit_reward_model, has_tied_best, heldout_accuracy, new_reward_model, normalize_reward_model
+from rlhf.stages.online_labels import AppLabels, SimulatedLabels
+from rlhf.stages.reward import (
+    fit_reward_model,
+    has_tied_best,
+    heldout_accuracy,
+    new_reward_model,
+    normalize_reward_model,
+)
+from rlhf.tasks import task_for
 
 log = logging.getLogger("rlhf")
 
@@ -71,7 +78,6 @@ class OnlineCollection:
         if oc.source == "app":
             self.source = AppLabels(initial, oc.db, run.root, cc.kind, self.prefix, oc.wait_timeout_seconds, oc.poll_seconds)
         else:
-            from rlhf.models.loading import task_for
 
             gold = task_for(cfg).gold_scorer
             if gold is None:

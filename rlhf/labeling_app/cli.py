@@ -8,8 +8,22 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
-from rlhf.label.models import QUERY_KINDS, ROLES
+from sqlalchemy import func, select
+
+from rlhf.data.io import read_jsonl
+from rlhf.data.records import Sample
+from rlhf.labelers.simulated import SimulatedLabeler
+from rlhf.labeling_app.app import create_app
+from rlhf.labeling_app.auth import create_user
+from rlhf.labeling_app.db import open_database
+from rlhf.labeling_app.exchange import pull_answers, push_gold, push_samples
+from rlhf.labeling_app.settings import LabelSettings
+from rlhf.labeling_app.simulated_client import AppLabelerClient, label_through_app
+from rlhf.labeling_app.tables import QUERY_KINDS, ROLES, Query
+from rlhf.run import RunDir
+from rlhf.tasks import get_task
 
 
 def _db_option(parser: argparse.ArgumentParser) -> None:
@@ -99,9 +113,6 @@ def main_label(args: argparse.Namespace) -> int:
 def run_label_command(args: argparse.Namespace) -> int:
     command = args.label_command
     if command == "simulate":
-        from rlhf.label.simulated_client import AppLabelerClient, label_through_app
-        from rlhf.labelers.simulated import SimulatedLabeler
-        from rlhf.tasks import get_task
 
         task = get_task(args.task)
         if task.gold_scorer is None:
@@ -109,10 +120,6 @@ def run_label_command(args: argparse.Namespace) -> int:
         client = AppLabelerClient(args.url, args.user, _read_password(args.password_env))
         labeler = SimulatedLabeler(task.gold_scorer, args.temperature, args.seed, name=args.user)
         if args.likert_from:
-            from pathlib import Path
-
-            from rlhf.data.io import read_jsonl
-            from rlhf.data.records import Sample
 
             path = Path(args.likert_from) / "collect" / "samples.jsonl"
             if not path.exists():
@@ -121,14 +128,10 @@ def run_label_command(args: argparse.Namespace) -> int:
             labeler.calibrate_likert(task.gold_scorer([s.prompt for s in samples], [s.response for s in samples]))
         print(json.dumps({"answered": len(label_through_app(client, labeler, args.max))}))
         return 0
-    from rlhf.label.db import open_database
 
     sessions = open_database(args.db or None)
     if command == "serve":
-        import uvicorn
-
-        from rlhf.label.app import create_app
-        from rlhf.label.settings import LabelSettings
+        import uvicorn  # lazy: a heavy import, needed for the server only
 
         settings = LabelSettings(database_url=args.db, overlap_share=args.overlap_share, gold_threshold=args.gold_threshold,
                                  login_max_failures_per_user=args.login_max_failures_per_user,
@@ -139,24 +142,19 @@ def run_label_command(args: argparse.Namespace) -> int:
         return 0
     with sessions() as db:
         if command == "add-user":
-            from rlhf.label.auth import create_user
 
             user = create_user(db, args.name, _read_password(args.password_env), args.role, simulated=args.simulated)
             print(f"created {user.role} {user.name!r}")
         elif command == "push":
-            from rlhf.label.exchange import push_samples
-            from rlhf.run import RunDir
 
             kind = args.kind or RunDir(args.run_dir).load_config().collect.kind
             batch = push_samples(db, args.run_dir, kind, args.name, args.overlap_share, args.overlap_labelers, args.seed, args.instructions)
             print(f"pushed batch {batch.name!r}: {batch_size(db, batch.id)} {kind} queries")
         elif command == "gold":
-            from rlhf.label.exchange import push_gold
 
             batch = push_gold(db, args.comparisons, args.name, args.qualification, args.instructions)
             print(f"added {'qualification' if args.qualification else 'gold'} batch {batch.name!r}: {batch_size(db, batch.id)} queries")
         elif command == "pull":
-            from rlhf.label.exchange import pull_answers
 
             counts = pull_answers(db, args.out_dir, args.batch)
             print(json.dumps(counts))
@@ -165,8 +163,5 @@ def run_label_command(args: argparse.Namespace) -> int:
 
 
 def batch_size(db, batch_id: int) -> int:
-    from sqlalchemy import func, select
-
-    from rlhf.label.models import Query
 
     return db.scalar(select(func.count(Query.id)).where(Query.batch_id == batch_id)) or 0

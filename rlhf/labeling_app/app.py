@@ -19,14 +19,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.sessions import SessionMiddleware
 
-from rlhf.label import andon, auth
-from rlhf.label.answers import LIKERT_RANGE, AnswerError
-from rlhf.label.dashboard import dashboard_stats
-from rlhf.label.db import open_database
-from rlhf.label.models import LIKERT_AXES, LIKERT_FLAGS, ROLES, Batch, Instructions, Judgment, Run, User
-from rlhf.label.ratelimit import LoginLimiter
-from rlhf.label.settings import LabelSettings
-from rlhf.label.work import NoWork, current_instructions, next_assignment, submit_judgment
+from rlhf.labeling_app import andon, auth
+from rlhf.labeling_app.answers import LIKERT_RANGE, AnswerError
+from rlhf.labeling_app.dashboard import dashboard_stats
+from rlhf.labeling_app.db import open_database
+from rlhf.labeling_app.ratelimit import LoginLimiter
+from rlhf.labeling_app.settings import LabelSettings
+from rlhf.labeling_app.tables import LIKERT_AXES, LIKERT_FLAGS, ROLES, Batch, Instructions, Judgment, Run, User
+from rlhf.labeling_app.work import NoWork, current_instructions, next_assignment, submit_judgment
 
 HERE = Path(__file__).resolve().parent
 SECURITY_HEADERS = {
