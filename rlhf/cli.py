@@ -156,9 +156,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {write_comparison_report(args.run_dirs, args.out or 'comparison-report.html')}")
             return 0
         run = RunDir(args.run_dir)
+        cfg = run.load_config()  # before logging starts, so a bad or missing config writes nothing into RUN_DIR
         setup_logging(run, level)
 
-        info = run_stage(run, run.load_config(), args.command, force=args.force)
+        info = run_stage(run, cfg, args.command, force=args.force)
         print(json.dumps(info, indent=2, default=str))
         return 3 if info.get("stopped") else 0
     except (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError) as e:

@@ -11,6 +11,7 @@ import textwrap
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -55,7 +56,7 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "sentiment"
+    name: Literal["sentiment", "tldr", "dialogue"] = "sentiment"
     """Task: sentiment (Ziegler §3.1.1), tldr (Stiennon), or dialogue (HH-RLHF)."""
     source: str = ""
     """Prompt/demonstration source: a local file or hub name. Empty = the task's built-in data (sentiment only)."""
@@ -63,7 +64,7 @@ class TaskConfig:
     """Tokens sampled per response (fixed-length sampling); 0 = the task's default."""
     stop_min_tokens: int = -1
     """A stop string only ends a response at or after this token index; -1 = the task's default."""
-    gold: str = ""
+    gold: Literal["", "vader", "lm"] = ""
     """Gold scorer of the simulated labeler (sentiment: `vader` or `lm`, a zero-shot classifier's log-odds); empty = the task's default."""
     temperature: float = 0.7
     """Sampling temperature, applied to logits in sampling and in every reference/training forward."""
@@ -99,7 +100,7 @@ class CollectConfig:
     """Prompts sampled for comparisons (each gives one query)."""
     responses_per_prompt: int = 4
     """K responses sampled per prompt from the current policy."""
-    kind: str = "best_of_k"
+    kind: Literal["pairwise", "best_of_k", "ranking"] = "best_of_k"
     """Query type asked of labelers: pairwise, best_of_k, or ranking."""
     labeler_temperature: float = 0.0
     """Noise of the simulated labeler (Bradley-Terry temperature; 0 = always the higher gold score)."""
@@ -109,7 +110,7 @@ class CollectConfig:
     """Prompts per generation batch."""
     comparisons_path: str = ""
     """Use these comparison records (JSONL/Parquet, e.g. exported from the labeling app) instead of sampling and labeling."""
-    labeler: str = "gold"
+    labeler: Literal["gold", "judge"] = "gold"
     """Simulated labeler: `gold` (the task's gold scorer with Bradley-Terry noise) or `judge` (the pairwise judge of the
     `judge` section, asked about every pair in both orders; for tasks without a gold scorer, such as tldr)."""
 
@@ -131,7 +132,7 @@ class RewardConfig:
     """L2 penalty of that head fit, on standardised features."""
     drop_tied_best: bool = False
     """Skip comparisons whose best response is tied in the labeler's gold scores (a simulated labeler's coin flips)."""
-    normalize: str = "policy"
+    normalize: Literal["policy", "reference", "none"] = "policy"
     """After training: `policy` (Ziegler: gain/bias so policy samples have mean 0, std 1), `reference` (Stiennon: bias so reference responses average 0), or `none`."""
     checkpoint_every: int = 10
     """Optimiser steps between checkpoints."""
@@ -174,7 +175,7 @@ class PPOConfig:
     """Iterations at the start that train only the value network, on fresh batches, before the policy moves (OpenRLHF's
     freezing_actor_steps). The value starts from the RM, which never scored a partial response: its explained
     variance starts far below 0, and advantages computed from it are mostly noise. Counted in `iterations`."""
-    reward_source: str = "rm"
+    reward_source: Literal["rm", "gold"] = "rm"
     """What PPO maximises: "rm" (the trained reward model, as in the papers) or "gold" (the simulated task's gold
     scorer itself, for studies such as Ziegler fig. 2's "PPO on the true reward"; the value still starts from the RM)."""
     log_gold_reward: bool = True
@@ -200,7 +201,7 @@ class OnlineConfig:
     """Online collection (Ziegler §2.3): while PPO runs, its fresh samples become new queries, PPO pauses before
     episode n while fewer than l(n) labels exist, and the reward model is retrained as labels arrive. False = the
     default batched collection (Ziegler §4.1: sample, label, train the RM, then PPO)."""
-    source: str = "simulated"
+    source: Literal["simulated", "app"] = "simulated"
     """Who answers the queries: `simulated` (the task's gold labeler with collect.labeler_temperature, answering at
     once, for tests and studies) or `app` (the labeling app's database: people or `rlhf label simulate` answer)."""
     db: str = ""
@@ -229,7 +230,7 @@ class EvalConfig:
 
 @dataclass
 class JudgeConfig:
-    kind: str = "lm"
+    kind: Literal["lm", "llm"] = "lm"
     """Pairwise judge: `lm` (a zero-shot judge read from a local instruct model: log P(" A") vs log P(" B") of its
     answer to "which summary is better", rlhf/judges/lm.py) or `llm` (an OpenAI-compatible endpoint, `llm` below)."""
     lm_model: str = ""
@@ -238,7 +239,7 @@ class JudgeConfig:
     """`lm` judge: a log-probability difference |log P(A) - log P(B)| at or below this is a tie."""
     lm_batch_size: int = 8
     """`lm` judge: comparisons per forward pass."""
-    lm_order_rule: str = "tie"
+    lm_order_rule: Literal["tie", "logodds"] = "tie"
     """`lm` judge, both orders: `tie` (a disagreement between the orders is a tie) or `logodds` (the sign of
     [log P(A) - log P(B)] shown first minus the same shown second, which cancels a constant position bias)."""
     llm: LLMJudgeConfig = field(default_factory=LLMJudgeConfig)
@@ -286,8 +287,19 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def choices_of(tp) -> tuple | None:
+    """The allowed values of a `Literal[...]` type; None for any other type."""
+    return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
+
+
 def _convert(value, tp, where: str):
+    """`value` (from YAML or an override) as type `tp`; `where` ("FILE: section.field") prefixes every error."""
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if any(type(value) is type(choice) and value == choice for choice in choices):
+            return value
+        raise ConfigError(f"{where}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -314,19 +326,22 @@ def _convert(value, tp, where: str):
     raise ConfigError(f"{where}: unsupported type {tp}")
 
 
-def _apply(obj, values: dict, where: str) -> None:
+def _apply(obj, values: dict, source: str, prefix: str = "") -> None:
+    """Set the fields of dataclass `obj` from `values`, converted to their types. `source` (a YAML path, an
+    override, "config") and `prefix` (the dotted path down to `obj`) name the value in errors."""
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in values.items():
         if key not in names:
-            raise ConfigError(f"{where}: unknown field '{key}' (known: {', '.join(sorted(names))})")
+            section = f" {prefix.rstrip('.')}:" if prefix else ""
+            raise ConfigError(f"{source}:{section} unknown field '{key}' (known: {', '.join(sorted(names))})")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
-                raise ConfigError(f"{where}.{key}: expected a mapping of {tp.__name__} fields")
-            _apply(getattr(obj, key), value, f"{where}.{key}")
+                raise ConfigError(f"{source}: {prefix}{key}: expected a mapping of {tp.__name__} fields")
+            _apply(getattr(obj, key), value, source, f"{prefix}{key}.")
         else:
-            setattr(obj, key, _convert(value, tp, f"{where}.{key}"))
+            setattr(obj, key, _convert(value, tp, f"{source}: {prefix}{key}"))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: type = RunConfig):
@@ -360,16 +375,20 @@ def config_to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def config_from_dict(data: dict) -> RunConfig:
+def config_from_dict(data: dict, source: str = "config") -> RunConfig:
+    """A RunConfig from a saved config's mapping (a run's config.yaml); `source` names it in errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
     cfg = RunConfig()
-    _apply(cfg, data, "config")
+    _apply(cfg, data, source)
     return cfg
 
 
 def describe_config(cls: type = RunConfig, prefix: str = "") -> list[str]:
-    """Lines `section.field = default  # help` for `rlhf config-help`."""
+    """Lines `section.field = default` (and a Literal field's allowed values) with the help, for `rlhf config-help`."""
     lines = []
     docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
     default = cls()
     for f in dataclasses.fields(cls):
         value = getattr(default, f.name)
@@ -377,5 +396,7 @@ def describe_config(cls: type = RunConfig, prefix: str = "") -> list[str]:
             lines.append(f"\n[{prefix}{f.name}] {docs.get(f.name, '')}")
             lines += describe_config(type(value), f"{prefix}{f.name}.")
         else:
-            lines.append(f"  {prefix}{f.name} = {value!r}\n      {docs.get(f.name, '')}")
+            choices = choices_of(hints[f.name])
+            allowed = f"  (one of {', '.join(map(repr, choices))})" if choices else ""
+            lines.append(f"  {prefix}{f.name} = {value!r}{allowed}\n      {docs.get(f.name, '')}")
     return lines

@@ -69,7 +69,7 @@ class RunDir:
         path = self.root / "config.yaml"
         if not path.exists():
             raise FileNotFoundError(f"{path}: no config in this run directory; start it with `rlhf run --config ... --out {self.root}`")
-        return config_from_dict(yaml.safe_load(path.read_text()))
+        return config_from_dict(yaml.safe_load(path.read_text()), str(path))
 
     # stages -----------------------------------------------------------------------------------
     def stage(self, name: str) -> Path:

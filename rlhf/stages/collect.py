@@ -54,8 +54,6 @@ def collect(run: RunDir, cfg: RunConfig) -> dict:
     # 1. K responses per prompt from the current policy (the SFT model)
     backbone = open_backbone(cfg, sft_model_path(run, cfg))
     task, response_length, stop_rule = task_and_stop_rule(cfg, backbone.tokenizer)
-    if cc.labeler not in ("gold", "judge"):
-        raise ValueError(f"collect.labeler: expected gold or judge, got {cc.labeler!r}")
     if cc.labeler == "gold" and task.gold_scorer is None:
         raise ValueError(f"task '{task.name}' has no simulated gold labeler; set collect.comparisons_path to human comparisons, "
                          "or collect.labeler=judge for the pairwise judge of the `judge` section")

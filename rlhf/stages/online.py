@@ -16,7 +16,7 @@ import torch
 
 from rlhf.config import RunConfig
 from rlhf.data.io import read_jsonl
-from rlhf.data.records import COMPARISON_KINDS, Comparison
+from rlhf.data.records import Comparison
 from rlhf.models.loading import open_backbone, sft_model_path
 from rlhf.models.sampling import sample_texts
 from rlhf.run import RunDir
@@ -56,10 +56,6 @@ class OnlineCollection:
     def __init__(self, run: RunDir, cfg: RunConfig, roles, response_length: int, stop_rule, prompts: list[str],
                  state: dict | None):
         oc, pc, cc = cfg.online, cfg.ppo, cfg.collect
-        if oc.source not in ("simulated", "app"):
-            raise ValueError(f"online.source: expected simulated or app, got {oc.source!r}")
-        if cc.kind not in COMPARISON_KINDS:
-            raise ValueError(f"online collection asks collect.kind queries: expected one of {', '.join(COMPARISON_KINDS)}, got {cc.kind!r}")
         collect_dir = run.require("collect")
         initial = read_jsonl(collect_dir / "comparisons.jsonl", Comparison)
         self.heldout = read_jsonl(collect_dir / "heldout.jsonl", Comparison)
