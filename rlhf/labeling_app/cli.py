@@ -113,14 +113,12 @@ def main_label(args: argparse.Namespace) -> int:
 def run_label_command(args: argparse.Namespace) -> int:
     command = args.label_command
     if command == "simulate":
-
         task = get_task(args.task)
         if task.gold_scorer is None:
             raise ValueError(f"task {args.task!r} has no gold scorer to simulate a labeler with")
         client = AppLabelerClient(args.url, args.user, _read_password(args.password_env))
         labeler = SimulatedLabeler(task.gold_scorer, args.temperature, args.seed, name=args.user)
         if args.likert_from:
-
             path = Path(args.likert_from) / "collect" / "samples.jsonl"
             if not path.exists():
                 raise FileNotFoundError(f"{path}: no samples to calibrate the Likert scale on")
@@ -142,20 +140,16 @@ def run_label_command(args: argparse.Namespace) -> int:
         return 0
     with sessions() as db:
         if command == "add-user":
-
             user = create_user(db, args.name, _read_password(args.password_env), args.role, simulated=args.simulated)
             print(f"created {user.role} {user.name!r}")
         elif command == "push":
-
             kind = args.kind or RunDir(args.run_dir).load_config().collect.kind
             batch = push_samples(db, args.run_dir, kind, args.name, args.overlap_share, args.overlap_labelers, args.seed, args.instructions)
             print(f"pushed batch {batch.name!r}: {batch_size(db, batch.id)} {kind} queries")
         elif command == "gold":
-
             batch = push_gold(db, args.comparisons, args.name, args.qualification, args.instructions)
             print(f"added {'qualification' if args.qualification else 'gold'} batch {batch.name!r}: {batch_size(db, batch.id)} queries")
         elif command == "pull":
-
             counts = pull_answers(db, args.out_dir, args.batch)
             print(json.dumps(counts))
             print(f"reward stage: set collect.comparisons_path={os.path.join(args.out_dir, 'comparisons.jsonl')}")
@@ -163,5 +157,4 @@ def run_label_command(args: argparse.Namespace) -> int:
 
 
 def batch_size(db, batch_id: int) -> int:
-
     return db.scalar(select(func.count(Query.id)).where(Query.batch_id == batch_id)) or 0

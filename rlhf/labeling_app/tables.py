@@ -1,4 +1,4 @@
-"""Database tables of the labeling app (SQLAlchemy 2 declarative models).
+"""Database tables of the labeling app (SQLAlchemy 2 declarative mapped classes, one per table).
 
 A judgment is stored exactly once: one judgment per assignment (unique), one assignment per
 (query, labeler) (unique) and one per (query, overlap slot) (unique), so concurrent requests that race
