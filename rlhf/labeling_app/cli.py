@@ -50,7 +50,6 @@ def add_label_parser(sub) -> None:
     _db_option(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--overlap-share", type=float, default=0.05, help="share of pushed queries answered by several labelers")
     p.add_argument("--gold-threshold", type=float, default=0.7, help="gold accuracy under which a labeler is paused")
     p.add_argument("--login-max-failures-per-user", type=int, default=5, help="failed logins per account within the window before HTTP 429")
     p.add_argument("--login-max-failures-per-address", type=int, default=30, help="failed logins per client address within the window before HTTP 429")
@@ -131,7 +130,7 @@ def run_label_command(args: argparse.Namespace) -> int:
     if command == "serve":
         import uvicorn  # lazy: a heavy import, needed for the server only
 
-        settings = LabelSettings(database_url=args.db, overlap_share=args.overlap_share, gold_threshold=args.gold_threshold,
+        settings = LabelSettings(database_url=args.db, gold_threshold=args.gold_threshold,
                                  login_max_failures_per_user=args.login_max_failures_per_user,
                                  login_max_failures_per_address=args.login_max_failures_per_address,
                                  login_window_seconds=args.login_window_seconds)
