@@ -288,6 +288,28 @@ def test_pull_writes_comparisons_the_reward_stage_reads_and_summarize_rows(db, t
     assert rows[0]["summaries"][0]["policy"] == "ppo-secret-policy"
 
 
+def test_counts_of_a_batch_prefix_leave_out_gold_and_other_batches(db, tmp_path):
+    write_samples(tmp_path / "run", prompts=3, per_prompt=4)
+    exchange.push_samples(db, tmp_path / "run", "best_of_k", name="run_a-0000", overlap_share=0.0)
+    exchange.push_samples(db, tmp_path / "run", "best_of_k", name="run_a-0001", overlap_share=0.0)
+    exchange.push_samples(db, tmp_path / "run", "best_of_k", name="runXa-0000", overlap_share=0.0)  # `_` is no wildcard
+    exchange.push_gold(db, write_gold(tmp_path / "gold.jsonl", 2), "run_a-gold")  # gold queries never count
+    assert sorted(exchange.batch_names_starting_with(db, "run_a-")) == ["run_a-0000", "run_a-0001", "run_a-gold"]
+    assert exchange.batch_names_starting_with(db, "run%") == []
+    assert exchange.count_queries(db, "run_a-") == 6 and exchange.count_queries(db, "runXa-") == 3
+    assert exchange.count_answers(db, "run_a-") == 0
+    (user,) = users(db, 1)
+    settings = LabelSettings(gold_rate=1.0)  # gold first while any is left
+    for _ in range(11):  # the two gold queries first, then the nine regular ones
+        assignment = next_assignment(db, user, settings)
+        submit_judgment(db, user, assignment.token, answer_form(assignment), [], settings)
+    with pytest.raises(NoWork):
+        next_assignment(db, user, settings)
+    assert db.scalar(select(func.count(Judgment.id))) == 11
+    assert exchange.count_answers(db, "run_a-") == 6 and exchange.count_answers(db, "runXa-") == 3
+    assert exchange.count_answers(db, "run_a-0001") == 3
+
+
 def test_andon_pull_writes_the_stop_file_ppo_reads_and_release_removes_it(db, tmp_path):
     from rlhf.config import PPOConfig
     from rlhf.stages.ppo import andon_cord_pulled

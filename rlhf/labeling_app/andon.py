@@ -16,18 +16,14 @@ from rlhf.labeling_app.tables import AndonPull, Run, User, utcnow
 MAX_REASON_LENGTH = 2000
 
 
-def default_stop_file(run_dir: str | Path, configured: str = "") -> Path:
-    """The stop file PPO polls for a run: ppo.stop_file if configured, else RUN_DIR/ANDON."""
-    return Path(configured) if configured else Path(run_dir) / "ANDON"
-
-
-def register_run(db: Session, run_dir: str | Path, name: str = "", stop_file: str = "") -> Run:
-    """The app's record of a run directory (made once; later calls return it)."""
+def register_run(db: Session, run_dir: str | Path) -> Run:
+    """The app's record of a run directory (made once; later calls return it). Its cord writes RUN_DIR/ANDON,
+    the stop file PPO polls when ppo.stop_file is not set."""
     run_dir = str(Path(run_dir).resolve())
     existing = db.scalar(select(Run).where(Run.run_dir == run_dir))
     if existing is not None:
         return existing
-    run = Run(name=name or Path(run_dir).name, run_dir=run_dir, stop_file=str(default_stop_file(run_dir, stop_file)))
+    run = Run(name=Path(run_dir).name, run_dir=run_dir, stop_file=str(Path(run_dir) / "ANDON"))
     db.add(run)
     db.commit()
     return run

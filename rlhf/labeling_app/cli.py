@@ -50,7 +50,6 @@ def add_label_parser(sub) -> None:
     _db_option(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--overlap-share", type=float, default=0.05, help="share of pushed queries answered by several labelers")
     p.add_argument("--gold-threshold", type=float, default=0.7, help="gold accuracy under which a labeler is paused")
     p.add_argument("--login-max-failures-per-user", type=int, default=5, help="failed logins per account within the window before HTTP 429")
     p.add_argument("--login-max-failures-per-address", type=int, default=30, help="failed logins per client address within the window before HTTP 429")
@@ -113,14 +112,12 @@ def main_label(args: argparse.Namespace) -> int:
 def run_label_command(args: argparse.Namespace) -> int:
     command = args.label_command
     if command == "simulate":
-
         task = get_task(args.task)
         if task.gold_scorer is None:
             raise ValueError(f"task {args.task!r} has no gold scorer to simulate a labeler with")
         client = AppLabelerClient(args.url, args.user, _read_password(args.password_env))
         labeler = SimulatedLabeler(task.gold_scorer, args.temperature, args.seed, name=args.user)
         if args.likert_from:
-
             path = Path(args.likert_from) / "collect" / "samples.jsonl"
             if not path.exists():
                 raise FileNotFoundError(f"{path}: no samples to calibrate the Likert scale on")
@@ -133,7 +130,7 @@ def run_label_command(args: argparse.Namespace) -> int:
     if command == "serve":
         import uvicorn  # lazy: a heavy import, needed for the server only
 
-        settings = LabelSettings(database_url=args.db, overlap_share=args.overlap_share, gold_threshold=args.gold_threshold,
+        settings = LabelSettings(database_url=args.db, gold_threshold=args.gold_threshold,
                                  login_max_failures_per_user=args.login_max_failures_per_user,
                                  login_max_failures_per_address=args.login_max_failures_per_address,
                                  login_window_seconds=args.login_window_seconds)
@@ -142,20 +139,16 @@ def run_label_command(args: argparse.Namespace) -> int:
         return 0
     with sessions() as db:
         if command == "add-user":
-
             user = create_user(db, args.name, _read_password(args.password_env), args.role, simulated=args.simulated)
             print(f"created {user.role} {user.name!r}")
         elif command == "push":
-
             kind = args.kind or RunDir(args.run_dir).load_config().collect.kind
             batch = push_samples(db, args.run_dir, kind, args.name, args.overlap_share, args.overlap_labelers, args.seed, args.instructions)
             print(f"pushed batch {batch.name!r}: {batch_size(db, batch.id)} {kind} queries")
         elif command == "gold":
-
             batch = push_gold(db, args.comparisons, args.name, args.qualification, args.instructions)
             print(f"added {'qualification' if args.qualification else 'gold'} batch {batch.name!r}: {batch_size(db, batch.id)} queries")
         elif command == "pull":
-
             counts = pull_answers(db, args.out_dir, args.batch)
             print(json.dumps(counts))
             print(f"reward stage: set collect.comparisons_path={os.path.join(args.out_dir, 'comparisons.jsonl')}")
@@ -163,5 +156,4 @@ def run_label_command(args: argparse.Namespace) -> int:
 
 
 def batch_size(db, batch_id: int) -> int:
-
     return db.scalar(select(func.count(Query.id)).where(Query.batch_id == batch_id)) or 0

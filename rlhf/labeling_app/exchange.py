@@ -10,7 +10,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from rlhf.data.io import atomic_write_text, read_jsonl, write_jsonl
@@ -116,6 +116,26 @@ def _judgments(db: Session, batch_names: list[str]) -> list[tuple[Judgment, Quer
     if batch_names:
         statement = statement.where(Batch.name.in_(batch_names))
     return list(db.execute(statement.order_by(Judgment.id)).all())
+
+
+def batch_names_starting_with(db: Session, prefix: str) -> list[str]:
+    """The names of the batches whose name starts with `prefix` (taken literally: % and _ are no wildcards)."""
+    return list(db.scalars(select(Batch.name).where(Batch.name.startswith(prefix, autoescape=True))))
+
+
+def count_queries(db: Session, batch_prefix: str) -> int:
+    """Queries asked in the batches whose name starts with `batch_prefix`; gold queries do not count."""
+    statement = (select(func.count(Query.id)).join(Batch)
+                 .where(Batch.name.startswith(batch_prefix, autoescape=True), Query.is_gold.is_(False)))
+    return db.scalar(statement) or 0
+
+
+def count_answers(db: Session, batch_prefix: str) -> int:
+    """Judgments stored for the queries of the batches whose name starts with `batch_prefix`; answers to gold
+    queries do not count."""
+    statement = (select(func.count(Judgment.id)).join(Query, Judgment.query_id == Query.id).join(Batch)
+                 .where(Batch.name.startswith(batch_prefix, autoescape=True), Query.is_gold.is_(False)))
+    return db.scalar(statement) or 0
 
 
 def answered_comparisons(db: Session, batch_names: list[str]) -> list[Comparison]:

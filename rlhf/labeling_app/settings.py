@@ -10,10 +10,6 @@ class LabelSettings:
     """SQLAlchemy URL: empty = SQLite file $RLHF_LABEL_DATA/label.db (WAL mode); or postgresql://user@host:port/db."""
     secret_key: str = ""
     """Key signing the session cookie; empty = $RLHF_LABEL_SECRET, else a random key kept in the data directory."""
-    overlap_share: float = 0.05
-    """Share of a pushed batch's queries answered by several labelers (Stiennon App. C: overlap by design)."""
-    overlap_labelers: int = 5
-    """Distinct labelers who answer each overlap query."""
     gold_rate: float = 0.1
     """Probability that a labeler's next query is a gold query they have not answered yet (when one is left)."""
     gold_threshold: float = 0.7
@@ -34,11 +30,11 @@ class LabelSettings:
     """Send the session cookie only over HTTPS (set it when serving behind TLS)."""
 
     def __post_init__(self) -> None:
-        for name in ("overlap_share", "gold_rate", "gold_threshold", "qualification_threshold"):
+        for name in ("gold_rate", "gold_threshold", "qualification_threshold"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"LabelSettings.{name}: expected a number in 0..1, got {value}")
-        if self.overlap_labelers < 1 or self.gold_min_answers < 1:
-            raise ValueError("LabelSettings: overlap_labelers and gold_min_answers must be at least 1")
+        if self.gold_min_answers < 1:
+            raise ValueError("LabelSettings: gold_min_answers must be at least 1")
         if self.login_max_failures_per_user < 1 or self.login_max_failures_per_address < 1 or self.login_window_seconds <= 0:
             raise ValueError("LabelSettings: the login limits must be at least 1 and login_window_seconds positive")

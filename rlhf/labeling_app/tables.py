@@ -1,4 +1,4 @@
-"""Database tables of the labeling app (SQLAlchemy 2 declarative models).
+"""Database tables of the labeling app (SQLAlchemy 2 declarative mapped classes, one per table).
 
 A judgment is stored exactly once: one judgment per assignment (unique), one assignment per
 (query, labeler) (unique) and one per (query, overlap slot) (unique), so concurrent requests that race
@@ -97,7 +97,6 @@ class Assignment(Base):
     token: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     query: Mapped[Query] = relationship()
-    user: Mapped[User] = relationship()
 
 
 class Judgment(Base):
@@ -116,7 +115,6 @@ class Judgment(Base):
     gold_correct: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     query: Mapped[Query] = relationship()
-    user: Mapped[User] = relationship()
 
 
 class Run(Base):
@@ -142,4 +140,3 @@ class AndonPull(Base):
     released_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     run: Mapped[Run] = relationship()
     pulled_by: Mapped[User] = relationship(foreign_keys=[pulled_by_id])
-    released_by: Mapped[User | None] = relationship(foreign_keys=[released_by_id])

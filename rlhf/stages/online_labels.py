@@ -16,15 +16,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import func, select
-
 from rlhf.data.io import read_jsonl, write_jsonl
 from rlhf.data.records import Comparison, Sample
 from rlhf.labelers.base import label_many
 from rlhf.labelers.simulated import SimulatedLabeler
 from rlhf.labeling_app.db import open_database
-from rlhf.labeling_app.exchange import answered_comparisons, push_sample_records
-from rlhf.labeling_app.tables import Batch, Judgment, Query
+from rlhf.labeling_app.exchange import (
+    answered_comparisons,
+    batch_names_starting_with,
+    count_answers,
+    count_queries,
+    push_sample_records,
+)
 
 log = logging.getLogger("rlhf")
 Items = list[tuple[str, list[str]]]
@@ -97,7 +100,6 @@ class AppLabels:
 
     def __init__(self, initial: list[Comparison], db_url: str, run_dir: Path, kind: str, prefix: str,
                  timeout: float, poll: float):
-
         self.initial, self.run_dir, self.kind, self.prefix = initial, Path(run_dir), kind, prefix
         self.sessions = open_database(db_url or None)
         self.timeout, self.poll = timeout, poll
@@ -108,34 +110,22 @@ class AppLabels:
         return f"{Path(run_dir).resolve().name}-online-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%f}"
 
     def push(self, items: Items, iteration: int) -> None:
-
         samples = [Sample(prompt=p, response=r, policy=f"ppo-iteration-{iteration}") for p, responses in items for r in responses]
         with self.sessions() as db:
             push_sample_records(db, samples, self.run_dir, self.kind, f"{self.prefix}-{iteration:04d}", overlap_share=0.0,
                                 where=f"PPO iteration {iteration} samples")
 
-    def _batch_names(self, db) -> list[str]:
-
-        return list(db.scalars(select(Batch.name).where(Batch.name.startswith(self.prefix + "-", autoescape=True))))
-
     def asked(self) -> int:
-
         with self.sessions() as db:
-            online = db.scalar(select(func.count(Query.id)).join(Batch).where(Batch.name.startswith(self.prefix + "-", autoescape=True),
-                                                                              Query.is_gold.is_(False)))
-        return len(self.initial) + (online or 0)
+            return len(self.initial) + count_queries(db, self.prefix + "-")
 
     def count(self) -> int:
-
         with self.sessions() as db:
-            online = db.scalar(select(func.count(Judgment.id)).join(Query, Judgment.query_id == Query.id).join(Batch)
-                               .where(Batch.name.startswith(self.prefix + "-", autoescape=True), Query.is_gold.is_(False)))
-        return len(self.initial) + (online or 0)
+            return len(self.initial) + count_answers(db, self.prefix + "-")
 
     def wait_for(self, needed: int, should_stop: Callable[[], str | None]) -> str | None:
         return wait_for_labels(self.count, needed, should_stop, self.timeout, self.poll, f" (batches {self.prefix}-*)")
 
     def comparisons(self) -> list[Comparison]:
-
         with self.sessions() as db:
-            return self.initial + answered_comparisons(db, self._batch_names(db))
+            return self.initial + answered_comparisons(db, batch_names_starting_with(db, self.prefix + "-"))

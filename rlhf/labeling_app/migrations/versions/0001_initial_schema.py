@@ -1,12 +1,11 @@
 """initial schema
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-22
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0001'
 down_revision = None
@@ -15,6 +14,25 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # parents before children, so every foreign key points at a table that exists
+    _create_runs()
+    _create_users()
+    _create_andon_pulls()
+    _create_batches()
+    _create_instructions()
+    _create_queries()
+    _create_assignments()
+    _create_judgments()
+
+
+def _create_indexes(table: str, columns: list[str]) -> None:
+    """One non-unique index ix_TABLE_COLUMN per column."""
+    with op.batch_alter_table(table, schema=None) as batch_op:
+        for column in columns:
+            batch_op.create_index(batch_op.f(f'ix_{table}_{column}'), [column], unique=False)
+
+
+def _create_runs() -> None:
     op.create_table('runs',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
@@ -23,6 +41,9 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name')
     )
+
+
+def _create_users() -> None:
     op.create_table('users',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sa.String(length=80), nullable=False),
@@ -36,6 +57,9 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name')
     )
+
+
+def _create_andon_pulls() -> None:
     op.create_table('andon_pulls',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('run_id', sa.Integer(), nullable=False),
@@ -49,9 +73,10 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['run_id'], ['runs.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
-    with op.batch_alter_table('andon_pulls', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_andon_pulls_run_id'), ['run_id'], unique=False)
+    _create_indexes('andon_pulls', ['run_id'])
 
+
+def _create_batches() -> None:
     op.create_table('batches',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
@@ -63,6 +88,9 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name')
     )
+
+
+def _create_instructions() -> None:
     op.create_table('instructions',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('batch_id', sa.Integer(), nullable=False),
@@ -73,6 +101,9 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('batch_id', 'version')
     )
+
+
+def _create_queries() -> None:
     op.create_table('queries',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('batch_id', sa.Integer(), nullable=False),
@@ -86,10 +117,10 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['batch_id'], ['batches.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
-    with op.batch_alter_table('queries', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_queries_batch_id'), ['batch_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_queries_is_gold'), ['is_gold'], unique=False)
+    _create_indexes('queries', ['batch_id', 'is_gold'])
 
+
+def _create_assignments() -> None:
     op.create_table('assignments',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('query_id', sa.Integer(), nullable=False),
@@ -105,10 +136,10 @@ def upgrade() -> None:
     sa.UniqueConstraint('query_id', 'user_id'),
     sa.UniqueConstraint('token')
     )
-    with op.batch_alter_table('assignments', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_assignments_query_id'), ['query_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_assignments_user_id'), ['user_id'], unique=False)
+    _create_indexes('assignments', ['query_id', 'user_id'])
 
+
+def _create_judgments() -> None:
     op.create_table('judgments',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('assignment_id', sa.Integer(), nullable=False),
@@ -127,33 +158,25 @@ def upgrade() -> None:
     sa.UniqueConstraint('assignment_id'),
     sa.UniqueConstraint('query_id', 'user_id')
     )
-    with op.batch_alter_table('judgments', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_judgments_query_id'), ['query_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_judgments_user_id'), ['user_id'], unique=False)
-
+    _create_indexes('judgments', ['query_id', 'user_id'])
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('judgments', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_judgments_user_id'))
-        batch_op.drop_index(batch_op.f('ix_judgments_query_id'))
-
+    _drop_indexes('judgments', ['user_id', 'query_id'])
     op.drop_table('judgments')
-    with op.batch_alter_table('assignments', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_assignments_user_id'))
-        batch_op.drop_index(batch_op.f('ix_assignments_query_id'))
-
+    _drop_indexes('assignments', ['user_id', 'query_id'])
     op.drop_table('assignments')
-    with op.batch_alter_table('queries', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_queries_is_gold'))
-        batch_op.drop_index(batch_op.f('ix_queries_batch_id'))
-
+    _drop_indexes('queries', ['is_gold', 'batch_id'])
     op.drop_table('queries')
     op.drop_table('instructions')
     op.drop_table('batches')
-    with op.batch_alter_table('andon_pulls', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_andon_pulls_run_id'))
-
+    _drop_indexes('andon_pulls', ['run_id'])
     op.drop_table('andon_pulls')
     op.drop_table('users')
     op.drop_table('runs')
+
+
+def _drop_indexes(table: str, columns: list[str]) -> None:
+    with op.batch_alter_table(table, schema=None) as batch_op:
+        for column in columns:
+            batch_op.drop_index(batch_op.f(f'ix_{table}_{column}'))

@@ -1,0 +1,60 @@
+"""The admin page: accounts (add, unpause) and new versions of a batch's instructions."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from rlhf.labeling_app import auth
+from rlhf.labeling_app.pages import get_db, page
+from rlhf.labeling_app.tables import ROLES, Batch, Instructions, User
+from rlhf.labeling_app.work import current_instructions
+
+router = APIRouter()
+
+
+@router.get("/admin")
+def admin(request: Request, db: Session = Depends(get_db), error: str = "") -> HTMLResponse:
+    user = auth.require_role(request, db, "admin")
+    users = list(db.scalars(select(User).order_by(User.id)))
+    batches = list(db.scalars(select(Batch).order_by(Batch.id)))
+    return page(request, db, "admin.jinja", user, users=users, batches=batches, roles=ROLES, error=error)
+
+
+@router.post("/admin/users")
+def add_user(request: Request, name: str = Form(""), password: str = Form(""), role: str = Form(""),
+             csrf: str = Form(""), db: Session = Depends(get_db)) -> Response:
+    auth.check_csrf(request, csrf)
+    auth.require_role(request, db, "admin")
+    try:
+        auth.create_user(db, name, password, role)
+    except ValueError as error:
+        return admin(request, db, error=str(error))
+    return RedirectResponse("/admin", status_code=303)
+
+
+@router.post("/admin/users/{user_id}/unpause")
+def unpause(user_id: int, request: Request, csrf: str = Form(""), db: Session = Depends(get_db)) -> Response:
+    auth.check_csrf(request, csrf)
+    auth.require_role(request, db, "admin")
+    target = db.get(User, user_id)
+    if target is None:
+        raise HTTPException(status_code=404, detail="no such user")
+    target.paused, target.pause_reason = False, ""
+    db.commit()
+    return RedirectResponse("/admin", status_code=303)
+
+
+@router.post("/admin/batches/{batch_id}/instructions")
+def new_instructions(batch_id: int, request: Request, text: str = Form(""), csrf: str = Form(""),
+                     db: Session = Depends(get_db)) -> Response:
+    auth.check_csrf(request, csrf)
+    auth.require_role(request, db, "admin", "researcher")
+    batch = db.get(Batch, batch_id)
+    if batch is None:
+        raise HTTPException(status_code=404, detail="no such batch")
+    latest = current_instructions(db, batch_id)
+    db.add(Instructions(batch_id=batch_id, version=(latest.version if latest else 0) + 1, text=text.strip()))
+    db.commit()
+    return RedirectResponse("/admin", status_code=303)
