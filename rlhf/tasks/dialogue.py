@@ -11,18 +11,12 @@ from rlhf.tasks.base import Task, require_text_field, row_id, take_first_shuffle
 
 DIALOGUE_HUB_NAME = "Anthropic/hh-rlhf"
 ASSISTANT_MARKER = "\n\nAssistant:"
-HUMAN_MARKER = "\n\nHuman:"
 DIALOGUE_RESPONSE_LENGTH = 64
 # The stop rule looks at one token's decoded text at a time, and tokenizers split "\n\nHuman:" over
 # several tokens, so the stop string is the shorter "Human:". It fires only when a tokenizer emits
 # "Human:" (possibly with leading space/newlines) as one token; otherwise the fixed length ends the turn.
 DIALOGUE_STOP_STRINGS = ("Human:",)
 DIALOGUE_STOP_MIN_TOKENS = 0
-
-
-def format_dialogue_query(human_message: str) -> str:
-    """A single-turn query in HH-RLHF's format: "\\n\\nHuman: {message}\\n\\nAssistant:"."""
-    return f"{HUMAN_MARKER} {human_message.strip()}{ASSISTANT_MARKER}"
 
 
 def split_dialogue(dialogue: str, location: str = "dialogue") -> tuple[str, str]:
@@ -81,5 +75,4 @@ def make_dialogue_task(
         load_prompts=load_dialogue_prompts,
         load_demonstrations=load_dialogue_demonstrations,
         gold_scorer=None,
-        format_query=format_dialogue_query,
     )
