@@ -116,7 +116,8 @@ def test_link_stages_makes_relative_links_and_keeps_existing_ones(tmp_path):
     sub = RunDir(tmp_path / "sub")
     link_stages(sub, {"sft": tmp_path / "base" / "sft", "reward": tmp_path / "other" / "reward"})
     link_stages(sub, {"sft": tmp_path / "other" / "reward"})  # already linked: left as it is
-    assert (sub.root / "sft").readlink() == Path("../base/sft") and (sub.root / "reward").readlink() == Path("../other/reward")
+    assert (sub.root / "sft").readlink() == Path("../base/sft")
+    assert (sub.root / "reward").readlink() == Path("../other/reward")
 
 
 def test_run_stages_runs_in_order_and_a_stopped_stage_is_an_error(tmp_path, monkeypatch):

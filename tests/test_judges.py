@@ -123,7 +123,8 @@ def test_both_orders_ask_each_item_as_shown_then_swapped() -> None:
 
 
 def test_make_judge_builds_the_configured_judge() -> None:
-    lm = make_judge(JudgeConfig(kind="lm", lm_model="some/model", lm_margin=0.5, lm_batch_size=4, lm_order_rule="logodds"))
+    config = JudgeConfig(kind="lm", lm_model="some/model", lm_margin=0.5, lm_batch_size=4, lm_order_rule="logodds")
+    lm = make_judge(config)
     assert isinstance(lm, LMPairwiseJudge)
     assert (lm.model_path, lm.margin, lm.batch_size, lm.order_rule) == ("some/model", 0.5, 4, "logodds")
     assert make_judge(JudgeConfig(kind="lm")).model_path is None  # the built-in model, loaded on first use

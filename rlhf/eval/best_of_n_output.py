@@ -35,5 +35,6 @@ def read_best_of_n_output(run: RunDir, prompts: list[str]) -> BestOfNOutput:
     chosen = read_jsonl(run.root / "bon" / "samples.jsonl", Sample)
     output = BestOfNOutput(info["n"], info["kl_to_reference"], candidates, chosen)
     if [s.prompt for s in output.first_candidates()] != prompts or [s.prompt for s in chosen] != prompts:
-        raise RuntimeError(f"{run.root / 'bon'}: best-of-N was drawn for other prompts than the held-out ones; remove it and re-run")
+        raise RuntimeError(f"{run.root / 'bon'}: best-of-N was drawn for other prompts than the held-out ones; "
+                           "remove it and re-run")
     return output

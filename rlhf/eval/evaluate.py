@@ -97,8 +97,10 @@ def sample_rows(policy: str, prompts, texts, stops, rm, gold) -> list[dict]:
             for i, (p, t, s, r) in enumerate(zip(prompts, texts, stops, rm))]
 
 
-def measure_responses(task, name: str, prompts: list[str], texts: list[str], stops: list[bool], lengths: list[float],
-                      rm: list[float], kls: list[float] | None, kl_value: float | None = None) -> tuple[list[float] | None, dict, list[dict]]:
+def measure_responses(
+    task, name: str, prompts: list[str], texts: list[str], stops: list[bool], lengths: list[float], rm: list[float],
+    kls: list[float] | None, kl_value: float | None = None,
+) -> tuple[list[float] | None, dict, list[dict]]:
     """One policy's responses measured: (gold rewards or None, its figures, one row per sample)."""
     gold = task.gold_scorer(prompts, texts) if task.gold_scorer else None
     figures = policy_figures(gold, rm, kls, lengths, stops, kl_value)
@@ -136,7 +138,8 @@ def evaluate_on_prompts(run: RunDir, cfg: RunConfig, prompts: list[str], reuse_b
         rows += new_rows
         log.info("eval %s: %s", name, {k: round(v, 3) for k, v in figures[name].items() if isinstance(v, float)})
     if draw_bon:
-        candidates, chosen = draw_best_of_n(reference, reward, prompts, cfg.bon.n, response_length, stop_rule, bs, cfg.ppo.missing_stop_penalty)
+        candidates, chosen = draw_best_of_n(reference, reward, prompts, cfg.bon.n, response_length, stop_rule, bs,
+                                            cfg.ppo.missing_stop_penalty)
         bon = BestOfNOutput(cfg.bon.n, best_of_n_kl(cfg.bon.n), candidates, chosen)
     if bon is not None:
         # the SFT policy's samples are best-of-N's first candidates (i.i.d. SFT samples; their KL to SFT is 0),
@@ -145,7 +148,8 @@ def evaluate_on_prompts(run: RunDir, cfg: RunConfig, prompts: list[str], reuse_b
             texts, stops = [s.response for s in picked], [s.has_stop for s in picked]
             rm = [s.meta["rm_score_no_penalty"] for s in picked]
             lengths = [len(sft.tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
-            golds[name], figures[name], new_rows = measure_responses(task, name, prompts, texts, stops, lengths, rm, None, kl)
+            measured = measure_responses(task, name, prompts, texts, stops, lengths, rm, None, kl_value=kl)
+            golds[name], figures[name], new_rows = measured
             rows += new_rows
         figures["bon"]["n_samples"] = bon.n
     figures = {name: figures[name] for name in ("initial", "sft", "ppo", "bon") if name in figures}

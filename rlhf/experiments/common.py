@@ -56,7 +56,8 @@ def run_stages(run: RunDir, cfg: RunConfig, names: tuple[str, ...]) -> None:
     for name in names:
         info = run_stage(run, cfg, name)
         if info.get("stopped"):
-            raise RuntimeError(f"{run.root}: {name} stopped ({info.get('reason')}); remove the stop file and re-run to resume")
+            raise RuntimeError(f"{run.root}: {name} stopped ({info.get('reason')}); "
+                               "remove the stop file and re-run to resume")
 
 
 def run_base(out: Path, cfg: RunConfig, stages: tuple[str, ...] = SHARED_STAGES) -> RunDir:

@@ -99,9 +99,10 @@ def bon_summaries(base: RunDir, prompts: list[str]) -> dict[str, dict]:
     bon = read_best_of_n_output(base, prompts)
     groups = [[s.response for s in group] for group in bon.candidate_groups()]
     first = bon.first_candidates()
-    return {"sft": {"texts": [s.response for s in first], "stops": [s.has_stop for s in first], "groups": groups, "kl": 0.0},
-            "bon": {"texts": [s.response for s in bon.chosen], "stops": [s.has_stop for s in bon.chosen], "groups": None,
-                    "kl": bon.kl_to_reference, "n": bon.n}}
+    return {"sft": {"texts": [s.response for s in first], "stops": [s.has_stop for s in first], "groups": groups,
+                    "kl": 0.0},
+            "bon": {"texts": [s.response for s in bon.chosen], "stops": [s.has_stop for s in bon.chosen],
+                    "groups": None, "kl": bon.kl_to_reference, "n": bon.n}}
 
 
 def ppo_summaries(base, rc: RunConfig, prompts: list[str], per_post: int) -> dict:

@@ -1,14 +1,9 @@
-"""A simulated labeler backed by a pairwise judge (`collect.labeler: judge`), for tasks without a gold scorer.
+"""A judge as the simulated labeler (`collect.labeler: judge`), for tasks without a gold scorer.
 
-Every pair of the K responses is judged in both orders (a disagreement is a tie, which undoes the judge's position
-bias); each response's score is its number of wins, ties counting one half (Copeland's rule). The comparison asked
-for is read off those scores: pairwise (the winner; an exact tie is broken by the labeler's seeded RNG and gets
-confidence 5, "can't tell"), best of K (the top score, ties broken by the RNG) or a ranking (by descending score,
-equal scores sharing a rank). The scores are kept as meta["gold"], so the reward stage measures held-out accuracy
-against the judge's own, order-debiased preferences and `reward.drop_tied_best` can skip the judge's ties.
-
-This is the simulated-human set-up: the same judge that later scores the policies labels the reward model's
-comparisons, as the sentiment task's gold scorer does for its simulated labeler.
+Every pair of the K responses is judged in both orders; a response's score is its wins, ties one half (Copeland's
+rule), and the comparison asked for (pairwise, best of K, ranking) is read off the scores, exact ties broken by a
+seeded RNG (a tied pair gets confidence 5, "can't tell"). The scores are kept as meta["gold"], so the reward stage
+measures held-out accuracy against the judge's order-debiased preferences.
 """
 from __future__ import annotations
 

@@ -110,7 +110,8 @@ class LMPairwiseJudge:
         logprobs = self.answer_logprobs([*items, *[(p, b, a) for p, a, b in items]])
         judged = []
         for forward, backward in zip(logprobs[: len(items)], logprobs[len(items) :]):
-            item = item_from_both_orders(verdict_from_logprobs(*forward, self.margin), verdict_from_logprobs(*backward, self.margin))
+            verdicts = verdict_from_logprobs(*forward, self.margin), verdict_from_logprobs(*backward, self.margin)
+            item = item_from_both_orders(*verdicts)
             if self.order_rule == "logodds" and item.consistent is not None:
                 item = replace(item, outcome_for_a=outcome_from_both_logodds(forward, backward, self.margin))
             judged.append(item)

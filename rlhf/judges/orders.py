@@ -23,7 +23,8 @@ class JudgedItem:
     outcome_for_a: float | None
     """1 / 0.5 / 0 for a against b after undoing the order; None when a verdict was unparseable."""
     consistent: bool | None
-    """Both orders: whether the two verdicts name the same response (or both tie); None with one order or unparseable."""
+    """Both orders: whether the two verdicts name the same response (or both tie); None with one order or
+    unparseable."""
 
 
 def combine_orders(forward: Verdict, backward_as_shown: Verdict) -> tuple[float | None, bool | None]:
@@ -58,7 +59,9 @@ def judge_in_random_order(judge: Judge, prompt: str, a: str, b: str, rng: random
     return JudgedItem(("ba",), (verdict,), verdict.swapped().score_for_a, None)
 
 
-def judge_pairs(judge: Judge, items: Sequence[tuple[str, str, str]], position: str = "both", seed: int = 0) -> list[JudgedItem]:
+def judge_pairs(
+    judge: Judge, items: Sequence[tuple[str, str, str]], position: str = "both", seed: int = 0
+) -> list[JudgedItem]:
     """Judge each (prompt, a, b) item in both orders, or (position="random") in one order from random.Random(seed)."""
     if position == "both":
         return judge_both_orders(judge, items)

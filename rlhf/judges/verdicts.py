@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 OUTCOMES = ("a", "b", "tie", "unparseable")
 
@@ -34,7 +34,6 @@ class Verdict:
         return Verdict({"a": "b", "b": "a"}.get(self.outcome, self.outcome), self.raw)
 
 
-@runtime_checkable
 class Judge(Protocol):
     """Anything that compares two responses to one prompt."""
 

@@ -65,7 +65,8 @@ def held_out_prompts(cfg: RunConfig, n: int | None = None, split: str = "test",
     prompts = task_for(cfg).load_prompts(split, n=None, source=prompt_source(cfg), seed=cfg.seed)
     kept = [p for p in prompts if keep is None or keep(p)]
     if not 1 <= n <= len(kept):
-        raise ValueError(f"{what}: expected 1..{len(kept)} (prompts of split {split!r} of {cfg.task.source or 'the default source'}"
+        source = cfg.task.source or "the default source"
+        raise ValueError(f"{what}: expected 1..{len(kept)} (prompts of split {split!r} of {source}"
                          f"{' that pass the filter' if keep else ''}), got {n}")
     return kept[:n]
 
@@ -76,5 +77,6 @@ def evaluation_prompts(cfg: RunConfig, n: int | None = None) -> list[str]:
 
 
 __all__ = [
-    "TASK_NAMES", "Task", "evaluation_prompts", "get_task", "held_out_prompts", "prompt_source", "task_and_stop_rule", "task_for",
+    "TASK_NAMES", "Task", "evaluation_prompts", "get_task", "held_out_prompts", "prompt_source", "task_and_stop_rule",
+    "task_for",
 ]

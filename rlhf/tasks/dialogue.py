@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from rlhf.data.importers import HH_ASSISTANT_TURN, hh_rlhf_prompt
 from rlhf.data.io import iter_rows
 from rlhf.data.records import Demonstration, Prompt
 from rlhf.tasks.base import Task, require_text_field, row_id, take_first_shuffled
 
 DIALOGUE_HUB_NAME = "Anthropic/hh-rlhf"
-ASSISTANT_MARKER = "\n\nAssistant:"
 DIALOGUE_RESPONSE_LENGTH = 64
 # The stop rule looks at one token's decoded text at a time, and tokenizers split "\n\nHuman:" over
 # several tokens, so the stop string is the shorter "Human:". It fires only when a tokenizer emits
@@ -22,11 +22,10 @@ DIALOGUE_STOP_MIN_TOKENS = 0
 def split_dialogue(dialogue: str, location: str = "dialogue") -> tuple[str, str]:
     """(prompt, response): the prompt is everything up to and including the last "\\n\\nAssistant:",
     the response is the rest (it usually starts with a space)."""
-    marker_start = dialogue.rfind(ASSISTANT_MARKER)
-    if marker_start < 0:
-        raise ValueError(f"{location}: field 'chosen' contains no {ASSISTANT_MARKER!r} turn")
-    prompt_end = marker_start + len(ASSISTANT_MARKER)
-    return dialogue[:prompt_end], dialogue[prompt_end:]
+    if HH_ASSISTANT_TURN not in dialogue:
+        raise ValueError(f"{location}: field 'chosen' contains no {HH_ASSISTANT_TURN!r} turn")
+    prompt = hh_rlhf_prompt(dialogue)
+    return prompt, dialogue[len(prompt) :]
 
 
 def _chosen_dialogues(source: str, split: str) -> Iterator[tuple[str, str, str]]:
