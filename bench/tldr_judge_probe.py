@@ -2,14 +2,14 @@
 another post's, in both orders. `python bench/tldr_judge_probe.py` (needs ../shared/data/tldr/test-500.jsonl)."""
 import time
 
-from rlhf.config import load_config
+from rlhf.config import JudgeConfig, load_config
 from rlhf.experiments import rlhf_vs_sft as m
-from rlhf.judges.lm import LMPairwiseJudge, judge_both_orders
+from rlhf.judges import judge_both_orders, make_judge
 
 cfg = load_config('configs/experiments/rlhf_vs_sft.yaml', ['run.task.n_eval_prompts=8'], cls=m.Config)
 prompts, refs = m.eval_posts(cfg.run)
 items = [(p, r, refs[(i + 1) % len(refs)]) for i, (p, r) in enumerate(zip(prompts, refs))]  # own reference vs another post's
-judge = LMPairwiseJudge(batch_size=8, order_rule="logodds")
+judge = make_judge(JudgeConfig(kind="lm", lm_batch_size=8, lm_order_rule="logodds"))
 judge._model()
 t0 = time.time()
 judged = judge_both_orders(judge, items)

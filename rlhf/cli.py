@@ -99,24 +99,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    if args.command == "label":  # the labeling app does not need torch (rlhf.run imports it)
+    if args.command == "label":
 
         return main_label(args)
 
     level = logging.DEBUG if args.verbose else logging.INFO
     try:
         if args.command == "config-help":
-
             print("\n".join(describe_config()))
             return 0
         if args.command == "provision":
-
             setup_logging(None, level)
             print(builtin_model_dir(args.cache_dir))
             return 0
 
         if args.command in ("run", "init"):
-
             cfg = load_config(args.config, args.overrides)
             run = RunDir(args.out)
             setup_logging(run, level)
@@ -132,13 +129,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {Path(args.out) / 'report.html'}")
             return 0
         if args.command == "experiment":
-
             setup_logging(RunDir(args.out), level)
             summary = run_experiment(args.name, args.config or None, args.out, args.overrides)
             print(f"summary: {Path(args.out) / 'summary.md'} ({summary.get('wall_seconds', 0):.0f} s)")
             return 0
         if args.command == "eval-ood":
-
             setup_logging(RunDir(args.out), level)
             summary = evaluate_ood(args.run_dir, args.out, args.overrides, args.split, args.subreddits, args.exclude_subreddits)
             headline = ("n", "gold_reward_mean", "rm_score_mean", "kl_to_reference")
@@ -147,7 +142,6 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "report":
             if len(args.run_dirs) == 1 and not args.out:
-
                 setup_logging(RunDir(args.run_dirs[0]), level)
                 print(f"report: {write_report(Path(args.run_dirs[0]))}")
                 return 0

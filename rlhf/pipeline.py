@@ -18,14 +18,11 @@ from rlhf.stages.reward import train_reward
 from rlhf.stages.sft import train_sft
 
 log = logging.getLogger("rlhf")
-
-
-def stage_functions() -> dict[str, Callable]:
-
-    return {"sft": train_sft, "collect": collect, "reward": train_reward, "ppo": train_ppo, "bon": run_bon, "eval": evaluate}
-
-
-STAGES = ["sft", "collect", "reward", "ppo", "bon", "eval"]
+# the stages in the order the pipeline runs them
+STAGE_FUNCTIONS: dict[str, Callable[[RunDir, RunConfig], dict]] = {
+    "sft": train_sft, "collect": collect, "reward": train_reward, "ppo": train_ppo, "bon": run_bon, "eval": evaluate,
+}
+STAGES = list(STAGE_FUNCTIONS)
 
 
 def run_stage(run: RunDir, cfg: RunConfig, name: str, force: bool = False) -> dict:
@@ -37,7 +34,7 @@ def run_stage(run: RunDir, cfg: RunConfig, name: str, force: bool = False) -> di
         (run.root / name / "done.json").unlink(missing_ok=True)
     log.info("stage %s: starting", name)
     t0 = time.time()
-    info = stage_functions()[name](run, cfg)
+    info = STAGE_FUNCTIONS[name](run, cfg)
     seconds = time.time() - t0
     if info.get("stopped"):
         log.warning("stage %s stopped: %s", name, info.get("reason"))
@@ -61,7 +58,6 @@ def start_run(run: RunDir, cfg: RunConfig) -> None:
 
 
 def run_pipeline(run: RunDir, cfg: RunConfig) -> dict:
-
     base_model_path(cfg)  # one-time model conversion happens here, outside the stage clocks
     start_run(run, cfg)
     for name in STAGES:

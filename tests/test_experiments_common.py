@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from rlhf.experiments.common import best_of_n_from_pool, frontier_over_prompts
+from rlhf.config import RunConfig
+from rlhf.eval.frontier import frontier_over_prompts
+from rlhf.experiments import common
+from rlhf.experiments.common import best_of_n_from_pool, link_stages, run_stages
 from rlhf.experiments.frontier import point_against_frontier
 from rlhf.experiments.overoptimization import batches_by_kl, peak, trajectory
+from rlhf.run import RunDir
 
 
 def test_best_of_n_uses_disjoint_groups_and_the_selector():
@@ -103,3 +108,26 @@ def test_cli_passes_overrides_after_the_options_to_the_experiment_config(tmp_pat
     assert "unknown field 'no_such_field'" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # an unknown option is still an error
         main(["experiment", "frontier", "--out", str(tmp_path / "z"), "--bogus"])
+
+
+def test_link_stages_makes_relative_links_and_keeps_existing_ones(tmp_path):
+    (tmp_path / "base" / "sft").mkdir(parents=True)
+    (tmp_path / "other" / "reward").mkdir(parents=True)
+    sub = RunDir(tmp_path / "sub")
+    link_stages(sub, {"sft": tmp_path / "base" / "sft", "reward": tmp_path / "other" / "reward"})
+    link_stages(sub, {"sft": tmp_path / "other" / "reward"})  # already linked: left as it is
+    assert (sub.root / "sft").readlink() == Path("../base/sft")
+    assert (sub.root / "reward").readlink() == Path("../other/reward")
+
+
+def test_run_stages_runs_in_order_and_a_stopped_stage_is_an_error(tmp_path, monkeypatch):
+    ran = []
+
+    def fake_run_stage(run, cfg, name):
+        ran.append(name)
+        return {"stopped": True, "reason": "andon"} if name == "ppo" else {}
+
+    monkeypatch.setattr(common, "run_stage", fake_run_stage)
+    with pytest.raises(RuntimeError, match="ppo stopped \\(andon\\)"):
+        run_stages(RunDir(tmp_path), RunConfig(), ("reward", "ppo", "bon"))
+    assert ran == ["reward", "ppo"]

@@ -9,7 +9,7 @@ import pytest
 
 from rlhf.eval.frontier import (
     fraction_of_optimum,
-    frontier_from_samples,
+    frontier_over_prompts,
     optimal_reward_at_kl,
     tilted_policy_exact,
     tilted_policy_from_samples,
@@ -80,7 +80,7 @@ def test_effective_sample_size_by_hand() -> None:
 
 def test_frontier_is_sorted_by_kl_and_interpolates() -> None:
     rewards = np.random.default_rng(1).normal(size=5000)
-    frontier = frontier_from_samples(rewards, [0.25, 4.0, 1.0])
+    frontier = frontier_over_prompts(rewards[None, :], [0.25, 4.0, 1.0])  # one prompt
     assert [point["beta"] for point in frontier] == [4.0, 1.0, 0.25]  # smaller beta: larger KL, larger reward
     assert frontier[0]["gold_reward"] < frontier[1]["gold_reward"] < frontier[2]["gold_reward"]
     hand_made = [{"kl": 0.0, "gold_reward": 0.0}, {"kl": 1.0, "gold_reward": 2.0}, {"kl": 3.0, "gold_reward": 3.0}]

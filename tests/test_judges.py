@@ -1,4 +1,4 @@
-"""Tests for rlhf.judges.base and rlhf.judges.protocol: verdicts, each judge, position-bias handling,
+"""Tests for rlhf.judges (verdicts, simple judges, orders, summaries): each judge, position-bias handling,
 unparseable answers, the judged win rate and judge validation (synthetic, and on HH-RLHF when present)."""
 
 from __future__ import annotations
@@ -7,10 +7,16 @@ import numpy as np
 import pytest
 import torch
 
+from rlhf.config import JudgeConfig, LLMJudgeConfig
 from rlhf.data.io import write_jsonl
 from rlhf.data.records import Comparison
-from rlhf.judges.base import GoldJudge, HumanLabelJudge, LabelerJudge, RewardModelJudge, Verdict, verdict_from_scores
-from rlhf.judges.protocol import combine_orders, judge_pairs, position_statistics, summarize_judgements, validate_judge
+from rlhf.judges import Verdict, judge_both_orders, judge_pairs, make_judge, summarize_judgements, validate_judge
+from rlhf.judges.llm import LLMJudge
+from rlhf.judges.lm import LMPairwiseJudge
+from rlhf.judges.orders import combine_orders
+from rlhf.judges.simple import GoldJudge, HumanLabelJudge, LabelerJudge, RewardModelJudge
+from rlhf.judges.summaries import position_statistics
+from rlhf.judges.verdicts import verdict_from_scores
 from rlhf.labelers.simulated import SimulatedLabeler
 
 
@@ -106,6 +112,26 @@ def test_both_orders_turn_position_bias_into_ties_and_report_it() -> None:
     assert stats["first_position_rate"] == 1.0 and stats["n_decisive_verdicts"] == 10
     summary = summarize_judgements(judged, n_resamples=200)
     assert summary["win_rate"]["win_rate"] == 0.5 and summary["win_rate"]["ties"] == 5
+
+
+def test_both_orders_ask_each_item_as_shown_then_swapped() -> None:
+    judge = ScriptedJudge({("a1", "b1"): "a", ("b1", "a1"): "b", ("a2", "b2"): "tie"})
+    judged = judge_both_orders(judge, [("p", "a1", "b1"), ("p", "a2", "b2")])
+    assert judge.calls == [("a1", "b1"), ("b1", "a1"), ("a2", "b2"), ("b2", "a2")]
+    assert [item.outcome_for_a for item in judged] == [1.0, None]  # ("b2", "a2") is unparseable
+    assert judge_pairs(ScriptedJudge(judge.answers), [("p", "a1", "b1"), ("p", "a2", "b2")], position="both") == judged
+
+
+def test_make_judge_builds_the_configured_judge() -> None:
+    config = JudgeConfig(kind="lm", lm_model="some/model", lm_margin=0.5, lm_batch_size=4, lm_order_rule="logodds")
+    lm = make_judge(config)
+    assert isinstance(lm, LMPairwiseJudge)
+    assert (lm.model_path, lm.margin, lm.batch_size, lm.order_rule) == ("some/model", 0.5, 4, "logodds")
+    assert make_judge(JudgeConfig(kind="lm")).model_path is None  # the built-in model, loaded on first use
+    llm = make_judge(JudgeConfig(kind="llm", llm=LLMJudgeConfig(base_url="http://127.0.0.1:9/v1", model="judge-model")))
+    assert isinstance(llm, LLMJudge) and llm.name == "llm:judge-model"
+    with pytest.raises(ValueError, match="judge.kind: expected lm or llm"):
+        make_judge(JudgeConfig(kind="oracle"))
 
 
 def test_random_order_is_seeded_and_recorded() -> None:

@@ -9,8 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from rlhf.judges.llm import LLMJudge, LLMJudgeConfig, judge_messages, parse_judge_answer
-from rlhf.judges.protocol import judge_pairs, summarize_judgements
+from rlhf.config import LLMJudgeConfig
+from rlhf.judges import judge_pairs, summarize_judgements
+from rlhf.judges.llm import LLMJudge, judge_messages, parse_judge_answer
 
 
 class StubChatServer(BaseHTTPRequestHandler):

@@ -11,6 +11,7 @@ from rlhf.config import RunConfig
 from rlhf.data.io import atomic_write_text
 from rlhf.eval.ood import _check_out_dir, keeps_subreddit, ood_config, parse_subreddits, select_prompts
 from rlhf.run import RunDir
+from rlhf.tasks import evaluation_prompts
 
 POSTS = [  # (subreddit, title, post)
     ("cats", "My cat", "Long time lurker, first time poster. My cat sleeps all day."),
@@ -46,8 +47,6 @@ def test_select_prompts_filters_subreddits_then_takes_n(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"task.n_eval_prompts: expected 1..2"):
         select_prompts(cfg, "test", exclude=("cats",))
     cfg.task.n_eval_prompts = 4  # without a filter: the first n of the same seeded shuffle as `rlhf eval`
-    from rlhf.tasks import evaluation_prompts
-
     assert [p.text for p in select_prompts(cfg, "test")] == evaluation_prompts(cfg)
     cfg.task.name, cfg.task.source = "sentiment", ""
     with pytest.raises(ValueError, match="only TL;DR prompts have a subreddit"):

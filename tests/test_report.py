@@ -109,7 +109,7 @@ def test_report_rejects_invalid_json_line(tmp_path: Path) -> None:
     path = tmp_path / "eval" / "samples.jsonl"
     path.parent.mkdir()
     path.write_text('{"prompt": "p", "policy": "ppo", "response": "r"}\n{not json\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"samples\.jsonl:2: expected one JSON object per line"):
+    with pytest.raises(ValueError, match=r"samples\.jsonl:2: invalid JSON"):
         write_report(tmp_path)
 
 

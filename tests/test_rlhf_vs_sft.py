@@ -9,15 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlhf.judges.labeler import JudgeLabeler, copeland_scores
-from rlhf.judges.lm import (
-    LMPairwiseJudge,
-    judge_both_orders,
-    judge_input,
-    outcome_from_both_logodds,
-    post_of,
-    verdict_from_logprobs,
-)
+from rlhf.judges import JudgeLabeler, judge_both_orders, judge_pairs
+from rlhf.judges.labeler import copeland_scores
+from rlhf.judges.lm import LMPairwiseJudge, judge_input, outcome_from_both_logodds, post_of, verdict_from_logprobs
 from rlhf.labelers.base import Labeler
 from rlhf.tasks.tldr import in_split, load_tldr_prompts, stable_unit_hash
 
@@ -70,6 +64,8 @@ def test_logodds_rule_cancels_a_constant_position_bias():
     table = {("u", "v"): (-0.3, -1.5), ("v", "u"): (-0.2, -1.9)}
     judged = judge_both_orders(FixedLogprobJudge(table, order_rule="logodds"), [("p", "u", "v")])
     assert judged[0].outcome_for_a == 0.0 and judged[0].consistent is False  # the verdicts still disagree ("a", "a")
+    # judge_pairs in both orders goes through the same batched rule
+    assert judge_pairs(FixedLogprobJudge(table, order_rule="logodds"), [("p", "u", "v")], position="both") == judged
 
 
 def test_copeland_scores_hand_worked():

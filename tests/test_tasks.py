@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.tasks import TASK_NAMES, find_stop_index, get_task
-from rlhf.tasks.dialogue import format_dialogue_query, split_dialogue
+from rlhf.config import RunConfig
+from rlhf.tasks import TASK_NAMES, evaluation_prompts, get_task, held_out_prompts
+from rlhf.tasks.dialogue import split_dialogue
 from rlhf.tasks.sentiment import clean_review_text, opening_word_count, vader_gold_scores
 from rlhf.tasks.tldr import (
     approximate_token_count,
@@ -30,7 +31,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-# ---------------------------------------------------------------- get_task and the stop rule
+# ---------------------------------------------------------------- get_task
 
 
 def test_get_task_builds_each_task_and_names_known_tasks_on_error():
@@ -48,13 +49,19 @@ def test_get_task_builds_each_task_and_names_known_tasks_on_error():
         get_task("sentiment", stop_min_tokens=24)
 
 
-def test_stop_index_ignores_stops_before_min_tokens():
-    tokens = [" Great", ".", " The", " cast", " is", " fine", "!", " Really"]
-    # index 1 holds "." but is below stop_min_tokens=3; the next stop is "!" at index 6.
-    assert find_stop_index(tokens, (".", "!", "?"), 3) == 6
-    assert find_stop_index(tokens, (".", "!", "?"), 0) == 1
-    assert find_stop_index(tokens, (".",), 2) is None
-    assert get_task("sentiment", stop_min_tokens=1).stop_index(tokens) == 1
+def test_held_out_prompts_are_the_first_n_of_the_seeded_test_shuffle():
+    cfg = RunConfig()
+    cfg.task.name, cfg.task.n_eval_prompts, cfg.seed = "sentiment", 5, 3
+    task = get_task("sentiment")
+    assert held_out_prompts(cfg) == task.load_prompts("test", n=5, seed=3)
+    assert evaluation_prompts(cfg, 2) == [p.text for p in task.load_prompts("test", n=2, seed=3)]
+    positive = held_out_prompts(cfg, split="train", keep=lambda p: p.meta["tone"] == "positive")
+    assert positive == [p for p in task.load_prompts("train", seed=3) if p.meta["tone"] == "positive"][:5]
+    with pytest.raises(ValueError, match=r"task.n_eval_prompts: expected 1\.\.\d+ \(prompts of split 'test'"):
+        cfg.task.n_eval_prompts = 100_000
+        held_out_prompts(cfg)
+    with pytest.raises(ValueError, match=r"n: expected 1\.\."):
+        held_out_prompts(cfg, 0)
 
 
 # ---------------------------------------------------------------- sentiment
@@ -221,7 +228,6 @@ def test_split_dialogue_keeps_everything_up_to_the_last_assistant_turn():
     prompt, response = split_dialogue(chosen)
     assert prompt == "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Any tea tips?\n\nAssistant:"
     assert response == " Use water just off the boil."
-    assert format_dialogue_query(" Any tea tips? ") == "\n\nHuman: Any tea tips?\n\nAssistant:"
     with pytest.raises(ValueError, match="no '\\\\n\\\\nAssistant:' turn"):
         split_dialogue("\n\nHuman: only a question")
 

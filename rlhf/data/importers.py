@@ -43,6 +43,17 @@ def _pairwise(prompt: str, responses: list[str], best: int, where: str, **extra:
         raise error.at(where) from None
 
 
+def _chosen_over_rejected(
+    prompt: str, chosen: str, rejected: str, where: str, counts: Counter[str] | None
+) -> Comparison | None:
+    """The pairwise comparison [chosen, rejected] with best 0; None (counted as "identical") when they are equal."""
+    if chosen == rejected:
+        if counts is not None:
+            counts["identical"] += 1
+        return None
+    return _pairwise(prompt, [chosen, rejected], 0, where)
+
+
 def _with_leading_space(text: str) -> str:
     return text if text.startswith(" ") else " " + text
 
@@ -146,12 +157,7 @@ def trl_row_to_comparison(row: dict[str, Any], where: str, counts: Counter[str] 
     "\\n\\n{Role}: {content}" per message; when both responses open with an assistant turn, that
     "\\n\\nAssistant:" cue moves to the end of the prompt (prompt + response is unchanged).
     """
-    prompt, chosen, rejected = _render_trl_row(row, where)
-    if chosen == rejected:
-        if counts is not None:
-            counts["identical"] += 1
-        return None
-    return _pairwise(prompt, [chosen, rejected], 0, where)
+    return _chosen_over_rejected(*_render_trl_row(row, where), where, counts)
 
 
 def import_trl_preferences(source: PathLike, split: str = "train") -> list[Comparison]:
@@ -199,12 +205,7 @@ def hh_rlhf_row_to_comparison(row: dict[str, Any], where: str, counts: Counter[s
         rejected = rejected_dialogue[len(hh_rlhf_prompt(rejected_dialogue)) :]
         if counts is not None:
             counts["prefix_mismatch"] += 1
-    chosen = chosen_dialogue[len(prompt) :]
-    if chosen == rejected:
-        if counts is not None:
-            counts["identical"] += 1
-        return None
-    return _pairwise(prompt, [chosen, rejected], 0, where)
+    return _chosen_over_rejected(prompt, chosen_dialogue[len(prompt) :], rejected, where, counts)
 
 
 def import_hh_rlhf(source: PathLike, split: str = "train") -> list[Comparison]:

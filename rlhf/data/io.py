@@ -204,14 +204,6 @@ def iter_parquet_rows(path: PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
         yield f"{path}: row {number}", row
 
 
-def read_parquet(path: PathLike, record_type: type[RecordT]) -> list[RecordT]:
-    """Read records from a Parquet file written by ``write_parquet`` (or any file with matching columns)."""
-    return [
-        record_type.from_dict(_meta_from_column(row, where), where)  # type: ignore[attr-defined]
-        for where, row in iter_parquet_rows(path)
-    ]
-
-
 def records_to_dataset(records: Sequence[Any]) -> Any:
     """A ``datasets.Dataset`` holding the records (``meta`` as a JSON string), e.g. for ``save_to_disk``."""
     import datasets  # lazy: a heavy import, needed for hub datasets only

@@ -240,6 +240,3 @@ class Sample(_RecordBase):
         _check_meta(self.meta)
         object.__setattr__(self, "meta", dict(self.meta))
 
-
-Record = Prompt | Demonstration | Comparison | Sample
-RECORD_TYPES: tuple[type, ...] = (Prompt, Demonstration, Comparison, Sample)

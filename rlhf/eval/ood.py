@@ -18,7 +18,7 @@ from rlhf.data.io import atomic_write_json, atomic_write_text
 from rlhf.data.records import Prompt
 from rlhf.eval.evaluate import evaluate_on_prompts, samples_jsonl
 from rlhf.run import RunDir, seed_everything
-from rlhf.tasks import prompt_source, task_for
+from rlhf.tasks import held_out_prompts
 
 log = logging.getLogger("rlhf")
 # what an out-of-distribution evaluation may change: the prompts and how they are sampled, never the policies
@@ -51,18 +51,12 @@ def ood_config(run: RunDir, overrides: Sequence[str]) -> RunConfig:
 
 
 def select_prompts(cfg: RunConfig, split: str, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[Prompt]:
-    """The first cfg.task.n_eval_prompts of a seeded shuffle of the task's prompts of `split` from cfg.task.source,
-    after the subreddit filter (TL;DR only). Without a filter these are the prompts `rlhf eval` uses for that split."""
-
+    """The held-out prompts of `split` that pass the subreddit filter (TL;DR only); without a filter, for the test
+    split, the prompts `rlhf eval` uses."""
     if (include or exclude) and cfg.task.name != "tldr":
         raise ValueError(f"--subreddits/--exclude-subreddits: only TL;DR prompts have a subreddit, the task is {cfg.task.name!r}")
-    prompts = task_for(cfg).load_prompts(split, n=None, source=prompt_source(cfg), seed=cfg.seed)
-    kept = [p for p in prompts if not (include or exclude) or keeps_subreddit(p.meta["subreddit"], include, exclude)]
-    n = cfg.task.n_eval_prompts
-    if n < 1 or n > len(kept):
-        raise ValueError(f"task.n_eval_prompts: expected 1..{len(kept)} (prompts of split {split!r} of "
-                         f"{cfg.task.source or 'the default source'} that pass the filter), got {n}")
-    return kept[:n]
+    keep = (lambda p: keeps_subreddit(p.meta["subreddit"], include, exclude)) if include or exclude else None
+    return held_out_prompts(cfg, split=split, keep=keep)
 
 
 def _check_out_dir(run: RunDir, out: Path) -> None:
@@ -75,7 +69,6 @@ def _check_out_dir(run: RunDir, out: Path) -> None:
 def evaluate_ood(run_dir: str | Path, out_dir: str | Path, overrides: Sequence[str] = (), split: str = "test",
                  subreddits: str = "", exclude_subreddits: str = "") -> dict:
     """Evaluate the run's policies on the selected prompts; write OUT_DIR/samples.jsonl and OUT_DIR/summary.json."""
-
     run, out = RunDir(run_dir), Path(out_dir)
     _check_out_dir(run, out)
     run.require("reward")

@@ -14,7 +14,7 @@ import jinja2
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from rlhf.data.io import atomic_write_text
+from rlhf.data.io import atomic_write_text, iter_jsonl_rows
 
 TEMPLATE_NAME = "report.html.jinja"
 REPORT_NAME = "report.html"
@@ -34,8 +34,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _bad_field(path: Path, line: int | None, field: str, expected: str, got: Any) -> NoReturn:
-    where = f"{path}:{line}" if line is not None else str(path)
+def _bad_field(where: str | Path, field: str, expected: str, got: Any) -> NoReturn:
     raise ValueError(f"{where}: field {field!r}: expected {expected}, got {got!r}")
 
 
@@ -47,26 +46,16 @@ def read_checked_jsonl(
     if not path.exists():
         return None
     rows: list[dict[str, Any]] = []
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(
-                f"{path}:{line_number}: expected one JSON object per line, got invalid JSON ({error.msg})"
-            ) from error
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")
+    for where, row in iter_jsonl_rows(path):
         for field in required_numbers:
             if not _is_number(row.get(field)):
-                _bad_field(path, line_number, field, "a number", row.get(field, "<missing>"))
+                _bad_field(where, field, "a number", row.get(field, "<missing>"))
         for field in optional_numbers:
             if row.get(field) is not None and not _is_number(row[field]):
-                _bad_field(path, line_number, field, "a number, null or no value", row[field])
+                _bad_field(where, field, "a number, null or no value", row[field])
         for field in required_texts:
             if not isinstance(row.get(field), str):
-                _bad_field(path, line_number, field, "a string", row.get(field, "<missing>"))
+                _bad_field(where, field, "a string", row.get(field, "<missing>"))
         rows.append(row)
     return rows
 
@@ -89,7 +78,7 @@ def _section(mapping: dict[str, Any] | None, key: str, path: Path, prefix: str =
     if mapping is None or mapping.get(key) is None:
         return None
     if not isinstance(mapping[key], dict):
-        _bad_field(path, None, f"{prefix}{key}", "a JSON object", mapping[key])
+        _bad_field(path, f"{prefix}{key}", "a JSON object", mapping[key])
     return mapping[key]
 
 
@@ -99,7 +88,7 @@ def _figures(mapping: dict[str, Any], known: tuple[str, ...], path: Path, prefix
     for field in known:
         value = mapping.get(field)
         if value is not None and not _is_number(value):
-            _bad_field(path, None, f"{prefix}{field}", "a number or null", value)
+            _bad_field(path, f"{prefix}{field}", "a number or null", value)
         figures[field] = value
     for field, value in mapping.items():
         if field not in figures and (value is None or isinstance(value, (str, int, float))):
@@ -215,7 +204,7 @@ def _summary_context(path: Path) -> dict[str, Any]:
     stages = _figures(stage_seconds, tuple(stage_seconds), path, "stage_seconds.")
     total = None if summary is None else summary.get("wall_seconds_total")
     if total is not None and not _is_number(total):
-        _bad_field(path, None, "wall_seconds_total", "a number", total)
+        _bad_field(path, "wall_seconds_total", "a number", total)
     gold = [(name, figures) for name, figures in policy_figures.items() if _is_number(figures["gold_reward_mean"])]
     gold_plot = None
     if gold:

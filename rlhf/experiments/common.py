@@ -22,7 +22,6 @@ import torch
 from rlhf.config import RunConfig
 from rlhf.data.io import atomic_write_json, atomic_write_text
 from rlhf.eval.evaluate import sample_with_kl
-from rlhf.eval.frontier import tilted_policy_from_samples
 from rlhf.losses import apply_missing_stop_penalty
 from rlhf.models.loading import base_model_path, load_reward_model, open_backbone, sft_model_path
 from rlhf.models.roles import LanguageModelRole
@@ -30,7 +29,7 @@ from rlhf.models.sampling import sample_texts
 from rlhf.pipeline import run_stage, start_run
 from rlhf.run import RunDir, seed_everything
 from rlhf.stats import mean_sem
-from rlhf.tasks import prompt_source, task_and_stop_rule, task_for
+from rlhf.tasks import evaluation_prompts, task_and_stop_rule
 
 log = logging.getLogger("rlhf")
 SHARED_STAGES = ("sft", "collect", "reward")
@@ -52,14 +51,21 @@ class Clock:
 
 
 # 1. base run and PPO sub-runs ------------------------------------------------------------------------------
-def run_base(out: Path, cfg: RunConfig) -> RunDir:
-    """SFT, collection and reward-model stages of the pipeline in OUT/base (skipped when already done)."""
+def run_stages(run: RunDir, cfg: RunConfig, names: tuple[str, ...]) -> None:
+    """The named pipeline stages in order (a finished one is skipped); a stopped stage is an error."""
+    for name in names:
+        info = run_stage(run, cfg, name)
+        if info.get("stopped"):
+            raise RuntimeError(f"{run.root}: {name} stopped ({info.get('reason')}); "
+                               "remove the stop file and re-run to resume")
 
+
+def run_base(out: Path, cfg: RunConfig, stages: tuple[str, ...] = SHARED_STAGES) -> RunDir:
+    """The shared stages (by default SFT, collection and reward model) of the pipeline in OUT/base."""
     base_model_path(cfg)  # the one-time model conversion happens outside the stage clocks
     base = RunDir(out / "base")
     start_run(base, cfg)
-    for name in SHARED_STAGES:
-        run_stage(base, cfg, name)
+    run_stages(base, cfg, stages)
     return base
 
 
@@ -70,28 +76,25 @@ def ppo_config(cfg: RunConfig, beta: float, reward_source: str) -> RunConfig:
     return sub
 
 
-def run_ppo_sub_run(base: RunDir, root: Path, cfg: RunConfig) -> RunDir:
-    """A PPO run sharing the base run's finished SFT, comparisons and reward model (symlinked stage folders)."""
-
-    sub = RunDir(root)
+def link_stages(sub: RunDir, sources: dict[str, Path]) -> None:
+    """Symlink finished stage folders of another run into `sub` (relative links, so OUT can move)."""
     sub.root.mkdir(parents=True, exist_ok=True)
-    for name in SHARED_STAGES:
+    for name, target in sources.items():
         link = sub.root / name
         if not link.exists():
-            link.symlink_to(Path("..") / base.root.name / name, target_is_directory=True)
+            link.symlink_to(Path("..") / target.relative_to(sub.root.parent), target_is_directory=True)
+
+
+def run_ppo_sub_run(base: RunDir, root: Path, cfg: RunConfig) -> RunDir:
+    """A PPO run sharing the base run's finished SFT, comparisons and reward model (symlinked stage folders)."""
+    sub = RunDir(root)
+    link_stages(sub, {name: base.root / name for name in SHARED_STAGES})
     start_run(sub, cfg)
-    info = run_stage(sub, cfg, "ppo")
-    if info.get("stopped"):
-        raise RuntimeError(f"{sub.root}: PPO stopped ({info.get('reason')}); remove the stop file and re-run to resume")
+    run_stages(sub, cfg, ("ppo",))
     return sub
 
 
 # 2. the pool of samples from rho -----------------------------------------------------------------------
-def test_prompts(cfg: RunConfig, n: int) -> list[str]:
-
-    return [p.text for p in task_for(cfg).load_prompts("test", n=n, source=prompt_source(cfg), seed=cfg.seed)]
-
-
 def reward_as_optimised(scores, has_stop, penalty: float) -> list[float]:
     """Scores as PPO sees them: a response without a stop gets the fixed penalty (Ziegler §3.1.2)."""
 
@@ -101,11 +104,10 @@ def reward_as_optimised(scores, has_stop, penalty: float) -> list[float]:
 def sample_pool(base: RunDir, cfg: RunConfig, path: Path, n_prompts: int, per_prompt: int, with_proxy: bool) -> dict:
     """`per_prompt` samples of rho (the SFT policy) for each of `n_prompts` test prompts, scored by the gold scorer
     (and by the base run's reward model, the proxy, when `with_proxy`), both as PPO sees them. Cached in `path`."""
-
     if path.exists():
         return json.loads(path.read_text())
     seed_everything(cfg.seed + 11)
-    prompts = test_prompts(cfg, n_prompts)
+    prompts = evaluation_prompts(cfg, n_prompts)
     backbone = open_backbone(cfg, sft_model_path(base, cfg))
     task, response_length, stop_rule = task_and_stop_rule(cfg, backbone.tokenizer)
     repeated = [p for p in prompts for _ in range(per_prompt)]
@@ -123,20 +125,6 @@ def sample_pool(base: RunDir, cfg: RunConfig, path: Path, n_prompts: int, per_pr
 def as_matrix(pool: dict, key: str) -> np.ndarray:
     """A pool's scores as [prompts, samples per prompt]."""
     return np.asarray(pool[key], dtype=float).reshape(len(pool["prompts"]), pool["per_prompt"])
-
-
-# Ziegler et al. 2019 fig. 3: pi*(y|x) ∝ rho(y|x) exp(r/beta) per prompt; E_x of its reward and KL.
-def frontier_over_prompts(rewards: np.ndarray, betas: list[float]) -> list[dict]:
-    """The optimal policy's expected reward and KL(pi* || rho), each averaged over prompts, for each beta,
-    estimated per prompt from the rows of `rewards` [P, M] (M samples of rho per prompt); sorted by KL.
-    The smallest effective sample size over prompts says how far the estimate can be trusted."""
-    points = []
-    for beta in betas:
-        per_prompt = [tilted_policy_from_samples(row, beta) for row in rewards]
-        points.append({"beta": float(beta), "kl": float(np.mean([p["kl"] for p in per_prompt])),
-                       "gold_reward": float(np.mean([p["gold_reward"] for p in per_prompt])),
-                       "min_effective_sample_size": float(min(p["effective_sample_size"] for p in per_prompt))})
-    return sorted(points, key=lambda point: point["kl"])
 
 
 # Stiennon et al. 2020 §4.1 (fig. 5): best-of-N, the response the selector scores highest among N samples.
@@ -161,7 +149,6 @@ def best_of_n_from_pool(selector: np.ndarray, values: np.ndarray, n: int) -> dic
 def measure_policy(base: RunDir, cfg: RunConfig, model_path: str, prompts: list[str], per_prompt: int, with_proxy: bool) -> dict:
     """Fresh samples of the policy at `model_path` on `prompts`: mean KL(pi || rho) (summed token log-ratios
     against the SFT policy), gold reward and, when `with_proxy`, the base run's reward model, as PPO scores them."""
-
     seed_everything(cfg.seed + 12)
     T = cfg.task.temperature
     reference_backbone = open_backbone(cfg, sft_model_path(base, cfg))

@@ -19,13 +19,12 @@ import numpy as np
 
 from rlhf.config import RunConfig, config_to_dict
 from rlhf.data.io import atomic_write_json, atomic_write_text
-from rlhf.eval.frontier import fraction_of_optimum, optimal_reward_at_kl
+from rlhf.eval.frontier import fraction_of_optimum, frontier_over_prompts, optimal_reward_at_kl
 from rlhf.experiments.common import (
     Clock,
     as_matrix,
     best_of_n_from_pool,
     beta_label,
-    frontier_over_prompts,
     measured_sub_run,
     ppo_config,
     run_base,

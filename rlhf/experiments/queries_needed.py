@@ -19,8 +19,6 @@ import copy
 import json
 import logging
 import random
-import resource
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,10 +26,10 @@ from rlhf.config import RunConfig, config_to_dict
 from rlhf.data.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 from rlhf.data.records import Comparison
 from rlhf.eval.evaluate import sample_with_kl
-from rlhf.experiments.common import ppo_metrics, save_figure
-from rlhf.models.loading import base_model_path, open_backbone, sft_model_path
+from rlhf.experiments.common import Clock, link_stages, ppo_metrics, run_base, run_stages, save_figure
+from rlhf.models.loading import open_backbone, sft_model_path
 from rlhf.models.roles import LanguageModelRole
-from rlhf.pipeline import run_stage, start_run
+from rlhf.pipeline import start_run
 from rlhf.run import RunDir, seed_everything
 from rlhf.stats import mean_sem
 from rlhf.tasks import evaluation_prompts, task_and_stop_rule
@@ -65,15 +63,6 @@ def episodes_axis(iterations: list[int], batch_size: int) -> list[int]:
     return [i * batch_size for i in iterations]
 
 
-def link_stages(sub: RunDir, sources: dict[str, Path]) -> None:
-    """Symlink finished stage folders of another run into `sub` (relative links, so OUT can move)."""
-    sub.root.mkdir(parents=True, exist_ok=True)
-    for name, target in sources.items():
-        link = sub.root / name
-        if not link.exists():
-            link.symlink_to(Path("..") / target.relative_to(sub.root.parent), target_is_directory=True)
-
-
 def subset_collect(sub: RunDir, base: RunDir, n: int, seed: int) -> None:
     """Write sub/collect/: the first n training comparisons of the base run's collection, and all its held-out ones."""
     if sub.is_done("collect"):
@@ -94,7 +83,6 @@ def ppo_curve(sub: RunDir, batch_size: int) -> dict:
 
 def final_figures(sub: RunDir, cfg: RunConfig, prompts: list[str], reference, policy_path: str) -> dict:
     """Gold reward (mean, sem) and KL to the SFT policy of fresh samples on held-out prompts; cached in final.json."""
-
     path = sub.root / "final.json"
     if path.exists():
         return json.loads(path.read_text())
@@ -149,8 +137,7 @@ def summary_markdown(summary: dict) -> str:
 
 
 def run(cfg: Config, out: Path) -> dict:
-
-    wall0, usage = time.time(), resource.getrusage(resource.RUSAGE_SELF)
+    clock = Clock()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rc = cfg.run
@@ -158,11 +145,7 @@ def run(cfg: Config, out: Path) -> dict:
         raise ValueError(f"n_queries: expected increasing positive numbers, got {cfg.n_queries}")
 
     # 1. base run: SFT and one collection of comparisons, shared by every sub-run
-    base_model_path(rc)  # the one-time model conversion happens outside the stage clocks
-    base = RunDir(out / "base")
-    start_run(base, rc)
-    for name in ("sft", "collect"):
-        run_stage(base, rc, name)
+    base = run_base(out, rc, ("sft", "collect"))
 
     # 2. per N: a reward model on the first N comparisons, then PPO against it
     rm_cfg = copy.deepcopy(rc)
@@ -173,10 +156,7 @@ def run(cfg: Config, out: Path) -> dict:
         link_stages(sub, {"sft": base.root / "sft"})
         subset_collect(sub, base, n, rc.seed)
         start_run(sub, rm_cfg)
-        for name in ("reward", "ppo"):
-            info = run_stage(sub, rm_cfg, name)
-            if info.get("stopped"):
-                raise RuntimeError(f"{sub.root}: PPO stopped ({info.get('reason')}); remove the stop file and re-run to resume")
+        run_stages(sub, rm_cfg, ("reward", "ppo"))
         subs.append(("rm", n, sub))
 
     # 3. PPO on the gold reward itself (value network started from the largest reward model)
@@ -186,15 +166,11 @@ def run(cfg: Config, out: Path) -> dict:
     gold = RunDir(out / "gold")
     link_stages(gold, {"sft": base.root / "sft", "collect": largest.root / "collect", "reward": largest.root / "reward"})
     start_run(gold, gold_cfg)
-    info = run_stage(gold, gold_cfg, "ppo")
-    if info.get("stopped"):
-        raise RuntimeError(f"{gold.root}: PPO stopped ({info.get('reason')}); remove the stop file and re-run to resume")
+    run_stages(gold, gold_cfg, ("ppo",))
     subs.append(("gold", None, gold))
 
     # 4. final evaluation on held-out prompts: the SFT policy and every PPO policy, gold reward and KL to SFT
-    eval_cfg = copy.deepcopy(rc)
-    eval_cfg.task.n_eval_prompts = cfg.eval_prompts
-    prompts = evaluation_prompts(eval_cfg)
+    prompts = evaluation_prompts(rc, cfg.eval_prompts)
     reference = LanguageModelRole(open_backbone(rc, sft_model_path(base, rc)), None, rc.task.temperature)
     sft_figures = final_figures(base, rc, prompts, reference, sft_model_path(base, rc))
     runs = []
@@ -207,10 +183,8 @@ def run(cfg: Config, out: Path) -> dict:
         log.info("queries_needed %s: final gold reward %.3f", sub.root.name, runs[-1]["final"]["gold_reward"])
 
     # 5. summary.json, plot, summary.md
-    now = resource.getrusage(resource.RUSAGE_SELF)
     summary = {"experiment": "queries_needed", "n_queries": cfg.n_queries, "sft": sft_figures, "runs": runs,
-               "wall_seconds": time.time() - wall0,
-               "cpu_seconds": now.ru_utime + now.ru_stime - usage.ru_utime - usage.ru_stime, "config": config_to_dict(cfg)}
+               **clock.figures(), "config": config_to_dict(cfg)}
     plot(summary, out / "queries_needed.png")
     atomic_write_text(out / "summary.md", summary_markdown(summary))
     atomic_write_json(out / "summary.json", summary)

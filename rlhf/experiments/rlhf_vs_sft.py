@@ -25,23 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhf.config import RunConfig, config_to_dict
-from rlhf.data.io import atomic_write_json, atomic_write_text, read_jsonl
-from rlhf.data.records import Sample
+from rlhf.data.io import atomic_write_json, atomic_write_text
+from rlhf.eval.best_of_n_output import read_best_of_n_output
 from rlhf.eval.diversity import diversity_report
 from rlhf.eval.evaluate import sample_with_kl
 from rlhf.eval.text_metrics import copying_report, length_statistics, rouge_f1
-from rlhf.experiments.common import Clock, run_base, save_figure
-from rlhf.judges.base import Verdict
-from rlhf.judges.labeler import build_judge
-from rlhf.judges.lm import judge_both_orders
-from rlhf.judges.protocol import JudgedItem, summarize_judgements
+from rlhf.experiments.common import Clock, run_base, run_stages, save_figure
+from rlhf.judges import JudgedItem, Verdict, judge_both_orders, make_judge, summarize_judgements
 from rlhf.models.loading import base_model_path, open_backbone, sft_model_path
 from rlhf.models.provision import load_tokenizer
 from rlhf.models.roles import LanguageModelRole
-from rlhf.pipeline import run_stage
-from rlhf.run import seed_everything
+from rlhf.run import RunDir, seed_everything
 from rlhf.stats import paired_bootstrap_diff
-from rlhf.tasks import prompt_source, task_and_stop_rule, task_for
+from rlhf.tasks import held_out_prompts, task_and_stop_rule
 from rlhf.tasks.tldr import tldr_post
 
 log = logging.getLogger("rlhf")
@@ -92,30 +88,25 @@ def check_source(rc: RunConfig) -> Path:
 
 
 # 2. the policies' summaries of the held-out posts ------------------------------------------------------------
-def eval_posts(rc: RunConfig):
+def eval_posts(rc: RunConfig) -> tuple[list[str], list[str]]:
     """The held-out posts best-of-N was drawn for: (prompts, reference summaries)."""
-
-    posts = task_for(rc).load_prompts("test", n=rc.task.n_eval_prompts, source=prompt_source(rc), seed=rc.seed)
+    posts = held_out_prompts(rc)
     return [p.text for p in posts], [p.meta["summary"] for p in posts]
 
 
-def bon_summaries(base, prompts: list[str]) -> dict[str, dict]:
+def bon_summaries(base: RunDir, prompts: list[str]) -> dict[str, dict]:
     """SFT (each post's N best-of-N candidates; the first is the judged one) and best-of-N (the chosen) from OUT/base/bon."""
-
-    n = base.done_info("bon")["n"]
-    candidates = read_jsonl(base.root / "bon" / "candidates.jsonl", Sample)
-    chosen = read_jsonl(base.root / "bon" / "samples.jsonl", Sample)
-    if [s.prompt for s in chosen] != prompts:
-        raise RuntimeError(f"{base.root}/bon was drawn for other posts than the held-out ones; remove it and re-run")
-    groups = [[s.response for s in candidates[i * n : (i + 1) * n]] for i in range(len(prompts))]
-    return {"sft": {"texts": [g[0] for g in groups], "stops": [s.has_stop for s in candidates[::n]], "groups": groups, "kl": 0.0},
-            "bon": {"texts": [s.response for s in chosen], "stops": [s.has_stop for s in chosen], "groups": None,
-                    "kl": base.done_info("bon")["kl_to_reference"], "n": n}}
+    bon = read_best_of_n_output(base, prompts)
+    groups = [[s.response for s in group] for group in bon.candidate_groups()]
+    first = bon.first_candidates()
+    return {"sft": {"texts": [s.response for s in first], "stops": [s.has_stop for s in first], "groups": groups,
+                    "kl": 0.0},
+            "bon": {"texts": [s.response for s in bon.chosen], "stops": [s.has_stop for s in bon.chosen],
+                    "groups": None, "kl": bon.kl_to_reference, "n": bon.n}}
 
 
 def ppo_summaries(base, rc: RunConfig, prompts: list[str], per_post: int) -> dict:
     """`per_post` fresh summaries of the PPO policy per post and their KL to the SFT policy (summed token log-ratios)."""
-
     seed_everything(rc.seed + 21)
     sft = open_backbone(rc, sft_model_path(base, rc))
     reference = LanguageModelRole(sft, None, rc.task.temperature)
@@ -130,7 +121,6 @@ def ppo_summaries(base, rc: RunConfig, prompts: list[str], per_post: int) -> dic
 # 3. judging against the reference summaries -------------------------------------------------------------------
 def judged_policy(path: Path, judge, prompts: list[str], references: list[str], samples: dict) -> dict:
     """The judge's verdicts on (post, policy summary, reference summary) in both orders, cached in `path`."""
-
     if path.exists():
         return json.loads(path.read_text())
     judged = judge_both_orders(judge, list(zip(prompts, samples["texts"], references)))
@@ -143,7 +133,6 @@ def judged_policy(path: Path, judge, prompts: list[str], references: list[str], 
 
 def as_judged_items(record: dict):
     """JudgedItems back from a cached record (for `summarize_judgements`)."""
-
     return [JudgedItem(tuple(o), tuple(Verdict(v) for v in vs), outcome, consistent)
             for o, vs, outcome, consistent in zip(record["orders"], record["verdicts"], record["outcomes"], record["consistent"])]
 
@@ -151,7 +140,6 @@ def as_judged_items(record: dict):
 def policy_figures(record: dict, prompts: list[str], references: list[str], tokenizer, rc: RunConfig, vocabulary: int) -> dict:
     """Win rate against the reference (ties 1/2, SEM, bootstrap interval over posts), length-controlled win rate,
     position consistency, ROUGE against the reference, copying from the post, length and diversity."""
-
     texts = record["texts"]
     lengths = [token_length(tokenizer, t) for t in texts]
     ref_lengths = [token_length(tokenizer, r) for r in references]
@@ -179,7 +167,6 @@ def policy_figures(record: dict, prompts: list[str], references: list[str], toke
 
 def reference_figures(prompts: list[str], references: list[str], tokenizer, vocabulary: int) -> dict:
     """The human summaries' own length, copying and across-input diversity, for scale."""
-
     across = {k: v for k, v in diversity_report([[r] for r in references], vocabulary).items() if k.endswith("across_input")}
     return nan_to_none({"length_mean": sum(token_length(tokenizer, r) for r in references) / len(references),
                         "copying": copying_report(references, [tldr_post(p) for p in prompts]), "diversity": across})
@@ -187,7 +174,6 @@ def reference_figures(prompts: list[str], references: list[str], tokenizer, voca
 
 def paired_differences(records: dict[str, dict], rc: RunConfig) -> dict:
     """PPO - SFT and best-of-N - SFT win-rate differences over the same posts, with a paired bootstrap interval."""
-
     out = {}
     for name in ("ppo", "bon"):
         pairs = [(a, b) for a, b in zip(records[name]["outcomes"], records["sft"]["outcomes"]) if a is not None and b is not None]
@@ -199,7 +185,6 @@ def paired_differences(records: dict[str, dict], rc: RunConfig) -> dict:
 
 # 4. the run ------------------------------------------------------------------------------------------------------
 def run(cfg: Config, out: Path) -> dict:
-
     clock = Clock()
     out = Path(out)
     rc = cfg.run
@@ -211,10 +196,7 @@ def run(cfg: Config, out: Path) -> dict:
 
     # 2. the pipeline on the training posts: SFT, comparisons labelled by the judge, reward model, PPO, best-of-N
     base = run_base(out, rc)
-    for stage in ("ppo", "bon"):
-        info = run_stage(base, rc, stage)
-        if info.get("stopped"):
-            raise RuntimeError(f"{base.root}: {stage} stopped ({info.get('reason')}); remove the stop file and re-run to resume")
+    run_stages(base, rc, ("ppo", "bon"))
 
     # 3. the held-out posts and each policy's summaries of them
     prompts, references = eval_posts(rc)
@@ -225,7 +207,7 @@ def run(cfg: Config, out: Path) -> dict:
     samples["ppo"] = json.loads(ppo_path.read_text())
 
     # 4. the judge compares each summary with the reference summary, in both orders
-    judge = build_judge(rc)
+    judge = make_judge(rc.judge)
     records = {name: judged_policy(out / "eval" / f"{name}.json", judge, prompts, references, samples[name]) for name in POLICIES}
 
     # 5. win rates, length control, text metrics and diversity

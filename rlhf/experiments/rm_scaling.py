@@ -119,7 +119,6 @@ def disjoint_pairs(prompt: str, responses: list[str], gold: list[float]) -> list
 # ------------------------------------------------------------------------------------------ 1. comparisons
 def human_comparisons(cfg: Config) -> tuple[list[Comparison], list[Comparison]]:
     """HH-RLHF comparisons, shuffled with the run's seed: (training pool, held-out)."""
-
     if not Path(cfg.human_path).exists() and Path(cfg.human_path).suffix in (".jsonl", ".gz", ".json", ".parquet"):
         raise FileNotFoundError(f"human_path: {cfg.human_path} not found (HH-RLHF rows {{chosen, rejected}}; "
                                 "set human_path='' to run the simulated source only)")
@@ -134,7 +133,6 @@ def simulated_comparisons(cfg: Config, folder: Path) -> tuple[list[Comparison], 
     """Responses of the base model (train-split prompts for the pool, test-split for held-out), each pair labelled
     by the task's simulated labeler (Bradley-Terry noise `collect.labeler_temperature`); gold scores kept in meta.
     Cached in folder/{comparisons,heldout}.jsonl."""
-
     if (folder / "heldout.jsonl").exists():
         return read_jsonl(folder / "comparisons.jsonl", Comparison), read_jsonl(folder / "heldout.jsonl", Comparison)
     rc = cfg.run
@@ -182,7 +180,6 @@ def encode_truncated(tokenizer, comparisons: list[Comparison], max_tokens: int) 
 def trunk_pass(rm, seqs: list[torch.Tensor], keep_prefix: bool, chunk: int = 16):
     """Final features at each sequence's last token [N, d] and, with `keep_prefix`, the frozen bottom layers'
     hidden states per sequence (for LoRA on the top layers). Sequences run in length order to waste little padding."""
-
     backbone = rm.backbone
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     feats = torch.zeros(len(seqs), backbone.hidden_size)
@@ -202,7 +199,6 @@ def trunk_pass(rm, seqs: list[torch.Tensor], keep_prefix: bool, chunk: int = 16)
 # ------------------------------------------------------------------------------------------ 3. reward models
 def probe_scores(rm, train: list[Comparison], train_x: torch.Tensor, heldout_x: torch.Tensor, l2: float) -> np.ndarray:
     """Linear probe: the head fitted on the training responses' features, applied to the held-out ones."""
-
     fit_head_on_features(rm, train, train_x, l2)
     with torch.no_grad():
         return rm.head(heldout_x).squeeze(-1).numpy()
@@ -211,7 +207,6 @@ def probe_scores(rm, train: list[Comparison], train_x: torch.Tensor, heldout_x: 
 def lp_ft_scores(rm, cfg: Config, train: list[Comparison], train_x, train_encoded, heldout_encoded, adapter_init, seed: int) -> np.ndarray:
     """LP-FT: the probe, then LoRA fine-tuning of the top layers with the reward stage's loss, AdamW and linear
     annealing, `reward.epochs` epochs in seeded orders; scores of the held-out responses."""
-
     rc = cfg.run.reward
     backbone = rm.backbone
     backbone.load_adapter_state(rm.adapter, adapter_init)  # every reward model starts from the same fresh adapter
@@ -236,7 +231,6 @@ def lp_ft_scores(rm, cfg: Config, train: list[Comparison], train_x, train_encode
 
 
 def interval(values: np.ndarray, cfg: Config, seed: int) -> tuple[float, float]:
-
     return bootstrap_mean_interval(values, seed, cfg.bootstrap_resamples, 0.95)
 
 

@@ -31,17 +31,15 @@ from scipy.stats import spearmanr
 from rlhf.config import RunConfig, config_to_dict
 from rlhf.data.io import atomic_write_json, atomic_write_text
 from rlhf.eval.text_metrics import ROUGE_TYPES, rouge_per_pair
-from rlhf.experiments.common import Clock, best_of_n_from_pool, save_figure
+from rlhf.experiments.common import Clock, best_of_n_from_pool, run_base, save_figure
 from rlhf.experiments.overoptimization import peak
-from rlhf.judges.labeler import build_judge
-from rlhf.judges.lm import judge_both_orders
+from rlhf.judges import judge_both_orders, make_judge
 from rlhf.models.best_of_n import best_of_n_kl
-from rlhf.models.loading import base_model_path, open_backbone, sft_model_path
+from rlhf.models.loading import open_backbone, sft_model_path
 from rlhf.models.roles import LanguageModelRole
 from rlhf.models.sampling import sample_texts
-from rlhf.pipeline import run_stage, start_run
-from rlhf.run import RunDir, seed_everything
-from rlhf.tasks import prompt_source, task_and_stop_rule, task_for
+from rlhf.run import seed_everything
+from rlhf.tasks import held_out_prompts, task_and_stop_rule
 
 log = logging.getLogger("rlhf")
 
@@ -63,7 +61,6 @@ class Config:
 
 def check_config(cfg: Config) -> Path:
     """The TL;DR file of the config, or a clear error, before anything runs."""
-
     rc = cfg.run
     if rc.task.name != "tldr":
         raise ValueError(f"rouge_proxy: run.task.name must be tldr (ROUGE needs reference summaries), got {rc.task.name!r}")
@@ -81,12 +78,11 @@ def check_config(cfg: Config) -> Path:
 def judged_pool(base, cfg: Config, path: Path) -> dict:
     """M summaries of rho per held-out post, their ROUGE against the post's reference, and the judge's verdict on
     each against that reference in both orders (outcome for the summary; None = unparseable). Cached in `path`."""
-
     if path.exists():
         return json.loads(path.read_text())
     rc, M = cfg.run, cfg.pool_samples_per_post
     # 1. the held-out posts and M samples of rho for each
-    posts = task_for(rc).load_prompts("test", n=cfg.pool_posts, source=prompt_source(rc), seed=rc.seed)
+    posts = held_out_prompts(rc, cfg.pool_posts)
     prompts, references = [p.text for p in posts], [p.meta["summary"] for p in posts]
     seed_everything(rc.seed + 31)
     backbone = open_backbone(rc, sft_model_path(base, rc))
@@ -99,7 +95,7 @@ def judged_pool(base, cfg: Config, path: Path) -> dict:
     # 2. the proxy: ROUGE against the reference
     rouge = rouge_per_pair(texts, repeated_refs)
     # 3. the gold: the judge's verdict on each summary against the reference, in both orders
-    judged = judge_both_orders(build_judge(rc), list(zip(repeated, texts, repeated_refs)))
+    judged = judge_both_orders(make_judge(rc.judge), list(zip(repeated, texts, repeated_refs)))
     pool = {"prompts": prompts, "references": references, "per_prompt": M, "texts": texts, "has_stop": stops,
             "rouge": rouge, "outcomes": [j.outcome_for_a for j in judged], "consistent": [j.consistent for j in judged]}
     atomic_write_text(path, json.dumps(pool))
@@ -108,7 +104,6 @@ def judged_pool(base, cfg: Config, path: Path) -> dict:
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     """Spearman rank correlation of the finite pairs (scipy), None when undefined."""
-
     keep = np.isfinite(x) & np.isfinite(y)
     if keep.sum() < 3 or np.ptp(x[keep]) == 0 or np.ptp(y[keep]) == 0:
         return None
@@ -116,7 +111,6 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
 
 
 def run(cfg: Config, out: Path) -> dict:
-
     clock = Clock()
     out = Path(out)
     rc = cfg.run
@@ -124,10 +118,7 @@ def run(cfg: Config, out: Path) -> dict:
     # 1. check the data and the settings, then rho: SFT on the training posts' reference summaries
     check_config(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    base_model_path(rc)
-    base = RunDir(out / "base")
-    start_run(base, rc)
-    run_stage(base, rc, "sft")
+    base = run_base(out, rc, ("sft",))
 
     # 2. the pool, its ROUGE and its verdicts against the references
     pool = judged_pool(base, cfg, out / "pool.json")

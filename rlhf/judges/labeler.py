@@ -1,14 +1,9 @@
-"""A simulated labeler backed by a pairwise judge (`collect.labeler: judge`), for tasks without a gold scorer.
+"""A judge as the simulated labeler (`collect.labeler: judge`), for tasks without a gold scorer.
 
-Every pair of the K responses is judged in both orders (a disagreement is a tie, which undoes the judge's position
-bias); each response's score is its number of wins, ties counting one half (Copeland's rule). The comparison asked
-for is read off those scores: pairwise (the winner; an exact tie is broken by the labeler's seeded RNG and gets
-confidence 5, "can't tell"), best of K (the top score, ties broken by the RNG) or a ranking (by descending score,
-equal scores sharing a rank). The scores are kept as meta["gold"], so the reward stage measures held-out accuracy
-against the judge's own, order-debiased preferences and `reward.drop_tied_best` can skip the judge's ties.
-
-This is the simulated-human set-up: the same judge that later scores the policies labels the reward model's
-comparisons, as the sentiment task's gold scorer does for its simulated labeler.
+Every pair of the K responses is judged in both orders; a response's score is its wins, ties one half (Copeland's
+rule), and the comparison asked for (pairwise, best of K, ranking) is read off the scores, exact ties broken by a
+seeded RNG (a tied pair gets confidence 5, "can't tell"). The scores are kept as meta["gold"], so the reward stage
+measures held-out accuracy against the judge's order-debiased preferences.
 """
 from __future__ import annotations
 
@@ -18,8 +13,8 @@ from itertools import combinations
 import numpy as np
 
 from rlhf.data.records import Comparison
-from rlhf.judges.llm import LLMJudge
-from rlhf.judges.lm import LMPairwiseJudge, judge_both_orders
+from rlhf.judges.orders import judge_both_orders
+from rlhf.judges.verdicts import Judge
 from rlhf.labelers.base import check_kind_and_count
 from rlhf.labelers.simulated import CONFIDENCE_CANT_TELL, ranks_by_descending_gold
 
@@ -40,14 +35,14 @@ def copeland_scores(k: int, outcomes: dict[tuple[int, int], float]) -> list[floa
 class JudgeLabeler:
     """Labels (prompt, K responses) with a pairwise judge asked about every pair in both orders (see module doc)."""
 
-    def __init__(self, judge, seed: int = 0, name: str = ""):
+    def __init__(self, judge: Judge, seed: int = 0, name: str = ""):
         self.judge = judge
         self.seed = seed
         self.name = name or f"judge:{judge.name}"
         self.rng = np.random.default_rng(seed)
 
     def pair_outcomes(self, prompt: str, responses: Sequence[str]) -> dict[tuple[int, int], float | None]:
-
+        """The outcome for i of each pair (i, j), i < j, judged in both orders (None: unparseable)."""
         pairs = list(combinations(range(len(responses)), 2))
         judged = judge_both_orders(self.judge, [(prompt, responses[i], responses[j]) for i, j in pairs])
         return {pair: item.outcome_for_a for pair, item in zip(pairs, judged)}
@@ -69,14 +64,3 @@ class JudgeLabeler:
             ranks = [0 if i == best else 1 for i in range(len(responses))]
         return Comparison(**common, ranks=ranks)
 
-
-def build_judge(cfg):
-    """The pairwise judge of a run config's `judge` section: the local LM judge or the OpenAI-compatible LLM judge."""
-    jc = cfg.judge
-    if jc.kind == "lm":
-
-        return LMPairwiseJudge(jc.lm_model or None, jc.lm_margin, jc.lm_batch_size, order_rule=jc.lm_order_rule)
-    if jc.kind == "llm":
-
-        return LLMJudge(jc.llm)
-    raise ValueError(f"judge.kind: expected lm or llm, got {jc.kind!r}")

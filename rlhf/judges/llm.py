@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 
 from rlhf.config import LLMJudgeConfig
-from rlhf.judges.base import Verdict
+from rlhf.judges.verdicts import Verdict
 
 SYSTEM_PROMPT = (
     "You are a careful evaluator of summaries and assistant responses. You compare two responses to the same "

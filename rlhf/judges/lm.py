@@ -3,19 +3,20 @@
 The model is asked which of two summaries of a post is better (the criteria of Stiennon et al. 2020 App. C and of
 the GPT-4 judge of Kirk et al. 2024: accuracy, coverage, coherence) and its answer is read at the next token:
 log P(" A") against log P(" B"). Nothing is generated, so there is nothing to parse. Small models prefer one position
-whatever the content; judge both orders (`rlhf.judges.protocol.judge_pairs(position="both")`, or `judge_both_orders`
-here, batched) and count a disagreement as a tie. With the built-in SmolLM2-135M-Instruct this is a weak judge: it is
-the simulated human of the offline set-up, as the zero-shot sentiment classifier is the sentiment task's gold.
+whatever the content: judge both orders (`rlhf.judges.judge_both_orders`, which batches all comparisons through
+`compare_both_orders` here). With the built-in SmolLM2-135M-Instruct this is a weak judge: it is the simulated human
+of the offline set-up, as the zero-shot sentiment classifier is the sentiment task's gold.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
-from rlhf.judges.base import Verdict
-from rlhf.judges.protocol import JudgedItem, combine_orders, judge_pairs
+from rlhf.judges.orders import JudgedItem, item_from_both_orders
+from rlhf.judges.verdicts import Verdict
 from rlhf.models.encoding import encode_queries
 from rlhf.models.provision import builtin_model_dir, load_causal_lm, load_tokenizer
 from rlhf.models.roles import position_ids_from_mask
@@ -45,7 +46,7 @@ def verdict_from_logprobs(logprob_a: float, logprob_b: float, margin: float = 0.
     """'a' when log P(A) - log P(B) > margin, 'b' when it is < -margin, else 'tie' (non-finite: 'unparseable')."""
     raw = f"logP(A)={logprob_a:.4f} logP(B)={logprob_b:.4f}"
     difference = logprob_a - logprob_b
-    if difference != difference or difference in (float("inf"), float("-inf")):
+    if not math.isfinite(difference):
         return Verdict("unparseable", raw)
     return Verdict("a" if difference > margin else "b" if difference < -margin else "tie", raw)
 
@@ -62,9 +63,9 @@ def outcome_from_both_logodds(forward: tuple[float, float], backward: tuple[floa
 
 
 class LMPairwiseJudge:
-    """`compare(prompt, a, b) -> Verdict` from log P(" A") vs log P(" B"); `compare_many` does a list in batches.
-    order_rule says how `judge_both_orders` combines the two orders: "tie" (the two verdicts must agree, else a tie)
-    or "logodds" (the sign of the log-odds difference summed over both orders, which cancels a constant position bias)."""
+    """`compare(prompt, a, b) -> Verdict` from log P(" A") vs log P(" B"). order_rule says how `compare_both_orders`
+    combines the two orders: "tie" (the two verdicts must agree, else a tie) or "logodds" (the sign of the log-odds
+    difference summed over both orders, which cancels a constant position bias)."""
 
     def __init__(self, model_path: str | None = None, margin: float = 0.0, batch_size: int = 8, name: str = "", order_rule: str = "tie"):
         if order_rule not in ORDER_RULES:
@@ -78,7 +79,6 @@ class LMPairwiseJudge:
 
     def _model(self):
         if self._loaded is None:
-
             path = self.model_path or str(builtin_model_dir())
             tokenizer = load_tokenizer(path)
             model = load_causal_lm(path, tokenizer).eval()
@@ -91,7 +91,6 @@ class LMPairwiseJudge:
     @torch.no_grad()
     def answer_logprobs(self, items: Sequence[tuple[str, str, str]]) -> list[tuple[float, float]]:
         """(log P(" A"), log P(" B")) of the next token for each (prompt, a, b), in batches of `batch_size`."""
-
         tokenizer, model, (token_a, token_b) = self._model()
         out: list[tuple[float, float]] = []
         for i in range(0, len(items), self.batch_size):
@@ -102,26 +101,18 @@ class LMPairwiseJudge:
             out += list(zip(logprobs[:, token_a].tolist(), logprobs[:, token_b].tolist()))
         return out
 
-    def compare_many(self, items: Sequence[tuple[str, str, str]]) -> list[Verdict]:
-        return [verdict_from_logprobs(a, b, self.margin) for a, b in self.answer_logprobs(items)]
-
     def compare(self, prompt: str, a: str, b: str) -> Verdict:
-        return self.compare_many([(prompt, a, b)])[0]
+        return verdict_from_logprobs(*self.answer_logprobs([(prompt, a, b)])[0], self.margin)
 
-
-def judge_both_orders(judge, items: Sequence[tuple[str, str, str]]) -> list[JudgedItem]:
-    """`judge_pairs(judge, items, position="both")`, with all 2n comparisons batched for the LM judge; a disagreement
-    between the two orders is a tie, or, with the LM judge's order_rule "logodds", the outcome is the sign of the
-    log-odds summed over both orders (`outcome_from_both_logodds`). `consistent` is always whether the two verdicts agree."""
-    if not hasattr(judge, "compare_many"):
-        return judge_pairs(judge, items, position="both")
-    both = [*items, *[(p, b, a) for p, a, b in items]]
-    logprobs = judge.answer_logprobs(both)
-    verdicts = [verdict_from_logprobs(a, b, judge.margin) for a, b in logprobs]
-    judged = []
-    for i, (f, b) in enumerate(zip(verdicts[: len(items)], verdicts[len(items) :])):
-        outcome, consistent = combine_orders(f, b)
-        if getattr(judge, "order_rule", "tie") == "logodds" and consistent is not None:
-            outcome = outcome_from_both_logodds(logprobs[i], logprobs[len(items) + i], judge.margin)
-        judged.append(JudgedItem(("ab", "ba"), (f, b), outcome, consistent))
-    return judged
+    def compare_both_orders(self, items: Sequence[tuple[str, str, str]]) -> list[JudgedItem]:
+        """Each item as (a, b) and as (b, a), all 2n comparisons in batches, combined by `order_rule` ("logodds":
+        `outcome_from_both_logodds`); `consistent` is always whether the two verdicts agree."""
+        logprobs = self.answer_logprobs([*items, *[(p, b, a) for p, a, b in items]])
+        judged = []
+        for forward, backward in zip(logprobs[: len(items)], logprobs[len(items) :]):
+            verdicts = verdict_from_logprobs(*forward, self.margin), verdict_from_logprobs(*backward, self.margin)
+            item = item_from_both_orders(*verdicts)
+            if self.order_rule == "logodds" and item.consistent is not None:
+                item = replace(item, outcome_for_a=outcome_from_both_logodds(forward, backward, self.margin))
+            judged.append(item)
+        return judged

@@ -8,7 +8,7 @@ import random
 from rlhf.config import RunConfig
 from rlhf.data.io import read_records, write_jsonl
 from rlhf.data.records import Comparison, Sample
-from rlhf.judges.labeler import JudgeLabeler, build_judge
+from rlhf.judges import JudgeLabeler, make_judge
 from rlhf.labelers.base import label_many
 from rlhf.labelers.simulated import SimulatedLabeler
 from rlhf.models.loading import open_backbone, sft_model_path
@@ -70,7 +70,7 @@ def collect(run: RunDir, cfg: RunConfig) -> dict:
         # 2'. a pairwise judge compares every pair of each prompt's K responses in both orders (rlhf/judges/labeler.py);
         # its win counts are stored as meta["gold"]
 
-        comparisons = label_many(JudgeLabeler(build_judge(cfg), seed=cfg.seed), items, cc.kind)
+        comparisons = label_many(JudgeLabeler(make_judge(cfg.judge), seed=cfg.seed), items, cc.kind)
         return _write_comparisons(run, cfg, comparisons, {"n_prompts": len(prompts), "responses_per_prompt": K, "kind": cc.kind,
                                                           "labeler": "judge", "judge": cfg.judge.kind, "no_stop_fraction": 1 - sum(stops) / len(stops)})
 

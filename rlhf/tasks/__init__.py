@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rlhf.config import RunConfig
+from rlhf.data.records import Prompt
 from rlhf.models.loading import base_model_path
 from rlhf.models.provision import load_tokenizer
 from rlhf.models.sampling import StopRule
-from rlhf.tasks.base import Task, find_stop_index
+from rlhf.tasks.base import Task
 from rlhf.tasks.dialogue import make_dialogue_task
 from rlhf.tasks.sentiment import make_sentiment_task
 from rlhf.tasks.tldr import make_tldr_task
@@ -55,11 +57,26 @@ def prompt_source(cfg: RunConfig) -> str | None:
     return cfg.task.source or None
 
 
-def evaluation_prompts(cfg: RunConfig) -> list[str]:
-    """The held-out prompts every policy is evaluated on: the first task.n_eval_prompts of a seeded shuffle of the
-    task's test split (best-of-N and the evaluation stage use the same list)."""
-    task = task_for(cfg)
-    return [p.text for p in task.load_prompts("test", n=cfg.task.n_eval_prompts, source=prompt_source(cfg), seed=cfg.seed)]
+def held_out_prompts(cfg: RunConfig, n: int | None = None, split: str = "test",
+                     keep: Callable[[Prompt], bool] | None = None) -> list[Prompt]:
+    """The first n (default task.n_eval_prompts) of a seeded shuffle of the task's `split` prompts that pass `keep`:
+    the prompts every policy is evaluated on (best-of-N, the evaluation stage and the experiments use this list)."""
+    what, n = ("task.n_eval_prompts", cfg.task.n_eval_prompts) if n is None else ("n", n)
+    prompts = task_for(cfg).load_prompts(split, n=None, source=prompt_source(cfg), seed=cfg.seed)
+    kept = [p for p in prompts if keep is None or keep(p)]
+    if not 1 <= n <= len(kept):
+        source = cfg.task.source or "the default source"
+        raise ValueError(f"{what}: expected 1..{len(kept)} (prompts of split {split!r} of {source}"
+                         f"{' that pass the filter' if keep else ''}), got {n}")
+    return kept[:n]
 
 
-__all__ = ["TASK_NAMES", "Task", "evaluation_prompts", "find_stop_index", "get_task", "prompt_source", "task_and_stop_rule", "task_for"]
+def evaluation_prompts(cfg: RunConfig, n: int | None = None) -> list[str]:
+    """The texts of `held_out_prompts(cfg, n)`."""
+    return [p.text for p in held_out_prompts(cfg, n)]
+
+
+__all__ = [
+    "TASK_NAMES", "Task", "evaluation_prompts", "get_task", "held_out_prompts", "prompt_source", "task_and_stop_rule",
+    "task_for",
+]

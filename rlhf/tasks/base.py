@@ -1,4 +1,4 @@
-"""The `Task` description handed to the generic sampler and trainer, its stop rule,
+"""The `Task` description handed to the generic sampler and trainer,
 and the small helpers (split check, seeded subsets, field check) the three tasks share."""
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ class Task:
     load_prompts: PromptLoader
     load_demonstrations: DemonstrationLoader
     gold_scorer: GoldScorer | None  # (prompts, responses) -> gold scores; None: no simulated gold
-    format_query: Callable[..., str]  # task-specific query builder (see each task module)
 
     def __post_init__(self) -> None:
         if self.response_length <= 0:
@@ -40,21 +39,6 @@ class Task:
             )
         if not all(isinstance(s, str) and s for s in self.stop_strings):
             raise ValueError(f"task {self.name!r}: stop_strings must be non-empty strings, got {self.stop_strings!r}")
-
-    def stop_index(self, token_texts: Sequence[str]) -> int | None:
-        """The 0-based index of the token after which the response is cut, or None (see `find_stop_index`)."""
-        return find_stop_index(token_texts, self.stop_strings, self.stop_min_tokens)
-
-
-def find_stop_index(token_texts: Sequence[str], stop_strings: Sequence[str], stop_min_tokens: int) -> int | None:
-    """Index of the first token at index >= stop_min_tokens whose own decoded text contains a stop string
-    (Ziegler et al. 2019 §3: a continuation ends at its first period between tokens 16 and 24); None if no token does.
-    The check is per token: a stop string that a tokenizer splits over several tokens never fires.
-    EOS is not handled here: the caller stops at EOS regardless of this rule."""
-    for index in range(stop_min_tokens, len(token_texts)):
-        if any(stop in token_texts[index] for stop in stop_strings):
-            return index
-    return None
 
 
 def check_split(split: str, allowed: Sequence[str], task_name: str) -> None:

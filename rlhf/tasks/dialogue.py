@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from rlhf.data.importers import HH_ASSISTANT_TURN, hh_rlhf_prompt
 from rlhf.data.io import iter_rows
 from rlhf.data.records import Demonstration, Prompt
 from rlhf.tasks.base import Task, require_text_field, row_id, take_first_shuffled
 
 DIALOGUE_HUB_NAME = "Anthropic/hh-rlhf"
-ASSISTANT_MARKER = "\n\nAssistant:"
-HUMAN_MARKER = "\n\nHuman:"
 DIALOGUE_RESPONSE_LENGTH = 64
 # The stop rule looks at one token's decoded text at a time, and tokenizers split "\n\nHuman:" over
 # several tokens, so the stop string is the shorter "Human:". It fires only when a tokenizer emits
@@ -20,19 +19,13 @@ DIALOGUE_STOP_STRINGS = ("Human:",)
 DIALOGUE_STOP_MIN_TOKENS = 0
 
 
-def format_dialogue_query(human_message: str) -> str:
-    """A single-turn query in HH-RLHF's format: "\\n\\nHuman: {message}\\n\\nAssistant:"."""
-    return f"{HUMAN_MARKER} {human_message.strip()}{ASSISTANT_MARKER}"
-
-
 def split_dialogue(dialogue: str, location: str = "dialogue") -> tuple[str, str]:
     """(prompt, response): the prompt is everything up to and including the last "\\n\\nAssistant:",
     the response is the rest (it usually starts with a space)."""
-    marker_start = dialogue.rfind(ASSISTANT_MARKER)
-    if marker_start < 0:
-        raise ValueError(f"{location}: field 'chosen' contains no {ASSISTANT_MARKER!r} turn")
-    prompt_end = marker_start + len(ASSISTANT_MARKER)
-    return dialogue[:prompt_end], dialogue[prompt_end:]
+    if HH_ASSISTANT_TURN not in dialogue:
+        raise ValueError(f"{location}: field 'chosen' contains no {HH_ASSISTANT_TURN!r} turn")
+    prompt = hh_rlhf_prompt(dialogue)
+    return prompt, dialogue[len(prompt) :]
 
 
 def _chosen_dialogues(source: str, split: str) -> Iterator[tuple[str, str, str]]:
@@ -81,5 +74,4 @@ def make_dialogue_task(
         load_prompts=load_dialogue_prompts,
         load_demonstrations=load_dialogue_demonstrations,
         gold_scorer=None,
-        format_query=format_dialogue_query,
     )

@@ -18,7 +18,6 @@ SENTIMENT_SPLITS = ("train", "test")
 SENTIMENT_RESPONSE_LENGTH = 24  # Ziegler et al. 2019 §3: 24-token continuations
 SENTIMENT_STOP_STRINGS = (".", "!", "?")
 SENTIMENT_STOP_MIN_TOKENS = 8
-IMDB_HUB_NAME = "stanfordnlp/imdb"
 IMDB_MIN_OPENING_WORDS, IMDB_MAX_OPENING_WORDS = 8, 12
 IMDB_DEMONSTRATION_MIN_WORDS, IMDB_DEMONSTRATION_MAX_WORDS = 12, 20
 _BR_TAG = re.compile(r"<br\s*/?>", flags=re.IGNORECASE)
@@ -42,11 +41,6 @@ def vader_gold_scores(prompts: list[str], responses: list[str]) -> list[float]:
         raise ValueError(f"vader_gold_scores: {len(prompts)} prompts but {len(responses)} responses")
     analyzer = vader_analyzer()
     return [float(analyzer.polarity_scores(response)["compound"]) for response in responses]
-
-
-def format_sentiment_query(opening: str) -> str:
-    """The query is the review opening itself, with surrounding whitespace removed."""
-    return opening.strip()
 
 
 def clean_review_text(text: str) -> str:
@@ -147,7 +141,6 @@ def make_sentiment_task(
     if gold == "vader":
         gold_scorer = vader_gold_scores
     elif gold == "lm":
-
         gold_scorer = LMSentimentScorer()
     else:
         raise ValueError(f"sentiment task: gold must be 'vader' or 'lm', got {gold!r}")
@@ -159,5 +152,4 @@ def make_sentiment_task(
         load_prompts=load_sentiment_prompts,
         load_demonstrations=load_sentiment_demonstrations,
         gold_scorer=gold_scorer,
-        format_query=format_sentiment_query,
     )

@@ -34,7 +34,6 @@ def shared_question_prefix() -> str:
 def _model(path: str):
     with _LOCK:
         if path not in _MODELS:
-
             tokenizer = load_tokenizer(path)
             _MODELS[path] = (tokenizer, load_causal_lm(path, tokenizer))
         return _MODELS[path]
@@ -50,7 +49,6 @@ class LMSentimentScorer:
 
     def _path(self) -> str:
         if self.model_path is None:
-
             self.model_path = str(builtin_model_dir())
         return self.model_path
 
@@ -70,7 +68,6 @@ class LMSentimentScorer:
         so its tokens run once and their KV cache is shared; the rest of each text runs in batches sorted by length
         (little padding). Exact: the tokens, positions and attention are those of one forward per text. A text
         whose tokens do not start with the question's (impossible with `judge_input`, checked anyway) runs whole."""
-
         trunk = getattr(model, model.base_model_prefix)
         prefix = tokenizer(shared_question_prefix(), add_special_tokens=True).input_ids
         P = len(prefix)

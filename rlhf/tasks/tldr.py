@@ -205,5 +205,4 @@ def make_tldr_task(
             load_tldr_demonstrations, count_tokens=count_tokens, max_query_tokens=max_query_tokens, test_fraction=test_fraction
         ),
         gold_scorer=None,
-        format_query=format_tldr_query,
     )

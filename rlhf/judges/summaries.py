@@ -1,70 +1,17 @@
-"""Running a judge over many (prompt, a, b) items with position-bias control, summarising the verdicts into a
-win rate, and validating a judge against held-out human comparisons.
-
-Position handling: "both" asks for both orders and counts a disagreement as a tie (and reports how often the
-two orders agree); "random" shows each item once in an order drawn from a seeded RNG and records it. An item
-with an unparseable verdict (in either order) is counted and left out of the win rate, never guessed.
-"""
+"""What judged items add up to: the win rate (ties one half) with its bootstrap interval, the position statistics,
+the unparseable answers (counted and left out, never guessed), the length-controlled win rate, and a judge's
+agreement with held-out human comparisons."""
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from rlhf.data.records import Comparison
-from rlhf.judges.base import Judge, Verdict
+from rlhf.judges.orders import JudgedItem, judge_pairs
+from rlhf.judges.verdicts import Judge
 from rlhf.stats import length_controlled_win_rate, win_rate
-
-POSITION_MODES = ("both", "random")
-
-
-@dataclass(frozen=True)
-class JudgedItem:
-    """The verdict(s) on one item, each as the judge gave it for the order it was shown, and the result for a."""
-
-    orders: tuple[str, ...]
-    """The orders shown: "ab" (a first) and/or "ba" (b first)."""
-    verdicts: tuple[Verdict, ...]
-    """The judge's verdict for each order, in terms of the responses as shown (verdicts[i] for orders[i])."""
-    outcome_for_a: float | None
-    """1 / 0.5 / 0 for a against b after undoing the order; None when a verdict was unparseable."""
-    consistent: bool | None
-    """Both orders: whether the two verdicts name the same response (or both tie); None with one order or unparseable."""
-
-
-def combine_orders(forward: Verdict, backward_as_shown: Verdict) -> tuple[float | None, bool | None]:
-    """Outcome for a from a verdict on (a, b) and one on (b, a); a disagreement is a tie (0.5)."""
-    backward = backward_as_shown.swapped()
-    first, second = forward.score_for_a, backward.score_for_a
-    if first is None or second is None:
-        return None, None
-    return (first if first == second else 0.5), first == second
-
-
-def judge_item(judge: Judge, prompt: str, a: str, b: str, position: str, rng: random.Random) -> JudgedItem:
-    """Judge one item in both orders, or in one order drawn from `rng` (position = "both" / "random")."""
-    if position == "both":
-        forward, backward = judge.compare(prompt, a, b), judge.compare(prompt, b, a)
-        outcome, consistent = combine_orders(forward, backward)
-        return JudgedItem(("ab", "ba"), (forward, backward), outcome, consistent)
-    if position != "random":
-        raise ValueError(f"position: expected one of {POSITION_MODES}, got {position!r}")
-    if rng.random() < 0.5:
-        verdict = judge.compare(prompt, a, b)
-        return JudgedItem(("ab",), (verdict,), verdict.score_for_a, None)
-    verdict = judge.compare(prompt, b, a)
-    return JudgedItem(("ba",), (verdict,), verdict.swapped().score_for_a, None)
-
-
-def judge_pairs(judge: Judge, items: Sequence[tuple[str, str, str]], position: str = "both", seed: int = 0) -> list[JudgedItem]:
-    """Judge each (prompt, a, b) item; with position="random" the orders come from random.Random(seed)."""
-    if position not in POSITION_MODES:
-        raise ValueError(f"position: expected one of {POSITION_MODES}, got {position!r}")
-    rng = random.Random(seed)
-    return [judge_item(judge, prompt, a, b, position, rng) for prompt, a, b in items]
 
 
 def position_statistics(judged: Sequence[JudgedItem]) -> dict[str, float | int | None]:
