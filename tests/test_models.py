@@ -4,10 +4,24 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf.models.encoding import encode_queries
+from rlhf.models.encoding import ScoringInputs, encode_queries, pad_encoded, pad_prompt_response
 from rlhf.models.provision import ModelNotAvailable, from_pretrained, load_causal_lm, load_tokenizer
-from rlhf.models.roles import Backbone, Episodes, LanguageModelRole, ScalarRole, position_ids_from_mask
-from rlhf.models.sampling import StopRule, sample_episodes
+from rlhf.models.roles import (
+    Backbone,
+    Episodes,
+    LanguageModelRole,
+    ScalarRole,
+    encode_for_scoring,
+    position_ids_from_mask,
+)
+from rlhf.models.sampling import PrefixReuse, StopRule, prefix_reuse, sample_episodes
+
+
+def raw_scores_of_texts(rm: ScalarRole, prompts: list[str], responses: list[str], padding_side: str = "left"):
+    """The reward model's raw scores of (prompt, response) pairs laid out as `ScalarRole.tokenize` does, one batch."""
+    pairs = rm.tokenize(prompts, responses)
+    ids, mask, _ = pad_prompt_response(pairs, rm.backbone.tokenizer.pad_token_id, padding_side)
+    return rm.raw_scores(ScoringInputs(ids, mask))
 
 
 @pytest.fixture()
@@ -37,10 +51,10 @@ def test_reward_score_same_for_left_and_right_padding_and_any_batch(backbone):
     prompts = ["The film opened with", "I rented this movie on a rainy Sunday and by the end I", "Plot:"]
     responses = [" a long shot of the sea.", " loved it.", " a mess from start to finish, honestly"]
     with torch.no_grad():
-        alone = torch.stack([rm.raw_score([p], [r])[0] for p, r in zip(prompts, responses)])
-        left = rm.raw_score(prompts, responses, padding_side="left")
-        right = rm.raw_score(prompts, responses, padding_side="right")
-        pair = rm.raw_score(prompts[:2], responses[:2], padding_side="left")
+        alone = torch.stack([raw_scores_of_texts(rm, [p], [r])[0] for p, r in zip(prompts, responses)])
+        left = raw_scores_of_texts(rm, prompts, responses, padding_side="left")
+        right = raw_scores_of_texts(rm, prompts, responses, padding_side="right")
+        pair = raw_scores_of_texts(rm, prompts[:2], responses[:2], padding_side="left")
     assert torch.allclose(alone, left, atol=1e-5), (alone, left)
     assert torch.allclose(alone, right, atol=1e-5), (alone, right)
     assert torch.allclose(alone[:2], pair, atol=1e-5)
@@ -125,6 +139,7 @@ def test_sampling_is_fixed_length_then_padded_after_stop(backbone):
     torch.manual_seed(0)
     episodes, texts = sample_episodes(policy, ["One", "Two three"], 6, rule)
     assert episodes.response_ids.shape == (2, 6)
+    assert episodes.prefix is None and episodes.scoring is None  # nothing kept unless asked for
     pad = backbone.tokenizer.pad_token_id
     assert bool(((episodes.response_ids == pad) == (episodes.response_mask == 0)).all())
     assert len(texts) == 2
@@ -164,24 +179,23 @@ def test_frozen_prefix_then_top_layers_equals_full_forward(tiny_model_dir):
 
 
 def test_reward_scores_from_cached_prefix_equal_direct_scores(tiny_model_dir):
-    from rlhf.models.encoding import pad_encoded
-    from rlhf.models.roles import encode_for_scoring
-
     bb = top_layer_backbone(tiny_model_dir, "reward")
     tok = bb.tokenizer
     rm = ScalarRole(bb, "reward")
     prompts, responses = ["A film", "Another much longer opening for a film that"], [" was good.", " bored me"]
+    encoded = encode_for_scoring(rm, prompts, responses)
+    assert all(s.prefix is not None for s in encoded)
     with torch.no_grad():
-        direct = rm.raw_score(prompts, responses)
-        cached = rm.raw_scores_at_last(*pad_encoded(encode_for_scoring(rm, prompts, responses), tok.pad_token_id))
+        direct = raw_scores_of_texts(rm, prompts, responses)
+        cached = rm.raw_scores(pad_encoded(encoded, tok.pad_token_id))
     assert torch.allclose(direct, cached, atol=1e-5)
-    rm.gain, rm.bias = 2.0, -1.0  # score_encoded normalises like score, in batches
-    assert torch.allclose(rm.score_encoded(encode_for_scoring(rm, prompts, responses), batch_size=1), rm.score(prompts, responses), atol=1e-5)
+    rm.gain, rm.bias = 2.0, -1.0  # scoring the encoded sequences normalises as scoring the texts does
+    assert torch.allclose(rm.score(prompts, responses, encoded=encoded), direct * 2.0 - 1.0, atol=1e-5)
+    assert torch.allclose(rm.score(prompts, responses), direct * 2.0 - 1.0, atol=1e-5)
 
 
-def test_scores_in_length_sorted_batches_come_back_in_input_order(tiny_model_dir):
+def test_scores_in_length_sorted_batches_come_back_in_input_order(tiny_model_dir, monkeypatch):
     from rlhf.models.encoding import length_sorted_batches
-    from rlhf.models.roles import encode_for_scoring
 
     assert length_sorted_batches([5, 2, 9, 2, 7], 2) == [[1, 3], [0, 4], [2]]
     bb = top_layer_backbone(tiny_model_dir, "reward")
@@ -190,9 +204,14 @@ def test_scores_in_length_sorted_batches_come_back_in_input_order(tiny_model_dir
     prompts = ["A much longer opening for a film that", "A film", "Plot:", "I rented this on a rainy Sunday and", "It"]
     responses = [" bored me from the first minute to the last", " was good.", " none", " by the end I", " was fine, I guess, for a while"]
     with torch.no_grad():
-        alone = torch.stack([rm.raw_score([p], [r])[0] for p, r in zip(prompts, responses)]) * 1.5 + 0.25
+        alone = torch.stack([raw_scores_of_texts(rm, [p], [r])[0] for p, r in zip(prompts, responses)]) * 1.5 + 0.25
+    batches = []
+    real = rm.raw_scores
+    monkeypatch.setattr(rm, "raw_scores", lambda batch: (batches.append(len(batch.input_ids)), real(batch))[1])
     assert torch.allclose(rm.score(prompts, responses, batch_size=2), alone, atol=1e-5)
-    assert torch.allclose(rm.score_encoded(encode_for_scoring(rm, prompts, responses, chunk=2), batch_size=3), alone, atol=1e-5)
+    assert batches == [2, 2, 1]
+    encoded = encode_for_scoring(rm, prompts, responses, chunk=2)
+    assert torch.allclose(rm.score(prompts, responses, encoded=encoded, batch_size=3), alone, atol=1e-5)
 
 
 def test_sample_categorical_matches_the_probabilities_and_never_picks_zero_mass():
@@ -216,7 +235,8 @@ def test_sampler_draws_from_the_full_forward_distribution(backbone, monkeypatch)
     policy = LanguageModelRole(backbone, "policy", temperature=0.7)
     query_ids, query_mask = encode_queries(backbone.tokenizer, ["A short one", "A much longer opening line of a review that"])
     torch.manual_seed(1)
-    response, loop_logprobs, _ = sampling.sample_from_role(policy, query_ids, query_mask, 6)
+    with backbone.use("policy") as lm:
+        response, loop_logprobs, _ = sampling.sample_tokens(lm, query_ids, query_mask, 6, policy.temperature)
     episodes = Episodes(query_ids, query_mask, response, torch.ones_like(response, dtype=torch.float), torch.ones(2, dtype=torch.bool))
     with torch.no_grad():
         full = policy.logits(episodes).softmax(-1)  # [B, R, V]
@@ -282,11 +302,11 @@ def test_value_head_with_folded_normalisation_outputs_the_normalised_score(backb
     rm.fold_normalization()
     assert (rm.gain, rm.bias) == (1.0, 0.0)
     with torch.no_grad():
-        assert torch.allclose(rm.raw_score(prompts, responses), normalised, atol=1e-5)
+        assert torch.allclose(raw_scores_of_texts(rm, prompts, responses), normalised, atol=1e-5)
 
 
 def test_sampling_keeps_the_frozen_prefix_that_the_finished_sequences_give(tiny_model_dir):
-    """with_prefix, the sampling loop keeps the bottom layers' output at every position a log-prob or value reads
+    """With keep_prefix, the sampling loop keeps the bottom layers' output at every position a log-prob or value reads
     (query, and response tokens before each row's stop); log-probs and values computed from it equal those of
     full forwards."""
     bb = top_layer_backbone(tiny_model_dir, "policy")
@@ -297,7 +317,10 @@ def test_sampling_keeps_the_frozen_prefix_that_the_finished_sequences_give(tiny_
     rule = StopRule(bb.tokenizer)
     rule.has_stop_string = torch.arange(len(rule.has_stop_string)) % 4 == 0  # about a quarter of tokens end a response
     torch.manual_seed(5)
-    episodes, _ = sample_episodes(policy, ["One", "Two three", "A much longer opening line", "Four", "Five six"], 8, rule, with_prefix=True)
+    reuse = prefix_reuse(policy, LanguageModelRole(bb, None, temperature=0.8))
+    assert reuse == PrefixReuse(keep_prefix=True, score_from_sampling=False)
+    prompts = ["One", "Two three", "A much longer opening line", "Four", "Five six"]
+    episodes, _ = sample_episodes(policy, prompts, 8, rule, reuse=reuse)
     lengths = episodes.response_mask.sum(-1).long().tolist()
     assert min(lengths) < 6 and max(lengths) == 8, f"the seed should stop some rows early and keep one to the end: {lengths}"
     Q = episodes.query_ids.shape[1]
@@ -321,8 +344,8 @@ def test_backbones_share_a_frozen_prefix_only_with_the_same_bottom_layers(tiny_m
 
 
 def test_reward_model_scores_sampled_episodes_from_the_sampling_loop(tiny_model_dir):
-    """for_scoring, a finished row is fed its last token and EOS before it leaves the batch: the samples do not
-    change, and the reward model's score from the kept bottom-layer output equals a full forward over query +
+    """With score_from_sampling, a finished row is fed its last token and EOS before it leaves the batch: the samples
+    do not change, and the reward model's score from the kept bottom-layer output equals a full forward over query +
     response up to its stop + EOS (an EOS stop is that EOS), read at the EOS."""
     torch.manual_seed(0)
     bb = top_layer_backbone(tiny_model_dir, "policy")
@@ -340,21 +363,25 @@ def test_reward_model_scores_sampled_episodes_from_the_sampling_loop(tiny_model_
     torch.manual_seed(0)
     plain, _ = sample_episodes(policy, prompts, 6, rule)
     torch.manual_seed(0)
-    episodes, _ = sample_episodes(policy, prompts, 6, rule, for_scoring=True)
+    reuse = prefix_reuse(policy, reward=rm)
+    assert reuse == PrefixReuse(keep_prefix=False, score_from_sampling=True)
+    episodes, texts = sample_episodes(policy, prompts, 6, rule, reuse=reuse)
     assert torch.equal(plain.response_ids, episodes.response_ids) and torch.allclose(plain.sample_logprobs, episodes.sample_logprobs)
     n = episodes.response_mask.sum(-1).long().tolist()
     last = [int(episodes.response_ids[b, k - 1]) for b, k in enumerate(n)]
     kinds = ["eos" if bool(rule.is_eos[t]) else "stop" if s else "none" for t, s in zip(last, episodes.has_stop.tolist())]
     assert {"eos", "stop", "none"} <= set(kinds), f"the seed should give every kind of ending: {kinds}"
-    ids, mask, _ = episodes.scoring
+    ids, mask = episodes.scoring.input_ids, episodes.scoring.attention_mask
     q_ids, q_mask = encode_queries(tok, prompts)
     for b, (k, kind) in enumerate(zip(n, kinds)):
         response = episodes.response_ids[b, :k].tolist()
         expected = response[:-1] + [tok.eos_token_id] if kind == "eos" else response + [tok.eos_token_id]
         assert ids[b][mask[b].bool()].tolist() == q_ids[b][q_mask[b].bool()].tolist() + expected
     with torch.no_grad():
-        full = rm.raw_scores_at_last(ids, mask) * 1.5 + 0.25
-    assert torch.allclose(rm.score_episodes(episodes, batch_size=3), full, atol=1e-5)
+        full = rm.raw_scores(ScoringInputs(ids, mask)) * 1.5 + 0.25
+    assert torch.allclose(rm.score(prompts, texts, episodes, batch_size=3), full, atol=1e-5)
+    # episodes without the reward model's input are scored from their texts
+    assert torch.allclose(rm.score(prompts, texts, plain), rm.score(prompts, texts), atol=0)
 
 
 def test_best_of_n_and_eval_sampling_draw_what_sample_texts_draws(backbone):
@@ -377,3 +404,27 @@ def test_best_of_n_and_eval_sampling_draw_what_sample_texts_draws(backbone):
     eval_texts, eval_stops, eval_lengths, kls, scores = sample_with_kl(policy, policy, [p for p in prompts for _ in range(2)], 6, rule, batch_size=3, reward=rm)
     assert (eval_texts, eval_stops, eval_lengths) == (texts, stops, lengths) and kls == [0.0] * 6
     assert scores == pytest.approx([c.meta["rm_score_no_penalty"] for c in candidates], abs=1e-5)
+
+
+def test_save_merged_writes_a_plain_model_that_computes_what_the_adapter_did(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.models.saving import save_merged
+
+    bb = top_layer_backbone(tiny_model_dir, "policy")
+    bb.add_adapter("value")  # another adapter on the same base is left out of the merged model
+    for p in bb.adapter_parameters("value"):
+        p.data.normal_(0, 0.5)
+    ids, mask = encode_queries(bb.tokenizer, ["a short one", "a much longer prompt with several more words"])
+    with torch.no_grad():
+        expected = bb.lm_head(bb.hidden_states("policy", ids, mask))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "stale.txt").write_text("from an earlier run")
+    save_merged(bb, "policy", tmp_path / "model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folder left behind
+    assert not (tmp_path / "model" / "stale.txt").exists() and bb.adapters == []
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    with torch.no_grad():
+        logits = merged(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+    real = mask.bool()
+    assert torch.allclose(logits[real], expected[real], atol=1e-4)

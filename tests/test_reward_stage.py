@@ -5,9 +5,16 @@ import torch
 
 from rlhf.data.records import Comparison
 from rlhf.losses import best_of_k_loss, pairwise_loss, ranking_loss
+from rlhf.models.encoding import ScoringInputs, pad_prompt_response
 from rlhf.models.provision import load_causal_lm, load_tokenizer
-from rlhf.models.roles import Backbone, ScalarRole, encode_for_scoring, export_reward_model
-from rlhf.stages.reward import comparison_loss, has_tied_best
+from rlhf.models.roles import Backbone, ScalarRole
+from rlhf.models.saving import export_reward_model
+from rlhf.stages.reward import comparison_loss, encode_comparisons, has_tied_best, prompts_and_responses
+
+
+def raw_scores_of_texts(rm: ScalarRole, prompts: list[str], responses: list[str]) -> torch.Tensor:
+    ids, mask, _ = pad_prompt_response(rm.tokenize(prompts, responses), rm.backbone.tokenizer.pad_token_id)
+    return rm.raw_scores(ScoringInputs(ids, mask))
 
 
 def make_rm(tiny_model_dir, top_layers=0):
@@ -25,25 +32,32 @@ def test_mixed_batch_loss_weights_each_kind_by_its_count(tiny_model_dir):
     pair = Comparison(prompt="A film", responses=[" good.", " bad."], kind="pairwise", best=1)
     bok = Comparison(prompt="B film", responses=[" a", " b", " c", " d"], kind="best_of_k", best=2)
     rank = Comparison(prompt="C film", responses=[" w", " x", " y", " z"], kind="ranking", ranks=[1, 0, 3, 2])
+    flat = encode_comparisons(rm, [pair, bok, rank])
     with torch.no_grad():
-        loss = comparison_loss(rm, [pair, bok, rank])
-        r_pair = rm.raw_score(["A film"] * 2, pair.responses)
-        r_bok = rm.raw_score(["B film"] * 4, bok.responses)
-        r_rank = rm.raw_score(["C film"] * 4, rank.responses)
+        loss = comparison_loss(rm, [pair, bok, rank], [flat[:2], flat[2:6], flat[6:]])
+        r_pair = raw_scores_of_texts(rm, ["A film"] * 2, pair.responses)
+        r_bok = raw_scores_of_texts(rm, ["B film"] * 4, bok.responses)
+        r_rank = raw_scores_of_texts(rm, ["C film"] * 4, rank.responses)
     expected = (pairwise_loss(r_pair[1:2], r_pair[0:1]) + best_of_k_loss(r_bok[None], torch.tensor([2]))
                 + ranking_loss(r_rank[None], torch.tensor([[1, 0, 3, 2]]))) / 3
     assert torch.allclose(loss, expected, atol=1e-5)
 
 
-def test_cached_encoding_gives_the_same_loss(tiny_model_dir):
+def test_cached_encoding_gives_the_same_loss_and_gradients_reach_the_top_layers(tiny_model_dir):
     rm = make_rm(tiny_model_dir, top_layers=1)
     batch = [Comparison(prompt="A film", responses=[" good.", " bad and long"], kind="pairwise", best=0),
              Comparison(prompt="Another, longer film", responses=[" a", " b", " c", " d"], kind="best_of_k", best=3)]
-    encoded = encode_for_scoring(rm, [c.prompt for c in batch for _ in c.responses], [r for c in batch for r in c.responses])
+    encoded = encode_comparisons(rm, batch)
+    assert all(s.prefix is not None for s in encoded)  # the frozen bottom layers ran once, here
     with torch.no_grad():
-        direct = comparison_loss(rm, batch)
-        cached = comparison_loss(rm, batch, [encoded[:2], encoded[2:]])
+        r = raw_scores_of_texts(rm, *prompts_and_responses(batch))
+    direct = (pairwise_loss(r[0:1], r[1:2]) + best_of_k_loss(r[None, 2:], torch.tensor([3]))) / 2
+    rm.backbone.mark_trainable("reward")
+    cached = comparison_loss(rm, batch, [encoded[:2], encoded[2:]])
     assert torch.allclose(direct, cached, atol=1e-5)
+    cached.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in rm.backbone.adapter_parameters("reward"))
+    assert rm.head.weight.grad is not None
 
 
 def test_tied_best_is_detected_from_gold():
@@ -60,7 +74,7 @@ def test_exported_reward_model_loads_in_plain_transformers(tiny_model_dir, tmp_p
     prompts, responses = ["A film", "Another film that"], [" was good.", " bored me"]
     with torch.no_grad():
         ours = rm.score(prompts, responses)
-        ids, mask = rm.encode(prompts, responses)
+        ids, mask, _ = pad_prompt_response(rm.tokenize(prompts, responses), rm.backbone.tokenizer.pad_token_id)
     export_reward_model(rm, tmp_path / "hf")
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf")
     with torch.no_grad():
@@ -81,14 +95,14 @@ def test_head_fitted_on_frozen_features_ranks_the_training_comparisons(tiny_mode
         best = i % 4
         responses[best] = " it was great"
         train.append(Comparison(prompt=f"Film {i}:", responses=responses, kind="best_of_k", best=best))
-    flat = encode_for_scoring(rm, [c.prompt for c in train for _ in c.responses], [r for c in train for r in c.responses])
+    flat = encode_comparisons(rm, train)
     encoded = [flat[4 * i : 4 * i + 4] for i in range(len(train))]
     with torch.no_grad():
         before = comparison_loss(rm, train, encoded).item()
     fit_head_on_frozen_features(rm, train, encoded, l2=0.01)
     with torch.no_grad():
         after = comparison_loss(rm, train, encoded).item()
-        scores = torch.stack([rm.raw_score([c.prompt] * 4, c.responses) for c in train])
+        scores = torch.stack([raw_scores_of_texts(rm, [c.prompt] * 4, c.responses) for c in train])
     assert after < before and after < 0.5 * 1.386, (before, after)  # log 4 = 1.386 is chance
     assert (scores.argmax(-1) == torch.tensor([c.best for c in train])).all()
     assert torch.allclose(loss_from_scores(scores.flatten(), train), torch.tensor(after), atol=1e-4)

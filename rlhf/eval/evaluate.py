@@ -26,7 +26,7 @@ from rlhf.labelers.simulated import preference_from_gold
 from rlhf.models.best_of_n import best_of_n_kl, draw_best_of_n
 from rlhf.models.loading import base_model_path, load_reward_model, open_backbone, sft_model_path
 from rlhf.models.roles import LanguageModelRole, ScalarRole
-from rlhf.models.sampling import sampled_batches
+from rlhf.models.sampling import prefix_reuse, sampled_batches
 from rlhf.run import RunDir, seed_everything
 from rlhf.stats import mean_sem, win_rate
 from rlhf.tasks import evaluation_prompts, task_and_stop_rule
@@ -42,13 +42,9 @@ def sample_with_kl(policy: LanguageModelRole, reference: LanguageModelRole, prom
     """Responses of `policy` and, for each, the summed log-ratio log pi - log pi_ref over its tokens (a sample of KL),
     and (with `reward`) its reward-model score, else None: (texts, stops, lengths, kls, rm scores)."""
     texts, stops, lengths, kls, rm = [], [], [], [], []
-    # when policy and reference (or reward model) share the frozen bottom layers (top-layer adapters merged), they
-    # run their top layers only, on the bottom layers' output kept from the sampling loop
-    shares_with_reference = policy.backbone.same_frozen_prefix(reference.backbone)
-    with_prefix = policy is not reference and shares_with_reference
-    for_scoring = reward is not None and (shares_with_reference if reward.backbone is reference.backbone
-                                          else policy.backbone.same_frozen_prefix(reward.backbone))
-    for rows, episodes, batch_texts in sampled_batches(policy, prompts, response_length, stop_rule, batch_size, with_prefix, for_scoring):
+    # roles that share the policy's frozen bottom layers run their top layers only, on the sampling loop's output
+    reuse = prefix_reuse(policy, reference, reward)
+    for rows, episodes, batch_texts in sampled_batches(policy, prompts, response_length, stop_rule, batch_size, reuse):
         batch = prompts[rows]
         if policy is reference:  # the SFT policy is the reference: its KL is exactly 0
             log_ratio = torch.zeros_like(episodes.response_mask, dtype=torch.float32)
@@ -56,7 +52,7 @@ def sample_with_kl(policy: LanguageModelRole, reference: LanguageModelRole, prom
             ref_logprobs = torch.cat([reference.logprobs(episodes.select(slice(j, j + 64))) for j in range(0, len(batch_texts), 64)])
             log_ratio = (episodes.sample_logprobs - ref_logprobs) * episodes.response_mask
         if reward is not None:
-            rm += (reward.score_episodes(episodes) if for_scoring else reward.score(batch, batch_texts)).tolist()
+            rm += reward.score(batch, batch_texts, episodes).tolist()
         texts += batch_texts
         stops += episodes.has_stop.tolist()
         lengths += episodes.response_mask.sum(-1).tolist()

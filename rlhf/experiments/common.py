@@ -95,10 +95,6 @@ def run_ppo_sub_run(base: RunDir, root: Path, cfg: RunConfig) -> RunDir:
 
 
 # 2. the pool of samples from rho -----------------------------------------------------------------------
-def reward_as_optimised(scores, has_stop, penalty: float) -> list[float]:
-    """Scores as PPO sees them: a response without a stop gets the fixed penalty (Ziegler §3.1.2)."""
-
-    return apply_missing_stop_penalty(torch.as_tensor(scores, dtype=torch.float32), torch.as_tensor(has_stop), penalty).tolist()
 
 
 def sample_pool(base: RunDir, cfg: RunConfig, path: Path, n_prompts: int, per_prompt: int, with_proxy: bool) -> dict:
@@ -113,11 +109,13 @@ def sample_pool(base: RunDir, cfg: RunConfig, path: Path, n_prompts: int, per_pr
     repeated = [p for p in prompts for _ in range(per_prompt)]
     policy = LanguageModelRole(backbone, None, cfg.task.temperature)
     texts, stops, _ = sample_texts(policy, repeated, response_length, stop_rule, cfg.collect.batch_size, progress=f"pool: {len(repeated)} samples")
+    has_stop, penalty = torch.tensor(stops, dtype=torch.bool), cfg.ppo.missing_stop_penalty
+    gold = torch.tensor(task.gold_scorer(repeated, texts), dtype=torch.float32)
     pool = {"prompts": prompts, "per_prompt": per_prompt, "texts": texts, "has_stop": stops,
-            "gold": reward_as_optimised(task.gold_scorer(repeated, texts), stops, cfg.ppo.missing_stop_penalty)}
+            "gold": apply_missing_stop_penalty(gold, has_stop, penalty).tolist()}
     if with_proxy:
         proxy = load_reward_model(base, backbone)
-        pool["proxy"] = reward_as_optimised(proxy.score(repeated, texts), stops, cfg.ppo.missing_stop_penalty)
+        pool["proxy"] = apply_missing_stop_penalty(proxy.score(repeated, texts), has_stop, penalty).tolist()
     atomic_write_text(path, json.dumps(pool))
     return pool
 
@@ -157,13 +155,16 @@ def measure_policy(base: RunDir, cfg: RunConfig, model_path: str, prompts: list[
     task, response_length, stop_rule = task_and_stop_rule(cfg, reference_backbone.tokenizer)
     repeated = [p for p in prompts for _ in range(per_prompt)]
     texts, stops, lengths, kls, _ = sample_with_kl(policy, reference, repeated, response_length, stop_rule, cfg.collect.batch_size)
-    gold = mean_sem(reward_as_optimised(task.gold_scorer(repeated, texts), stops, cfg.ppo.missing_stop_penalty))
+    has_stop, penalty = torch.tensor(stops, dtype=torch.bool), cfg.ppo.missing_stop_penalty
+    gold_scores = torch.tensor(task.gold_scorer(repeated, texts), dtype=torch.float32)
+    gold = mean_sem(apply_missing_stop_penalty(gold_scores, has_stop, penalty).tolist())
     out = {"kl": mean_sem(kls)["mean"], "kl_sem": mean_sem(kls)["sem"], "gold_reward": gold["mean"], "gold_reward_sem": gold["sem"],
            "no_stop_fraction": 1 - sum(stops) / len(stops), "response_length_mean": sum(lengths) / len(lengths),
            "examples": [{"prompt": p, "response": t} for p, t in zip(repeated[::per_prompt][:4], texts[::per_prompt][:4])]}
     if with_proxy:
         proxy = load_reward_model(base, reference_backbone)
-        out["proxy_reward"] = mean_sem(reward_as_optimised(proxy.score(repeated, texts), stops, cfg.ppo.missing_stop_penalty))["mean"]
+        proxy_scores = apply_missing_stop_penalty(proxy.score(repeated, texts), has_stop, penalty)
+        out["proxy_reward"] = mean_sem(proxy_scores.tolist())["mean"]
     return out
 
 

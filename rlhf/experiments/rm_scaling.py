@@ -36,7 +36,7 @@ from rlhf.data.records import Comparison
 from rlhf.experiments.common import save_figure
 from rlhf.labelers.base import label_many
 from rlhf.labelers.simulated import SimulatedLabeler
-from rlhf.models.encoding import EncodedSequence, pad_encoded
+from rlhf.models.encoding import EncodedSequence, ScoringInputs, pad_encoded
 from rlhf.models.loading import base_model_path, open_backbone
 from rlhf.models.roles import LanguageModelRole
 from rlhf.models.sampling import sample_texts
@@ -186,9 +186,10 @@ def trunk_pass(rm, seqs: list[torch.Tensor], keep_prefix: bool, chunk: int = 16)
     encoded: list = [None] * len(seqs)
     for start in tqdm(range(0, len(order), chunk), desc="rm_scaling: trunk pass", leave=False):
         idx = order[start : start + chunk]
-        ids, mask, _ = pad_encoded([EncodedSequence(seqs[i], None) for i in idx], backbone.tokenizer.pad_token_id)
+        batch = pad_encoded([EncodedSequence(seqs[i], None) for i in idx], backbone.tokenizer.pad_token_id)
+        ids, mask = batch.input_ids, batch.attention_mask
         prefix = backbone.frozen_prefix(ids, mask) if backbone.shares_frozen_prefix else None
-        feats[idx] = rm.hidden_at_last(ids, mask, prefix)
+        feats[idx] = rm.hidden_at_last(ScoringInputs(ids, mask, prefix))
         if keep_prefix:
             for row, i in enumerate(idx):
                 real = mask[row].bool()
@@ -226,7 +227,7 @@ def lp_ft_scores(rm, cfg: Config, train: list[Comparison], train_x, train_encode
     scores = []
     with torch.no_grad():
         for i in range(0, len(heldout_encoded), 32):
-            scores.append(rm.raw_scores_at_last(*pad_encoded(heldout_encoded[i : i + 32], backbone.tokenizer.pad_token_id)))
+            scores.append(rm.raw_scores(pad_encoded(heldout_encoded[i : i + 32], backbone.tokenizer.pad_token_id)))
     return torch.cat(scores).numpy()
 
 

@@ -8,8 +8,9 @@ import math
 import torch
 
 from rlhf.data.records import Sample
-from rlhf.models.roles import LanguageModelRole
-from rlhf.models.sampling import sampled_batches
+from rlhf.losses import apply_missing_stop_penalty
+from rlhf.models.roles import LanguageModelRole, ScalarRole
+from rlhf.models.sampling import prefix_reuse, sampled_batches
 
 
 def best_of_n_kl(n: int) -> float:
@@ -23,22 +24,21 @@ def best_of_n(scores: torch.Tensor) -> torch.Tensor:
     return scores.argmax(-1)
 
 
-def draw_best_of_n(policy: LanguageModelRole, reward, prompts: list[str], n: int, response_length: int, stop_rule,
-                   batch_size: int, missing_stop_penalty: float) -> tuple[list[Sample], list[Sample]]:
+def draw_best_of_n(policy: LanguageModelRole, reward: ScalarRole, prompts: list[str], n: int, response_length: int,
+                   stop_rule, batch_size: int, missing_stop_penalty: float) -> tuple[list[Sample], list[Sample]]:
     """N samples of `policy` per prompt scored by the reward model; returns (all N per prompt, in prompt order,
     policy "sft"; the highest-scoring one of each prompt, policy "bon<N>"). A response without a stop scores the
     fixed penalty it would get in PPO (Ziegler §3.1.2); meta keeps both rm_score and rm_score_no_penalty."""
     repeated = [p for p in prompts for _ in range(n)]
-    # a reward model on the policy's frozen bottom layers scores from the sampling loop's hidden states (top layers only)
-    from_sampling = policy.backbone.same_frozen_prefix(reward.backbone)
     texts, stops, batch_scores = [], [], []
-    for rows, episodes, batch_texts in sampled_batches(policy, repeated, response_length, stop_rule, batch_size,
-                                                       for_scoring=from_sampling, progress=f"best-of-{n}: sampling"):
+    reuse = prefix_reuse(policy, reward=reward)  # the reward model scores from the sampling loop when it can
+    for rows, episodes, batch_texts in sampled_batches(policy, repeated, response_length, stop_rule, batch_size, reuse,
+                                                       progress=f"best-of-{n}: sampling"):
         texts += batch_texts
         stops += episodes.has_stop.tolist()
-        batch_scores.append(reward.score_episodes(episodes) if from_sampling else reward.score(repeated[rows], batch_texts))
+        batch_scores.append(reward.score(repeated[rows], batch_texts, episodes))
     rm_scores = torch.cat(batch_scores)
-    scores = torch.where(torch.tensor(stops), rm_scores, torch.full_like(rm_scores, missing_stop_penalty))
+    scores = apply_missing_stop_penalty(rm_scores, torch.tensor(stops, dtype=torch.bool), missing_stop_penalty)
     best = best_of_n(scores.view(len(prompts), n))
     chosen = [i * n + int(b) for i, b in enumerate(best)]
     candidates = [Sample(prompt=repeated[i], response=texts[i], policy="sft", has_stop=stops[i],

@@ -57,8 +57,22 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def pad_encoded(seqs: list[EncodedSequence], pad_id: int):
-    """Left-pad sequences back into (input_ids, attention_mask, prefix or None)."""
+@dataclass(frozen=True)
+class ScoringInputs:
+    """A batch as the reward model (or the value network) reads it: left-padded ids and mask [B, T], and the frozen
+    bottom layers' output [B, T, d] when it was kept (then only the top layers run), else None."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    prefix: torch.Tensor | None = None
+
+    def select(self, idx) -> "ScoringInputs":
+        prefix = None if self.prefix is None else self.prefix[idx]
+        return ScoringInputs(self.input_ids[idx], self.attention_mask[idx], prefix)
+
+
+def pad_encoded(seqs: list[EncodedSequence], pad_id: int) -> ScoringInputs:
+    """Left-pad sequences back into one batch."""
     T = max(len(s.ids) for s in seqs)
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)
@@ -69,7 +83,7 @@ def pad_encoded(seqs: list[EncodedSequence], pad_id: int):
         mask[i, T - n :] = 1
         if prefix is not None:
             prefix[i, T - n :] = s.prefix
-    return ids, mask, prefix
+    return ScoringInputs(ids, mask, prefix)
 
 
 def left_pad(token_lists: list[list[int]], pad_id: int):

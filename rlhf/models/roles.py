@@ -7,22 +7,19 @@ Sequences are laid out as [left-padded query | response padded on the right afte
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForSequenceClassification
 
 from rlhf.data.io import atomic_write_json
-from rlhf.losses import entropy_from_logits, logprobs_from_logits, reward_head_init_std
+from rlhf.losses import entropy_from_logits, last_token_index, logprobs_from_logits, reward_head_init_std
 from rlhf.models.encoding import (
     EncodedSequence,
+    ScoringInputs,
     length_sorted_batches,
     pad_encoded,
     pad_prompt_response,
@@ -31,16 +28,9 @@ from rlhf.models.encoding import (
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    # Left padding: positions count real tokens only (ppo-rlhf-details.md #4).
+    # Positions count real tokens only: a left-padded row's first token sits at position 0, as it would alone,
+    # so log-probs and scores do not depend on how much padding the batch gave it.
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last position whose mask is 1, for left or right padding alike."""
-    T = attention_mask.shape[1]
-    flipped = attention_mask.flip(-1).long()
-    assert bool((flipped.sum(-1) > 0).all()), "a row has no real token"
-    return T - 1 - flipped.argmax(-1)
 
 
 # Decoder-only models whose forward takes `inputs_embeds` unchanged (no embedding scaling or position embeddings
@@ -67,7 +57,6 @@ class Backbone:
         return self.lora_r > 0
 
     def add_adapter(self, name: str) -> None:
-
         assert self.is_lora and name not in self.adapters
         n_layers = self.model.config.num_hidden_layers
         layers = list(range(n_layers - self.top_layers, n_layers)) if self.top_layers else None
@@ -116,7 +105,6 @@ class Backbone:
                 p.requires_grad_(flag)
 
     def causal_lm(self):
-
         return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
 
     @contextmanager
@@ -204,7 +192,7 @@ class Episodes:
     has_stop: torch.Tensor
     prefix: torch.Tensor | None = None  # frozen bottom-layer hidden states shared by all roles (see Backbone)
     sample_logprobs: torch.Tensor | None = None  # [B,R] log-probs of the sampled tokens, read off the sampling loop
-    scoring: tuple | None = None  # (input_ids, attention_mask, prefix) the reward model scores (sampling.scoring_inputs)
+    scoring: ScoringInputs | None = None  # the reward model's input, kept by the sampling loop (scoring_inputs)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -218,7 +206,7 @@ class Episodes:
         return Episodes(self.query_ids[idx], self.query_mask[idx], self.response_ids[idx], self.response_mask[idx], self.has_stop[idx],
                         None if self.prefix is None else self.prefix[idx],
                         None if self.sample_logprobs is None else self.sample_logprobs[idx],
-                        None if self.scoring is None else tuple(x[idx] for x in self.scoring))
+                        None if self.scoring is None else self.scoring.select(idx))
 
 
 class LanguageModelRole:
@@ -229,11 +217,6 @@ class LanguageModelRole:
         self.backbone = backbone
         self.adapter = adapter
         self.temperature = temperature
-
-    def parameters(self) -> list[nn.Parameter]:
-        if self.backbone.is_lora:
-            return self.backbone.adapter_parameters(self.adapter)
-        return list(self.backbone.model.parameters())
 
     def logits(self, episodes: Episodes) -> torch.Tensor:
         """Temperature-scaled logits predicting each response token: [B, R, V]."""
@@ -270,18 +253,15 @@ class ScalarRole:
         self.gain = 1.0
         self.bias = 0.0
 
-    def parameters(self) -> list[nn.Parameter]:
-        trunk = self.backbone.adapter_parameters(self.adapter) if self.backbone.is_lora else list(self.backbone.model.parameters())
-        return trunk + list(self.head.parameters())
-
-    def hidden_at_last(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden_at_last(self, batch: ScoringInputs) -> torch.Tensor:
         """Trunk output at each row's last real token (not the last padded position): [B, d]."""
-        hidden = self.backbone.hidden_states(self.adapter, input_ids, attention_mask, prefix)
-        return hidden[torch.arange(hidden.shape[0]), last_real_index(attention_mask)]
+        hidden = self.backbone.hidden_states(self.adapter, batch.input_ids, batch.attention_mask, batch.prefix)
+        return hidden[torch.arange(hidden.shape[0]), last_token_index(batch.attention_mask)]
 
-    def raw_scores_at_last(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
-        """Head output at each row's last real token: [B]."""
-        return self.head(self.hidden_at_last(input_ids, attention_mask, prefix)).squeeze(-1)
+    def raw_scores(self, batch: ScoringInputs) -> torch.Tensor:
+        """Head output at each row's last real token, before normalisation and with gradients: [B]. What reward-model
+        training differentiates; everything else reads `score`."""
+        return self.head(self.hidden_at_last(batch)).squeeze(-1)
 
     def values(self, episodes: Episodes) -> torch.Tensor:
         """Value of the state before each response token: [B, R]."""
@@ -297,52 +277,43 @@ class ScalarRole:
             self.head.bias.mul_(self.gain).add_(self.bias)
         self.gain, self.bias = 1.0, 0.0
 
-    # text interface -------------------------------------------------------------------------------
+    # scoring -------------------------------------------------------------------------------------
     def tokenize(self, prompts: list[str], responses: list[str]) -> list[tuple[list[int], list[int]]]:
-        """Prompt + response + EOS: the score is read at the EOS that ends every response (ppo-rlhf-details.md #9),
-        the same token whether the response stopped at EOS, at the task's stop string, or not at all."""
+        """Prompt + response + EOS: the score is read at the EOS that ends every response, the same token whether
+        the response stopped at EOS, at the task's stop string, or not at all, so the reward model sees where a
+        response ends (and the score does not sit on an arbitrary last word)."""
         return tokenize_prompt_response(self.backbone.tokenizer, prompts, responses, append_eos=True)
 
-    def encode(self, prompts: list[str], responses: list[str], padding_side: str = "left"):
-        """`tokenize`, padded: (input_ids, attention_mask)."""
-        return pad_prompt_response(self.tokenize(prompts, responses), self.backbone.tokenizer.pad_token_id, padding_side)[:2]
-
-    def raw_score(self, prompts: list[str], responses: list[str], padding_side: str = "left") -> torch.Tensor:
-        ids, mask = self.encode(prompts, responses, padding_side)
-        return self.raw_scores_at_last(ids, mask)
-
     @torch.no_grad()
-    def score(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> torch.Tensor:
-        """Normalised reward gain*r + bias for each (prompt, response), in batches of similar lengths."""
-        pairs = self.tokenize(prompts, responses)
-        raw = torch.zeros(len(prompts))
-        for rows in length_sorted_batches([len(q) + len(a) for q, a in pairs], batch_size):
-            ids, mask, _ = pad_prompt_response([pairs[i] for i in rows], self.backbone.tokenizer.pad_token_id)
-            raw[rows] = self.raw_scores_at_last(ids, mask)
+    def score(self, prompts: list[str], responses: list[str], episodes: Episodes | None = None,
+              encoded: list[EncodedSequence] | None = None, batch_size: int | None = None) -> torch.Tensor:
+        """Normalised reward gain*r + bias of each (prompt, response). Work already done for these pairs is reused:
+        `episodes` sampled for this reward model (`sampling.prefix_reuse`) carry its input and the frozen bottom
+        layers' output from the sampling loop, and `encoded` (`encode_for_scoring`) the tokens and that output, so
+        only the top layers run; otherwise the texts are tokenised. In batches of `batch_size` rows (64 reusing
+        work, 32 from texts), of similar lengths unless they come from episodes (padded to one width already)."""
+        assert len(prompts) == len(responses)
+        if episodes is not None and episodes.scoring is not None:
+            assert len(episodes.has_stop) == len(prompts)
+            n = batch_size or 64
+            raw = torch.cat([self.raw_scores(episodes.scoring.select(slice(i, i + n)))
+                             for i in range(0, len(prompts), n)])
+        elif encoded is not None:
+            assert len(encoded) == len(prompts)
+            raw = self._raw_scores_by_length(encoded, batch_size or 64)
+        else:
+            seqs = [EncodedSequence(torch.tensor(q + a), None) for q, a in self.tokenize(prompts, responses)]
+            raw = self._raw_scores_by_length(seqs, batch_size or 32)
         return raw * self.gain + self.bias
 
-    @torch.no_grad()
-    def score_episodes(self, episodes: Episodes, batch_size: int = 64) -> torch.Tensor:
-        """`score` of sampled episodes from their token ids (not re-tokenised text) and the bottom layers' output
-        kept by the sampling loop (`sample_episodes(for_scoring=True)`): only the top layers run."""
-        assert episodes.scoring is not None, "sample with for_scoring=True"
-        ids, mask, prefix = episodes.scoring
-        raw = torch.cat([self.raw_scores_at_last(ids[i : i + batch_size], mask[i : i + batch_size], prefix[i : i + batch_size])
-                         for i in range(0, len(ids), batch_size)])
-        return raw * self.gain + self.bias
-
-    @torch.no_grad()
-    def score_encoded(self, seqs: list[EncodedSequence], batch_size: int = 64) -> torch.Tensor:
-        """`score` for sequences already through `encode_for_scoring`: only the layers above the frozen prefix run."""
-        pad_id = self.backbone.tokenizer.pad_token_id
+    def _raw_scores_by_length(self, seqs: list[EncodedSequence], batch_size: int) -> torch.Tensor:
         raw = torch.zeros(len(seqs))
         for rows in length_sorted_batches([len(s.ids) for s in seqs], batch_size):
-            raw[rows] = self.raw_scores_at_last(*pad_encoded([seqs[i] for i in rows], pad_id))
-        return raw * self.gain + self.bias
+            raw[rows] = self.raw_scores(pad_encoded([seqs[i] for i in rows], self.backbone.tokenizer.pad_token_id))
+        return raw
 
     # persistence -----------------------------------------------------------------------------------
     def save(self, folder, name: str) -> None:
-
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {"head.weight": self.head.weight.detach().contiguous(), "head.bias": self.head.bias.detach().contiguous()}
         if self.backbone.is_lora:
@@ -356,7 +327,6 @@ class ScalarRole:
         atomic_write_json(folder / f"{name}.json", {"gain": self.gain, "bias": self.bias, "lora": self.backbone.is_lora})
 
     def load(self, folder, name: str) -> None:
-
         tensors = load_file(str(folder / f"{name}.safetensors"))
         meta = json.loads((folder / f"{name}.json").read_text())
         self.head.weight.data.copy_(tensors.pop("head.weight"))
@@ -382,29 +352,3 @@ def encode_for_scoring(role: "ScalarRole", prompts: list[str], responses: list[s
             real = mask[k].bool()
             out[i] = EncodedSequence(ids[k][real], None if prefix is None else prefix[k][real])
     return out
-
-
-def export_reward_model(role: ScalarRole, folder) -> None:
-    """Save the reward model as a plain transformers sequence classifier (`AutoModelForSequenceClassification`,
-    adapter merged, num_labels=1). transformers reads the score at the last non-pad token, so append EOS to each
-    response as `ScalarRole.encode` does; the normalised reward is `logits * 1 + config.rlhf_reward_bias`."""
-
-    folder = Path(folder)
-    bb = role.backbone
-    lm = bb.model.merge_and_unload(adapter_names=[role.adapter]) if bb.is_lora else bb.model
-    if bb.is_lora:
-        bb.model, bb.adapters = lm, []  # the backbone now holds the merged model
-    config = lm.config.to_dict()
-    config.update(num_labels=1, rlhf_reward_bias=role.gain * float(role.head.bias.detach()) + role.bias, rlhf_append_eos=True)
-    cls_config = type(lm.config).from_dict(config)
-    classifier = AutoModelForSequenceClassification.from_config(cls_config)
-    trunk_prefix = lm.base_model_prefix
-    missing = classifier.load_state_dict({k: v for k, v in lm.state_dict().items() if k.startswith(trunk_prefix + ".")}, strict=False)
-    assert all(k.startswith("score") for k in missing.missing_keys), missing.missing_keys
-    classifier.score.weight.data.copy_(role.gain * role.head.weight.detach())
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    classifier.save_pretrained(tmp)
-    bb.tokenizer.save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)

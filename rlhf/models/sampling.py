@@ -1,15 +1,18 @@
-"""Ancestral sampling with a KV cache; fixed-length sampling, then truncation at EOS or the task's stop rule
-(ppo-rlhf-details.md #5, #6)."""
+"""Ancestral sampling with a KV cache: a fixed number of tokens, then truncation at EOS or the task's stop rule
+(Ziegler et al. 2019 §3.1.2), so every batch has one shape and a row's tokens never depend on the other rows.
+With adapters on the top layers only, the loop also keeps the frozen bottom layers' output for the roles that
+read the episodes afterwards (`PrefixReuse`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 from transformers import DynamicCache
 
-from rlhf.models.encoding import encode_queries
-from rlhf.models.roles import Episodes, LanguageModelRole, position_ids_from_mask
+from rlhf.models.encoding import ScoringInputs, encode_queries
+from rlhf.models.roles import Episodes, LanguageModelRole, ScalarRole, position_ids_from_mask
 
 
 def sample_categorical(probs: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
@@ -37,8 +40,8 @@ def sample_tokens(lm, query_ids: torch.Tensor, query_mask: torch.Tensor, n_token
     Row b's token at step t inverts the CDF at `uniforms[b, t]` (when not given, drawn here in the order of one
     draw per row at each step). `stops_at(tokens [b], t)` (the task's stop rule) marks rows whose token at step t
     ends their response: those rows stop sampling and hold token 0 and log-prob 0 after the stop. That is only a
-    saving: fixed-length sampling truncates everything after the stop to padding (ppo-rlhf-details.md #5), and
-    each row's draws are its own, so every row's tokens up to its stop are those of sampling all n_tokens.
+    saving: fixed-length sampling truncates everything after the stop to padding anyway, and each row's draws
+    are its own, so every row's tokens up to its stop are those of sampling all n_tokens.
 
     Without eos_tail a row leaves the batch (and its cache) at its last token, which is never fed, so `hidden`
     covers the query and the response before its last token: what log-probs and values read. With
@@ -116,25 +119,34 @@ def sample_tokens(lm, query_ids: torch.Tensor, query_mask: torch.Tensor, n_token
     return tokens, logprobs, hidden
 
 
-@torch.no_grad()
-def sample_from_role(role: LanguageModelRole, query_ids: torch.Tensor, query_mask: torch.Tensor, response_length: int,
-                     stops_at: Callable[[torch.Tensor, int], torch.Tensor] | None = None, uniforms: torch.Tensor | None = None,
-                     with_prefix: bool = False, eos_tail: tuple[int, torch.Tensor] | None = None):
-    """`response_length` new tokens of `role` (a policy or the reference) at its temperature, with no top-k/top-p:
-    (tokens, each token's log-probability from the sampling loop, prefix). EOS does not stop the batch (truncation
-    comes after); with `stops_at`, rows that stopped are no longer computed; `uniforms` as in `sample_tokens`.
-    with_prefix, prefix is the frozen bottom layers' output at every position a later log-prob or value reads
-    ([B, Q+R, d]; with `eos_tail`, [B, Q+R+1, d] covering the reward model's input too); else None."""
-    backbone = role.backbone
-    with backbone.use(role.adapter) as lm:
-        hidden_of = None
-        if with_prefix:
-            assert backbone.shares_frozen_prefix, "with_prefix needs adapters on the top layers only"
-            hidden_of = getattr(lm, lm.base_model_prefix).layers[backbone.n_bottom - 1]
-        response, logprobs, prefix = sample_tokens(lm, query_ids, query_mask, response_length, role.temperature, stops_at,
-                                                   uniforms, hidden_of, eos_tail)
-    assert response.shape == logprobs.shape == (query_ids.shape[0], response_length), response.shape
-    return response, logprobs, prefix
+@dataclass(frozen=True)
+class PrefixReuse:
+    """What the sampling loop keeps so that later forwards run the top layers only (adapters on the top layers,
+    the bottom ones frozen and shared): `keep_prefix`, the bottom layers' output at every position a log-prob or
+    value reads (`Episodes.prefix`); `score_from_sampling`, also the reward model's input, the response up to its
+    stop and then EOS, with that output on it (`Episodes.scoring`), so `ScalarRole.score` takes it from there."""
+
+    keep_prefix: bool = False
+    score_from_sampling: bool = False
+
+
+NO_REUSE = PrefixReuse()
+
+
+def prefix_reuse(policy: LanguageModelRole, reference: LanguageModelRole | None = None,
+                 reward: ScalarRole | None = None) -> PrefixReuse:
+    """What `policy`'s sampling loop keeps for the roles that read its episodes: the bottom-layer output, when the
+    reference (and the value network, on the reference's backbone) is not the policy itself and computes the same
+    bottom layers; the reward model's input, when the reward model computes them too. None: a role not used."""
+    shares: dict[int, bool] = {}  # comparing the bottom layers' weights once per backbone
+
+    def same_bottom_layers(backbone) -> bool:
+        if id(backbone) not in shares:
+            shares[id(backbone)] = policy.backbone.same_frozen_prefix(backbone)
+        return shares[id(backbone)]
+
+    keep_prefix = reference is not None and reference is not policy and same_bottom_layers(reference.backbone)
+    return PrefixReuse(keep_prefix, score_from_sampling=reward is not None and same_bottom_layers(reward.backbone))
 
 
 class StopRule:
@@ -188,10 +200,10 @@ def uniform_draws(n_rows: int, n_tokens: int) -> torch.Tensor:
     return torch.cat(blocks) if blocks else torch.zeros(0, n_tokens)
 
 
-def scoring_inputs(episodes: Episodes, hidden: torch.Tensor, eos_id: int, is_eos: torch.Tensor):
-    """(input_ids, attention_mask, prefix) [B, Q+R+1] of what the reward model scores for sampled episodes: the
-    query, the response up to its stop, and EOS, read at the EOS (an EOS stop is that EOS), as `ScalarRole.tokenize`
-    lays out a (prompt, response) pair; `hidden` is `sample_tokens`'s with eos_tail=(eos_id, is_eos)."""
+def scoring_inputs(episodes: Episodes, hidden: torch.Tensor, eos_id: int, is_eos: torch.Tensor) -> ScoringInputs:
+    """What the reward model scores for sampled episodes, [B, Q+R+1]: the query, the response up to its stop, and
+    EOS, read at the EOS (an EOS stop is that EOS), as `ScalarRole.tokenize` lays out a (prompt, response) pair,
+    with `hidden`, `sample_tokens`'s bottom-layer output with eos_tail=(eos_id, is_eos)."""
     B, R = episodes.response_ids.shape
     n = episodes.response_mask.sum(-1).long()  # tokens up to and including the stop
     last = episodes.response_ids.gather(1, (n - 1).unsqueeze(-1)).squeeze(-1)
@@ -200,42 +212,47 @@ def scoring_inputs(episodes: Episodes, hidden: torch.Tensor, eos_id: int, is_eos
     ids[torch.arange(B), torch.where(ends_eos, n - 1, n)] = eos_id
     mask = (torch.arange(R + 1) < (n + (~ends_eos).long()).unsqueeze(-1)).long()
     assert hidden.shape[:2] == (B, episodes.query_ids.shape[1] + R + 1), hidden.shape
-    return torch.cat([episodes.query_ids, ids], dim=1), torch.cat([episodes.query_mask, mask], dim=1), hidden
+    query_and_response = torch.cat([episodes.query_ids, ids], dim=1)
+    return ScoringInputs(query_and_response, torch.cat([episodes.query_mask, mask], dim=1), hidden)
 
 
 @torch.no_grad()
 def sample_episodes(policy: LanguageModelRole, prompts: list[str], response_length: int, stop_rule: StopRule,
-                    uniforms: torch.Tensor | None = None, with_prefix: bool = False,
-                    for_scoring: bool = False) -> tuple[Episodes, list[str]]:
-    """Sample one response per prompt (row i's tokens picked by `uniforms[i]`, default `uniform_draws`); tokens
-    after the stop become padding (masked). with_prefix, the episodes carry the frozen bottom layers' output
-    from the sampling loop itself (`LanguageModelRole.sample`), so no role runs those layers again; for_scoring,
-    also `episodes.scoring` (`scoring_inputs`), so that a reward model sharing those layers scores the episodes
-    with its top layers only (`ScalarRole.score_episodes`)."""
-    tok = policy.backbone.tokenizer
+                    uniforms: torch.Tensor | None = None, reuse: PrefixReuse = NO_REUSE) -> tuple[Episodes, list[str]]:
+    """Sample one response per prompt (row i's tokens picked by `uniforms[i]`, default `uniform_draws`) at the
+    policy's temperature, with no top-k/top-p; tokens after the stop become padding (masked). The episodes carry
+    each token's log-probability read off the sampling loop, and what `reuse` (`prefix_reuse`) asks the loop
+    to keep: the frozen bottom layers' output (`Episodes.prefix`) and the reward model's input (`Episodes.scoring`)."""
+    backbone, tok = policy.backbone, policy.backbone.tokenizer
     query_ids, query_mask = encode_queries(tok, prompts)
     uniforms = uniform_draws(len(prompts), response_length) if uniforms is None else uniforms
-    eos_tail = (tok.eos_token_id, stop_rule.is_eos) if for_scoring else None
-    response_ids, logprobs, hidden = sample_from_role(policy, query_ids, query_mask, response_length, stops_at=stop_rule.stops_at,
-                                                   uniforms=uniforms, with_prefix=with_prefix or for_scoring, eos_tail=eos_tail)
+    # with the reward model's input, a finished row is fed its last token and then EOS before it leaves the batch
+    eos_tail = (tok.eos_token_id, stop_rule.is_eos) if reuse.score_from_sampling else None
+    with backbone.use(policy.adapter) as lm:
+        bottom_layer = None
+        if reuse.keep_prefix or reuse.score_from_sampling:
+            assert backbone.shares_frozen_prefix, "prefix reuse needs adapters on the top layers only"
+            bottom_layer = getattr(lm, lm.base_model_prefix).layers[backbone.n_bottom - 1]
+        response_ids, logprobs, hidden = sample_tokens(lm, query_ids, query_mask, response_length, policy.temperature,
+                                                       stop_rule.stops_at, uniforms, bottom_layer, eos_tail)
+    assert response_ids.shape == logprobs.shape == (len(prompts), response_length), response_ids.shape
     mask, has_stop = stop_rule.apply(response_ids)
     response_ids = torch.where(mask.bool(), response_ids, torch.full_like(response_ids, tok.pad_token_id))
-    prefix = None if hidden is None else hidden[:, : query_ids.shape[1] + response_length]
+    prefix = hidden[:, : query_ids.shape[1] + response_length] if reuse.keep_prefix else None
     episodes = Episodes(query_ids, query_mask, response_ids, mask, has_stop, prefix=prefix, sample_logprobs=logprobs)
-    if for_scoring:
+    if reuse.score_from_sampling:
         episodes.scoring = scoring_inputs(episodes, hidden, tok.eos_token_id, stop_rule.is_eos)
     return episodes, decode_responses(tok, response_ids, mask)
 
 
 def sampled_batches(policy: LanguageModelRole, prompts: list[str], response_length: int, stop_rule: StopRule, batch_size: int,
-                    with_prefix: bool = False, for_scoring: bool = False, progress: str = ""):
+                    reuse: PrefixReuse = NO_REUSE, progress: str = ""):
     """Episodes of `policy` for many prompts, a batch at a time: yields (slice of `prompts`, episodes, texts). The
     uniform draws for all prompts are made first, so the samples do not depend on batch_size."""
-
     uniforms = uniform_draws(len(prompts), response_length)
     for i in tqdm(range(0, len(prompts), batch_size), desc=progress or "sampling", leave=False, disable=not progress):
         rows = slice(i, i + batch_size)
-        episodes, texts = sample_episodes(policy, prompts[rows], response_length, stop_rule, uniforms[rows], with_prefix, for_scoring)
+        episodes, texts = sample_episodes(policy, prompts[rows], response_length, stop_rule, uniforms[rows], reuse)
         yield rows, episodes, texts
 
 

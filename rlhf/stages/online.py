@@ -74,7 +74,6 @@ class OnlineCollection:
         if oc.source == "app":
             self.source = AppLabels(initial, oc.db, run.root, cc.kind, self.prefix, oc.wait_timeout_seconds, oc.poll_seconds)
         else:
-
             gold = task_for(cfg).gold_scorer
             if gold is None:
                 raise ValueError(f"online.source=simulated: task '{cfg.task.name}' has no gold labeler; use online.source=app")

@@ -6,7 +6,8 @@ import json
 import logging
 import math
 import os
-import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
@@ -26,11 +27,12 @@ from rlhf.losses import (
     masked_whiten,
 )
 from rlhf.models.loading import load_reward_model, open_backbone, sft_model_path
-from rlhf.models.roles import LanguageModelRole
-from rlhf.models.sampling import sample_episodes
+from rlhf.models.roles import Episodes, LanguageModelRole
+from rlhf.models.saving import save_merged
 from rlhf.run import MetricsLog, RunDir, seed_everything
 from rlhf.stages.online import OnlineCollection
 from rlhf.stages.optim import optimizer_step, trainable_parameters
+from rlhf.stages.rollout import Rollout, Scores, prompt_batch, rollout, score
 from rlhf.stages.sft import response_nll
 from rlhf.tasks import prompt_source, task_and_stop_rule, task_for
 
@@ -92,40 +94,162 @@ def andon_cord_pulled(pc, run_dir=None) -> str | None:
     return None
 
 
-def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
+def before_iteration(iteration: int, online: OnlineCollection | None,
+                     andon: Callable[[], str | None]) -> tuple[dict, str | None]:
+    """(online collection's metrics, why PPO must stop before iteration `iteration` or None): the Andon cord; then,
+    with online collection (Ziegler §2.3), its step, which pushes fresh queries, waits for l(n) labels (honouring
+    the cord) and retrains the reward model at its points."""
+    reason = andon()
+    if reason is not None or online is None:
+        return {}, reason
+    return online.before_iteration(iteration, andon)
 
-    pc = cfg.ppo
-    seed_everything(cfg.seed + 3)
-    roles = PPORoles(run, cfg)
-    policy, reference, reward, value = roles.policy, roles.reference, roles.reward, roles.value
-    task, response_length, stop_rule = task_and_stop_rule(cfg, roles.tokenizer)
+
+@dataclass
+class Advantages:
+    """What the PPO epochs read, all [B, R]: the log-probs and values before any update, per-token KL, advantages
+    and returns."""
+
+    old_logprobs: torch.Tensor
+    old_values: torch.Tensor
+    kl: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+@torch.no_grad()
+def compute_advantages(roles: PPORoles, episodes: Episodes, scores: torch.Tensor, beta: float, pc) -> Advantages:
+    """Log-probs of policy and reference and the values (in the minibatches of the first epoch, so that its ratio
+    is exactly 1), per-token rewards -beta*KL with the score at the last token (Ziegler eq. 2), GAE (Schulman et
+    al. 2016) and, with ppo.whiten_advantages, whitened advantages."""
+    mask = episodes.response_mask
+    mbs = chunks(len(scores), pc.minibatch_size)
+    old_logprobs = torch.cat([roles.policy.logprobs(episodes.select(s)) for s in mbs])
+    ref_logprobs = torch.cat([roles.reference.logprobs(episodes.select(s)) for s in mbs])
+    old_values = torch.cat([roles.value.values(episodes.select(s)) for s in mbs])
+    rewards, kl = kl_penalized_rewards(scores, old_logprobs, ref_logprobs, mask, beta)
+    advantages, returns = gae(rewards, old_values, mask, pc.gamma, pc.lam)
+    if pc.whiten_advantages:
+        advantages = masked_whiten(advantages, mask)
+    return Advantages(old_logprobs, old_values, kl, advantages, returns)
+
+
+def update(roles: PPORoles, episodes: Episodes, adv: Advantages, optimizer, scheduler, pc, ptx_texts: list,
+           policy_moves: bool) -> dict[str, list[float]]:
+    """ppo.ppo_epochs passes over the batch in minibatches (the first in order, later ones shuffled): the clipped
+    policy loss (Schulman et al. 2017) plus the clipped value loss, and PPO-ptx's pretraining loss (InstructGPT
+    eq. 2) when configured; the value loss alone while `policy_moves` is False (value warm-up). Returns each
+    statistic's values over the minibatches."""
+    B, mask = len(episodes.has_stop), episodes.response_mask
+    stats: dict[str, list[float]] = {}
+    for epoch in range(pc.ppo_epochs):
+        perm = torch.arange(B) if epoch == 0 else torch.randperm(B)
+        for k, s in enumerate(chunks(B, pc.minibatch_size)):
+            idx = perm[s]
+            mb = episodes.select(idx)
+            logprobs, entropy = roles.policy.logprobs(mb, with_entropy=True)
+            if epoch == 0 and k == 0:  # nothing has changed yet: the ratio must be exactly 1
+                ratio_gap = (logprobs - adv.old_logprobs[idx]).abs().max().item()
+                assert ratio_gap < 1e-4, f"PPO ratio is not 1 on the first minibatch (max |log ratio| = {ratio_gap})"
+                stats.setdefault("first_minibatch_max_log_ratio", []).append(ratio_gap)
+            pg_loss, pg_stats = clipped_policy_loss(logprobs, adv.old_logprobs[idx], adv.advantages[idx], mask[idx],
+                                                    pc.clip_range)
+            values = roles.value.values(mb)
+            vf_loss, vf_stats = clipped_value_loss(values, adv.old_values[idx], adv.returns[idx], mask[idx],
+                                                   pc.clip_range_value)
+            loss = pg_loss + pc.value_coef * vf_loss if policy_moves else vf_loss
+            if ptx_texts and policy_moves:
+                pick = torch.randint(len(ptx_texts), (pc.ptx_batch_size,)).tolist()
+                ptx_nll = response_nll(roles.policy.backbone, roles.policy.adapter, [ptx_texts[i].prompt for i in pick],
+                                       [ptx_texts[i].response for i in pick])
+                loss = loss + pc.ptx_coef * ptx_nll  # = PPO loss - gamma * pretraining log-likelihood
+                stats.setdefault("ptx_nll", []).append(ptx_nll.item())
+            optimizer_step(loss, roles.policy_params + roles.value_params, optimizer, scheduler)
+            for key, val in {**pg_stats, **vf_stats, "policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
+                             "entropy": masked_mean(entropy.detach(), mask[idx]).item()}.items():
+                stats.setdefault(key, []).append(val)
+    return stats
+
+
+def log_row(iteration: int, batch: Rollout, scores: Scores, adv: Advantages, stats: dict[str, list[float]], beta: float,
+            lr: float, missing_stop_penalty: float, online_row: dict) -> dict:
+    """The metrics of one PPO iteration (1-based `iteration`), as metrics.jsonl logs them."""
+    mask, has_stop = batch.episodes.response_mask, batch.episodes.has_stop
+    row = {
+        "iteration": iteration,
+        "rm_score": scores.reward.mean().item(),
+        "score": scores.penalised.mean().item(),
+        "non_score_reward": (-beta * adv.kl.sum(-1)).mean().item(),
+        "kl": adv.kl.sum(-1).mean().item(),
+        "beta": beta,
+        "response_length": mask.sum(-1).mean().item(),
+        "no_stop_count": int((~has_stop).sum()),
+        "explained_variance": explained_variance(adv.old_values, adv.returns, mask),
+        "lr": lr,
+        **{k: sum(v) / len(v) for k, v in stats.items() if k not in ("ratio_max", "first_minibatch_max_log_ratio")},
+        "ratio_max": max(stats["ratio_max"]),
+        "first_minibatch_max_log_ratio": stats["first_minibatch_max_log_ratio"][0],
+        **online_row,
+    }
+    if scores.gold is not None:  # the simulated task's gold reward (trained on only when reward_source=gold)
+        gold = torch.tensor(scores.gold, dtype=torch.float32)
+        row["gold_reward"] = sum(scores.gold) / len(scores.gold)
+        row["gold_score"] = apply_missing_stop_penalty(gold, has_stop, missing_stop_penalty).mean().item()
+    return row
+
+
+def write_samples(path, iteration: int, batch: Rollout, scores: Scores) -> None:
+    """The first four (prompt, response, score) of the batch, appended to RUN_DIR/ppo/samples.jsonl."""
+    with open(path, "a") as fh:
+        for p, t, sc in list(zip(batch.prompts, batch.texts, scores.penalised.tolist()))[:4]:
+            fh.write(json.dumps({"iteration": iteration, "prompt": p, "response": t, "score": sc}) + "\n")
+
+
+def check_inputs(pc, task) -> None:
+    """Reject a reward source PPO cannot train on."""
     if pc.reward_source not in ("rm", "gold"):
         raise ValueError(f"ppo.reward_source: expected rm or gold, got {pc.reward_source!r}")
     if pc.reward_source == "gold" and task.gold_scorer is None:
         raise ValueError(f"ppo.reward_source=gold: task '{task.name}' has no gold scorer")
+
+
+def optimizers(roles: PPORoles, pc):
+    """AdamW over policy and value (each at its learning rate), annealed linearly to 0 over all of PPO's updates, and
+    the KL coefficient's controller: adaptive toward ppo.target_kl (Ziegler §2.2) or fixed."""
+    total_updates = pc.iterations * pc.ppo_epochs * math.ceil(pc.batch_size / pc.minibatch_size)
+    param_groups = [{"params": roles.policy_params, "lr": pc.learning_rate},
+                    {"params": roles.value_params, "lr": pc.value_learning_rate or pc.learning_rate}]
+    optimizer = torch.optim.AdamW(param_groups, eps=1e-5, weight_decay=0.0)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, total_updates)
+    kl_ctl = AdaptiveKLController(pc.init_beta, pc.target_kl, pc.k_beta) if pc.adaptive_kl else FixedKLController(pc.init_beta)
+    return optimizer, scheduler, kl_ctl
+
+
+def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
+    """The PPO stage, one iteration at a time as lm-human-preferences' PPOTrainer.step: rollout, score,
+    advantages, update, log; resumes from its checkpoint, and stops with one when the Andon cord is pulled."""
+    pc = cfg.ppo
+    seed_everything(cfg.seed + 3)
+    roles = PPORoles(run, cfg)
+    task, response_length, stop_rule = task_and_stop_rule(cfg, roles.tokenizer)
+    check_inputs(pc, task)
     prompts = [p.text for p in task.load_prompts("train", n=None, source=prompt_source(cfg), seed=cfg.seed + 3)]
     ptx_texts = []
     if pc.ptx_coef > 0:  # PPO-ptx: a text set to keep the pretraining log-likelihood up (InstructGPT eq. 2)
         ptx_texts = task_for(cfg).load_demonstrations("train", n=None, source=prompt_source(cfg), seed=cfg.seed)
+    # the gold scorer scores every batch when PPO trains on it, or when its reward is logged
+    gold_scorer = task.gold_scorer if pc.reward_source == "gold" or pc.log_gold_reward else None
 
-    n_minibatches = math.ceil(pc.batch_size / pc.minibatch_size)
-    total_updates = pc.iterations * pc.ppo_epochs * n_minibatches
-    param_groups = [{"params": roles.policy_params, "lr": pc.learning_rate},
-                    {"params": roles.value_params, "lr": pc.value_learning_rate or pc.learning_rate}]
-    optimizer = torch.optim.AdamW(param_groups, eps=1e-5, weight_decay=0.0)
-    scheduler = get_linear_schedule_with_warmup(optimizer, 0, total_updates)  # annealed linearly to 0
-    kl_ctl = AdaptiveKLController(pc.init_beta, pc.target_kl, pc.k_beta) if pc.adaptive_kl else FixedKLController(pc.init_beta)
-
+    optimizer, scheduler, kl_ctl = optimizers(roles, pc)
     start = 0
     ckpt = run.load_checkpoint(STAGE)
-    if ckpt is not None:
+    if ckpt is not None:  # resume: trainable weights, optimiser, schedule, beta and the iteration to go on from
         roles.load_trainable_state(ckpt["trainable"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         kl_ctl.load_state_dict(ckpt["kl_controller"])
         start = ckpt["iteration"]
     metrics = MetricsLog(run, STAGE, resume_step=start if ckpt else None, step_key="iteration")
-    samples_path = run.stage(STAGE) / "samples.jsonl"
     online = None  # online collection (Ziegler §2.3), off by default: rlhf/stages/online.py
     if cfg.online.enabled:
         online = OnlineCollection(run, cfg, roles, response_length, stop_rule, prompts, ckpt.get("online") if ckpt else None)
@@ -137,128 +261,46 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
 
     bar = tqdm(total=pc.iterations, initial=start, desc="ppo", leave=False)
     for iteration in range(start, pc.iterations):
-        reason = andon_cord_pulled(pc, run.root)
+        # 0. the Andon cord, and online collection: fresh queries, l(n) labels, the reward model retrained at its points
+        online_row, reason = before_iteration(iteration, online, lambda: andon_cord_pulled(pc, run.root))
         if reason is not None:
             save_checkpoint(iteration)
-            log.warning("PPO stopped before iteration %d by the Andon cord: %s", iteration + 1, reason)
+            log.warning("PPO stopped before iteration %d: %s", iteration + 1, reason)
             return {"stopped": True, "reason": reason, "iteration": iteration}
-
-        # 0. online collection: push fresh queries, wait for l(n) labels (cord honoured), retrain the RM at its points
-        online_row = {}
-        if online is not None:
-            online_row, reason = online.before_iteration(iteration, lambda: andon_cord_pulled(pc, run.root))
-            if reason is not None:
-                save_checkpoint(iteration)
-                log.warning("PPO stopped before iteration %d while waiting for labels: %s", iteration + 1, reason)
-                return {"stopped": True, "reason": reason, "iteration": iteration}
-            reward = roles.reward  # a retrained reward model, if one was due
+        reward = roles.reward if pc.reward_source == "rm" else None  # (online collection may have retrained it)
 
         # 1. sample a batch of responses from the current policy (prompts in a seeded order, so resume continues it)
-        order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(cfg.seed * 7919 + iteration * pc.batch_size // len(prompts)))
-        first = iteration * pc.batch_size % len(prompts)
-        batch_prompts = [prompts[order[(first + j) % len(prompts)]] for j in range(pc.batch_size)]
-        # (the frozen bottom layers' output is kept from the sampling loop: they never run again for any role or epoch)
-        # (and the reward model, on the same bottom layers, scores the sampled tokens from it with its top layers only)
-        from_sampling = pc.reward_source != "gold" and policy.backbone.same_frozen_prefix(reward.backbone)
-        episodes, texts = sample_episodes(policy, batch_prompts, response_length, stop_rule,
-                                          with_prefix=policy.backbone.shares_frozen_prefix, for_scoring=from_sampling)
-        mask = episodes.response_mask
-        B = len(batch_prompts)
-
-        with torch.no_grad():
-            # 2. score with the reward model (or the gold scorer); responses with no stop get a fixed penalty (Ziegler §3.1.2)
-            wants_gold = task.gold_scorer is not None and (pc.log_gold_reward or pc.reward_source == "gold")
-            gold = task.gold_scorer(batch_prompts, texts) if wants_gold else None
-            rm_scores = (torch.tensor(gold) if pc.reward_source == "gold" else
-                         reward.score_episodes(episodes) if from_sampling else reward.score(batch_prompts, texts))
-            scores = apply_missing_stop_penalty(rm_scores, episodes.has_stop, pc.missing_stop_penalty)
-            # 3. log-probs of policy and reference and the values, in the same minibatches as the first epoch
-            mbs = chunks(B, pc.minibatch_size)
-            old_logprobs = torch.cat([policy.logprobs(episodes.select(s)) for s in mbs])
-            ref_logprobs = torch.cat([reference.logprobs(episodes.select(s)) for s in mbs])
-            old_values = torch.cat([value.values(episodes.select(s)) for s in mbs])
-            # 4. per-token rewards -beta*KL with the score at the last token; GAE; whitened advantages
-            rewards, kl = kl_penalized_rewards(scores, old_logprobs, ref_logprobs, mask, kl_ctl.beta)
-            advantages, returns = gae(rewards, old_values, mask, pc.gamma, pc.lam)
-            if pc.whiten_advantages:
-                advantages = masked_whiten(advantages, mask)
-
+        batch_prompts = prompt_batch(prompts, iteration, pc.batch_size, cfg.seed)
+        batch = rollout(roles.policy, roles.reference, reward, batch_prompts, response_length, stop_rule)
+        # 2. score with the reward model (or the gold scorer); no stop, a fixed penalty instead (Ziegler §3.1.2)
+        scores = score(batch, reward, gold_scorer, pc.missing_stop_penalty)
+        # 3. log-probs of policy and reference and the values; 4. KL-penalised rewards, GAE, whitened advantages
+        adv = compute_advantages(roles, batch.episodes, scores.penalised, kl_ctl.beta, pc)
         # 5. PPO epochs over minibatches: clipped policy and value losses (+ PPO-ptx); value alone while it warms up
         policy_moves = iteration >= pc.value_warmup_iterations
-        stats: dict[str, list[float]] = {}
-        for epoch in range(pc.ppo_epochs):
-            perm = torch.arange(B) if epoch == 0 else torch.randperm(B)
-            for k, s in enumerate(mbs):
-                idx = perm[s]
-                mb = episodes.select(idx)
-                logprobs, entropy = policy.logprobs(mb, with_entropy=True)
-                if epoch == 0 and k == 0:  # nothing has changed yet: the ratio must be exactly 1
-                    ratio_gap = (logprobs - old_logprobs[idx]).abs().max().item()
-                    assert ratio_gap < 1e-4, f"PPO ratio is not 1 on the first minibatch (max |log ratio| = {ratio_gap})"
-                    stats.setdefault("first_minibatch_max_log_ratio", []).append(ratio_gap)
-                pg_loss, pg_stats = clipped_policy_loss(logprobs, old_logprobs[idx], advantages[idx], mask[idx], pc.clip_range)
-                values = value.values(mb)
-                vf_loss, vf_stats = clipped_value_loss(values, old_values[idx], returns[idx], mask[idx], pc.clip_range_value)
-                loss = pg_loss + pc.value_coef * vf_loss if policy_moves else vf_loss
-                if ptx_texts and policy_moves:
-                    pick = torch.randint(len(ptx_texts), (pc.ptx_batch_size,)).tolist()
-                    ptx_nll = response_nll(policy.backbone, policy.adapter, [ptx_texts[i].prompt for i in pick], [ptx_texts[i].response for i in pick])
-                    loss = loss + pc.ptx_coef * ptx_nll  # = PPO loss - gamma * pretraining log-likelihood
-                    stats.setdefault("ptx_nll", []).append(ptx_nll.item())
-                optimizer_step(loss, roles.policy_params + roles.value_params, optimizer, scheduler)
-                for key, val in {**pg_stats, **vf_stats, "policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
-                                 "entropy": masked_mean(entropy.detach(), mask[idx]).item()}.items():
-                    stats.setdefault(key, []).append(val)
+        stats = update(roles, batch.episodes, adv, optimizer, scheduler, pc, ptx_texts, policy_moves)
 
-        # 6. adapt beta to the batch's KL, log, checkpoint
-        mean_kl = kl.sum(-1).mean().item()
-        row = {
-            "iteration": iteration + 1,
-            "rm_score": rm_scores.mean().item(),
-            "score": scores.mean().item(),
-            "non_score_reward": (-kl_ctl.beta * kl.sum(-1)).mean().item(),
-            "kl": mean_kl,
-            "beta": kl_ctl.beta,
-            "response_length": mask.sum(-1).mean().item(),
-            "no_stop_count": int((~episodes.has_stop).sum()),
-            "explained_variance": explained_variance(old_values, returns, mask),
-            "lr": scheduler.get_last_lr()[0],
-            **{k: sum(v) / len(v) for k, v in stats.items() if k not in ("ratio_max", "first_minibatch_max_log_ratio")},
-            "ratio_max": max(stats["ratio_max"]),
-            "first_minibatch_max_log_ratio": stats["first_minibatch_max_log_ratio"][0],
-            **online_row,
-        }
-        if gold is not None:  # the simulated task's gold reward (trained on only when reward_source=gold)
-            row["gold_reward"] = sum(gold) / B
-            row["gold_score"] = apply_missing_stop_penalty(torch.tensor(gold, dtype=torch.float32), episodes.has_stop, pc.missing_stop_penalty).mean().item()
+        # 6. log, adapt beta to the batch's KL, checkpoint
+        row = log_row(iteration + 1, batch, scores, adv, stats, kl_ctl.beta, scheduler.get_last_lr()[0],
+                      pc.missing_stop_penalty, online_row)
         if policy_moves:  # the KL of a warm-up batch is 0 by construction, not a signal to lower beta
-            kl_ctl.update(mean_kl, B)
+            kl_ctl.update(row["kl"], len(batch.prompts))
         metrics.write(row)
-        with open(samples_path, "a") as fh:
-            for p, t, sc in list(zip(batch_prompts, texts, scores.tolist()))[:4]:
-                fh.write(json.dumps({"iteration": iteration + 1, "prompt": p, "response": t, "score": sc}) + "\n")
+        write_samples(run.stage(STAGE) / "samples.jsonl", iteration + 1, batch, scores)
         if row["response_length"] < 1.5 or row["entropy"] < 0.01:
             log.warning("PPO iteration %d: the policy may have collapsed (length %.2f, entropy %.3f)", iteration + 1, row["response_length"], row["entropy"])
-        log.info("ppo %d/%d rm %.3f kl %.2f beta %.3f len %.1f", iteration + 1, pc.iterations, row["rm_score"], mean_kl, kl_ctl.beta, row["response_length"])
+        log.info("ppo %d/%d rm %.3f kl %.2f beta %.3f len %.1f", iteration + 1, pc.iterations, row["rm_score"],
+                 row["kl"], kl_ctl.beta, row["response_length"])
         bar.update(1)
         if (iteration + 1) % pc.checkpoint_every == 0 and iteration + 1 < pc.iterations:
             save_checkpoint(iteration + 1)
     bar.close()
     metrics.close()
 
-    # 7. save the policy as a plain HF folder (adapter merged into the SFT base) and the value network
+    # 7. save the value network and the policy as a plain HF folder (adapter merged into the SFT base)
     roles.value.save(run.stage(STAGE), "value")
-    out = run.stage(STAGE) / "model"
-    tmp = out.with_name("model.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pb = policy.backbone
-    model = pb.model.merge_and_unload(adapter_names=[policy.adapter]) if pb.is_lora else pb.model
-    model.save_pretrained(tmp)
-    pb.tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    save_merged(roles.policy.backbone, roles.policy.adapter, run.stage(STAGE) / "model")
     info = {"iterations": pc.iterations, "final_beta": kl_ctl.beta, **({"online": online.summary()} if online else {})}
     run.mark_done(STAGE, info)
     (run.stage(STAGE) / "checkpoint.pt").unlink(missing_ok=True)
     return info
-

@@ -23,7 +23,8 @@ from rlhf.losses import (
 )
 from rlhf.models.encoding import EncodedSequence, pad_encoded
 from rlhf.models.loading import open_backbone, sft_model_path
-from rlhf.models.roles import Backbone, ScalarRole, encode_for_scoring, export_reward_model
+from rlhf.models.roles import Backbone, ScalarRole, encode_for_scoring
+from rlhf.models.saving import export_reward_model
 from rlhf.run import MetricsLog, RunDir, seed_everything
 from rlhf.stages.optim import optimizer_step, trainable_parameters
 from rlhf.tasks import prompt_source, task_for
@@ -32,13 +33,11 @@ log = logging.getLogger("rlhf")
 STAGE = "reward"
 
 
-def comparison_loss(rm: ScalarRole, batch: list[Comparison], encoded: list[list[EncodedSequence]] | None = None) -> torch.Tensor:
-    """The loss of a batch that may mix the three query types, weighted by how many comparisons each has.
-    `encoded` (one list per comparison, from `encode_for_scoring`) skips tokenising and the frozen bottom layers."""
-    if encoded is None:
-        scores = rm.raw_score([c.prompt for c in batch for _ in c.responses], [r for c in batch for r in c.responses])
-    else:
-        scores = rm.raw_scores_at_last(*pad_encoded([s for seqs in encoded for s in seqs], rm.backbone.tokenizer.pad_token_id))
+def comparison_loss(rm: ScalarRole, batch: list[Comparison], encoded: list[list[EncodedSequence]]) -> torch.Tensor:
+    """The loss of a batch that may mix the three query types, weighted by how many comparisons each has, from the
+    raw scores of its responses: `encoded`, one list per comparison from `encode_comparisons`, has them tokenised
+    and through the frozen bottom layers already."""
+    scores = rm.raw_scores(pad_encoded([s for seqs in encoded for s in seqs], rm.backbone.tokenizer.pad_token_id))
     return loss_from_scores(scores, batch)
 
 
@@ -84,7 +83,7 @@ def frozen_features(rm: ScalarRole, encoded: list[list[EncodedSequence]], chunk:
     feats = []
     for i in range(0, len(encoded), chunk):
         seqs = [s for group in encoded[i : i + chunk] for s in group]
-        feats.append(rm.hidden_at_last(*pad_encoded(seqs, rm.backbone.tokenizer.pad_token_id)))
+        feats.append(rm.hidden_at_last(pad_encoded(seqs, rm.backbone.tokenizer.pad_token_id)))
     return torch.cat(feats)
 
 
@@ -126,8 +125,8 @@ def has_tied_best(c: Comparison) -> bool:
 def heldout_accuracy(rm: ScalarRole, heldout: list[Comparison]) -> dict:
     """Accuracy over ordered pairs: against the gold scores stored with each comparison when present (ties in
     gold are skipped), otherwise against the labeler's choice. Equal RM scores count one half."""
-    encoded = encode_for_scoring(rm, [c.prompt for c in heldout for _ in c.responses], [r for c in heldout for r in c.responses])
-    all_scores = rm.score_encoded(encoded).tolist()
+    prompts, responses = prompts_and_responses(heldout)
+    all_scores = rm.score(prompts, responses, encoded=encode_for_scoring(rm, prompts, responses)).tolist()
     correct, n, start = 0.0, 0, 0
     for c in heldout:
         scores, start = all_scores[start : start + len(c.responses)], start + len(c.responses)
@@ -148,9 +147,14 @@ def new_reward_model(backbone: Backbone, name: str = "reward") -> ScalarRole:
     return ScalarRole(backbone, adapter)
 
 
+def prompts_and_responses(comparisons: list[Comparison]) -> tuple[list[str], list[str]]:
+    """Every response of `comparisons`, in order, with its prompt: (prompts, responses)."""
+    return [c.prompt for c in comparisons for _ in c.responses], [r for c in comparisons for r in c.responses]
+
+
 def encode_comparisons(rm: ScalarRole, comparisons: list[Comparison]) -> list[EncodedSequence]:
     """Every response of `comparisons`, in order, through `encode_for_scoring` (the frozen bottom layers run once)."""
-    return encode_for_scoring(rm, [c.prompt for c in comparisons for _ in c.responses], [r for c in comparisons for r in c.responses])
+    return encode_for_scoring(rm, *prompts_and_responses(comparisons))
 
 
 def fit_reward_model(rm: ScalarRole, train: list[Comparison], rc: RewardConfig, seed: int, ckpt: dict | None = None,
@@ -219,9 +223,9 @@ def normalize_reward_model(rm: ScalarRole, train: list[Comparison], cfg: RunConf
     `flat` = `encode_comparisons(rm, train)` when the caller has it) or Stiennon (reference responses average 0)."""
     rc = cfg.reward
     if rc.normalize == "policy":
+        prompts, responses = (p[:256] for p in prompts_and_responses(train[:256]))
         sample = (flat if flat is not None else encode_comparisons(rm, train[:256]))[:256]
-        raw = rm.score_encoded(sample)
-        rm.gain, rm.bias = gain_bias_for_unit_normal(raw)
+        rm.gain, rm.bias = gain_bias_for_unit_normal(rm.score(prompts, responses, encoded=sample))
     elif rc.normalize == "reference":
         demos = task_for(cfg).load_demonstrations("train", n=None, source=prompt_source(cfg), seed=cfg.seed)[:256]
         rm.bias = bias_for_zero_reference(rm.score([d.prompt for d in demos], [d.response for d in demos]))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +14,7 @@ from rlhf.config import RunConfig
 from rlhf.models.encoding import encode_prompt_response
 from rlhf.models.loading import base_model_path, open_backbone
 from rlhf.models.roles import Backbone
+from rlhf.models.saving import save_merged
 from rlhf.run import MetricsLog, RunDir, seed_everything
 from rlhf.stages.optim import load_trainable_state, optimizer_step, trainable_parameters, trainable_state
 from rlhf.tasks import prompt_source, task_for
@@ -35,7 +34,6 @@ def response_nll(backbone: Backbone, adapter: str | None, prompts: list[str], re
 
 
 def train_sft(run: RunDir, cfg: RunConfig) -> dict:
-
     sc = cfg.sft
     if sc.n_demonstrations == 0:
         run.mark_done(STAGE, {"trained": False})
@@ -100,14 +98,7 @@ def train_sft(run: RunDir, cfg: RunConfig) -> dict:
     metrics.close()
 
     # 5. save a plain HF folder (adapter merged into the base) atomically
-    out = run.stage(STAGE) / "model"
-    tmp = out.with_name("model.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model = backbone.model.merge_and_unload() if adapter else backbone.model
-    model.save_pretrained(tmp)
-    backbone.tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    save_merged(backbone, adapter, run.stage(STAGE) / "model")
     info = {"trained": True, "steps": step, "n_train": len(train), "n_val": len(val)}
     run.mark_done(STAGE, info)
     (run.stage(STAGE) / "checkpoint.pt").unlink(missing_ok=True)
