@@ -4,6 +4,7 @@ few edge cases), side by side in one run: seconds of each and the largest score 
 
     .venv/bin/python bench/gold_prefix_cache.py RUN
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,9 @@ def plain_scores(scorer: LMSentimentScorer, responses: list[str]) -> list[float]
     trunk, scores = getattr(model, model.base_model_prefix), []
     for i in range(0, len(responses), scorer.batch_size):
         ids, mask = encode_queries(tokenizer, [judge_input(r) for r in responses[i : i + scorer.batch_size]])
-        hidden = trunk(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).last_hidden_state[:, -1]
+        hidden = trunk(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).last_hidden_state[
+            :, -1
+        ]
         logprobs = model.get_output_embeddings()(hidden).log_softmax(-1)
         scores += (logprobs[:, positive] - logprobs[:, negative]).tolist()
     return scores
@@ -43,8 +46,10 @@ def main(argv: list[str]) -> None:
     t1 = time.time()
     cached = scorer(["p"] * len(responses), responses)
     t2 = time.time()
-    print(f"responses={len(responses)} plain_seconds={t1 - t0:.1f} cached_seconds={t2 - t1:.1f} "
-          f"speedup={(t1 - t0) / (t2 - t1):.2f} max_abs_diff={max(abs(a - b) for a, b in zip(plain, cached)):.2e}")
+    print(
+        f"responses={len(responses)} plain_seconds={t1 - t0:.1f} cached_seconds={t2 - t1:.1f} "
+        f"speedup={(t1 - t0) / (t2 - t1):.2f} max_abs_diff={max(abs(a - b) for a, b in zip(plain, cached)):.2e}"
+    )
 
 
 if __name__ == "__main__":

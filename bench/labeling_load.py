@@ -6,6 +6,7 @@ judgments_per_s=<x> accepted=<n> stored=<n> lost=<n> duplicated=<n>
 
     .venv/bin/python bench/labeling_load.py [--labelers 50] [--seconds 20] [--db postgresql://...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,12 +46,17 @@ def free_port() -> int:
 def prepare(url: str, folder: Path, labelers: int, queries: int, kind: str, tag: str) -> str:
     """Push ``queries`` synthetic queries (10 % overlap by 5) and create the labeler accounts; returns the batch name."""
     per_prompt = {"pairwise": 2, "best_of_k": 4, "ranking": 5}[kind]
-    samples = [Sample(prompt=f"load prompt {tag} {p}", response=f"answer {p} number {k}", policy=f"policy{k}")
-               for p in range(queries) for k in range(per_prompt)]
+    samples = [
+        Sample(prompt=f"load prompt {tag} {p}", response=f"answer {p} number {k}", policy=f"policy{k}")
+        for p in range(queries)
+        for k in range(per_prompt)
+    ]
     write_jsonl(folder / "run" / "collect" / "samples.jsonl", samples)
     sessions = open_database(url)
     with sessions() as db:
-        batch = exchange.push_samples(db, folder / "run", kind, name=f"load-{tag}", overlap_share=0.1, overlap_labelers=5)
+        batch = exchange.push_samples(
+            db, folder / "run", kind, name=f"load-{tag}", overlap_share=0.1, overlap_labelers=5
+        )
         for index in range(labelers):
             create_user(db, f"load-{tag}-{index}", PASSWORD, "labeler", simulated="load benchmark")
         return batch.name
@@ -58,7 +64,9 @@ def prepare(url: str, folder: Path, labelers: int, queries: int, kind: str, tag:
 
 def start_server(url: str, port: int, folder: Path) -> subprocess.Popen:
     env = {**os.environ, "RLHF_LABEL_SECRET": "load-benchmark-secret", "RLHF_LABEL_DATA": str(folder)}
-    server = subprocess.Popen([sys.executable, "-m", "rlhf.cli", "label", "serve", "--db", url, "--port", str(port)], env=env)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rlhf.cli", "label", "serve", "--db", url, "--port", str(port)], env=env
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
@@ -72,11 +80,19 @@ def start_server(url: str, port: int, folder: Path) -> subprocess.Popen:
     raise RuntimeError("the server did not answer within 180 s")
 
 
-def labeler_loop(client: AppLabelerClient, start: threading.Barrier, deadline: list[float], accepted: list[str],
-                 errors: list[str], seed: int) -> None:
+def labeler_loop(
+    client: AppLabelerClient,
+    start: threading.Barrier,
+    deadline: list[float],
+    accepted: list[str],
+    errors: list[str],
+    seed: int,
+) -> None:
     rng = random.Random(seed)
     name = client.name
-    labeler = SimulatedLabeler(lambda prompts, responses: [float(r.rsplit(" ", 1)[-1]) for r in responses], 1.0, seed, name)
+    labeler = SimulatedLabeler(
+        lambda prompts, responses: [float(r.rsplit(" ", 1)[-1]) for r in responses], 1.0, seed, name
+    )
     start.wait()
     try:
         while time.monotonic() < deadline[0]:
@@ -85,7 +101,9 @@ def labeler_loop(client: AppLabelerClient, start: threading.Barrier, deadline: l
                 break
             fields = form_from_comparison(labeler.label(query["prompt"], query["responses"], query["kind"]))
             repeats = 2 if rng.random() < 0.1 else 1  # a double click now and then
-            codes = [client.submit(query["token"], fields, query["instructions_version"]).status_code for _ in range(repeats)]
+            codes = [
+                client.submit(query["token"], fields, query["instructions_version"]).status_code for _ in range(repeats)
+            ]
             if codes[0] == 303:
                 accepted.append(query["token"])
             else:
@@ -99,13 +117,24 @@ def verify(url: str, batch_name: str, accepted: list[str]) -> tuple[int, int, in
     """(stored, lost, duplicated): judgments of the batch, accepted tokens without a judgment, extra copies."""
     sessions = open_database(url)
     with sessions() as db:
-        rows = db.execute(select(Assignment.token, Judgment.query_id, Judgment.user_id).join(Judgment, Judgment.assignment_id == Assignment.id)
-                          .join(Query, Judgment.query_id == Query.id).join(Batch, Query.batch_id == Batch.id)
-                          .where(Batch.name == batch_name)).all()
-        over_target = db.scalar(select(func.count()).select_from(
-            select(Judgment.query_id).join(Query, Judgment.query_id == Query.id).join(Batch, Query.batch_id == Batch.id)
-            .where(Batch.name == batch_name).group_by(Judgment.query_id, Query.target_labelers)
-            .having(func.count(Judgment.id) > Query.target_labelers).subquery()))
+        rows = db.execute(
+            select(Assignment.token, Judgment.query_id, Judgment.user_id)
+            .join(Judgment, Judgment.assignment_id == Assignment.id)
+            .join(Query, Judgment.query_id == Query.id)
+            .join(Batch, Query.batch_id == Batch.id)
+            .where(Batch.name == batch_name)
+        ).all()
+        over_target = db.scalar(
+            select(func.count()).select_from(
+                select(Judgment.query_id)
+                .join(Query, Judgment.query_id == Query.id)
+                .join(Batch, Query.batch_id == Batch.id)
+                .where(Batch.name == batch_name)
+                .group_by(Judgment.query_id, Query.target_labelers)
+                .having(func.count(Judgment.id) > Query.target_labelers)
+                .subquery()
+            )
+        )
     per_token = Counter(token for token, _, _ in rows)
     per_pair = Counter((query_id, user_id) for _, query_id, user_id in rows)
     duplicated = sum(n - 1 for n in per_token.values()) + sum(n - 1 for n in per_pair.values()) + over_target
@@ -132,11 +161,17 @@ def main() -> int:
         errors: list[str] = []
         try:
             with ThreadPoolExecutor(8) as pool:  # logins verify Argon2 hashes: slow on purpose, so in parallel
-                clients = list(pool.map(lambda index: AppLabelerClient(f"http://127.0.0.1:{port}", f"load-{tag}-{index}", PASSWORD),
-                                        range(args.labelers)))
+                clients = list(
+                    pool.map(
+                        lambda index: AppLabelerClient(f"http://127.0.0.1:{port}", f"load-{tag}-{index}", PASSWORD),
+                        range(args.labelers),
+                    )
+                )
             start, deadline = threading.Barrier(args.labelers + 1), [0.0]
-            threads = [threading.Thread(target=labeler_loop, args=(client, start, deadline, accepted, errors, index))
-                       for index, client in enumerate(clients)]
+            threads = [
+                threading.Thread(target=labeler_loop, args=(client, start, deadline, accepted, errors, index))
+                for index, client in enumerate(clients)
+            ]
             for thread in threads:
                 thread.start()
             started = time.monotonic()
@@ -151,8 +186,12 @@ def main() -> int:
         stored, lost, duplicated = verify(url, batch, accepted)
     for error in errors[:10]:
         print(error, file=sys.stderr)
-    print(f"labelers={args.labelers} seconds={elapsed:.1f} db={'sqlite' if not args.db else args.db.split(':')[0]} errors={len(errors)}")
-    print(f"judgments_per_s={len(accepted) / elapsed:.1f} accepted={len(accepted)} stored={stored} lost={lost} duplicated={duplicated}")
+    print(
+        f"labelers={args.labelers} seconds={elapsed:.1f} db={'sqlite' if not args.db else args.db.split(':')[0]} errors={len(errors)}"
+    )
+    print(
+        f"judgments_per_s={len(accepted) / elapsed:.1f} accepted={len(accepted)} stored={stored} lost={lost} duplicated={duplicated}"
+    )
     return 0 if not errors and lost == 0 and duplicated == 0 and stored == len(accepted) else 1
 
 

@@ -7,6 +7,7 @@ The README's table of PPO settings was measured with it (RUN = a finished quicks
 
 Last line: gold_gain=<ppo - sft> sem=<x> win_rate_vs_sft=<x> n=<prompts> kl_last_batch=<x> ppo_seconds=<x>
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,9 @@ def gold_rewards(cfg, model_path: str, prompts: list[str], seed: int) -> list[fl
     seed_everything(seed)
     backbone = open_backbone(cfg, model_path)
     task, response_length, stop_rule = task_and_stop_rule(cfg, backbone.tokenizer)
-    texts, _, _ = sample_texts(LanguageModelRole(backbone, None, cfg.task.temperature), prompts, response_length, stop_rule, 64)
+    texts, _, _ = sample_texts(
+        LanguageModelRole(backbone, None, cfg.task.temperature), prompts, response_length, stop_rule, 64
+    )
     return task.gold_scorer(prompts, texts)
 
 
@@ -60,8 +63,10 @@ def main(argv: list[str]) -> None:
     diff = ppo_gold - sft_gold
     win_rate = float(np.mean(np.where(diff > 0, 1.0, np.where(diff == 0, 0.5, 0.0))))
     rows = [json.loads(line) for line in open(out / "ppo" / "metrics.jsonl")]
-    print(f"gold_gain={diff.mean():.3f} sem={diff.std() / len(diff) ** 0.5:.3f} win_rate_vs_sft={win_rate:.3f} "
-          f"n={len(diff)} kl_last_batch={rows[-1]['kl']:.2f} ppo_seconds={ppo_seconds:.0f}")
+    print(
+        f"gold_gain={diff.mean():.3f} sem={diff.std() / len(diff) ** 0.5:.3f} win_rate_vs_sft={win_rate:.3f} "
+        f"n={len(diff)} kl_last_batch={rows[-1]['kl']:.2f} ppo_seconds={ppo_seconds:.0f}"
+    )
 
 
 if __name__ == "__main__":

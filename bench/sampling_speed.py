@@ -8,6 +8,7 @@ batch of 64. Changes nothing in the run directory:
 
     .venv/bin/python bench/sampling_speed.py RUN [--profile]
 """
+
 from __future__ import annotations
 
 import statistics
@@ -23,7 +24,11 @@ from rlhf.models.sampling import sample_tokens, uniform_draws
 from rlhf.run import RunDir, seed_everything
 from rlhf.tasks import evaluation_prompts, task_and_stop_rule
 
-MODES = {"batch 64, every row": (64, False), "batch 64, stopped rows dropped": (64, True), "batch 128, stopped rows dropped": (128, True)}
+MODES = {
+    "batch 64, every row": (64, False),
+    "batch 64, stopped rows dropped": (64, True),
+    "batch 128, stopped rows dropped": (128, True),
+}
 
 
 def sample_all(lm, tokenizer, prompts, response_length, temperature, stop_rule, batch_size: int, drop_stopped: bool):
@@ -32,8 +37,15 @@ def sample_all(lm, tokenizer, prompts, response_length, temperature, stop_rule, 
     kept = []
     for i in range(0, len(prompts), batch_size):
         query_ids, query_mask = encode_queries(tokenizer, prompts[i : i + batch_size])
-        tokens, _, _ = sample_tokens(lm, query_ids, query_mask, response_length, temperature,
-                                  stop_rule.stops_at if drop_stopped else None, uniforms[i : i + batch_size])
+        tokens, _, _ = sample_tokens(
+            lm,
+            query_ids,
+            query_mask,
+            response_length,
+            temperature,
+            stop_rule.stops_at if drop_stopped else None,
+            uniforms[i : i + batch_size],
+        )
         mask, _ = stop_rule.apply(tokens)
         kept += [row[: int(n)].tolist() for row, n in zip(tokens, mask.sum(-1))]
     return kept
@@ -53,18 +65,31 @@ def main(argv: list[str]) -> None:
     rates: dict[str, list[float]] = {mode: [] for mode in MODES}
     samples: dict[str, list] = {}
     with backbone.use(None) as lm:
-        sample_all(lm, backbone.tokenizer, prompts[:16], response_length, cfg.task.temperature, stop_rule, 16, True)  # warm-up
+        sample_all(
+            lm, backbone.tokenizer, prompts[:16], response_length, cfg.task.temperature, stop_rule, 16, True
+        )  # warm-up
         for repetition in range(3):
             for mode, (batch_size, drop_stopped) in MODES.items():
                 start = time.perf_counter()
-                samples[mode] = sample_all(lm, backbone.tokenizer, prompts, response_length, cfg.task.temperature, stop_rule, batch_size, drop_stopped)
+                samples[mode] = sample_all(
+                    lm,
+                    backbone.tokenizer,
+                    prompts,
+                    response_length,
+                    cfg.task.temperature,
+                    stop_rule,
+                    batch_size,
+                    drop_stopped,
+                )
                 rates[mode].append(len(prompts) / (time.perf_counter() - start))
                 print(f"{mode}: {rates[mode][-1]:.2f} responses/s", flush=True)
     first = next(iter(MODES))
     base = statistics.median(rates[first])
     for mode in MODES:
         same = sum(a == b for a, b in zip(samples[mode], samples[first])) / len(prompts)
-        print(f"{mode}: median {statistics.median(rates[mode]):.2f} responses/s, x{statistics.median(rates[mode]) / base:.2f}; identical responses {same:.3f}")
+        print(
+            f"{mode}: median {statistics.median(rates[mode]):.2f} responses/s, x{statistics.median(rates[mode]) / base:.2f}; identical responses {same:.3f}"
+        )
     print(f"mean response length {sum(len(k) for k in samples[first]) / len(prompts):.1f} of {response_length} tokens")
     if profile:
         query_ids, query_mask = encode_queries(backbone.tokenizer, prompts[:64])

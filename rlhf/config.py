@@ -2,6 +2,7 @@
 
 Each field's docstring (the string literal under it) is its help text; `rlhf config-help` prints them.
 """
+
 from __future__ import annotations
 
 import ast
@@ -48,7 +49,9 @@ class ModelConfig:
     """LoRA scaling numerator (scale = alpha / r)."""
     lora_top_layers: int = 0
     """Put adapters on the top N transformer layers only (0 = all layers). Fewer layers = cheaper backward passes."""
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
     """Module names that receive LoRA adapters."""
     threads: int = 0
     """torch intra-op threads (0 = torch's default)."""

@@ -1,5 +1,6 @@
 """The driver loop: SFT -> collect comparisons -> reward model -> PPO -> best-of-N -> evaluation -> report.
 Each stage reads and writes the run directory; a finished stage is skipped and an interrupted one resumes."""
+
 from __future__ import annotations
 
 import logging
@@ -20,7 +21,12 @@ from rlhf.stages.sft import train_sft
 log = logging.getLogger("rlhf")
 # the stages in the order the pipeline runs them
 STAGE_FUNCTIONS: dict[str, Callable[[RunDir, RunConfig], dict]] = {
-    "sft": train_sft, "collect": collect, "reward": train_reward, "ppo": train_ppo, "bon": run_bon, "eval": evaluate,
+    "sft": train_sft,
+    "collect": collect,
+    "reward": train_reward,
+    "ppo": train_ppo,
+    "bon": run_bon,
+    "eval": evaluate,
 }
 STAGES = list(STAGE_FUNCTIONS)
 
@@ -51,7 +57,9 @@ def start_run(run: RunDir, cfg: RunConfig) -> None:
     if (run.root / "config.yaml").exists():
         existing = run.load_config()
         if config_to_dict(existing) != config_to_dict(cfg):
-            raise ValueError(f"{run.root}: holds a run with a different config; use a new --out directory (or the same config to resume)")
+            raise ValueError(
+                f"{run.root}: holds a run with a different config; use a new --out directory (or the same config to resume)"
+            )
     else:
         run.save_config(cfg)
     run.update_summary(config=config_to_dict(cfg))

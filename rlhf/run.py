@@ -1,10 +1,11 @@
 """The run directory: layout, config, stage markers, atomic checkpoints, metrics logs and RNG state.
 
-    RUN_DIR/config.yaml          the resolved config (written once; later stages read it)
-    RUN_DIR/<stage>/done.json    written last by a finished stage; a re-run skips the stage
-    RUN_DIR/<stage>/checkpoint.pt  latest checkpoint (atomic); a re-run resumes from it
-    RUN_DIR/<stage>/metrics.jsonl  one JSON object per step/iteration (also TensorBoard events in RUN_DIR/tb)
+RUN_DIR/config.yaml          the resolved config (written once; later stages read it)
+RUN_DIR/<stage>/done.json    written last by a finished stage; a re-run skips the stage
+RUN_DIR/<stage>/checkpoint.pt  latest checkpoint (atomic); a re-run resumes from it
+RUN_DIR/<stage>/metrics.jsonl  one JSON object per step/iteration (also TensorBoard events in RUN_DIR/tb)
 """
+
 from __future__ import annotations
 
 import json
@@ -68,7 +69,9 @@ class RunDir:
     def load_config(self) -> RunConfig:
         path = self.root / "config.yaml"
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no config in this run directory; start it with `rlhf run --config ... --out {self.root}`")
+            raise FileNotFoundError(
+                f"{path}: no config in this run directory; start it with `rlhf run --config ... --out {self.root}`"
+            )
         return config_from_dict(yaml.safe_load(path.read_text()), str(path))
 
     # stages -----------------------------------------------------------------------------------
@@ -88,7 +91,9 @@ class RunDir:
 
     def require(self, name: str) -> Path:
         if not self.is_done(name):
-            raise FileNotFoundError(f"{self.root / name}: stage '{name}' has not finished; run `rlhf {name} {self.root}` first")
+            raise FileNotFoundError(
+                f"{self.root / name}: stage '{name}' has not finished; run `rlhf {name} {self.root}` first"
+            )
         return self.root / name
 
     # checkpoints ------------------------------------------------------------------------------
@@ -141,7 +146,6 @@ class MetricsLog:
             fh.write(json.dumps(row) + "\n")
         try:
             if self._tb is None:
-
                 self._tb = SummaryWriter(str(self._tb_dir))
             step = int(row.get(self.step_key, 0))
             for key, value in row.items():

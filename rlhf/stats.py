@@ -153,7 +153,11 @@ def _logistic_intercept_and_slope(outcomes: np.ndarray, standardized_difference:
     if np.all(outcomes == 1.0) or np.all(outcomes == 0.0):  # the MLE intercept is infinite
         return (math.inf if outcomes[0] == 1.0 else -math.inf), 0.0
     result = scipy.optimize.minimize(
-        _soft_label_logistic_loss, np.zeros(2), args=(outcomes, standardized_difference), jac=True, method="BFGS",
+        _soft_label_logistic_loss,
+        np.zeros(2),
+        args=(outcomes, standardized_difference),
+        jac=True,
+        method="BFGS",
         options={"gtol": 1e-8, "maxiter": 200},
     )
     return float(result.x[0]), float(result.x[1])
@@ -184,10 +188,14 @@ def length_controlled_win_rate(
     array = _as_finite_vector(outcomes, "outcomes")
     invalid = np.flatnonzero(~np.isin(array, (WIN, TIE, LOSS)))
     if invalid.size:
-        raise ValueError(f"outcomes[{int(invalid[0])}]: expected 1 (win), 0.5 (tie) or 0 (loss), got {array[invalid[0]]!r}")
+        raise ValueError(
+            f"outcomes[{int(invalid[0])}]: expected 1 (win), 0.5 (tie) or 0 (loss), got {array[invalid[0]]!r}"
+        )
     first, second = _as_finite_vector(length_a, "length_a"), _as_finite_vector(length_b, "length_b")
     if not first.size == second.size == array.size:
-        raise ValueError(f"outcomes, length_a, length_b: expected equal lengths, got {array.size}, {first.size}, {second.size}")
+        raise ValueError(
+            f"outcomes, length_a, length_b: expected equal lengths, got {array.size}, {first.size}, {second.size}"
+        )
     _check_bootstrap_settings(n_resamples, confidence, "percentile")
     difference = first - second
     point = length_controlled_win_rate_point(array, difference)
@@ -197,8 +205,14 @@ def length_controlled_win_rate(
         low = high = float(array[0])
     else:
         result = scipy.stats.bootstrap(
-            (array, difference), length_controlled_win_rate_point, paired=True, vectorized=False,
-            n_resamples=n_resamples, confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed),
+            (array, difference),
+            length_controlled_win_rate_point,
+            paired=True,
+            vectorized=False,
+            n_resamples=n_resamples,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(seed),
         )
         low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     return {

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny random Llama model that uses the built-in model's tokenizer."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,9 +18,17 @@ def make_tiny_model(folder: Path, seed: int = 0) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(builtin_model_dir())
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -34,5 +43,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.exists():
-        pytest.skip(f"real data not found at {SHARED_DATA} (it sits beside the project on development and CI machines only)")
+        pytest.skip(
+            f"real data not found at {SHARED_DATA} (it sits beside the project on development and CI machines only)"
+        )
     return SHARED_DATA

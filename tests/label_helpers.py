@@ -1,5 +1,6 @@
 """Shared helpers of the labeling-app tests: a real uvicorn server on 127.0.0.1 in a thread, a throw-away
 PostgreSQL server from Debian's binaries, and small data builders."""
+
 from __future__ import annotations
 
 import contextlib
@@ -37,7 +38,11 @@ def running_server(app, proxy_headers: bool = True) -> Iterator[str]:
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", proxy_headers=proxy_headers))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", proxy_headers=proxy_headers
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -66,16 +71,40 @@ def postgres_server() -> Iterator[str]:
     data = folder / "data"
     env = {**os.environ, "LC_ALL": "C.UTF-8"}
     try:
-        subprocess.run([*run_as, str(PG_BIN / "initdb"), "-D", str(data), "-U", "rlhf", "--auth=trust", "-E", "UTF8"],
-                       check=True, capture_output=True, env=env)
-        subprocess.run([*run_as, str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
-                        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off", "start"],
-                       check=True, capture_output=True, env=env)
-        subprocess.run([*run_as, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "rlhf", "label"],
-                       check=True, capture_output=True, env=env)
+        subprocess.run(
+            [*run_as, str(PG_BIN / "initdb"), "-D", str(data), "-U", "rlhf", "--auth=trust", "-E", "UTF8"],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
+        subprocess.run(
+            [
+                *run_as,
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(folder / "log"),
+                "-w",
+                "-o",
+                f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
+        subprocess.run(
+            [*run_as, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "rlhf", "label"],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
         yield f"postgresql://rlhf@127.0.0.1:{port}/label"
     finally:
-        subprocess.run([*run_as, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True, env=env)
+        subprocess.run(
+            [*run_as, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True, env=env
+        )
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -104,8 +133,11 @@ class Browserless:
 
 
 def write_samples(run_dir: Path, prompts: int, per_prompt: int, text: str = "response") -> Path:
-    samples = [Sample(prompt=f"prompt {p}", response=f"{text} {p}.{k}", policy="sft" if k % 2 else "ppo-secret-policy")
-               for p in range(prompts) for k in range(per_prompt)]
+    samples = [
+        Sample(prompt=f"prompt {p}", response=f"{text} {p}.{k}", policy="sft" if k % 2 else "ppo-secret-policy")
+        for p in range(prompts)
+        for k in range(per_prompt)
+    ]
     write_jsonl(run_dir / "collect" / "samples.jsonl", samples)
     return run_dir
 
@@ -117,7 +149,14 @@ def write_gold(path: Path, count: int, kind: str = "best_of_k", k: int = 4) -> P
         best = index % k
         responses = [("GOOD answer" if i == best else "bad answer") + f" {index}.{i}" for i in range(k)]
         if kind == "ranking":
-            rows.append(Comparison(prompt=f"gold {index}", responses=responses, kind=kind, ranks=[0 if i == best else 1 for i in range(k)]))
+            rows.append(
+                Comparison(
+                    prompt=f"gold {index}",
+                    responses=responses,
+                    kind=kind,
+                    ranks=[0 if i == best else 1 for i in range(k)],
+                )
+            )
         else:
             rows.append(Comparison(prompt=f"gold {index}", responses=responses, kind=kind, best=best))
     write_jsonl(path, rows)

@@ -1,4 +1,5 @@
 """rlhf.eval.best_of_n_output: reading a run's best-of-N output (the SFT samples are each prompt's first candidate)."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,8 +11,11 @@ from rlhf.run import RunDir
 
 
 def write_bon_output(run: RunDir, prompts: list[str], n: int) -> None:
-    candidates = [Sample(prompt=p, response=f"{p}-{k}", policy="sft", has_stop=k % 2 == 0,
-                         meta={"rm_score_no_penalty": float(k)}) for p in prompts for k in range(n)]
+    candidates = [
+        Sample(prompt=p, response=f"{p}-{k}", policy="sft", has_stop=k % 2 == 0, meta={"rm_score_no_penalty": float(k)})
+        for p in prompts
+        for k in range(n)
+    ]
     chosen = [Sample(**{**c.to_dict(), "policy": f"bon{n}"}) for c in candidates[n - 1 :: n]]
     write_jsonl(run.stage("bon") / "candidates.jsonl", candidates)
     write_jsonl(run.stage("bon") / "samples.jsonl", chosen)

@@ -16,12 +16,17 @@ from rlhf.eval.compare_report import run_labels, write_comparison_report
 def _two_runs(tmp_path: Path) -> tuple[Path, Path]:
     first, second = tmp_path / "run-a", tmp_path / "run-b"
     _build_full_run(first)
-    _write_json(second / "summary.json", {
-        "config": {"task": "sentiment", "seed": 2},
-        "policies": {"initial": {"gold_reward_mean": 0.1, "gold_reward_sem": 0.02},
-                     "bon": {"gold_reward_mean": 0.4321, "gold_reward_sem": 0.05, "n_samples": 16}},
-        "winrates": {"bon_vs_initial": {"win_rate": 0.6789, "ci95_low": 0.6, "ci95_high": 0.75, "n": 64}},
-    })
+    _write_json(
+        second / "summary.json",
+        {
+            "config": {"task": "sentiment", "seed": 2},
+            "policies": {
+                "initial": {"gold_reward_mean": 0.1, "gold_reward_sem": 0.02},
+                "bon": {"gold_reward_mean": 0.4321, "gold_reward_sem": 0.05, "n_samples": 16},
+            },
+            "winrates": {"bon_vs_initial": {"win_rate": 0.6789, "ci95_low": 0.6, "ci95_high": 0.75, "n": 64}},
+        },
+    )
     return first, second
 
 

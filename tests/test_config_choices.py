@@ -1,5 +1,6 @@
 """Choice fields (`Literal[...]`): a value outside the choices fails when the config loads, naming the file or override,
 the field, the value and the choices, before anything is written."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,9 +45,17 @@ def choice_fields(cls: type, prefix: str = "") -> dict[str, tuple[tuple, object]
 
 
 def test_the_choice_fields():
-    assert set(choice_fields(RunConfig)) == {"task.name", "task.gold", "collect.kind", "collect.labeler",
-                                             "reward.normalize", "ppo.reward_source", "online.source", "judge.kind",
-                                             "judge.lm_order_rule"}
+    assert set(choice_fields(RunConfig)) == {
+        "task.name",
+        "task.gold",
+        "collect.kind",
+        "collect.labeler",
+        "reward.normalize",
+        "ppo.reward_source",
+        "online.source",
+        "judge.kind",
+        "judge.lm_order_rule",
+    }
 
 
 @pytest.mark.parametrize("cls", [RunConfig, *EXPERIMENT_CONFIGS], ids=lambda c: c.__module__)
@@ -94,8 +103,10 @@ def test_typo_in_an_experiments_nested_run_config_fails_before_its_output_is_mad
     out = tmp_path / "out"
     with pytest.raises(ConfigError) as info:
         run_experiment("frontier", ROOT / "configs/experiments/frontier.yaml", out, ["run.collect.kind=pairwse"])
-    assert str(info.value) == ("override 'run.collect.kind=pairwse': run.collect.kind: "
-                               "expected one of 'pairwise', 'best_of_k', 'ranking', got 'pairwse'")
+    assert str(info.value) == (
+        "override 'run.collect.kind=pairwse': run.collect.kind: "
+        "expected one of 'pairwise', 'best_of_k', 'ranking', got 'pairwse'"
+    )
     path = tmp_path / "exp.yaml"
     path.write_text("pool_posts: 2\nrun:\n  judge:\n    lm_order_rule: logodd\n")
     with pytest.raises(ConfigError) as info:

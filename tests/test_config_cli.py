@@ -1,4 +1,5 @@
 """Configs (YAML, overrides, errors, help text) and the command line."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,12 +35,15 @@ def test_yaml_then_overrides(tmp_path):
     assert cfg.model.lora_target_modules == ["q_proj"] and cfg.ppo.adaptive_kl is False
 
 
-@pytest.mark.parametrize("text, message", [
-    ("ppo:\n  iteratons: 3\n", "unknown field 'iteratons'"),
-    ("ppo:\n  iterations: many\n", "ppo.iterations: expected int"),
-    ("ppo: 3\n", "expected a mapping"),
-    ("ppo: [\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("ppo:\n  iteratons: 3\n", "unknown field 'iteratons'"),
+        ("ppo:\n  iterations: many\n", "ppo.iterations: expected int"),
+        ("ppo: 3\n", "expected a mapping"),
+        ("ppo: [\n", "not valid YAML"),
+    ],
+)
 def test_bad_config_names_file_and_field(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -62,5 +66,7 @@ def test_every_subcommand_has_help():
 
 
 def test_stage_on_missing_run_directory_is_a_clear_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "rlhf.cli", "reward", str(tmp_path / "nope")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlhf.cli", "reward", str(tmp_path / "nope")], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "no config in this run directory" in proc.stderr

@@ -324,7 +324,10 @@ def test_trl_standard_and_conversational_rows():
 @pytest.mark.parametrize(
     "row, expected",
     [
-        ({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "x"}, "t:3: field 'prompt': missing (rows holding whole"),
+        (
+            {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "x"},
+            "t:3: field 'prompt': missing (rows holding whole",
+        ),
         ({"prompt": [], "chosen": ["c"], "rejected": []}, "t:3: field 'chosen[0]': expected an object holding 'role'"),
         ({"prompt": [{"role": "user"}], "chosen": [], "rejected": []}, "t:3: field 'prompt[0].content': missing"),
         ({"prompt": [], "chosen": "c", "rejected": []}, "t:3: field 'chosen': expected a list of messages"),

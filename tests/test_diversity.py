@@ -67,8 +67,10 @@ def test_per_input_and_across_input() -> None:
     groups = [["a a", "a a"], ["a b", "c d"]]
     # per input: distinct-1 of {a a a a} = 1/4, of {a b c d} = 1 -> mean 0.625
     assert per_input_mean(lambda texts: distinct_n(texts, 1), groups) == pytest.approx(0.625)
+
     def embed(texts: list[str]) -> np.ndarray:  # a toy encoder: count of "a" and of other words
         return np.array([[t.split().count("a"), len(t.split()) - t.split().count("a")] for t in texts], dtype=float)
+
     report = diversity_report(groups, vocabulary_size=10**9, embed=embed, max_n=1)
     assert report["distinct_1_per_input"] == pytest.approx(0.625)
     # across input: first samples "a a" and "a b": a a a b -> 2 distinct of 4

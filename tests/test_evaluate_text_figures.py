@@ -43,9 +43,16 @@ def test_text_figures_first_three_words_on_posts_with_a_preamble() -> None:
 
 def test_text_figures_without_words_are_none() -> None:
     figures = text_figures(["POST: p", "POST: q"], ["!", "?"], with_copying=True)
-    assert figures == {"distinct_1": None, "distinct_2": None, "copying": None, "novel_2gram": None,
-                       "first_three_copied": None, "first_three_n": 0,
-                       "first_three_copied_with_preamble": None, "first_three_n_with_preamble": 0}
+    assert figures == {
+        "distinct_1": None,
+        "distinct_2": None,
+        "copying": None,
+        "novel_2gram": None,
+        "first_three_copied": None,
+        "first_three_n": 0,
+        "first_three_copied_with_preamble": None,
+        "first_three_n_with_preamble": 0,
+    }
 
 
 def test_copying_is_measured_against_the_post_not_the_title() -> None:

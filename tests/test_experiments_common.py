@@ -1,4 +1,5 @@
 """The experiments' pure pieces, against numbers worked out by hand."""
+
 from __future__ import annotations
 
 import math
@@ -52,7 +53,9 @@ def test_frontier_over_prompts_averages_per_prompt_tilts():
     (point,) = frontier_over_prompts(np.array([[0.0, 1.0], [0.0, 0.0]]), [1.0])
     assert point["gold_reward"] == pytest.approx(0.365529, abs=1e-6)
     assert point["kl"] == pytest.approx(0.055472, abs=1e-6)
-    assert point["min_effective_sample_size"] == pytest.approx((1 + math.e) ** 2 / (1 + math.e**2))  # prompt A's Kish ESS 1.7864
+    assert point["min_effective_sample_size"] == pytest.approx(
+        (1 + math.e) ** 2 / (1 + math.e**2)
+    )  # prompt A's Kish ESS 1.7864
     # sorted by KL: a large beta (weak tilt) comes first
     points = frontier_over_prompts(np.array([[0.0, 1.0], [0.0, 0.0]]), [0.1, 10.0])
     assert [p["beta"] for p in points] == [10.0, 0.1]
@@ -75,26 +78,59 @@ def test_point_against_frontier_fraction_of_gain_and_out_of_range():
 
 def test_peak_finds_the_rise_and_fall():
     points = [{"kl": 2.0, "gold_reward": 0.5}, {"kl": 0.0, "gold_reward": 0.0}, {"kl": 1.0, "gold_reward": 1.0}]
-    assert peak(points) == {"peak_kl": 1.0, "peak_gold_reward": 1.0, "gold_falls_after_peak": True, "drop_after_peak": 0.5, "last_point_sem": None}
+    assert peak(points) == {
+        "peak_kl": 1.0,
+        "peak_gold_reward": 1.0,
+        "gold_falls_after_peak": True,
+        "drop_after_peak": 0.5,
+        "last_point_sem": None,
+    }
     rising = peak([{"kl": 0.0, "gold_reward": 0.0}, {"kl": 1.0, "gold_reward": 1.0}])
     assert rising["gold_falls_after_peak"] is False and rising["drop_after_peak"] == 0.0
 
 
 def test_trajectory_reads_the_scores_as_optimised_from_the_ppo_log():
-    rows = [{"iteration": 1, "kl": 0.0, "rm_score": 0.2, "score": -0.1, "gold_reward": 2.0, "gold_score": 1.5},
-            {"iteration": 2, "kl": 3.5, "rm_score": 0.9, "score": 0.9}]  # no gold logged in this one
-    assert trajectory(rows) == [{"iteration": 1, "kl": 0.0, "proxy_reward": -0.1, "gold_reward": 1.5},
-                                {"iteration": 2, "kl": 3.5, "proxy_reward": 0.9, "gold_reward": None}]
+    rows = [
+        {"iteration": 1, "kl": 0.0, "rm_score": 0.2, "score": -0.1, "gold_reward": 2.0, "gold_score": 1.5},
+        {"iteration": 2, "kl": 3.5, "rm_score": 0.9, "score": 0.9},
+    ]  # no gold logged in this one
+    assert trajectory(rows) == [
+        {"iteration": 1, "kl": 0.0, "proxy_reward": -0.1, "gold_reward": 1.5},
+        {"iteration": 2, "kl": 3.5, "proxy_reward": 0.9, "gold_reward": None},
+    ]
 
 
 def test_batches_by_kl_pools_the_runs_into_bins():
-    runs = [{"beta": 0.1, "points": [{"kl": 0.0, "proxy_reward": 0.0, "gold_reward": 1.0}, {"kl": 5.0, "proxy_reward": 1.0, "gold_reward": 3.0}]},
-            {"beta": 0.01, "points": [{"kl": 9.0, "proxy_reward": 2.0, "gold_reward": 2.0}, {"kl": 12.0, "proxy_reward": 4.0, "gold_reward": 4.0},
-                                      {"kl": 3.0, "proxy_reward": 9.0, "gold_reward": None}, {"kl": 30.0, "proxy_reward": 5.0, "gold_reward": 0.5}]}]
-    first, second, third = batches_by_kl(runs, 8.0)  # [0, 8): KL 0 and 5; [8, 16): 9 and 12; [24, 32): 30; no gold = left out
+    runs = [
+        {
+            "beta": 0.1,
+            "points": [
+                {"kl": 0.0, "proxy_reward": 0.0, "gold_reward": 1.0},
+                {"kl": 5.0, "proxy_reward": 1.0, "gold_reward": 3.0},
+            ],
+        },
+        {
+            "beta": 0.01,
+            "points": [
+                {"kl": 9.0, "proxy_reward": 2.0, "gold_reward": 2.0},
+                {"kl": 12.0, "proxy_reward": 4.0, "gold_reward": 4.0},
+                {"kl": 3.0, "proxy_reward": 9.0, "gold_reward": None},
+                {"kl": 30.0, "proxy_reward": 5.0, "gold_reward": 0.5},
+            ],
+        },
+    ]
+    first, second, third = batches_by_kl(
+        runs, 8.0
+    )  # [0, 8): KL 0 and 5; [8, 16): 9 and 12; [24, 32): 30; no gold = left out
     assert (first["n_batches"], first["kl"], first["proxy_reward"], first["gold_reward"]) == (2, 2.5, 0.5, 2.0)
     assert first["gold_reward_sem"] == pytest.approx(1.0)  # std(1, 3) = sqrt(2), over sqrt(2)
-    assert (second["kl_low"], second["kl_high"], second["kl"], second["proxy_reward"], second["gold_reward"]) == (8.0, 16.0, 10.5, 3.0, 3.0)
+    assert (second["kl_low"], second["kl_high"], second["kl"], second["proxy_reward"], second["gold_reward"]) == (
+        8.0,
+        16.0,
+        10.5,
+        3.0,
+        3.0,
+    )
     assert (third["kl_low"], third["n_batches"], third["gold_reward_sem"]) == (24.0, 1, None)
 
 

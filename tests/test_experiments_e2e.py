@@ -1,4 +1,5 @@
 """`rlhf experiment frontier|overoptimization` end to end on a tiny random model with minuscule configs."""
+
 from __future__ import annotations
 
 import json
@@ -21,15 +22,28 @@ def tiny_config(tmp_path: Path, model_dir: Path, **experiment) -> Path:
     run["sft"]["n_demonstrations"] = 0
     run["ppo"].update(iterations=1, batch_size=8, minibatch_size=8, ppo_epochs=1)
     path = tmp_path / "experiment.yaml"
-    path.write_text(yaml.safe_dump({"run": run, "pool_prompts": 3, "pool_samples_per_prompt": 4, "bon_n": [1, 2, 4],
-                                    "ppo_betas": [0.1, 0.01], "measure_samples_per_prompt": 2, **experiment}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "run": run,
+                "pool_prompts": 3,
+                "pool_samples_per_prompt": 4,
+                "bon_n": [1, 2, 4],
+                "ppo_betas": [0.1, 0.01],
+                "measure_samples_per_prompt": 2,
+                **experiment,
+            }
+        )
+    )
     return path
 
 
 def rlhf(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     proc = subprocess.run([sys.executable, "-m", "rlhf.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT)
-    assert proc.returncode == 0, f"rlhf {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0, (
+        f"rlhf {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    )
     return proc
 
 
@@ -59,13 +73,23 @@ def test_frontier_experiment_writes_summary_and_plot(tiny_model_dir, tmp_path):
 def test_overoptimization_experiment_writes_sweeps(tiny_model_dir, tmp_path):
     out = tmp_path / "overopt"
     config = tiny_config(tmp_path, tiny_model_dir)
-    rlhf("experiment", "overoptimization", "--config", str(config), "--out", str(out), "run.collect.labeler_temperature=0.5")
+    rlhf(
+        "experiment",
+        "overoptimization",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "run.collect.labeler_temperature=0.5",
+    )
     s = json.loads((out / "summary.json").read_text())
     assert [p["n"] for p in s["bon_sweep"]] == [1, 2, 4] and [p["beta"] for p in s["ppo_sweep"]] == [0.1, 0.01]
     for p in s["bon_sweep"] + s["ppo_sweep"]:
         assert {"kl", "proxy_reward", "gold_reward"} <= set(p) and -1.0 <= p["gold_reward"] <= 1.0
     proxies = [p["proxy_reward"] for p in s["bon_sweep"]]
-    assert all(p >= proxies[0] - 1e-6 for p in proxies)  # the best of each group by the proxy is at least the group's mean
+    assert all(
+        p >= proxies[0] - 1e-6 for p in proxies
+    )  # the best of each group by the proxy is at least the group's mean
     assert s["bon_sweep"][0]["proxy_reward"] == pytest.approx(s["rho"]["proxy_reward"], abs=1e-5)
     assert s["labeler_temperature"] == 0.5 and s["wall_seconds"] > 0
     # each PPO run's path, one point per iteration: the first batch is sampled from rho itself (KL 0)
@@ -78,5 +102,10 @@ def test_overoptimization_experiment_writes_sweeps(tiny_model_dir, tmp_path):
 
 
 def test_unknown_experiment_is_a_clear_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "rlhf.cli", "experiment", "nope", "--out", str(tmp_path / "x")], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlhf.cli", "experiment", "nope", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2 and "unknown experiment 'nope'" in proc.stderr

@@ -79,11 +79,14 @@ def test_reward_model_judge_accepts_a_tensor_scorer() -> None:
 
 def test_human_label_judge_from_exported_file(tmp_path) -> None:
     path = tmp_path / "export.jsonl"
-    write_jsonl(path, [
-        Comparison(prompt="p1", responses=["x", "y"], kind="pairwise", best=1),
-        Comparison(prompt="p2", responses=["u", "v"], kind="pairwise", best=0),
-        Comparison(prompt="p2", responses=["v", "u"], kind="pairwise", best=0),  # a second label, disagreeing
-    ])
+    write_jsonl(
+        path,
+        [
+            Comparison(prompt="p1", responses=["x", "y"], kind="pairwise", best=1),
+            Comparison(prompt="p2", responses=["u", "v"], kind="pairwise", best=0),
+            Comparison(prompt="p2", responses=["v", "u"], kind="pairwise", best=0),  # a second label, disagreeing
+        ],
+    )
     judge = HumanLabelJudge.from_file(path)
     assert judge.compare("p1", "x", "y").outcome == "b"
     assert judge.compare("p1", "y", "x").outcome == "a"  # the order shown does not matter
@@ -149,7 +152,9 @@ def test_random_order_is_seeded_and_recorded() -> None:
 
 def test_unparseable_verdicts_are_counted_and_left_out_not_guessed() -> None:
     # item 1: consistent win for a; item 2: consistent loss; item 3: unparseable in the second order
-    judge = ScriptedJudge({("a1", "b1"): "a", ("b1", "a1"): "b", ("a2", "b2"): "b", ("b2", "a2"): "a", ("a3", "b3"): "a"})
+    judge = ScriptedJudge(
+        {("a1", "b1"): "a", ("b1", "a1"): "b", ("a2", "b2"): "b", ("b2", "a2"): "a", ("a3", "b3"): "a"}
+    )
     judged = judge_pairs(judge, [("p", "a1", "b1"), ("p", "a2", "b2"), ("p", "a3", "b3")], position="both")
     assert [item.outcome_for_a for item in judged] == [1.0, 0.0, None]
     summary = summarize_judgements(judged, length_a=[3, 4, 5], length_b=[1, 2, 3], n_resamples=200)
@@ -196,7 +201,11 @@ def test_validate_judge_on_hh_rlhf_human_comparisons(shared_data) -> None:
     assert result["n_items"] == 600 and result["n_unparseable"] == 0
     assert result["human_agreement"]["win_rate"] == pytest.approx(expected)
     assert result["prefers_longer_rate"] == 1.0
-    assert result["human_prefers_longer_rate"] == pytest.approx(np.mean(chosen_lengths[chosen_lengths != rejected_lengths] > rejected_lengths[chosen_lengths != rejected_lengths]))
+    assert result["human_prefers_longer_rate"] == pytest.approx(
+        np.mean(
+            chosen_lengths[chosen_lengths != rejected_lengths] > rejected_lengths[chosen_lengths != rejected_lengths]
+        )
+    )
     low, high = result["human_agreement"]["ci95_low"], result["human_agreement"]["ci95_high"]
     assert low < expected < high and high - low < 0.15
 

@@ -2,6 +2,7 @@
 login and role routing, every query type by mouse and by keyboard, a failed qualification blocking a
 labeler, and overlap reaching the configured number of distinct labelers. Screenshots of each query page
 are written to $RLHF_SCREENSHOT_DIR when it is set (docs/screenshots/ was made that way)."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,14 @@ from rlhf.labeling_app.settings import LabelSettings
 from rlhf.labeling_app.tables import Judgment
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +94,11 @@ def test_login_routes_roles_and_refuses_other_roles_pages(browser, sessions):
         assert "wrong name or password" in wrong.content() and wrong.url.endswith("/login")
 
 
-POST = ("SUBREDDIT: r/cooking\nTITLE: My sourdough never rises, what am I doing wrong?\n"
-        "POST: I feed my starter every day and it bubbles, but after the overnight proof the dough is flat and dense. "
-        "The kitchen is cold in winter (about 16 C). I use 70% hydration and bake at 240 C.\nTL;DR:")
+POST = (
+    "SUBREDDIT: r/cooking\nTITLE: My sourdough never rises, what am I doing wrong?\n"
+    "POST: I feed my starter every day and it bubbles, but after the overnight proof the dough is flat and dense. "
+    "The kitchen is cold in winter (about 16 C). I use 70% hydration and bake at 240 C.\nTL;DR:"
+)
 SUMMARIES = [
     " My sourdough comes out flat and dense even though my starter is active; my kitchen is cold.",
     " Sourdough doesn't rise. Help?",
@@ -106,13 +115,18 @@ SUMMARIES = [
 def write_story_samples(run_dir: Path, per_prompt: int) -> list[str]:
     """One readable TL;DR-style prompt with ``per_prompt`` candidate summaries (made up for these tests)."""
     responses = SUMMARIES[:per_prompt]
-    write_jsonl(run_dir / "collect" / "samples.jsonl", [Sample(prompt=POST, response=r, policy=f"policy-{i}") for i, r in enumerate(responses)])
+    write_jsonl(
+        run_dir / "collect" / "samples.jsonl",
+        [Sample(prompt=POST, response=r, policy=f"policy-{i}") for i, r in enumerate(responses)],
+    )
     return [r.strip() for r in responses]
 
 
 def answer_by_mouse(page, kind: str, target: str, count: int) -> None:
     if kind in ("pairwise", "best_of_k"):
-        page.locator(".response", has=page.locator("pre", has_text=re.compile(r"^\s*" + re.escape(target) + r"\s*$"))).click()
+        page.locator(
+            ".response", has=page.locator("pre", has_text=re.compile(r"^\s*" + re.escape(target) + r"\s*$"))
+        ).click()
         if kind == "pairwise":
             page.click("input[name=confidence][value='8']")
     elif kind == "ranking":
@@ -193,7 +207,9 @@ def test_a_failed_qualification_blocks_the_labeler(browser, sessions, tmp_path):
                 page.locator(".response", has_text=pick).first.click()
                 with page.expect_navigation():
                     page.click("#submit")
-            status = page.locator("#status").get_attribute("data-status") if page.locator("#status").count() else "working"
+            status = (
+                page.locator("#status").get_attribute("data-status") if page.locator("#status").count() else "working"
+            )
             if name == "careless":
                 assert status == "failed_qualification" and "Qualification not passed" in page.content()
                 page.goto(url + "/label")  # coming back does not help

@@ -1,6 +1,7 @@
 """The real server over HTTP on 127.0.0.1 (uvicorn in a thread), on SQLite and on a PostgreSQL server the
 test starts: role routing, a simulated collection round, exactly-once storage, restarts, and attacks
 (stored XSS, CSRF, cross-role and cross-labeler access, SQL-injection strings)."""
+
 from __future__ import annotations
 
 import itertools
@@ -23,7 +24,7 @@ from rlhf.labeling_app.simulated_client import AppLabelerClient, label_through_a
 from rlhf.labeling_app.tables import Judgment, Query, User
 
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
-SQLI = ["' OR '1'='1", "x'); DROP TABLE users;--", "1; DELETE FROM judgments", "\" OR \"\"=\""]
+SQLI = ["' OR '1'='1", "x'); DROP TABLE users;--", "1; DELETE FROM judgments", '" OR ""="']
 _database_numbers = itertools.count()
 
 
@@ -73,7 +74,9 @@ def test_login_routes_each_role_to_its_home_and_refuses_bad_logins(sessions):
             assert client.get(home).status_code == 200
         anonymous = Browserless.__new__(Browserless)
         anonymous.http = httpx.Client(base_url=url)
-        response = anonymous.http.post("/login", data={"name": "lab0", "password": "wrong password", "csrf": anonymous.csrf()})
+        response = anonymous.http.post(
+            "/login", data={"name": "lab0", "password": "wrong password", "csrf": anonymous.csrf()}
+        )
         assert response.status_code == 401 and "wrong name or password" in response.text
 
 
@@ -91,7 +94,11 @@ def test_simulated_labelers_run_a_collection_round_end_to_end(sessions, tmp_path
     assert sum(map(len, done)) == 9 + 3 * 3
     with sessions() as db:
         counts = exchange.pull_answers(db, tmp_path / "out")
-        distinct = dict(db.execute(select(Judgment.query_id, func.count(func.distinct(Judgment.user_id))).group_by(Judgment.query_id)).all())
+        distinct = dict(
+            db.execute(
+                select(Judgment.query_id, func.count(func.distinct(Judgment.user_id))).group_by(Judgment.query_id)
+            ).all()
+        )
         assert sorted(distinct.values()) == [1] * 9 + [3] * 3
     comparisons = read_jsonl(tmp_path / "out" / "comparisons.jsonl", Comparison)
     assert counts["comparisons"] == 18 and all(c.best == 3 for c in comparisons)  # the simulated choice, mapped back
@@ -111,14 +118,22 @@ def test_admin_publishes_instructions_unpauses_and_the_dashboard_shows_agreement
     gold = lambda prompts, responses: [float(r.split(".")[-1]) for r in responses]  # noqa: E731
     with running_server(create_app(settings(), sessions)) as url:
         admin = Browserless(url, "admin")
-        assert admin.post(f"/admin/batches/{batch_id}/instructions", {"text": "Prefer the shorter answer."}, "/admin").status_code == 303
+        assert (
+            admin.post(
+                f"/admin/batches/{batch_id}/instructions", {"text": "Prefer the shorter answer."}, "/admin"
+            ).status_code
+            == 303
+        )
         assert "Instructions (version 2)" in Browserless(url, "lab0").get("/label").text
         assert AppLabelerClient(url, "lab1", PASSWORD).next_query()["status"] == "paused"
         assert admin.post(f"/admin/users/{paused.id}/unpause", {}, "/admin").status_code == 303
         for name in ("lab0", "lab1", "rita"):
             label_through_app(AppLabelerClient(url, name, PASSWORD), SimulatedLabeler(gold, 0.0, name=name))
         stats = Browserless(url, "rita").get("/api/dashboard").json()
-        assert stats["agreement"]["labeler_labeler"]["rate"] == 1.0 and stats["agreement"]["labeler_researcher"]["pairs"] == 4
+        assert (
+            stats["agreement"]["labeler_labeler"]["rate"] == 1.0
+            and stats["agreement"]["labeler_researcher"]["pairs"] == 4
+        )
         page = Browserless(url, "rita").get("/dashboard").text
         assert "labeler – researcher" in page and "100%" in page
     with sessions() as db:
@@ -165,7 +180,10 @@ def test_policy_names_are_never_shown_and_text_is_escaped(sessions, tmp_path):
         mine = labeler.get("/my/1")
         assert XSS not in mine.text and "&lt;img src=x onerror=alert(1)&gt;" in mine.text
         admin = Browserless(url, "admin")
-        assert admin.post("/admin/users", {"name": XSS, "password": PASSWORD, "role": "labeler"}, "/admin").status_code == 303
+        assert (
+            admin.post("/admin/users", {"name": XSS, "password": PASSWORD, "role": "labeler"}, "/admin").status_code
+            == 303
+        )
         assert XSS not in admin.get("/admin").text
 
 
@@ -184,10 +202,16 @@ def test_forms_without_a_valid_csrf_token_are_refused(sessions, tmp_path):
         other = Browserless(url, "rita")  # another session's valid token is not this session's
         assert labeler.http.post("/label/submit", data={**form, "csrf": other.csrf("/dashboard")}).status_code == 403
         admin = Browserless(url, "admin")
-        assert admin.http.post("/admin/users", data={"name": "eve", "password": PASSWORD, "role": "admin"}).status_code == 403
+        assert (
+            admin.http.post("/admin/users", data={"name": "eve", "password": PASSWORD, "role": "admin"}).status_code
+            == 403
+        )
         assert labeler.http.post("/logout").status_code == 403
     with sessions() as db:
-        assert db.scalar(select(func.count(Judgment.id))) == 0 and db.scalar(select(User).where(User.name == "eve")) is None
+        assert (
+            db.scalar(select(func.count(Judgment.id))) == 0
+            and db.scalar(select(User).where(User.name == "eve")) is None
+        )
 
 
 def test_roles_and_labelers_cannot_reach_each_others_pages_or_data(sessions, tmp_path):
@@ -210,7 +234,12 @@ def test_roles_and_labelers_cannot_reach_each_others_pages_or_data(sessions, tmp
             assert lab1.get(path).status_code == 403
         assert lab1.post("/admin/users", {"name": "mallory", "password": PASSWORD, "role": "admin"}).status_code == 403
         assert rita.get("/admin").status_code == 403 and rita.get("/api/dashboard").status_code == 200
-        assert rita.post("/admin/users", {"name": "mallory", "password": PASSWORD, "role": "admin"}, "/dashboard").status_code == 403
+        assert (
+            rita.post(
+                "/admin/users", {"name": "mallory", "password": PASSWORD, "role": "admin"}, "/dashboard"
+            ).status_code
+            == 403
+        )
         admin = Browserless(url, "admin")
         assert admin.get("/label").status_code == 403 and admin.get("/api/next").status_code == 403
     with sessions() as db:
@@ -232,12 +261,22 @@ def test_sql_injection_strings_in_every_text_field_are_stored_as_text(sessions, 
             assert anonymous.post("/login", data={"name": text, "password": text, "csrf": csrf}).status_code == 401
         admin, labeler = Browserless(url, "admin"), Browserless(url, "lab0")
         for index, text in enumerate(SQLI):
-            assert admin.post("/admin/users", {"name": f"{text}{index}", "password": PASSWORD + text, "role": "labeler"}, "/admin").status_code == 303
+            assert (
+                admin.post(
+                    "/admin/users", {"name": f"{text}{index}", "password": PASSWORD + text, "role": "labeler"}, "/admin"
+                ).status_code
+                == 303
+            )
             assert admin.post(f"/admin/batches/{batch_id}/instructions", {"text": text}, "/admin").status_code == 303
             token = labeler.get("/label").text.split('name="token" value="')[1].split('"')[0]
             bad = labeler.post("/label/submit", {"token": token, "choice": text, "confidence": "5"})
             assert bad.status_code == 422 and "choice: expected a whole number" in bad.text
-            assert labeler.post("/label/submit", {"token": token, "choice": "0", "confidence": "5", "note": text}).status_code == 303
+            assert (
+                labeler.post(
+                    "/label/submit", {"token": token, "choice": "0", "confidence": "5", "note": text}
+                ).status_code
+                == 303
+            )
             assert labeler.post("/label/submit", {"token": text, "choice": "0", "confidence": "5"}).status_code == 404
         assert labeler.post(f"/runs/{run_id}/andon", {"reason": SQLI[1]}, "/runs").status_code == 303
         assert SQLI[1].replace("'", "&#39;") in labeler.get("/runs").text

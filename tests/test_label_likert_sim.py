@@ -1,5 +1,6 @@
 """Simulated labelers answering Likert queries (so a rehearsal covers all four query types): the 1-7 rule by
 hand, and a simulated app user answering a batch of each query type through the real server on 127.0.0.1."""
+
 from __future__ import annotations
 
 import json
@@ -64,7 +65,9 @@ def test_a_simulated_labeler_answers_all_four_query_types_through_the_app(tmp_pa
             exchange.push_samples(db, fours, kind, overlap_share=0.0)
         create_user(db, "sim", PASSWORD, "labeler", simulated="last digit T=0")
     labeler = SimulatedLabeler(last_digit_gold, temperature=0.0, name="sim")
-    labeler.calibrate_likert(last_digit_gold([], [f"response {p}.{k}" for p in range(3) for k in range(4)]))  # the batch: cuts 0,1,1,2,2,3
+    labeler.calibrate_likert(
+        last_digit_gold([], [f"response {p}.{k}" for p in range(3) for k in range(4)])
+    )  # the batch: cuts 0,1,1,2,2,3
     with running_server(create_app(LabelSettings(secret_key="k", gold_rate=0.0), sessions)) as url:
         assert len(label_through_app(AppLabelerClient(url, "sim", PASSWORD), labeler)) == 3 + 3 + 3 + 12
     with sessions() as db:
@@ -72,7 +75,10 @@ def test_a_simulated_labeler_answers_all_four_query_types_through_the_app(tmp_pa
     assert counts == {"comparisons": 9, "likert": 12, "summarize_from_feedback": 3}
     comparisons = read_jsonl(tmp_path / "pulled" / "comparisons.jsonl", Comparison)
     assert {(c.kind, c.best if c.kind != "ranking" else tuple(c.ranks)) for c in comparisons} == {
-        ("pairwise", 1), ("best_of_k", 3), ("ranking", (3, 2, 1, 0))}
+        ("pairwise", 1),
+        ("best_of_k", 3),
+        ("ranking", (3, 2, 1, 0)),
+    }
     ratings = [json.loads(line) for line in (tmp_path / "pulled" / "likert.jsonl").read_text().splitlines()]
     expected = {0: 1, 1: 2, 2: 4, 3: 6}  # likert_from_score(k, [0, 1, 1, 2, 2, 3]), worked out above
     for row in ratings:

@@ -1,5 +1,6 @@
 """Login rate limiting per account and per client address: the limiter with a fake clock, and the real server
 over HTTP on 127.0.0.1 (clients bound to 127.0.0.1 and 127.0.0.2 to act as two addresses)."""
+
 from __future__ import annotations
 
 import re
@@ -29,7 +30,9 @@ def test_login_limiter_counts_failures_per_account_and_address_in_a_sliding_wind
         assert limiter.blocked("eve", "1.2.3.4") is None
         limiter.failed("eve", "1.2.3.4")
         clock.now += 1
-    assert limiter.blocked("eve", "1.2.3.4") == "too many failed logins for this account; try again in 58 s"  # 1000 + 60 - 1003 + 1
+    assert (
+        limiter.blocked("eve", "1.2.3.4") == "too many failed logins for this account; try again in 58 s"
+    )  # 1000 + 60 - 1003 + 1
     assert limiter.blocked("eve", "9.9.9.9") is not None  # an account limit holds from any address
     assert limiter.blocked("bob", "1.2.3.4") is None  # bob is not blocked by eve's failures (3 < 5 from the address)
     limiter.failed("bob", "1.2.3.4")
@@ -42,10 +45,17 @@ def test_login_limiter_counts_failures_per_account_and_address_in_a_sliding_wind
     assert "dan" not in limiter.by_user and len(limiter.by_address["7.7.7.7"]) == 1
 
 
-def login(url: str, name: str, password: str, address: str = "127.0.0.1", headers: dict | None = None) -> httpx.Response:
+def login(
+    url: str, name: str, password: str, address: str = "127.0.0.1", headers: dict | None = None
+) -> httpx.Response:
     """One login from a fresh session bound to the client `address` (any 127.x address reaches the server)."""
-    with httpx.Client(base_url=url, transport=httpx.HTTPTransport(local_address=address), follow_redirects=False, timeout=30,
-                      headers=headers) as http:
+    with httpx.Client(
+        base_url=url,
+        transport=httpx.HTTPTransport(local_address=address),
+        follow_redirects=False,
+        timeout=30,
+        headers=headers,
+    ) as http:
         csrf = re.search(r'name="csrf" value="([^"]+)"', http.get("/login").text).group(1)
         return http.post("/login", data={"name": name, "password": password, "csrf": csrf})
 
@@ -55,7 +65,9 @@ def test_repeated_failed_logins_get_http_429_per_account_and_per_address(tmp_pat
     with sessions() as db:
         for name in ("lab0", "lab1", "lab2"):
             create_user(db, name, PASSWORD, "labeler")
-    settings = LabelSettings(secret_key="k", login_max_failures_per_user=3, login_max_failures_per_address=10, login_window_seconds=600)
+    settings = LabelSettings(
+        secret_key="k", login_max_failures_per_user=3, login_max_failures_per_address=10, login_window_seconds=600
+    )
     with running_server(create_app(settings, sessions), proxy_headers=False) as url:  # as `rlhf label serve` runs it
         assert [login(url, "lab0", "wrong password").status_code for _ in range(3)] == [401, 401, 401]
         refused = login(url, "lab0", PASSWORD)  # the right password, but the account is locked for the window
@@ -71,7 +83,9 @@ def test_repeated_failed_logins_get_http_429_per_account_and_per_address(tmp_pat
         assert [login(url, f"guess{i}", "x' OR '1'='1", "127.0.0.2").status_code for i in range(10)] == [401] * 10
         blocked = login(url, "lab2", PASSWORD, "127.0.0.2")
         assert blocked.status_code == 429 and "too many failed logins from your address" in blocked.text
-        assert login(url, "lab2", PASSWORD, "127.0.0.1").status_code == 303  # ... but not from 127.0.0.1 (7 failures < 10)
+        assert (
+            login(url, "lab2", PASSWORD, "127.0.0.1").status_code == 303
+        )  # ... but not from 127.0.0.1 (7 failures < 10)
         # X-Forwarded-For is ignored: naming the locked address from 127.0.0.1 changes nothing (uvicorn's default
         # would trust 127.0.0.1's header and refuse this login as 127.0.0.2's)
         assert login(url, "lab2", PASSWORD, "127.0.0.1", headers={"X-Forwarded-For": "127.0.0.2"}).status_code == 303

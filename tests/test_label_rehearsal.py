@@ -2,6 +2,7 @@
 cord pulled in a real browser stopping a running PPO stage (tiny random model): sample -> push -> label
 over HTTP -> pull -> reward model on the pulled comparisons -> PPO -> cord -> checkpoint and stop ->
 who/why shown until a researcher releases it."""
+
 from __future__ import annotations
 
 import threading
@@ -41,8 +42,15 @@ def test_simulated_round_then_andon_cord_stops_running_ppo(tiny_model_dir, tmp_p
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TQDM_DISABLE", "1")
     run = RunDir(tmp_path / "run")
-    cfg = load_config(ROOT / "configs" / "smoke.yaml", [f"model.name_or_path={tiny_model_dir}", "sft.n_demonstrations=0",
-                                                        "collect.kind=best_of_k", "ppo.iterations=500"])
+    cfg = load_config(
+        ROOT / "configs" / "smoke.yaml",
+        [
+            f"model.name_or_path={tiny_model_dir}",
+            "sft.n_demonstrations=0",
+            "collect.kind=best_of_k",
+            "ppo.iterations=500",
+        ],
+    )
     start_run(run, cfg)
     run_stage(run, cfg, "sft")
     run_stage(run, cfg, "collect")  # samples K=4 responses per prompt from the policy (RUN_DIR/collect/samples.jsonl)
@@ -59,7 +67,12 @@ def test_simulated_round_then_andon_cord_stops_running_ppo(tiny_model_dir, tmp_p
     with running_server(create_app(LabelSettings(secret_key="k", gold_rate=0.0), sessions)) as url:
         clients = [AppLabelerClient(url, f"sim{index}", PASSWORD) for index in range(3)]
         with ThreadPoolExecutor(3) as pool:
-            answered = list(pool.map(lambda c: len(label_through_app(c, SimulatedLabeler(gold, 0.5, seed=int(c.name[-1]), name=c.name))), clients))
+            answered = list(
+                pool.map(
+                    lambda c: len(label_through_app(c, SimulatedLabeler(gold, 0.5, seed=int(c.name[-1]), name=c.name))),
+                    clients,
+                )
+            )
         assert sum(answered) == 8 + 2 * 3  # 10 prompts, 2 of them answered by 3 labelers
         with sessions() as db:
             exchange.pull_answers(db, tmp_path / "pulled")

@@ -1,5 +1,6 @@
 """Unit tests of the labeling app's parts: answer parsing, agreement measures, the work queue's overlap,
 gold and qualification rules, exactly-once storage, push/pull, migrations and the Andon cord file."""
+
 from __future__ import annotations
 
 import json
@@ -50,19 +51,34 @@ def test_parse_answer_maps_shown_positions_back_to_original_order():
     assert parse_answer("pairwise", {"choice": "1", "confidence": "9"}, [1, 0]) == {"best": 0, "confidence": 9}
     # shown ranks 1, 3, 1 (ties at the top) -> original response 2 and 1 share rank 0, response 0 gets rank 1
     assert parse_answer("ranking", {"rank_0": "1", "rank_1": "3", "rank_2": "1"}, order) == {"ranks": [1, 0, 0]}
-    likert = parse_answer("likert", {"overall": "7", "accuracy": "1", "coverage": "4", "coherence": "2"}, [0], ["offensive"])
+    likert = parse_answer(
+        "likert", {"overall": "7", "accuracy": "1", "coverage": "4", "coherence": "2"}, [0], ["offensive"]
+    )
     assert likert == {"overall": 7, "accuracy": 1, "coverage": 4, "coherence": 2, "flags": ["offensive"]}
 
 
-@pytest.mark.parametrize("kind, form, flags, message", [
-    ("pairwise", {"choice": "0"}, [], "confidence: missing"),
-    ("pairwise", {"choice": "0", "confidence": "10"}, [], "confidence: expected a whole number in 1..9, got 10"),
-    ("best_of_k", {"choice": "4"}, [], "choice: expected a whole number in 0..3"),
-    ("best_of_k", {"choice": "1 OR 1=1"}, [], "choice: expected a whole number"),
-    ("ranking", {"rank_0": "2", "rank_1": "2", "rank_2": "2", "rank_3": "2"}, [], "all responses tied"),
-    ("likert", {"overall": "8", "accuracy": "1", "coverage": "1", "coherence": "1"}, [], "overall: expected a whole number in 1..7"),
-    ("likert", {"overall": "1", "accuracy": "1", "coverage": "1", "coherence": "1"}, ["<script>"], "flags: unknown flag"),
-])
+@pytest.mark.parametrize(
+    "kind, form, flags, message",
+    [
+        ("pairwise", {"choice": "0"}, [], "confidence: missing"),
+        ("pairwise", {"choice": "0", "confidence": "10"}, [], "confidence: expected a whole number in 1..9, got 10"),
+        ("best_of_k", {"choice": "4"}, [], "choice: expected a whole number in 0..3"),
+        ("best_of_k", {"choice": "1 OR 1=1"}, [], "choice: expected a whole number"),
+        ("ranking", {"rank_0": "2", "rank_1": "2", "rank_2": "2", "rank_3": "2"}, [], "all responses tied"),
+        (
+            "likert",
+            {"overall": "8", "accuracy": "1", "coverage": "1", "coherence": "1"},
+            [],
+            "overall: expected a whole number in 1..7",
+        ),
+        (
+            "likert",
+            {"overall": "1", "accuracy": "1", "coverage": "1", "coherence": "1"},
+            ["<script>"],
+            "flags: unknown flag",
+        ),
+    ],
+)
 def test_parse_answer_rejects_bad_forms_with_the_field_named(kind, form, flags, message):
     order = [0, 1] if kind == "pairwise" else [0] if kind == "likert" else [0, 1, 2, 3]
     with pytest.raises(AnswerError, match=message.replace("(", r"\(")):
@@ -71,7 +87,9 @@ def test_parse_answer_rejects_bad_forms_with_the_field_named(kind, form, flags, 
 
 def test_dense_ranks_and_gold_grading():
     assert dense_ranks([3, 1, 1, 2]) == [2, 0, 0, 1]
-    assert gold_correct("best_of_k", {"best": 2}, {"best": 2}) and not gold_correct("pairwise", {"best": 0}, {"best": 1})
+    assert gold_correct("best_of_k", {"best": 2}, {"best": 2}) and not gold_correct(
+        "pairwise", {"best": 0}, {"best": 1}
+    )
     assert gold_correct("ranking", {"ranks": [1, 0, 2]}, {"ranks": [1, 0, 0]})  # its top pick is a gold top pick
     assert not gold_correct("ranking", {"ranks": [0, 0, 1]}, {"ranks": [1, 0, 2]})  # ties a worse response at the top
 
@@ -139,7 +157,17 @@ def test_migrations_create_the_schema_with_wal_and_can_rerun(tmp_path):
     open_database(url)  # already at head: a no-op
     engine = make_engine(url)
     tables = set(inspect(engine).get_table_names())
-    assert {"users", "batches", "instructions", "queries", "assignments", "judgments", "runs", "andon_pulls", "alembic_version"} <= tables
+    assert {
+        "users",
+        "batches",
+        "instructions",
+        "queries",
+        "assignments",
+        "judgments",
+        "runs",
+        "andon_pulls",
+        "alembic_version",
+    } <= tables
     with engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 
@@ -162,7 +190,11 @@ def test_overlap_queries_reach_exactly_the_configured_distinct_labelers(db, tmp_
                 continue
             judgment, stored = submit_judgment(db, user, assignment.token, answer_form(assignment), [], settings)
             assert stored
-    per_query = dict(db.execute(select(Judgment.query_id, func.count(func.distinct(Judgment.user_id))).group_by(Judgment.query_id)).all())
+    per_query = dict(
+        db.execute(
+            select(Judgment.query_id, func.count(func.distinct(Judgment.user_id))).group_by(Judgment.query_id)
+        ).all()
+    )
     for query in db.scalars(select(Query)):
         assert per_query[query.id] == query.target_labelers  # every query done, overlap ones by 5 distinct labelers
     assert db.scalar(select(func.count(Judgment.id))) == 18 + 2 * 5
@@ -321,7 +353,10 @@ def test_andon_pull_writes_the_stop_file_ppo_reads_and_release_removes_it(db, tm
     with pytest.raises(ValueError, match="reason is empty"):
         andon.pull_cord(db, run, user, "  ")
     andon.pull_cord(db, run, user, "responses are all the same word")
-    assert andon_cord_pulled(PPOConfig(), str(tmp_path / "run")) == "Andon cord pulled by labeler0: responses are all the same word"
+    assert (
+        andon_cord_pulled(PPOConfig(), str(tmp_path / "run"))
+        == "Andon cord pulled by labeler0: responses are all the same word"
+    )
     assert [p.pulled_by.name for p in andon.open_pulls(db)] == ["labeler0"]
     andon.release_cord(db, run, researcher)
     assert andon_cord_pulled(PPOConfig(), tmp_path / "run") is None and andon.open_pulls(db) == []
@@ -405,10 +440,16 @@ def test_each_judgment_records_the_instructions_version_its_page_showed(db, tmp_
     shown_v1 = next_assignment(db, user, settings)
     db.add(Instructions(batch_id=batch.id, version=2, text="v2 text"))
     db.commit()
-    first, _ = submit_judgment(db, user, shown_v1.token, {**answer_form(shown_v1), "instructions_version": "1"}, [], settings)
+    first, _ = submit_judgment(
+        db, user, shown_v1.token, {**answer_form(shown_v1), "instructions_version": "1"}, [], settings
+    )
     shown_v2 = next_assignment(db, user, settings)
-    second, _ = submit_judgment(db, user, shown_v2.token, {**answer_form(shown_v2), "instructions_version": "99"}, [], settings)
-    assert first.instructions_version == 1 and second.instructions_version == 2  # unknown versions fall back to the latest
+    second, _ = submit_judgment(
+        db, user, shown_v2.token, {**answer_form(shown_v2), "instructions_version": "99"}, [], settings
+    )
+    assert (
+        first.instructions_version == 1 and second.instructions_version == 2
+    )  # unknown versions fall back to the latest
 
 
 def test_label_command_line_adds_users_pushes_gold_and_pulls(tmp_path, monkeypatch, capsys):
@@ -422,7 +463,10 @@ def test_label_command_line_adds_users_pushes_gold_and_pulls(tmp_path, monkeypat
     write_samples(tmp_path / "run", prompts=4, per_prompt=4)
     assert main(["label", "push", str(tmp_path / "run"), "--kind", "ranking", "--name", "r1", "--db", url]) == 0
     assert "pushed batch 'r1': 4 ranking queries" in capsys.readouterr().out
-    assert main(["label", "gold", str(write_gold(tmp_path / "g.jsonl", 3)), "--name", "q", "--qualification", "--db", url]) == 0
+    assert (
+        main(["label", "gold", str(write_gold(tmp_path / "g.jsonl", 3)), "--name", "q", "--qualification", "--db", url])
+        == 0
+    )
     assert "qualification batch 'q': 3 queries" in capsys.readouterr().out
     assert main(["label", "push", str(tmp_path / "none"), "--kind", "pairwise", "--db", url]) == 2
     assert main(["label", "pull", str(tmp_path / "out"), "--db", url]) == 0

@@ -56,8 +56,12 @@ def rlhf_imports(source: str, known: set[str]) -> list[tuple[str, int, bool]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names if a.name == "rlhf" or a.name.startswith("rlhf.")]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.split(".")[0] == "rlhf":
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module for a in node.names]
+        elif (
+            isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.split(".")[0] == "rlhf"
+        ):
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module for a in node.names
+            ]
         else:
             continue
         found += [(name, node.lineno, id(node) in top_level) for name in dict.fromkeys(names)]
@@ -83,7 +87,9 @@ def layering_violations(sources: dict[str, str]) -> list[str]:
                 problems.append(f"{module}:{line}: imports {target} inside a function (import it at the top)")
             theirs = layer_of(target)
             if theirs is not None and theirs > mine:
-                problems.append(f"{module}:{line}: imports {target} from a layer above it ({LAYERS[theirs][0]} over {LAYERS[mine][0]})")
+                problems.append(
+                    f"{module}:{line}: imports {target} from a layer above it ({LAYERS[theirs][0]} over {LAYERS[mine][0]})"
+                )
             if target != module and target in graph:
                 graph[module].add(target)
     problems += [f"import cycle: {' -> '.join(cycle)}" for cycle in import_cycles(graph)]
@@ -141,7 +147,9 @@ def test_a_cycle_is_caught_even_inside_one_layer():
         "rlhf.models.roles": "import torch\nfrom rlhf.models.sampling import sample_tokens\n",
         "rlhf.models.sampling": "from rlhf.models.roles import Episodes\n",
     }
-    assert layering_violations(sources) == ["import cycle: rlhf.models.roles -> rlhf.models.sampling -> rlhf.models.roles"]
+    assert layering_violations(sources) == [
+        "import cycle: rlhf.models.roles -> rlhf.models.sampling -> rlhf.models.roles"
+    ]
 
 
 def test_a_function_level_import_is_caught():

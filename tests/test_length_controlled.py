@@ -31,7 +31,9 @@ def test_lc_win_rate_counts_ties_as_half() -> None:
     # equal-length group: 1, 0.5, 0, 0 -> 1.5 / 4 = 0.375
     outcomes = [1, 0.5, 0, 0, 1, 1, 1, 0]
     difference = np.array([0, 0, 0, 0, 10, 10, 10, 10], dtype=float)
-    assert length_controlled_win_rate_point(np.array(outcomes, dtype=float), difference) == pytest.approx(0.375, abs=1e-4)
+    assert length_controlled_win_rate_point(np.array(outcomes, dtype=float), difference) == pytest.approx(
+        0.375, abs=1e-4
+    )
 
 
 def test_lc_win_rate_without_length_variation_is_the_plain_win_rate() -> None:

@@ -1,4 +1,5 @@
 """The zero-shot LM sentiment gold scorer, on the built-in model."""
+
 from __future__ import annotations
 
 from rlhf.tasks import get_task
@@ -12,8 +13,14 @@ def test_judge_input_quotes_the_stripped_response():
 
 def test_lm_gold_orders_clearly_positive_above_clearly_negative():
     scorer = LMSentimentScorer()
-    positive = [" it was a wonderful, moving film and I loved every minute.", " the cast was brilliant and the ending made me smile."]
-    negative = [" it was a dull, painful mess and I hated every minute.", " the acting was awful and the plot made no sense at all."]
+    positive = [
+        " it was a wonderful, moving film and I loved every minute.",
+        " the cast was brilliant and the ending made me smile.",
+    ]
+    negative = [
+        " it was a dull, painful mess and I hated every minute.",
+        " the acting was awful and the plot made no sense at all.",
+    ]
     scores = scorer(["p"] * 4, positive + negative)
     assert min(scores[:2]) > max(scores[2:]), scores
     # batching does not change the scores (beyond float noise)

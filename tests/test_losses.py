@@ -240,7 +240,9 @@ def test_gae_matches_python_double_loop_on_random_masked_data() -> None:
     for row, length in enumerate(lengths):
         expected = _gae_double_loop(rewards[row].tolist(), values[row].tolist(), length, gamma, lam)
         assert torch.allclose(advantages[row], torch.tensor(expected), atol=1e-5)
-        expected_returns = [a + v if t < length else 0.0 for t, (a, v) in enumerate(zip(expected, values[row].tolist()))]
+        expected_returns = [
+            a + v if t < length else 0.0 for t, (a, v) in enumerate(zip(expected, values[row].tolist()))
+        ]
         assert torch.allclose(returns[row], torch.tensor(expected_returns), atol=1e-5)
     with pytest.raises(ValueError, match="then padding"):
         gae(rewards[:1, :3], values[:1, :3], torch.tensor([[1, 0, 1]]))

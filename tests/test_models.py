@@ -1,4 +1,5 @@
 """Model roles on a tiny random Llama: padding invariance, truncation at the stop rule, temperature, adapters."""
+
 from __future__ import annotations
 
 import pytest
@@ -27,7 +28,9 @@ def raw_scores_of_texts(rm: ScalarRole, prompts: list[str], responses: list[str]
 @pytest.fixture()
 def backbone(tiny_model_dir):
     tok = load_tokenizer(str(tiny_model_dir))
-    bb = Backbone(load_causal_lm(str(tiny_model_dir), tok), tok, lora_r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    bb = Backbone(
+        load_causal_lm(str(tiny_model_dir), tok), tok, lora_r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]
+    )
     bb.add_adapter("reward")
     bb.add_adapter("policy")
     torch.manual_seed(0)
@@ -123,11 +126,13 @@ def test_stop_rule_truncates_after_first_stop_at_or_after_min_tokens(backbone):
     dot = tok(".").input_ids[0]
     word = tok(" word").input_ids[0]
     eos = tok.eos_token_id
-    ids = torch.tensor([
-        [word, dot, word, dot, word, word],  # the dot at index 1 is too early; the one at index 3 stops
-        [word, eos, word, dot, word, word],  # EOS stops at any index
-        [word, word, word, word, word, word],  # no stop: full length, has_stop False
-    ])
+    ids = torch.tensor(
+        [
+            [word, dot, word, dot, word, word],  # the dot at index 1 is too early; the one at index 3 stops
+            [word, eos, word, dot, word, word],  # EOS stops at any index
+            [word, word, word, word, word, word],  # no stop: full length, has_stop False
+        ]
+    )
     mask, has_stop = rule.apply(ids)
     assert mask.tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]]
     assert has_stop.tolist() == [True, True, False]
@@ -156,7 +161,14 @@ def test_hub_id_without_network_gives_clear_error(monkeypatch):
 def top_layer_backbone(tiny_model_dir, adapter: str) -> Backbone:
     """A backbone whose one adapter sits on the top layer only, with weights that change the output."""
     tok = load_tokenizer(str(tiny_model_dir))
-    bb = Backbone(load_causal_lm(str(tiny_model_dir), tok), tok, lora_r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], top_layers=1)
+    bb = Backbone(
+        load_causal_lm(str(tiny_model_dir), tok),
+        tok,
+        lora_r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj"],
+        top_layers=1,
+    )
     bb.add_adapter(adapter)
     for p in bb.adapter_parameters(adapter):
         p.data.normal_(0, 0.5)
@@ -202,7 +214,13 @@ def test_scores_in_length_sorted_batches_come_back_in_input_order(tiny_model_dir
     rm = ScalarRole(bb, "reward")
     rm.gain, rm.bias = 1.5, 0.25
     prompts = ["A much longer opening for a film that", "A film", "Plot:", "I rented this on a rainy Sunday and", "It"]
-    responses = [" bored me from the first minute to the last", " was good.", " none", " by the end I", " was fine, I guess, for a while"]
+    responses = [
+        " bored me from the first minute to the last",
+        " was good.",
+        " none",
+        " by the end I",
+        " was fine, I guess, for a while",
+    ]
     with torch.no_grad():
         alone = torch.stack([raw_scores_of_texts(rm, [p], [r])[0] for p, r in zip(prompts, responses)]) * 1.5 + 0.25
     batches = []
@@ -231,13 +249,19 @@ def test_sampler_draws_from_the_full_forward_distribution(backbone, monkeypatch)
 
     seen = []
     real = sampling.sample_categorical
-    monkeypatch.setattr(sampling, "sample_categorical", lambda probs, u=None: (seen.append(probs.clone()), real(probs, u))[1])
+    monkeypatch.setattr(
+        sampling, "sample_categorical", lambda probs, u=None: (seen.append(probs.clone()), real(probs, u))[1]
+    )
     policy = LanguageModelRole(backbone, "policy", temperature=0.7)
-    query_ids, query_mask = encode_queries(backbone.tokenizer, ["A short one", "A much longer opening line of a review that"])
+    query_ids, query_mask = encode_queries(
+        backbone.tokenizer, ["A short one", "A much longer opening line of a review that"]
+    )
     torch.manual_seed(1)
     with backbone.use("policy") as lm:
         response, loop_logprobs, _ = sampling.sample_tokens(lm, query_ids, query_mask, 6, policy.temperature)
-    episodes = Episodes(query_ids, query_mask, response, torch.ones_like(response, dtype=torch.float), torch.ones(2, dtype=torch.bool))
+    episodes = Episodes(
+        query_ids, query_mask, response, torch.ones_like(response, dtype=torch.float), torch.ones(2, dtype=torch.bool)
+    )
     with torch.no_grad():
         full = policy.logits(episodes).softmax(-1)  # [B, R, V]
         full_logprobs = policy.logprobs(episodes)
@@ -253,12 +277,16 @@ def test_rows_that_stopped_leave_the_batch_and_the_others_sample_the_same_tokens
     from rlhf.models.sampling import sample_tokens
 
     lm = backbone.causal_lm()
-    query_ids, query_mask = encode_queries(backbone.tokenizer, ["One", "Two three", "A much longer opening line", "Four", "Five six"])
+    query_ids, query_mask = encode_queries(
+        backbone.tokenizer, ["One", "Two three", "A much longer opening line", "Four", "Five six"]
+    )
     stops_at = lambda tokens, t: tokens % 4 == 0  # noqa: E731 - about a quarter of the vocabulary ends a response
     torch.manual_seed(3)
     full_tokens, full_logprobs, _ = sample_tokens(lm, query_ids, query_mask, 8, 0.9)
     batch_sizes = []
-    hook = lm.register_forward_pre_hook(lambda module, args, kwargs: batch_sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    hook = lm.register_forward_pre_hook(
+        lambda module, args, kwargs: batch_sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
     torch.manual_seed(3)
     try:
         tokens, logprobs, _ = sample_tokens(lm, query_ids, query_mask, 8, 0.9, stops_at)
@@ -322,13 +350,17 @@ def test_sampling_keeps_the_frozen_prefix_that_the_finished_sequences_give(tiny_
     prompts = ["One", "Two three", "A much longer opening line", "Four", "Five six"]
     episodes, _ = sample_episodes(policy, prompts, 8, rule, reuse=reuse)
     lengths = episodes.response_mask.sum(-1).long().tolist()
-    assert min(lengths) < 6 and max(lengths) == 8, f"the seed should stop some rows early and keep one to the end: {lengths}"
+    assert min(lengths) < 6 and max(lengths) == 8, (
+        f"the seed should stop some rows early and keep one to the end: {lengths}"
+    )
     Q = episodes.query_ids.shape[1]
     full_prefix = bb.frozen_prefix(episodes.input_ids, episodes.attention_mask)
     for row, n in enumerate(lengths):  # every position before the row's last response token was computed
         assert torch.allclose(episodes.prefix[row, : Q + n - 1], full_prefix[row, : Q + n - 1], atol=1e-5)
         assert episodes.prefix[row, Q + n - 1 :].eq(0).all()
-    without = Episodes(episodes.query_ids, episodes.query_mask, episodes.response_ids, episodes.response_mask, episodes.has_stop)
+    without = Episodes(
+        episodes.query_ids, episodes.query_mask, episodes.response_ids, episodes.response_mask, episodes.has_stop
+    )
     real = episodes.response_mask.bool()
     with torch.no_grad():
         assert torch.allclose(policy.logprobs(episodes)[real], policy.logprobs(without)[real], atol=1e-5)
@@ -357,7 +389,9 @@ def test_reward_model_scores_sampled_episodes_from_the_sampling_loop(tiny_model_
     tok = bb.tokenizer
     rule = StopRule(tok)
     V = len(rule.is_eos)
-    rule.is_eos = (torch.arange(V) % 23 == 0) | rule.is_eos  # some rows stop at an "EOS", some at a stop string, some not at all
+    rule.is_eos = (
+        torch.arange(V) % 23 == 0
+    ) | rule.is_eos  # some rows stop at an "EOS", some at a stop string, some not at all
     rule.has_stop_string = torch.arange(V) % 17 == 0
     prompts = ["One", "Two three", "A much longer opening line", "Four", "Five six", "Seven", "Eight nine ten"]
     torch.manual_seed(0)
@@ -366,10 +400,14 @@ def test_reward_model_scores_sampled_episodes_from_the_sampling_loop(tiny_model_
     reuse = prefix_reuse(policy, reward=rm)
     assert reuse == PrefixReuse(keep_prefix=False, score_from_sampling=True)
     episodes, texts = sample_episodes(policy, prompts, 6, rule, reuse=reuse)
-    assert torch.equal(plain.response_ids, episodes.response_ids) and torch.allclose(plain.sample_logprobs, episodes.sample_logprobs)
+    assert torch.equal(plain.response_ids, episodes.response_ids) and torch.allclose(
+        plain.sample_logprobs, episodes.sample_logprobs
+    )
     n = episodes.response_mask.sum(-1).long().tolist()
     last = [int(episodes.response_ids[b, k - 1]) for b, k in enumerate(n)]
-    kinds = ["eos" if bool(rule.is_eos[t]) else "stop" if s else "none" for t, s in zip(last, episodes.has_stop.tolist())]
+    kinds = [
+        "eos" if bool(rule.is_eos[t]) else "stop" if s else "none" for t, s in zip(last, episodes.has_stop.tolist())
+    ]
     assert {"eos", "stop", "none"} <= set(kinds), f"the seed should give every kind of ending: {kinds}"
     ids, mask = episodes.scoring.input_ids, episodes.scoring.attention_mask
     q_ids, q_mask = encode_queries(tok, prompts)
@@ -399,9 +437,13 @@ def test_best_of_n_and_eval_sampling_draw_what_sample_texts_draws(backbone):
     torch.manual_seed(3)
     candidates, best = draw_best_of_n(policy, rm, prompts, 2, 6, rule, batch_size=5, missing_stop_penalty=-1.0)
     assert [c.response for c in candidates] == texts and [c.has_stop for c in candidates] == stops
-    assert [b.response for b in best] == [max(candidates[2 * i : 2 * i + 2], key=lambda c: c.meta["rm_score"]).response for i in range(3)]
+    assert [b.response for b in best] == [
+        max(candidates[2 * i : 2 * i + 2], key=lambda c: c.meta["rm_score"]).response for i in range(3)
+    ]
     torch.manual_seed(3)
-    eval_texts, eval_stops, eval_lengths, kls, scores = sample_with_kl(policy, policy, [p for p in prompts for _ in range(2)], 6, rule, batch_size=3, reward=rm)
+    eval_texts, eval_stops, eval_lengths, kls, scores = sample_with_kl(
+        policy, policy, [p for p in prompts for _ in range(2)], 6, rule, batch_size=3, reward=rm
+    )
     assert (eval_texts, eval_stops, eval_lengths) == (texts, stops, lengths) and kls == [0.0] * 6
     assert scores == pytest.approx([c.meta["rm_score_no_penalty"] for c in candidates], abs=1e-5)
 

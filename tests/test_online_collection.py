@@ -1,5 +1,6 @@
 """Online collection (Ziegler et al. 2019 §2.3): the label schedule l(n), the retraining points, waiting for
 labels, and the two label sources (the simulated gold labeler and the labeling app's database)."""
+
 from __future__ import annotations
 
 import threading
@@ -43,7 +44,10 @@ def test_wait_for_labels_returns_when_enough_when_the_cord_is_pulled_or_on_timeo
     counts = iter([3, 3, 4, 5])
     assert wait_for_labels(lambda: next(counts), 5, lambda: None, timeout=5, poll=0.001) is None
     assert wait_for_labels(lambda: 9, 5, lambda: "never asked", timeout=0, poll=0.001) is None  # enough: no waiting
-    assert wait_for_labels(lambda: 0, 5, lambda: "Andon cord pulled by rita: stop", timeout=5, poll=0.001) == "Andon cord pulled by rita: stop"
+    assert (
+        wait_for_labels(lambda: 0, 5, lambda: "Andon cord pulled by rita: stop", timeout=5, poll=0.001)
+        == "Andon cord pulled by rita: stop"
+    )
     t0 = time.monotonic()
     message = wait_for_labels(lambda: 2, 5, lambda: None, timeout=0.05, poll=0.01)
     assert "timed out" in message and "2 of 5" in message and time.monotonic() - t0 < 2
@@ -70,7 +74,9 @@ def test_simulated_labels_answer_at_once_and_survive_a_resume(tmp_path):
 
 def test_app_labels_push_queries_and_count_only_their_answers(tmp_path):
     url = f"sqlite:///{tmp_path / 'label.db'}"
-    source = AppLabels([comparison(), comparison("p2")], url, tmp_path / "run", "best_of_k", "run-online-x", timeout=5, poll=0.01)
+    source = AppLabels(
+        [comparison(), comparison("p2")], url, tmp_path / "run", "best_of_k", "run-online-x", timeout=5, poll=0.01
+    )
     other = AppLabels([], url, tmp_path / "run", "best_of_k", "run-online-y", timeout=5, poll=0.01)  # another PPO stage
     source.push([("q1", ["a", "b", "c"]), ("q2", ["d", "e", "f"])], iteration=0)
     other.push([("q3", ["g", "h", "i"])], iteration=0)
@@ -98,7 +104,9 @@ def test_app_labels_push_queries_and_count_only_their_answers(tmp_path):
     labeler.join()
     assert source.count() == 4 and other.count() == 1
     answered = source.comparisons()
-    assert sorted(c.prompt for c in answered[2:]) == ["q1", "q2"] and all(c.best == 2 for c in answered[2:])  # any order
+    assert sorted(c.prompt for c in answered[2:]) == ["q1", "q2"] and all(
+        c.best == 2 for c in answered[2:]
+    )  # any order
     assert answered[2].meta["policies"] == ["ppo-iteration-0"] * 3
 
 
@@ -136,10 +144,22 @@ def test_online_ppo_pauses_for_app_labels_and_retrains_the_reward_model(tiny_mod
     monkeypatch.setenv("TQDM_DISABLE", "1")
     db_url = f"sqlite:///{tmp_path / 'label.db'}"
     run = RunDir(tmp_path / "run")
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml", [
-        f"model.name_or_path={tiny_model_dir}", "sft.n_demonstrations=0", "collect.kind=best_of_k", "ppo.iterations=4",
-        "online.enabled=true", "online.source=app", f"online.db={db_url}", "online.total_labels=20", "online.retrains=2",
-        "online.poll_seconds=0.1", "online.wait_timeout_seconds=120"])
+    cfg = load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml",
+        [
+            f"model.name_or_path={tiny_model_dir}",
+            "sft.n_demonstrations=0",
+            "collect.kind=best_of_k",
+            "ppo.iterations=4",
+            "online.enabled=true",
+            "online.source=app",
+            f"online.db={db_url}",
+            "online.total_labels=20",
+            "online.retrains=2",
+            "online.poll_seconds=0.1",
+            "online.wait_timeout_seconds=120",
+        ],
+    )
     start_run(run, cfg)
     for stage in ("sft", "collect", "reward"):
         run_stage(run, cfg, stage)

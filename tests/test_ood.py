@@ -1,5 +1,6 @@
 """Out-of-distribution evaluation (rlhf eval-ood): prompt selection and checks, and one end-to-end run on a tiny
 random model (slow) that evaluates a smoke run's policies on IMDB-style prompts and on TL;DR prompts of one subreddit."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,10 @@ POSTS = [  # (subreddit, title, post)
 
 
 def write_tldr_file(folder: Path) -> Path:
-    rows = [{"id": f"p{i}", "subreddit": sub, "title": title, "post": post, "summary": "a summary"}
-            for i, (sub, title, post) in enumerate(POSTS)]
+    rows = [
+        {"id": f"p{i}", "subreddit": sub, "title": title, "post": post, "summary": "a summary"}
+        for i, (sub, title, post) in enumerate(POSTS)
+    ]
     path = folder / "tldr.jsonl"
     atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
     return path
@@ -75,20 +78,43 @@ def test_eval_ood_on_a_smoke_run(tiny_model_dir, tmp_path) -> None:
 
     out = tmp_path / "run"
     rlhf("run", "--config", str(SMOKE), "--out", str(out), f"model.name_or_path={tiny_model_dir}", "ppo.iterations=1")
-    before = {path: path.read_bytes() for path in (out / "summary.json", out / "eval" / "samples.jsonl", out / "eval" / "done.json")}
+    before = {
+        path: path.read_bytes()
+        for path in (out / "summary.json", out / "eval" / "samples.jsonl", out / "eval" / "done.json")
+    }
 
     # another prompt source for the sentiment task: openings of IMDB-style reviews
     reviews = tmp_path / "reviews.jsonl"
-    atomic_write_text(reviews, "".join(json.dumps({"text": f"Review {i}: this film was a long and strange ride through the "
-                                                            f"city at night with friends {i}."}) + "\n" for i in range(6)))
+    atomic_write_text(
+        reviews,
+        "".join(
+            json.dumps(
+                {
+                    "text": f"Review {i}: this film was a long and strange ride through the "
+                    f"city at night with friends {i}."
+                }
+            )
+            + "\n"
+            for i in range(6)
+        ),
+    )
     imdb = tmp_path / "ood-imdb"
     rlhf("eval-ood", str(out), "--out", str(imdb), f"task.source={reviews}", "task.n_eval_prompts=5")
     summary = json.loads((imdb / "summary.json").read_text())
     assert summary["prompts"]["n"] == 5 and summary["prompts"]["source"] == str(reviews)
     assert set(summary["policies"]) == {"initial", "sft", "ppo", "bon"}
     for name, figures in summary["policies"].items():
-        for key in ("n", "gold_reward_mean", "gold_reward_sem", "rm_score_mean", "kl_to_reference",
-                    "response_length_mean", "no_stop_fraction", "distinct_1", "distinct_2"):
+        for key in (
+            "n",
+            "gold_reward_mean",
+            "gold_reward_sem",
+            "rm_score_mean",
+            "kl_to_reference",
+            "response_length_mean",
+            "no_stop_fraction",
+            "distinct_1",
+            "distinct_2",
+        ):
             assert key in figures, (name, key)
         assert figures["n"] == 5 and "copying" not in figures
     assert set(summary["winrates"]) == {"ppo_vs_initial", "bon_vs_initial", "sft_vs_initial"}
@@ -98,8 +124,18 @@ def test_eval_ood_on_a_smoke_run(tiny_model_dir, tmp_path) -> None:
 
     # another task: TL;DR prompts of one subreddit, with the copying figures and no gold scorer
     tldr = tmp_path / "ood-tldr"
-    rlhf("eval-ood", str(out), "--out", str(tldr), "--subreddits", "r/cats", "task.name=tldr",
-         f"task.source={write_tldr_file(tmp_path)}", "task.n_eval_prompts=2", "bon.n=2")
+    rlhf(
+        "eval-ood",
+        str(out),
+        "--out",
+        str(tldr),
+        "--subreddits",
+        "r/cats",
+        "task.name=tldr",
+        f"task.source={write_tldr_file(tmp_path)}",
+        "task.n_eval_prompts=2",
+        "bon.n=2",
+    )
     summary = json.loads((tldr / "summary.json").read_text())
     assert summary["prompts"]["subreddits"] == ["cats"] and sorted(summary["prompts"]["ids"]) == ["p0", "p2"]
     assert summary["trained_on"]["task"] == "sentiment" and summary["winrates"] == {}

@@ -1,5 +1,6 @@
 """End-to-end runs of the whole pipeline on a tiny random model: the one-minute smoke run, stage-by-stage
 commands, and a PPO stage killed with SIGKILL and resumed."""
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,9 @@ def rlhf(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     proc = subprocess.run([sys.executable, "-m", "rlhf.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT)
     if check and proc.returncode != 0:
-        raise AssertionError(f"rlhf {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"rlhf {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 
@@ -49,7 +52,18 @@ def test_smoke_run_writes_complete_run_directory(tiny_model_dir, tmp_path):
     assert [r["iteration"] for r in rows] == [1, 2, 3]
     for r in rows:  # the PPO ratio is exactly 1 on the first minibatch of every iteration
         assert r["first_minibatch_max_log_ratio"] == 0.0
-        for key in ("rm_score", "kl", "beta", "entropy", "clipfrac", "approx_kl", "value_loss", "ratio_mean", "response_length", "no_stop_count"):
+        for key in (
+            "rm_score",
+            "kl",
+            "beta",
+            "entropy",
+            "clipfrac",
+            "approx_kl",
+            "value_loss",
+            "ratio_mean",
+            "response_length",
+            "no_stop_count",
+        ):
             assert key in r
     assert rows[-1]["kl"] > 0  # the policy moved away from the reference
     html = (out / "report.html").read_text()
@@ -69,8 +83,14 @@ def test_stage_commands_and_sigkill_resume_of_ppo(tiny_model_dir, tmp_path):
     assert (out / "reward" / "reward.safetensors").exists()
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "rlhf.cli", "ppo", str(out)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlhf.cli", "ppo", str(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     metrics = out / "ppo" / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline:  # kill it in the middle: after at least 3 iterations were checkpointed
@@ -97,7 +117,15 @@ def test_stage_commands_and_sigkill_resume_of_ppo(tiny_model_dir, tmp_path):
 def test_andon_cord_stops_ppo_with_a_checkpoint(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     stop = tmp_path / "STOP"
-    rlhf("init", "--config", str(SMOKE), "--out", str(out), f"model.name_or_path={tiny_model_dir}", f"ppo.stop_file={stop}")
+    rlhf(
+        "init",
+        "--config",
+        str(SMOKE),
+        "--out",
+        str(out),
+        f"model.name_or_path={tiny_model_dir}",
+        f"ppo.stop_file={stop}",
+    )
     for stage in ("sft", "collect", "reward"):
         rlhf(stage, str(out))
     stop.write_text("responses look broken")
@@ -109,15 +137,42 @@ def test_andon_cord_stops_ppo_with_a_checkpoint(tiny_model_dir, tmp_path):
     assert (out / "ppo" / "done.json").exists()
 
 
-@pytest.mark.parametrize("overrides", [
-    ["model.lora_r=0", "ppo.log_gold_reward=false", "ppo.value_warmup_iterations=1"],  # full fine-tuning: separate copies of the model for each role
-    ["collect.kind=ranking", "collect.responses_per_prompt=5", "reward.normalize=reference", "ppo.adaptive_kl=false", "ppo.ptx_coef=0.5",
-     "ppo.value_learning_rate=1e-2"],
-    ["collect.kind=pairwise", "collect.responses_per_prompt=2", "model.lora_top_layers=1", "ppo.reward_source=gold"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [
+            "model.lora_r=0",
+            "ppo.log_gold_reward=false",
+            "ppo.value_warmup_iterations=1",
+        ],  # full fine-tuning: separate copies of the model for each role
+        [
+            "collect.kind=ranking",
+            "collect.responses_per_prompt=5",
+            "reward.normalize=reference",
+            "ppo.adaptive_kl=false",
+            "ppo.ptx_coef=0.5",
+            "ppo.value_learning_rate=1e-2",
+        ],
+        [
+            "collect.kind=pairwise",
+            "collect.responses_per_prompt=2",
+            "model.lora_top_layers=1",
+            "ppo.reward_source=gold",
+        ],
+    ],
+)
 def test_pipeline_variants(tiny_model_dir, tmp_path, overrides):
     out = tmp_path / "run"
-    rlhf("run", "--config", str(SMOKE), "--out", str(out), f"model.name_or_path={tiny_model_dir}", "ppo.iterations=2", *overrides)
+    rlhf(
+        "run",
+        "--config",
+        str(SMOKE),
+        "--out",
+        str(out),
+        f"model.name_or_path={tiny_model_dir}",
+        "ppo.iterations=2",
+        *overrides,
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["policies"]) == {"initial", "sft", "ppo", "bon"}
     rows = [json.loads(line) for line in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]

@@ -1,4 +1,5 @@
 """Experiment 2 (queries needed): its helpers by hand, and an end-to-end run on the tiny model."""
+
 from __future__ import annotations
 
 import json

@@ -28,36 +28,72 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def _ppo_row(iteration: int) -> dict:
     return {
-        "iteration": iteration, "rm_score": 0.1 * iteration, "kl": 0.5 * iteration, "beta": 0.1 - 0.01 * iteration,
-        "entropy": 2.0, "clipfrac": 0.1, "approx_kl": 0.01, "value_loss": 0.3, "ratio_mean": 1.0,
-        "response_length": 12.0, "no_stop_count": 0, "non_score_reward": -0.05, "lr": 1e-5,
+        "iteration": iteration,
+        "rm_score": 0.1 * iteration,
+        "kl": 0.5 * iteration,
+        "beta": 0.1 - 0.01 * iteration,
+        "entropy": 2.0,
+        "clipfrac": 0.1,
+        "approx_kl": 0.01,
+        "value_loss": 0.3,
+        "ratio_mean": 1.0,
+        "response_length": 12.0,
+        "no_stop_count": 0,
+        "non_score_reward": -0.05,
+        "lr": 1e-5,
     }
 
 
 def _build_full_run(run_dir: Path) -> None:
-    _write_json(run_dir / "summary.json", {
-        "config": {"task": "sentiment", "seed": 1},
-        "wall_seconds_total": 123.5,
-        "stage_seconds": {"sft": 40.25, "reward": 20.0, "ppo": 63.25},
-        "reward_model": {"heldout_accuracy": 0.8125, "heldout_n": 64, "train_n": 256},
-        "policies": {
-            "initial": {"gold_reward_mean": 0.12, "gold_reward_sem": 0.03, "rm_score_mean": -0.2,
-                        "kl_to_reference": 0.0, "response_length_mean": 14.0, "no_stop_fraction": 0.25},
-            "ppo": {"gold_reward_mean": 0.61, "gold_reward_sem": 0.04, "rm_score_mean": 1.3,
-                    "kl_to_reference": 4.2, "response_length_mean": 16.5, "no_stop_fraction": 0.0},
+    _write_json(
+        run_dir / "summary.json",
+        {
+            "config": {"task": "sentiment", "seed": 1},
+            "wall_seconds_total": 123.5,
+            "stage_seconds": {"sft": 40.25, "reward": 20.0, "ppo": 63.25},
+            "reward_model": {"heldout_accuracy": 0.8125, "heldout_n": 64, "train_n": 256},
+            "policies": {
+                "initial": {
+                    "gold_reward_mean": 0.12,
+                    "gold_reward_sem": 0.03,
+                    "rm_score_mean": -0.2,
+                    "kl_to_reference": 0.0,
+                    "response_length_mean": 14.0,
+                    "no_stop_fraction": 0.25,
+                },
+                "ppo": {
+                    "gold_reward_mean": 0.61,
+                    "gold_reward_sem": 0.04,
+                    "rm_score_mean": 1.3,
+                    "kl_to_reference": 4.2,
+                    "response_length_mean": 16.5,
+                    "no_stop_fraction": 0.0,
+                },
+            },
+            "winrates": {"ppo_vs_initial": {"win_rate": 0.734, "ci95_low": 0.65, "ci95_high": 0.81, "n": 100}},
         },
-        "winrates": {"ppo_vs_initial": {"win_rate": 0.734, "ci95_low": 0.65, "ci95_high": 0.81, "n": 100}},
-    })
+    )
     _write_jsonl(run_dir / "ppo" / "metrics.jsonl", [_ppo_row(i) for i in range(1, 5)])
-    _write_jsonl(run_dir / "reward" / "metrics.jsonl",
-                 [{"step": s, "loss": 0.7 - 0.1 * s, "accuracy": 0.5 + 0.05 * s} for s in range(4)])
-    _write_jsonl(run_dir / "sft" / "metrics.jsonl",
-                 [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5, "val_loss": 2.7}, {"step": 3, "loss": 2.2}])
+    _write_jsonl(
+        run_dir / "reward" / "metrics.jsonl",
+        [{"step": s, "loss": 0.7 - 0.1 * s, "accuracy": 0.5 + 0.05 * s} for s in range(4)],
+    )
+    _write_jsonl(
+        run_dir / "sft" / "metrics.jsonl",
+        [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5, "val_loss": 2.7}, {"step": 3, "loss": 2.2}],
+    )
     samples = []
     for index in range(10):
         prompt = f"prompt number {index}"
-        samples.append({"prompt": prompt, "policy": "initial", "response": f"initial reply {index}",
-                        "gold_reward": 0.1, "rm_score": -0.1})
+        samples.append(
+            {
+                "prompt": prompt,
+                "policy": "initial",
+                "response": f"initial reply {index}",
+                "gold_reward": 0.1,
+                "rm_score": -0.1,
+            }
+        )
         response = SCRIPT_RESPONSE if index == 0 else f"ppo reply {index}"
         samples.append({"prompt": prompt, "policy": "ppo", "response": response, "gold_reward": 0.6, "rm_score": 1.2})
     _write_jsonl(run_dir / "eval" / "samples.jsonl", samples)
@@ -122,8 +158,12 @@ def test_report_rejects_non_numeric_summary_figure(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("value", "text"),
     [
-        (None, "—"), (64, "64"), (0.8125, "0.8125"), (2.0 / 3.0, "0.6667"),
-        (float("nan"), "nan"), (1234567.0, "1.235e+06"),
+        (None, "—"),
+        (64, "64"),
+        (0.8125, "0.8125"),
+        (2.0 / 3.0, "0.6667"),
+        (float("nan"), "nan"),
+        (1234567.0, "1.235e+06"),
     ],
 )
 def test_format_figure(value: object, text: str) -> None:

@@ -1,4 +1,5 @@
 """The reward-model stage on a tiny model: mixed query types in one batch, tied-best filtering, HF export."""
+
 from __future__ import annotations
 
 import torch
@@ -19,7 +20,14 @@ def raw_scores_of_texts(rm: ScalarRole, prompts: list[str], responses: list[str]
 
 def make_rm(tiny_model_dir, top_layers=0):
     tok = load_tokenizer(str(tiny_model_dir))
-    bb = Backbone(load_causal_lm(str(tiny_model_dir), tok), tok, lora_r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], top_layers=top_layers)
+    bb = Backbone(
+        load_causal_lm(str(tiny_model_dir), tok),
+        tok,
+        lora_r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj"],
+        top_layers=top_layers,
+    )
     bb.add_adapter("reward")
     torch.manual_seed(1)
     for p in bb.adapter_parameters("reward"):
@@ -38,15 +46,20 @@ def test_mixed_batch_loss_weights_each_kind_by_its_count(tiny_model_dir):
         r_pair = raw_scores_of_texts(rm, ["A film"] * 2, pair.responses)
         r_bok = raw_scores_of_texts(rm, ["B film"] * 4, bok.responses)
         r_rank = raw_scores_of_texts(rm, ["C film"] * 4, rank.responses)
-    expected = (pairwise_loss(r_pair[1:2], r_pair[0:1]) + best_of_k_loss(r_bok[None], torch.tensor([2]))
-                + ranking_loss(r_rank[None], torch.tensor([[1, 0, 3, 2]]))) / 3
+    expected = (
+        pairwise_loss(r_pair[1:2], r_pair[0:1])
+        + best_of_k_loss(r_bok[None], torch.tensor([2]))
+        + ranking_loss(r_rank[None], torch.tensor([[1, 0, 3, 2]]))
+    ) / 3
     assert torch.allclose(loss, expected, atol=1e-5)
 
 
 def test_cached_encoding_gives_the_same_loss_and_gradients_reach_the_top_layers(tiny_model_dir):
     rm = make_rm(tiny_model_dir, top_layers=1)
-    batch = [Comparison(prompt="A film", responses=[" good.", " bad and long"], kind="pairwise", best=0),
-             Comparison(prompt="Another, longer film", responses=[" a", " b", " c", " d"], kind="best_of_k", best=3)]
+    batch = [
+        Comparison(prompt="A film", responses=[" good.", " bad and long"], kind="pairwise", best=0),
+        Comparison(prompt="Another, longer film", responses=[" a", " b", " c", " d"], kind="best_of_k", best=3),
+    ]
     encoded = encode_comparisons(rm, batch)
     assert all(s.prefix is not None for s in encoded)  # the frozen bottom layers ran once, here
     with torch.no_grad():
@@ -61,8 +74,12 @@ def test_cached_encoding_gives_the_same_loss_and_gradients_reach_the_top_layers(
 
 
 def test_tied_best_is_detected_from_gold():
-    tied = Comparison(prompt="p", responses=["a", "b", "c", "d"], kind="best_of_k", best=0, meta={"gold": [0.5, 0.5, 0.1, 0.0]})
-    clear = Comparison(prompt="p", responses=["a", "b", "c", "d"], kind="best_of_k", best=0, meta={"gold": [0.6, 0.5, 0.5, 0.0]})
+    tied = Comparison(
+        prompt="p", responses=["a", "b", "c", "d"], kind="best_of_k", best=0, meta={"gold": [0.5, 0.5, 0.1, 0.0]}
+    )
+    clear = Comparison(
+        prompt="p", responses=["a", "b", "c", "d"], kind="best_of_k", best=0, meta={"gold": [0.6, 0.5, 0.5, 0.0]}
+    )
     assert has_tied_best(tied) and not has_tied_best(clear)
 
 
@@ -78,7 +95,9 @@ def test_exported_reward_model_loads_in_plain_transformers(tiny_model_dir, tmp_p
     export_reward_model(rm, tmp_path / "hf")
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf")
     with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits.squeeze(-1)
+        logits = model(
+            input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)
+        ).logits.squeeze(-1)
     assert torch.allclose(logits + model.config.rlhf_reward_bias, ours, atol=1e-4)
 
 

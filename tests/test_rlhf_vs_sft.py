@@ -1,5 +1,6 @@
 """Experiment 5 (RLHF vs SFT on TL;DR): the zero-shot pairwise judge's verdicts, the judge-backed labeler, the split of
 a TL;DR file by id, and (slow) the experiment end to end on a tiny random model with TL;DR rows written here."""
+
 from __future__ import annotations
 
 import json
@@ -42,11 +43,14 @@ def test_verdict_from_logprobs_hand_worked():
 def test_both_orders_consistent_win_and_position_bias_tie():
     table = {
         # x vs y: A wins shown first (-0.5 > -1.2), and shown second (y, x): log P(B) -0.4 > log P(A) -0.9: x again
-        ("x", "y"): (-0.5, -1.2), ("y", "x"): (-0.9, -0.4),
+        ("x", "y"): (-0.5, -1.2),
+        ("y", "x"): (-0.9, -0.4),
         # u vs v: the judge says "A" in both orders (position bias): a disagreement about the response, so a tie
-        ("u", "v"): (-0.3, -1.5), ("v", "u"): (-0.2, -1.9),
+        ("u", "v"): (-0.3, -1.5),
+        ("v", "u"): (-0.2, -1.9),
         # v vs w: w preferred in both orders
-        ("v", "w"): (-2.0, -0.1), ("w", "v"): (-0.1, -2.0),
+        ("v", "w"): (-2.0, -0.1),
+        ("w", "v"): (-0.1, -2.0),
     }
     judged = judge_both_orders(FixedLogprobJudge(table), [("p", "x", "y"), ("p", "u", "v"), ("p", "v", "w")])
     assert [j.outcome_for_a for j in judged] == [1.0, 0.5, 0.0]
@@ -75,8 +79,16 @@ def test_copeland_scores_hand_worked():
 
 
 def test_judge_labeler_reads_comparisons_from_the_judge():
-    table = {("x", "y"): (-0.5, -1.2), ("y", "x"): (-0.9, -0.4), ("u", "v"): (-0.3, -1.5), ("v", "u"): (-0.2, -1.9),
-             ("x", "u"): (-0.1, -3.0), ("u", "x"): (-3.0, -0.1), ("y", "u"): (-0.1, -3.0), ("u", "y"): (-3.0, -0.1)}
+    table = {
+        ("x", "y"): (-0.5, -1.2),
+        ("y", "x"): (-0.9, -0.4),
+        ("u", "v"): (-0.3, -1.5),
+        ("v", "u"): (-0.2, -1.9),
+        ("x", "u"): (-0.1, -3.0),
+        ("u", "x"): (-3.0, -0.1),
+        ("y", "u"): (-0.1, -3.0),
+        ("u", "y"): (-3.0, -0.1),
+    }
     labeler = JudgeLabeler(FixedLogprobJudge(table), seed=0)
     assert isinstance(labeler, Labeler)
     c = labeler.label("p", ["y", "x"], "pairwise")
@@ -91,7 +103,11 @@ def test_judge_input_and_post():
     query = "SUBREDDIT: r/a\nTITLE: t\nPOST: p\nTL;DR:"
     assert post_of(query) == "SUBREDDIT: r/a\nTITLE: t\nPOST: p"
     text = judge_input(query, " first ", "second")
-    assert "Summary A: first\n\nSummary B: second" in text and text.endswith("The better summary is") and "TL;DR:" not in text
+    assert (
+        "Summary A: first\n\nSummary B: second" in text
+        and text.endswith("The better summary is")
+        and "TL;DR:" not in text
+    )
 
 
 def test_stable_split_by_id():
@@ -111,10 +127,17 @@ def test_stable_unit_hash_known_value():
 
 
 def write_tldr_rows(path: Path, n: int) -> Path:
-    rows = [{"id": f"post-{i}", "subreddit": "relationships", "title": f"My friend and I argued about plan {i}",
-             "post": f"We planned a trip number {i} for months.\nThen my friend cancelled the day before and would not say why. "
-                     "I feel hurt and do not know whether to bring it up.",
-             "summary": f"friend cancelled trip {i} last minute, should I bring it up?"} for i in range(n)]
+    rows = [
+        {
+            "id": f"post-{i}",
+            "subreddit": "relationships",
+            "title": f"My friend and I argued about plan {i}",
+            "post": f"We planned a trip number {i} for months.\nThen my friend cancelled the day before and would not say why. "
+            "I feel hurt and do not know whether to bring it up.",
+            "summary": f"friend cancelled trip {i} last minute, should I bring it up?",
+        }
+        for i in range(n)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -138,8 +161,14 @@ def test_rlhf_vs_sft_experiment_end_to_end(tiny_model_dir, tmp_path):
     assert n_test >= 3
     run = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
     run["model"]["name_or_path"] = str(tiny_model_dir)
-    run["task"] = {"name": "tldr", "source": str(source), "test_fraction": 0.4, "max_query_tokens": 96, "response_length": 8,
-                   "n_eval_prompts": 3}
+    run["task"] = {
+        "name": "tldr",
+        "source": str(source),
+        "test_fraction": 0.4,
+        "max_query_tokens": 96,
+        "response_length": 8,
+        "n_eval_prompts": 3,
+    }
     run["sft"].update(n_demonstrations=8)
     run["collect"].update(n_prompts=6, responses_per_prompt=2, kind="pairwise", labeler="judge")
     run["judge"] = {"kind": "lm", "lm_model": str(tiny_model_dir), "lm_batch_size": 4}
@@ -148,14 +177,31 @@ def test_rlhf_vs_sft_experiment_end_to_end(tiny_model_dir, tmp_path):
     config.write_text(yaml.safe_dump({"run": run, "ppo_samples_per_post": 2}))
     out = tmp_path / "exp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
-    command = [sys.executable, "-m", "rlhf.cli", "experiment", "rlhf_vs_sft", "--config", str(config), "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "rlhf.cli",
+        "experiment",
+        "rlhf_vs_sft",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-5000:]
     s = json.loads((out / "summary.json").read_text())
     assert set(s["policies"]) == {"sft", "ppo", "bon"}
     for p in s["policies"].values():
         assert p["n"] == 3 and 0.0 <= p["win_rate"] <= 1.0 and p["ci95_low"] <= p["win_rate"] <= p["ci95_high"]
-        assert {"length_controlled_win_rate", "length_mean", "copying", "rouge", "diversity", "position_consistency_rate"} <= set(p)
+        assert {
+            "length_controlled_win_rate",
+            "length_mean",
+            "copying",
+            "rouge",
+            "diversity",
+            "position_consistency_rate",
+        } <= set(p)
         assert 0.0 <= p["position_consistency_rate"] <= 1.0 and "rougeL" in p["rouge"] and "copying" in p["copying"]
         assert "distinct_2_across_input" in p["diversity"] and "ead_2_across_input" in p["diversity"]
     assert s["policies"]["ppo"]["diversity"]["distinct_1_per_input"] is not None
@@ -164,12 +210,19 @@ def test_rlhf_vs_sft_experiment_end_to_end(tiny_model_dir, tmp_path):
     assert s["policies"]["bon"]["diversity"]["distinct_1_per_input"] is None and s["policies"]["bon"]["n_samples"] == 2
     assert s["comparisons"]["kind"] == "pairwise" and s["labeler"] == "judge" and s["judge"] == "lm_judge"
     assert s["data"]["n_eval_posts"] == 3 and s["wall_seconds"] > 0
-    comparisons = [json.loads(line) for line in (out / "base" / "collect" / "comparisons.jsonl").read_text().splitlines()]
+    comparisons = [
+        json.loads(line) for line in (out / "base" / "collect" / "comparisons.jsonl").read_text().splitlines()
+    ]
     assert comparisons and all(c["meta"]["judge"] == "lm_judge" and len(c["meta"]["gold"]) == 2 for c in comparisons)
     eval_ids = {p.id for p in load_tldr_prompts("test", source=str(source), test_fraction=0.4)}
     train_posts = {c["prompt"] for c in comparisons}
-    assert not any(f"plan {i.split('-')[1]}\n" in p for p in train_posts for i in eval_ids)  # comparisons only on training posts
+    assert not any(
+        f"plan {i.split('-')[1]}\n" in p for p in train_posts for i in eval_ids
+    )  # comparisons only on training posts
     assert (out / "rlhf_vs_sft.png").stat().st_size > 1000 and "rlhf_vs_sft.png" in (out / "summary.md").read_text()
     again = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)  # a re-run reuses everything
     assert again.returncode == 0 and "already done" in again.stderr
-    assert json.loads((out / "summary.json").read_text())["policies"]["ppo"]["win_rate"] == s["policies"]["ppo"]["win_rate"]
+    assert (
+        json.loads((out / "summary.json").read_text())["policies"]["ppo"]["win_rate"]
+        == s["policies"]["ppo"]["win_rate"]
+    )

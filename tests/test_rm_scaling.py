@@ -1,4 +1,5 @@
 """Experiment 4 (reward-model scaling): its pure functions by hand, and an end-to-end run on the tiny model."""
+
 from __future__ import annotations
 
 import gzip
@@ -68,11 +69,22 @@ def write_hh_file(path, n):
 def test_rm_scaling_end_to_end_on_tiny_model(tmp_path, tiny_model_dir, method, monkeypatch):
     # the tiny random model writes word salad, which VADER scores 0 (all pairs tied): a stand-in gold that never
     # ties on different texts, read when the task is built
-    monkeypatch.setattr("rlhf.tasks.sentiment.vader_gold_scores", lambda ps, rs: [zlib.crc32(r.encode()) / 2**32 for r in rs])
+    monkeypatch.setattr(
+        "rlhf.tasks.sentiment.vader_gold_scores", lambda ps, rs: [zlib.crc32(r.encode()) / 2**32 for r in rs]
+    )
     hh = tmp_path / "hh.jsonl.gz"
     write_hh_file(hh, 40)
-    cfg = Config(sizes=[4, 8], seeds=2, method=method, max_tokens=24, human_path=str(hh), human_heldout=16,
-                 simulated_train_prompts=4, simulated_heldout_prompts=8, bootstrap_resamples=200)
+    cfg = Config(
+        sizes=[4, 8],
+        seeds=2,
+        method=method,
+        max_tokens=24,
+        human_path=str(hh),
+        human_heldout=16,
+        simulated_train_prompts=4,
+        simulated_heldout_prompts=8,
+        bootstrap_resamples=200,
+    )
     cfg.run.model.name_or_path = str(tiny_model_dir)
     cfg.run.model.lora_r, cfg.run.model.lora_alpha, cfg.run.model.lora_top_layers = 4, 8, 1
     cfg.run.task.gold, cfg.run.task.response_length, cfg.run.task.stop_min_tokens = "vader", 6, 2
@@ -82,7 +94,9 @@ def test_rm_scaling_end_to_end_on_tiny_model(tmp_path, tiny_model_dir, method, m
     saved = json.loads((out / "summary.json").read_text())
     assert saved["points"] == summary["points"] and (out / "rm_scaling.png").stat().st_size > 0
     assert "rm_scaling.png" in (out / "summary.md").read_text()
-    assert {(p["source"], p["n_train"]) for p in saved["points"]} == {(s, n) for s in ("human", "simulated") for n in (4, 8)}
+    assert {(p["source"], p["n_train"]) for p in saved["points"]} == {
+        (s, n) for s in ("human", "simulated") for n in (4, 8)
+    }
     for p in saved["points"]:
         assert set(p) >= {"n_train", "accuracy", "ci95_low", "ci95_high", "source"}
         assert 0.0 <= p["ci95_low"] <= p["accuracy"] <= p["ci95_high"] <= 1.0
@@ -113,4 +127,3 @@ def test_real_hh_rlhf_file_loads(shared_data):
     pool, heldout = human_comparisons(cfg)
     assert len(heldout) == 512 and len(pool) + len(heldout) > 2000
     assert all(c.prompt.endswith("\n\nAssistant:") and c.best == 0 for c in heldout[:20])
-

@@ -1,5 +1,6 @@
 """A batch of experience for PPO, piece by piece: the seeded prompt order, scoring with the missing-stop penalty,
 what the sampling loop keeps for which role, the Andon cord before online collection, and the logged row."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,8 +15,14 @@ from rlhf.stages.rollout import Rollout, Scores, prompt_batch, score
 
 def backbone_with(tiny_model_dir, top_layers: int, *adapters: str) -> Backbone:
     tok = load_tokenizer(str(tiny_model_dir))
-    bb = Backbone(load_causal_lm(str(tiny_model_dir), tok), tok, lora_r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                  top_layers=top_layers)
+    bb = Backbone(
+        load_causal_lm(str(tiny_model_dir), tok),
+        tok,
+        lora_r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj"],
+        top_layers=top_layers,
+    )
     for name in adapters:
         bb.add_adapter(name)
     return bb
@@ -32,8 +39,13 @@ def test_prompt_batches_walk_a_seeded_permutation_pass_by_pass():
 
 def fake_rollout(has_stop: list[bool]) -> Rollout:
     B = len(has_stop)
-    episodes = Episodes(torch.ones(B, 2, dtype=torch.long), torch.ones(B, 2, dtype=torch.long), torch.ones(B, 3, dtype=torch.long),
-                        torch.ones(B, 3), torch.tensor(has_stop))
+    episodes = Episodes(
+        torch.ones(B, 2, dtype=torch.long),
+        torch.ones(B, 2, dtype=torch.long),
+        torch.ones(B, 3, dtype=torch.long),
+        torch.ones(B, 3),
+        torch.tensor(has_stop),
+    )
     return Rollout([f"p{i}" for i in range(B)], [f"r{i}" for i in range(B)], episodes)
 
 
@@ -65,10 +77,18 @@ def test_score_uses_the_reward_model_or_gold_and_penalises_a_missing_stop():
 
 def test_prefix_reuse_is_decided_from_the_roles(tiny_model_dir):
     bb = backbone_with(tiny_model_dir, 1, "policy", "reward")
-    policy, reference, rm = LanguageModelRole(bb, "policy", 0.7), LanguageModelRole(bb, None, 0.7), ScalarRole(bb, "reward")
+    policy, reference, rm = (
+        LanguageModelRole(bb, "policy", 0.7),
+        LanguageModelRole(bb, None, 0.7),
+        ScalarRole(bb, "reward"),
+    )
     assert prefix_reuse(policy, reference, rm) == PrefixReuse(keep_prefix=True, score_from_sampling=True)  # PPO
-    assert prefix_reuse(policy, reference, None) == PrefixReuse(keep_prefix=True, score_from_sampling=False)  # gold reward
-    assert prefix_reuse(reference, reference, rm) == PrefixReuse(keep_prefix=False, score_from_sampling=True)  # its own reference
+    assert prefix_reuse(policy, reference, None) == PrefixReuse(
+        keep_prefix=True, score_from_sampling=False
+    )  # gold reward
+    assert prefix_reuse(reference, reference, rm) == PrefixReuse(
+        keep_prefix=False, score_from_sampling=True
+    )  # its own reference
     assert prefix_reuse(policy) == PrefixReuse()
     other = backbone_with(tiny_model_dir, 1, "reward")  # the same bottom layers on another copy
     assert prefix_reuse(policy, reward=ScalarRole(other, "reward")).score_from_sampling
@@ -76,8 +96,14 @@ def test_prefix_reuse_is_decided_from_the_roles(tiny_model_dir):
         other.causal_lm().model.layers[0].mlp.up_proj.weight[0, 0] += 1e-3
     assert not prefix_reuse(policy, reward=ScalarRole(other, "reward")).score_from_sampling
     everywhere = backbone_with(tiny_model_dir, 0, "policy", "reward")  # adapters on every layer: nothing to share
-    assert prefix_reuse(LanguageModelRole(everywhere, "policy", 0.7), LanguageModelRole(everywhere, None, 0.7),
-                        ScalarRole(everywhere, "reward")) == PrefixReuse()
+    assert (
+        prefix_reuse(
+            LanguageModelRole(everywhere, "policy", 0.7),
+            LanguageModelRole(everywhere, None, 0.7),
+            ScalarRole(everywhere, "reward"),
+        )
+        == PrefixReuse()
+    )
 
 
 class RecordingOnline:
@@ -105,11 +131,34 @@ def test_log_row_keeps_every_metric_in_order():
     kl = torch.tensor([[0.1, 0.2, 0.0], [0.3, 0.0, 0.0]])
     values, returns = torch.zeros(2, 3), torch.tensor([[1.0, 2.0, 0.0], [0.5, 0.0, 0.0]])
     adv = Advantages(torch.zeros(2, 3), values, kl, torch.zeros(2, 3), returns)
-    stats = {"first_minibatch_max_log_ratio": [0.0], "ratio_max": [1.0, 1.25], "clipfrac": [0.0, 0.5], "entropy": [2.0, 3.0]}
-    row = log_row(7, batch, scores, adv, stats, beta=0.5, lr=1e-3, missing_stop_penalty=-2.0, online_row={"labels_required": 9})
-    assert list(row) == ["iteration", "rm_score", "score", "non_score_reward", "kl", "beta", "response_length", "no_stop_count",
-                         "explained_variance", "lr", "clipfrac", "entropy", "ratio_max", "first_minibatch_max_log_ratio",
-                         "labels_required", "gold_reward", "gold_score"]
+    stats = {
+        "first_minibatch_max_log_ratio": [0.0],
+        "ratio_max": [1.0, 1.25],
+        "clipfrac": [0.0, 0.5],
+        "entropy": [2.0, 3.0],
+    }
+    row = log_row(
+        7, batch, scores, adv, stats, beta=0.5, lr=1e-3, missing_stop_penalty=-2.0, online_row={"labels_required": 9}
+    )
+    assert list(row) == [
+        "iteration",
+        "rm_score",
+        "score",
+        "non_score_reward",
+        "kl",
+        "beta",
+        "response_length",
+        "no_stop_count",
+        "explained_variance",
+        "lr",
+        "clipfrac",
+        "entropy",
+        "ratio_max",
+        "first_minibatch_max_log_ratio",
+        "labels_required",
+        "gold_reward",
+        "gold_score",
+    ]
     assert row["iteration"] == 7 and row["rm_score"] == 2.0 and row["score"] == 0.0 and row["no_stop_count"] == 1
     assert row["kl"] == pytest.approx(0.3) and row["non_score_reward"] == pytest.approx(-0.15)
     assert row["ratio_max"] == 1.25 and row["clipfrac"] == 0.25 and row["entropy"] == 2.5

@@ -1,5 +1,6 @@
 """Experiment 3b (ROUGE as the proxy on TL;DR): the rank correlation against hand-worked numbers and (slow) the
 experiment end to end on a tiny random model with TL;DR rows written by the RLHF-vs-SFT tests' helper."""
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,13 @@ def test_rouge_proxy_experiment_end_to_end(tiny_model_dir, tmp_path):
     source = write_tldr_rows(tmp_path / "tldr.jsonl", 24)
     run = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
     run["model"]["name_or_path"] = str(tiny_model_dir)
-    run["task"] = {"name": "tldr", "source": str(source), "test_fraction": 0.4, "max_query_tokens": 96, "response_length": 8}
+    run["task"] = {
+        "name": "tldr",
+        "source": str(source),
+        "test_fraction": 0.4,
+        "max_query_tokens": 96,
+        "response_length": 8,
+    }
     run["sft"].update(n_demonstrations=8)
     run["judge"] = {"kind": "lm", "lm_model": str(tiny_model_dir), "lm_batch_size": 8}
     config = tmp_path / "experiment.yaml"
@@ -54,8 +61,10 @@ def test_rouge_proxy_experiment_end_to_end(tiny_model_dir, tmp_path):
     rouge = np.array([r["rougeL"] for r in pool["rouge"]]).reshape(3, 4)
     assert s["bon_sweep"][0]["proxy_reward"] == pytest.approx(rouge.mean())  # best-of-1 is rho's mean
     assert s["bon_sweep"][-1]["proxy_reward"] == pytest.approx(rouge.max(1).mean())  # best-of-4 is each post's highest
-    per_post = [[o for o in pool["outcomes"][i * 4:(i + 1) * 4] if o is not None] for i in range(3)]
-    assert s["bon_sweep"][0]["gold_reward"] == pytest.approx(np.mean([np.mean(o) for o in per_post if o]))  # rho's win rate
+    per_post = [[o for o in pool["outcomes"][i * 4 : (i + 1) * 4] if o is not None] for i in range(3)]
+    assert s["bon_sweep"][0]["gold_reward"] == pytest.approx(
+        np.mean([np.mean(o) for o in per_post if o])
+    )  # rho's win rate
     assert (out / "rouge_proxy.png").stat().st_size > 1000 and "rouge_proxy.png" in (out / "summary.md").read_text()
     again = rlhf(*command)  # a re-run reuses SFT and the pool
     assert "already done" in again.stderr

@@ -125,8 +125,12 @@ def test_imdb_source_gives_openings_without_br_tags(tmp_path):
     # the continuation runs from word k+1 to word 24: 24 - k words, between 12 and 16.
     numbered = " ".join(f"w{i}." if i == 24 else f"w{i}" for i in range(8, 31))
     rows = [
-        {"id": "test_pos_1", "text": f"One two three four five six seven<br /><br />{numbered}", "label": 1,
-         "rating": 9},
+        {
+            "id": "test_pos_1",
+            "text": f"One two three four five six seven<br /><br />{numbered}",
+            "label": 1,
+            "rating": 9,
+        },
         {"id": "test_neg_2", "text": "Bad " * 30, "label": 0, "rating": 2},
     ]
     path = write_jsonl(tmp_path / "imdb.jsonl.gz", rows)
@@ -197,8 +201,13 @@ def test_approximate_token_count():
 
 def test_tldr_prompts_and_demonstrations_from_a_file(tmp_path):
     rows = [
-        {"id": "t3_a", "subreddit": "cats", "title": "Sleepy cat", "post": "Is this normal?\n",
-         "summary": "cat naps a lot"},
+        {
+            "id": "t3_a",
+            "subreddit": "cats",
+            "title": "Sleepy cat",
+            "post": "Is this normal?\n",
+            "summary": "cat naps a lot",
+        },
         {"id": "t3_b", "subreddit": "dogs", "title": "Loud dog", "post": "word " * 600, "summary": "dog barks"},
     ]
     path = write_jsonl(tmp_path / "tldr.jsonl", rows)

@@ -1,6 +1,7 @@
 """RUN_DIR/bon, the best-of-N stage's output, as the evaluation reads it: each prompt's N candidates (i.i.d. samples
 of the SFT policy, scored by the reward model) and the chosen one. The SFT policy's figures are taken from each
 prompt's first candidate instead of sampling the SFT policy again."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ def read_best_of_n_output(run: RunDir, prompts: list[str]) -> BestOfNOutput:
     chosen = read_jsonl(run.root / "bon" / "samples.jsonl", Sample)
     output = BestOfNOutput(info["n"], info["kl_to_reference"], candidates, chosen)
     if [s.prompt for s in output.first_candidates()] != prompts or [s.prompt for s in chosen] != prompts:
-        raise RuntimeError(f"{run.root / 'bon'}: best-of-N was drawn for other prompts than the held-out ones; "
-                           "remove it and re-run")
+        raise RuntimeError(
+            f"{run.root / 'bon'}: best-of-N was drawn for other prompts than the held-out ones; remove it and re-run"
+        )
     return output

@@ -34,7 +34,9 @@ def run_labels(run_dirs: list[Path]) -> list[str]:
     return [name if names.count(name) == 1 else str(path) for name, path in zip(names, run_dirs)]
 
 
-def grouped_bar_plot(title: str, groups: list[str], series: list[tuple[str, list[float | None], list[float | None]]]) -> str:
+def grouped_bar_plot(
+    title: str, groups: list[str], series: list[tuple[str, list[float | None], list[float | None]]]
+) -> str:
     """Bars of (label, means, sems) series side by side within each group (a missing mean leaves a gap),
     ±1 SEM error bars where the SEM is known; as base64 PNG."""
     figure = Figure(figsize=(6.0, 3.0), layout="constrained")
@@ -44,7 +46,9 @@ def grouped_bar_plot(title: str, groups: list[str], series: list[tuple[str, list
     for index, (label, means, sems) in enumerate(series):
         heights = [math.nan if mean is None else mean for mean in means]
         errors = [sem if sem is not None and math.isfinite(sem) else 0.0 for sem in sems]
-        axes.bar(positions + (index - (len(series) - 1) / 2) * width, heights, width, yerr=errors, capsize=3, label=label)
+        axes.bar(
+            positions + (index - (len(series) - 1) / 2) * width, heights, width, yerr=errors, capsize=3, label=label
+        )
     axes.set_xticks(positions, groups)
     axes.axhline(0.0, color="black", linewidth=0.6)
     axes.set_title(title, fontsize=10)
@@ -55,13 +59,17 @@ def grouped_bar_plot(title: str, groups: list[str], series: list[tuple[str, list
 
 def _ppo_overlays(run_dirs: list[Path], labels: list[str]) -> dict[str, str | None]:
     """PPO RM score and KL against iteration, one line per run that has PPO metrics."""
-    logs = [(label, read_checked_jsonl(path / "ppo" / "metrics.jsonl", ("iteration", "rm_score", "kl", "beta")))
-            for label, path in zip(labels, run_dirs)]
+    logs = [
+        (label, read_checked_jsonl(path / "ppo" / "metrics.jsonl", ("iteration", "rm_score", "kl", "beta")))
+        for label, path in zip(labels, run_dirs)
+    ]
     logs = [(label, rows) for label, rows in logs if rows]
     plots: dict[str, str | None] = {"ppo_rm_score": None, "ppo_kl": None}
     if logs:
         for field, title in (("rm_score", "PPO RM score"), ("kl", "PPO KL to reference")):
-            plots[f"ppo_{field}"] = line_plot(title, "PPO iteration", [(label, *_column(rows, field, "iteration")) for label, rows in logs])
+            plots[f"ppo_{field}"] = line_plot(
+                title, "PPO iteration", [(label, *_column(rows, field, "iteration")) for label, rows in logs]
+            )
     return plots
 
 
@@ -93,13 +101,17 @@ def write_comparison_report(run_dirs: list[str | Path], out_path: str | Path) ->
             samples["rows"] = samples["rows"][:SAMPLE_PROMPTS_PER_RUN]
         runs.append({"label": label, "path": str(path), "samples": samples, **context})
     policy_columns = list(dict.fromkeys(column for run in runs for column in run["policy_columns"]))
-    html = _template_environment().get_template(TEMPLATE_NAME).render(
-        runs=runs,
-        policy_columns=policy_columns,
-        gold_plot=_gold_plot(runs),
-        plots=_ppo_overlays(paths, labels),
-        sample_prompts_per_run=SAMPLE_PROMPTS_PER_RUN,
-        configs_differ=len({json.dumps(run["config_text"]) for run in runs}) > 1,
+    html = (
+        _template_environment()
+        .get_template(TEMPLATE_NAME)
+        .render(
+            runs=runs,
+            policy_columns=policy_columns,
+            gold_plot=_gold_plot(runs),
+            plots=_ppo_overlays(paths, labels),
+            sample_prompts_per_run=SAMPLE_PROMPTS_PER_RUN,
+            configs_differ=len({json.dumps(run["config_text"]) for run in runs}) > 1,
+        )
     )
     out = Path(out_path)
     atomic_write_text(out, html)

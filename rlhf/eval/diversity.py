@@ -38,7 +38,11 @@ def expected_distinct_count(total: int, vocabulary_size: int) -> float:
     if total < 0:
         raise ValueError(f"total: expected a count >= 0, got {total}")
     # log1p keeps ((V - 1) / V) ** C accurate for large V
-    return vocabulary_size * -math.expm1(total * math.log1p(-1.0 / vocabulary_size)) if vocabulary_size > 1 else float(total > 0)
+    return (
+        vocabulary_size * -math.expm1(total * math.log1p(-1.0 / vocabulary_size))
+        if vocabulary_size > 1
+        else float(total > 0)
+    )
 
 
 # Liu et al. 2022 eq. 4: EAD = distinct n-grams / expected distinct count under a uniform distribution over V.
@@ -76,7 +80,9 @@ def per_input_mean(metric: Callable[[list[str]], float], groups: Sequence[Sequen
     return float(np.mean(kept)) if kept else float("nan")
 
 
-def diversity_report(groups: Sequence[Sequence[str]], vocabulary_size: int, embed: Embed | None = None, max_n: int = 3) -> dict[str, float]:
+def diversity_report(
+    groups: Sequence[Sequence[str]], vocabulary_size: int, embed: Embed | None = None, max_n: int = 3
+) -> dict[str, float]:
     """Per-input (each group = N samples for one prompt) and across-input (the first sample of each group)
     distinct-n and EAD for n = 1..max_n, and embedding diversity when an `embed` function is given."""
     across = [group[0] for group in groups if group]

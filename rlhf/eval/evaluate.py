@@ -3,6 +3,7 @@ RM score, KL to the reference (SFT), length, distinct-n over the responses (and 
 and win rates judged by the gold labeler with bootstrap intervals.
 `evaluate` (the eval stage) writes RUN_DIR/eval/samples.jsonl and the `policies` and `winrates` sections of
 summary.json; `evaluate_on_prompts` measures the policies on any prompt list (see rlhf/eval/ood.py)."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,15 @@ STAGE = "eval"
 
 
 @torch.no_grad()
-def sample_with_kl(policy: LanguageModelRole, reference: LanguageModelRole, prompts: list[str], response_length: int, stop_rule, batch_size: int,
-                   reward: ScalarRole | None = None):
+def sample_with_kl(
+    policy: LanguageModelRole,
+    reference: LanguageModelRole,
+    prompts: list[str],
+    response_length: int,
+    stop_rule,
+    batch_size: int,
+    reward: ScalarRole | None = None,
+):
     """Responses of `policy` and, for each, the summed log-ratio log pi - log pi_ref over its tokens (a sample of KL),
     and (with `reward`) its reward-model score, else None: (texts, stops, lengths, kls, rm scores)."""
     texts, stops, lengths, kls, rm = [], [], [], [], []
@@ -49,7 +57,9 @@ def sample_with_kl(policy: LanguageModelRole, reference: LanguageModelRole, prom
         if policy is reference:  # the SFT policy is the reference: its KL is exactly 0
             log_ratio = torch.zeros_like(episodes.response_mask, dtype=torch.float32)
         else:  # in slices of 64: the reference's logits over a whole batch would be large
-            ref_logprobs = torch.cat([reference.logprobs(episodes.select(slice(j, j + 64))) for j in range(0, len(batch_texts), 64)])
+            ref_logprobs = torch.cat(
+                [reference.logprobs(episodes.select(slice(j, j + 64))) for j in range(0, len(batch_texts), 64)]
+            )
             log_ratio = (episodes.sample_logprobs - ref_logprobs) * episodes.response_mask
         if reward is not None:
             rm += reward.score(batch, batch_texts, episodes).tolist()
@@ -60,9 +70,20 @@ def sample_with_kl(policy: LanguageModelRole, reference: LanguageModelRole, prom
     return texts, stops, lengths, kls, (rm if reward is not None else None)
 
 
-def policy_figures(gold: list[float] | None, rm: list[float], kls: list[float] | None, lengths: list[float], stops: list[bool], kl_value: float | None = None) -> dict:
-    out = {"n": len(rm), "rm_score_mean": sum(rm) / len(rm), "response_length_mean": sum(lengths) / len(lengths),
-           "no_stop_fraction": 1 - sum(stops) / len(stops)}
+def policy_figures(
+    gold: list[float] | None,
+    rm: list[float],
+    kls: list[float] | None,
+    lengths: list[float],
+    stops: list[bool],
+    kl_value: float | None = None,
+) -> dict:
+    out = {
+        "n": len(rm),
+        "rm_score_mean": sum(rm) / len(rm),
+        "response_length_mean": sum(lengths) / len(lengths),
+        "no_stop_fraction": 1 - sum(stops) / len(stops),
+    }
     if gold is not None:
         g = mean_sem(gold)
         out.update(gold_reward_mean=g["mean"], gold_reward_sem=g["sem"])
@@ -82,20 +103,39 @@ def text_figures(prompts: list[str], texts: list[str], with_copying: bool) -> di
         out["copying"] = mean_over_pairs(copying_fraction, texts, posts)
         out["novel_2gram"] = mean_over_pairs(lambda summary, post: novel_ngram_fraction(summary, post, 2), texts, posts)
         first_three = first_three_words_copying(texts, posts, [has_preamble(post) for post in posts])
-        out.update(first_three_copied=first_three["first_three_copied"], first_three_n=first_three["n"],
-                   first_three_copied_with_preamble=first_three["first_three_copied_with_preamble"],
-                   first_three_n_with_preamble=first_three["n_with_preamble"])
+        out.update(
+            first_three_copied=first_three["first_three_copied"],
+            first_three_n=first_three["n"],
+            first_three_copied_with_preamble=first_three["first_three_copied_with_preamble"],
+            first_three_n_with_preamble=first_three["n_with_preamble"],
+        )
     return {key: None if math.isnan(value) else value for key, value in out.items()}
 
 
 def sample_rows(policy: str, prompts, texts, stops, rm, gold) -> list[dict]:
-    return [{"prompt": p, "policy": policy, "response": t, "has_stop": s, "rm_score": r, **({} if gold is None else {"gold_reward": gold[i]})}
-            for i, (p, t, s, r) in enumerate(zip(prompts, texts, stops, rm))]
+    return [
+        {
+            "prompt": p,
+            "policy": policy,
+            "response": t,
+            "has_stop": s,
+            "rm_score": r,
+            **({} if gold is None else {"gold_reward": gold[i]}),
+        }
+        for i, (p, t, s, r) in enumerate(zip(prompts, texts, stops, rm))
+    ]
 
 
 def measure_responses(
-    task, name: str, prompts: list[str], texts: list[str], stops: list[bool], lengths: list[float], rm: list[float],
-    kls: list[float] | None, kl_value: float | None = None,
+    task,
+    name: str,
+    prompts: list[str],
+    texts: list[str],
+    stops: list[bool],
+    lengths: list[float],
+    rm: list[float],
+    kls: list[float] | None,
+    kl_value: float | None = None,
 ) -> tuple[list[float] | None, dict, list[dict]]:
     """One policy's responses measured: (gold rewards or None, its figures, one row per sample)."""
     gold = task.gold_scorer(prompts, texts) if task.gold_scorer else None
@@ -104,7 +144,9 @@ def measure_responses(
     return gold, figures, sample_rows(name, prompts, texts, stops, rm, gold)
 
 
-def evaluate_on_prompts(run: RunDir, cfg: RunConfig, prompts: list[str], reuse_bon: bool) -> tuple[dict, dict, list[dict]]:
+def evaluate_on_prompts(
+    run: RunDir, cfg: RunConfig, prompts: list[str], reuse_bon: bool
+) -> tuple[dict, dict, list[dict]]:
     """Sample the run's initial, SFT, PPO (when trained) and best-of-N (when drawn) policies on `prompts` and measure
     them; returns (figures per policy, win rates vs. initial, one row per sample). With reuse_bon the run's own
     best-of-N output is used (drawn for these prompts); otherwise, when the run has a best-of-N stage, best-of-cfg.bon.n
@@ -122,20 +164,25 @@ def evaluate_on_prompts(run: RunDir, cfg: RunConfig, prompts: list[str], reuse_b
     if bon is None and not draw_bon:  # without best-of-N's candidates the SFT policy is sampled here
         policies["sft"] = reference
     if run.is_done("ppo"):
-        policies["ppo"] = LanguageModelRole(open_backbone(cfg, str(run.root / "ppo" / "model")), None, cfg.task.temperature)
+        policies["ppo"] = LanguageModelRole(
+            open_backbone(cfg, str(run.root / "ppo" / "model")), None, cfg.task.temperature
+        )
 
     # 2. sample each policy on the prompts; gold reward, RM score, KL to the reference
     golds: dict[str, list[float] | None] = {}
     figures: dict[str, dict] = {}
     rows: list[dict] = []
     for name, policy in policies.items():
-        texts, stops, lengths, kls, rm = sample_with_kl(policy, reference, prompts, response_length, stop_rule, bs, reward)
+        texts, stops, lengths, kls, rm = sample_with_kl(
+            policy, reference, prompts, response_length, stop_rule, bs, reward
+        )
         golds[name], figures[name], new_rows = measure_responses(task, name, prompts, texts, stops, lengths, rm, kls)
         rows += new_rows
         log.info("eval %s: %s", name, {k: round(v, 3) for k, v in figures[name].items() if isinstance(v, float)})
     if draw_bon:
-        candidates, chosen = draw_best_of_n(reference, reward, prompts, cfg.bon.n, response_length, stop_rule, bs,
-                                            cfg.ppo.missing_stop_penalty)
+        candidates, chosen = draw_best_of_n(
+            reference, reward, prompts, cfg.bon.n, response_length, stop_rule, bs, cfg.ppo.missing_stop_penalty
+        )
         bon = BestOfNOutput(cfg.bon.n, best_of_n_kl(cfg.bon.n), candidates, chosen)
     if bon is not None:
         # the SFT policy's samples are best-of-N's first candidates (i.i.d. SFT samples; their KL to SFT is 0),
@@ -156,7 +203,9 @@ def evaluate_on_prompts(run: RunDir, cfg: RunConfig, prompts: list[str], reuse_b
         for name in ("ppo", "bon", "sft"):
             if name in golds:
                 outcomes = [preference_from_gold(a, b) for a, b in zip(golds[name], golds["initial"])]
-                winrates[f"{name}_vs_initial"] = win_rate(outcomes, seed=cfg.seed, n_resamples=cfg.eval.bootstrap_resamples)
+                winrates[f"{name}_vs_initial"] = win_rate(
+                    outcomes, seed=cfg.seed, n_resamples=cfg.eval.bootstrap_resamples
+                )
     return figures, winrates, rows
 
 
@@ -172,7 +221,9 @@ def evaluate(run: RunDir, cfg: RunConfig) -> dict:
     atomic_write_text(run.stage(STAGE) / "samples.jsonl", samples_jsonl(rows))
     reward_info = run.done_info("reward")
     run.update_summary(
-        reward_model={k: reward_info[k] for k in ("heldout_accuracy", "heldout_n", "train_n", "normalize") if k in reward_info},
+        reward_model={
+            k: reward_info[k] for k in ("heldout_accuracy", "heldout_n", "train_n", "normalize") if k in reward_info
+        },
         policies=figures,
         winrates=winrates,
     )

@@ -42,7 +42,9 @@ def tilted_policy_exact(log_rho: Sequence[float], rewards: Sequence[float], beta
     if log_p.size != reward.size:
         raise ValueError(f"log_rho and rewards: expected equal lengths, got {log_p.size} and {reward.size}")
     if abs(logsumexp(log_p)) > 1e-6:
-        raise ValueError(f"log_rho: expected log-probabilities of a distribution (summing to 1), got a total of {math.exp(logsumexp(log_p))}")
+        raise ValueError(
+            f"log_rho: expected log-probabilities of a distribution (summing to 1), got a total of {math.exp(logsumexp(log_p))}"
+        )
     log_tilted = log_p + reward / beta
     log_normaliser = logsumexp(log_tilted)
     probability = np.exp(log_tilted - log_normaliser)
@@ -60,9 +62,15 @@ def tilted_policy_from_samples(
     (e.g. summed token log-probs of rho minus those of the sampler, when sampling at another temperature)."""
     _check_beta(beta)
     reward = _finite_vector(rewards, "rewards")
-    log_ratio = np.zeros_like(reward) if log_rho_over_proposal is None else _finite_vector(log_rho_over_proposal, "log_rho_over_proposal")
+    log_ratio = (
+        np.zeros_like(reward)
+        if log_rho_over_proposal is None
+        else _finite_vector(log_rho_over_proposal, "log_rho_over_proposal")
+    )
     if log_ratio.size != reward.size:
-        raise ValueError(f"rewards and log_rho_over_proposal: expected equal lengths, got {reward.size} and {log_ratio.size}")
+        raise ValueError(
+            f"rewards and log_rho_over_proposal: expected equal lengths, got {reward.size} and {log_ratio.size}"
+        )
     log_weights = log_ratio + reward / beta
     log_normaliser = logsumexp(log_weights) - math.log(reward.size)  # log of the sample mean of (rho/q) exp(r / beta)
     weights = np.exp(log_weights - logsumexp(log_weights))
@@ -83,9 +91,14 @@ def frontier_over_prompts(rewards: np.ndarray, betas: list[float]) -> list[dict]
     points = []
     for beta in betas:
         per_prompt = [tilted_policy_from_samples(row, beta) for row in rewards]
-        points.append({"beta": float(beta), "kl": float(np.mean([p["kl"] for p in per_prompt])),
-                       "gold_reward": float(np.mean([p["gold_reward"] for p in per_prompt])),
-                       "min_effective_sample_size": float(min(p["effective_sample_size"] for p in per_prompt))})
+        points.append(
+            {
+                "beta": float(beta),
+                "kl": float(np.mean([p["kl"] for p in per_prompt])),
+                "gold_reward": float(np.mean([p["gold_reward"] for p in per_prompt])),
+                "min_effective_sample_size": float(min(p["effective_sample_size"] for p in per_prompt)),
+            }
+        )
     return sorted(points, key=lambda point: point["kl"])
 
 
@@ -97,7 +110,9 @@ def optimal_reward_at_kl(frontier: Sequence[dict[str, float]], kl: float) -> flo
     order = np.argsort(kls)
     kls, rewards = kls[order], rewards[order]
     if not kls[0] <= kl <= kls[-1]:
-        raise ValueError(f"kl: {kl} is outside the frontier's range [{kls[0]:.4g}, {kls[-1]:.4g}]; add smaller or larger betas")
+        raise ValueError(
+            f"kl: {kl} is outside the frontier's range [{kls[0]:.4g}, {kls[-1]:.4g}]; add smaller or larger betas"
+        )
     return float(np.interp(kl, kls, rewards))
 
 
@@ -107,5 +122,7 @@ def fraction_of_optimum(gold_reward: float, optimal_reward: float, baseline_rewa
     ratio reward / optimum (meaningful only for rewards that are positive)."""
     gain = optimal_reward - baseline_reward
     if gain <= 0:
-        raise ValueError(f"optimal_reward {optimal_reward} is not above the baseline {baseline_reward}: no gain to divide by")
+        raise ValueError(
+            f"optimal_reward {optimal_reward} is not above the baseline {baseline_reward}: no gain to divide by"
+        )
     return (gold_reward - baseline_reward) / gain

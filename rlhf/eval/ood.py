@@ -7,6 +7,7 @@ in-distribution evaluation (`rlhf.eval.evaluate.evaluate_on_prompts`).
 
 Writes OUT_DIR/samples.jsonl and OUT_DIR/summary.json (last); nothing in RUN_DIR is written.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,7 +31,9 @@ def parse_subreddits(text: str, option: str) -> tuple[str, ...]:
     """Comma-separated subreddit names, lower-cased, without a leading "r/" or "/r/" ("r/Cats, dogs" -> ("cats", "dogs"))."""
     names = tuple(name.strip().lower().removeprefix("/").removeprefix("r/") for name in text.split(","))
     if not text.strip() or not all(names):
-        raise ValueError(f"{option}: expected comma-separated subreddit names such as 'relationships,r/AskReddit', got {text!r}")
+        raise ValueError(
+            f"{option}: expected comma-separated subreddit names such as 'relationships,r/AskReddit', got {text!r}"
+        )
     return names
 
 
@@ -45,16 +48,22 @@ def ood_config(run: RunDir, overrides: Sequence[str]) -> RunConfig:
     run.load_config()  # a clear error when RUN_DIR has no config
     for item in overrides:
         if not item.startswith(OVERRIDABLE) or "=" not in item:
-            raise ValueError(f"override {item!r}: eval-ood may change only task.*, eval.*, bon.n, seed, collect.batch_size "
-                             "and model.threads (the policies and the reward model are the run's)")
+            raise ValueError(
+                f"override {item!r}: eval-ood may change only task.*, eval.*, bon.n, seed, collect.batch_size "
+                "and model.threads (the policies and the reward model are the run's)"
+            )
     return load_config(run.root / "config.yaml", list(overrides))
 
 
-def select_prompts(cfg: RunConfig, split: str, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[Prompt]:
+def select_prompts(
+    cfg: RunConfig, split: str, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> list[Prompt]:
     """The held-out prompts of `split` that pass the subreddit filter (TL;DR only); without a filter, for the test
     split, the prompts `rlhf eval` uses."""
     if (include or exclude) and cfg.task.name != "tldr":
-        raise ValueError(f"--subreddits/--exclude-subreddits: only TL;DR prompts have a subreddit, the task is {cfg.task.name!r}")
+        raise ValueError(
+            f"--subreddits/--exclude-subreddits: only TL;DR prompts have a subreddit, the task is {cfg.task.name!r}"
+        )
     keep = (lambda p: keeps_subreddit(p.meta["subreddit"], include, exclude)) if include or exclude else None
     return held_out_prompts(cfg, split=split, keep=keep)
 
@@ -63,11 +72,19 @@ def _check_out_dir(run: RunDir, out: Path) -> None:
     root, target = run.root.resolve(), out.resolve()
     inside = target.relative_to(root).parts if target.is_relative_to(root) else None
     if inside is not None and (not inside or inside[0] in RUN_FOLDERS):
-        raise ValueError(f"--out {out}: must not be the run directory or one of its stage folders (the run's own results stay untouched)")
+        raise ValueError(
+            f"--out {out}: must not be the run directory or one of its stage folders (the run's own results stay untouched)"
+        )
 
 
-def evaluate_ood(run_dir: str | Path, out_dir: str | Path, overrides: Sequence[str] = (), split: str = "test",
-                 subreddits: str = "", exclude_subreddits: str = "") -> dict:
+def evaluate_ood(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    overrides: Sequence[str] = (),
+    split: str = "test",
+    subreddits: str = "",
+    exclude_subreddits: str = "",
+) -> dict:
     """Evaluate the run's policies on the selected prompts; write OUT_DIR/samples.jsonl and OUT_DIR/summary.json."""
     run, out = RunDir(run_dir), Path(out_dir)
     _check_out_dir(run, out)
@@ -78,17 +95,32 @@ def evaluate_ood(run_dir: str | Path, out_dir: str | Path, overrides: Sequence[s
     exclude = parse_subreddits(exclude_subreddits, "--exclude-subreddits") if exclude_subreddits else ()
     seed_everything(cfg.seed + 5)
     prompts = select_prompts(cfg, split, include, exclude)
-    log.info("eval-ood: %d prompts of %s (%s, split %s)", len(prompts), cfg.task.name, cfg.task.source or "default source", split)
+    log.info(
+        "eval-ood: %d prompts of %s (%s, split %s)",
+        len(prompts),
+        cfg.task.name,
+        cfg.task.source or "default source",
+        split,
+    )
     figures, winrates, rows = evaluate_on_prompts(run, cfg, [p.text for p in prompts], reuse_bon=False)
     reward_info = run.done_info("reward")
     summary = {
         "run_dir": str(run.root.resolve()),
         "trained_on": {"task": in_distribution.task.name, "source": in_distribution.task.source or "default"},
-        "prompts": {"task": cfg.task.name, "source": cfg.task.source or "default", "split": split,
-                    "subreddits": list(include), "exclude_subreddits": list(exclude), "seed": cfg.seed,
-                    "n": len(prompts), "ids": [p.id for p in prompts]},
+        "prompts": {
+            "task": cfg.task.name,
+            "source": cfg.task.source or "default",
+            "split": split,
+            "subreddits": list(include),
+            "exclude_subreddits": list(exclude),
+            "seed": cfg.seed,
+            "n": len(prompts),
+            "ids": [p.id for p in prompts],
+        },
         "overrides": list(overrides),
-        "reward_model_in_distribution": {k: reward_info[k] for k in ("heldout_accuracy", "heldout_n") if k in reward_info},
+        "reward_model_in_distribution": {
+            k: reward_info[k] for k in ("heldout_accuracy", "heldout_n") if k in reward_info
+        },
         "policies": figures,
         "winrates": winrates,
     }

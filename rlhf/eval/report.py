@@ -20,8 +20,12 @@ TEMPLATE_NAME = "report.html.jinja"
 REPORT_NAME = "report.html"
 POLICY_ORDER = ("initial", "sft", "ppo", "bon")
 POLICY_FIELDS = (
-    "gold_reward_mean", "gold_reward_sem", "rm_score_mean",
-    "kl_to_reference", "response_length_mean", "no_stop_fraction",
+    "gold_reward_mean",
+    "gold_reward_sem",
+    "rm_score_mean",
+    "kl_to_reference",
+    "response_length_mean",
+    "no_stop_fraction",
 )
 REWARD_MODEL_FIELDS = ("heldout_accuracy", "heldout_n", "train_n")
 WINRATE_FIELDS = ("win_rate", "ci95_low", "ci95_high", "n")
@@ -39,7 +43,9 @@ def _bad_field(where: str | Path, field: str, expected: str, got: Any) -> NoRetu
 
 
 def read_checked_jsonl(
-    path: Path, required_numbers: tuple[str, ...] = (), optional_numbers: tuple[str, ...] = (),
+    path: Path,
+    required_numbers: tuple[str, ...] = (),
+    optional_numbers: tuple[str, ...] = (),
     required_texts: tuple[str, ...] = (),
 ) -> list[dict[str, Any]] | None:
     """Rows of a JSONL file (None if the file is missing), checking the fields the report uses."""

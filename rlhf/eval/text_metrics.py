@@ -42,7 +42,9 @@ def _check_pairs(summaries: Sequence[str], sources: Sequence[str]) -> None:
         raise ValueError("summaries: expected at least one summary, got none")
 
 
-def mean_over_pairs(metric: Callable[[str, str], float | None], summaries: Sequence[str], sources: Sequence[str]) -> float:
+def mean_over_pairs(
+    metric: Callable[[str, str], float | None], summaries: Sequence[str], sources: Sequence[str]
+) -> float:
     """Mean of metric(summary, source) over the pairs where it is defined (not None); nan if it never is."""
     _check_pairs(summaries, sources)
     values = [value for value in (metric(s, t) for s, t in zip(summaries, sources)) if value is not None]
@@ -52,7 +54,9 @@ def mean_over_pairs(metric: Callable[[str, str], float | None], summaries: Seque
 # ------------------------------------------------------------------------------------------------ ROUGE
 
 
-def rouge_per_pair(predictions: Sequence[str], references: Sequence[str], use_stemmer: bool = True) -> list[dict[str, float]]:
+def rouge_per_pair(
+    predictions: Sequence[str], references: Sequence[str], use_stemmer: bool = True
+) -> list[dict[str, float]]:
     """ROUGE-1/2/L F1 of each prediction against its reference (Lin 2004; Google's rouge-score package)."""
     from rouge_score import rouge_scorer  # lazy: a heavy import, needed for ROUGE only
 
@@ -167,25 +171,38 @@ PREAMBLE_RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     for name, pattern in (
         ("greeting", r"^(?:hi|hello|hey|heyo|hiya|howdy|greetings|dear)\b(?:[\s,!.]+[^\s,!.]+){0,3}[\s,!.]*$"),
         ("lurker", r"\blurk(?:er|ing)\b|\bfirst[- ]time poster\b"),
-        ("first post",  # "my first time posting a photo" is about content: no article or pronoun may follow
-         r"\bfirst (?:ever )?(?:reddit )?(?:post|time posting)\b(?!\s+(?:a|an|the|my|his|her|their|this|some)\b)"),
+        (
+            "first post",  # "my first time posting a photo" is about content: no article or pronoun may follow
+            r"\bfirst (?:ever )?(?:reddit )?(?:post|time posting)\b(?!\s+(?:a|an|the|my|his|her|their|this|some)\b)",
+        ),
         ("throwaway", r"\bthrowaway\b|\b(?:an? )?(?:alt|alternate) account\b"),
-        ("apology for the writing",
-         r"\b(?:sorry|apologi[sz]e|apologies|excuse)\b.*\b(?:format\w*|typos?|spelling|grammar|grammatical|grammical|"
-         r"errors|mistakes|english|mobile|phone|length|long|wall of text)\b"),
-        ("on mobile",
-         r"\b(?:i'm|i’m|im|i am|currently|posting|typing|writing|submitting)\s+(?:this\s+)?(?:on|from|through|via)\s+(?:my\s+|a\s+)?"
-         r"(?:mobile|phone|cell(?:phone)?|iphone|android)\b|\bmobile (?:user|here)\b|\bformat\w*\b.*\bmobile\b"),
-        ("not a native speaker",
-         r"\benglish (?:is not|isn't|isn’t|is not) my (?:first|native|mother)|\bnon-?native (?:english )?speaker|"
-         r"\bnot a native (?:english )?speaker"),
+        (
+            "apology for the writing",
+            r"\b(?:sorry|apologi[sz]e|apologies|excuse)\b.*\b(?:format\w*|typos?|spelling|grammar|grammatical|grammical|"
+            r"errors|mistakes|english|mobile|phone|length|long|wall of text)\b",
+        ),
+        (
+            "on mobile",
+            r"\b(?:i'm|i’m|im|i am|currently|posting|typing|writing|submitting)\s+(?:this\s+)?(?:on|from|through|via)\s+(?:my\s+|a\s+)?"
+            r"(?:mobile|phone|cell(?:phone)?|iphone|android)\b|\bmobile (?:user|here)\b|\bformat\w*\b.*\bmobile\b",
+        ),
+        (
+            "not a native speaker",
+            r"\benglish (?:is not|isn't|isn’t|is not) my (?:first|native|mother)|\bnon-?native (?:english )?speaker|"
+            r"\bnot a native (?:english )?speaker",
+        ),
         ("repost", r"\brepost(?:ed|ing)?\b|\bx-?post\b|\bcross-?post\w*|\b(?:previously|originally|also) posted\b"),
         ("edit or update", r"^(?:edit|edited|update|updated|eta)\s*\d*\s*[:\-]"),
         ("obligatory", r"^obligatory\b"),
-        ("long post warning",
-         r"\b(?:this|it)(?:'s|’s| is)? (?:going to|gonna|will|might|may) be (?:a )?(?:bit |little |very |pretty )?(?:long|lengthy)\b|"
-         r"\bbear with me\b|\bwall of text\b|\blong post\b"),
-        ("right place", r"\b(?:right|correct|appropriate) (?:place|sub(?:reddit)?) (?:to|for)\b|\bnot sure (?:if|where) (?:this|to post)"),
+        (
+            "long post warning",
+            r"\b(?:this|it)(?:'s|’s| is)? (?:going to|gonna|will|might|may) be (?:a )?(?:bit |little |very |pretty )?(?:long|lengthy)\b|"
+            r"\bbear with me\b|\bwall of text\b|\blong post\b",
+        ),
+        (
+            "right place",
+            r"\b(?:right|correct|appropriate) (?:place|sub(?:reddit)?) (?:to|for)\b|\bnot sure (?:if|where) (?:this|to post)",
+        ),
     )
 )
 
@@ -222,11 +239,15 @@ def copying_report(summaries: Sequence[str], sources: Sequence[str], max_n: int 
 # ------------------------------------------------------------------------------------------------ length
 
 
-def length_statistics(token_counts: Sequence[int], has_stop: Sequence[bool], length_limit: int) -> dict[str, float | int]:
+def length_statistics(
+    token_counts: Sequence[int], has_stop: Sequence[bool], length_limit: int
+) -> dict[str, float | int]:
     """Mean response length in tokens, the share of responses that reached `length_limit` tokens and the
     share that ended without EOS or a stop string (has_stop False)."""
     if len(token_counts) != len(has_stop):
-        raise ValueError(f"token_counts and has_stop: expected equal lengths, got {len(token_counts)} and {len(has_stop)}")
+        raise ValueError(
+            f"token_counts and has_stop: expected equal lengths, got {len(token_counts)} and {len(has_stop)}"
+        )
     if not token_counts:
         raise ValueError("token_counts: expected at least one response, got none")
     if length_limit < 1:

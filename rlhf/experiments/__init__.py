@@ -1,5 +1,6 @@
 """The papers' findings in miniature: `rlhf experiment NAME --config configs/experiments/NAME.yaml --out DIR`.
 Each experiment is one module with a `Config` dataclass and `run(cfg, out) -> dict`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,14 @@ EXPERIMENTS = ("frontier", "queries_needed", "overoptimization", "rouge_proxy", 
 
 def run_experiment(name: str, config_path: str | Path | None, out: str | Path, overrides: list[str] = ()) -> dict:
     """Load the experiment's config (defaults, then the YAML file, then overrides) and run it into `out`."""
-    modules = {"frontier": frontier, "queries_needed": queries_needed, "overoptimization": overoptimization,
-               "rouge_proxy": rouge_proxy, "rm_scaling": rm_scaling, "rlhf_vs_sft": rlhf_vs_sft}
+    modules = {
+        "frontier": frontier,
+        "queries_needed": queries_needed,
+        "overoptimization": overoptimization,
+        "rouge_proxy": rouge_proxy,
+        "rm_scaling": rm_scaling,
+        "rlhf_vs_sft": rlhf_vs_sft,
+    }
     module = modules.get(name)
     if module is None:
         raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")

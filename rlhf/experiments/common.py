@@ -7,6 +7,7 @@ measurement of a trained policy (KL to rho, gold and proxy reward) on fresh samp
     OUT/<sub>/measured.json   the policy's figures on fresh samples (a re-run skips a measured sub-run)
     OUT/pool.json             the pool: P prompts x M samples of rho with their scores
 """
+
 from __future__ import annotations
 
 import copy
@@ -56,8 +57,9 @@ def run_stages(run: RunDir, cfg: RunConfig, names: tuple[str, ...]) -> None:
     for name in names:
         info = run_stage(run, cfg, name)
         if info.get("stopped"):
-            raise RuntimeError(f"{run.root}: {name} stopped ({info.get('reason')}); "
-                               "remove the stop file and re-run to resume")
+            raise RuntimeError(
+                f"{run.root}: {name} stopped ({info.get('reason')}); remove the stop file and re-run to resume"
+            )
 
 
 def run_base(out: Path, cfg: RunConfig, stages: tuple[str, ...] = SHARED_STAGES) -> RunDir:
@@ -108,11 +110,18 @@ def sample_pool(base: RunDir, cfg: RunConfig, path: Path, n_prompts: int, per_pr
     task, response_length, stop_rule = task_and_stop_rule(cfg, backbone.tokenizer)
     repeated = [p for p in prompts for _ in range(per_prompt)]
     policy = LanguageModelRole(backbone, None, cfg.task.temperature)
-    texts, stops, _ = sample_texts(policy, repeated, response_length, stop_rule, cfg.collect.batch_size, progress=f"pool: {len(repeated)} samples")
+    texts, stops, _ = sample_texts(
+        policy, repeated, response_length, stop_rule, cfg.collect.batch_size, progress=f"pool: {len(repeated)} samples"
+    )
     has_stop, penalty = torch.tensor(stops, dtype=torch.bool), cfg.ppo.missing_stop_penalty
     gold = torch.tensor(task.gold_scorer(repeated, texts), dtype=torch.float32)
-    pool = {"prompts": prompts, "per_prompt": per_prompt, "texts": texts, "has_stop": stops,
-            "gold": apply_missing_stop_penalty(gold, has_stop, penalty).tolist()}
+    pool = {
+        "prompts": prompts,
+        "per_prompt": per_prompt,
+        "texts": texts,
+        "has_stop": stops,
+        "gold": apply_missing_stop_penalty(gold, has_stop, penalty).tolist(),
+    }
     if with_proxy:
         proxy = load_reward_model(base, backbone)
         pool["proxy"] = apply_missing_stop_penalty(proxy.score(repeated, texts), has_stop, penalty).tolist()
@@ -144,7 +153,9 @@ def best_of_n_from_pool(selector: np.ndarray, values: np.ndarray, n: int) -> dic
 
 
 # 3. measuring a trained policy ----------------------------------------------------------------------------
-def measure_policy(base: RunDir, cfg: RunConfig, model_path: str, prompts: list[str], per_prompt: int, with_proxy: bool) -> dict:
+def measure_policy(
+    base: RunDir, cfg: RunConfig, model_path: str, prompts: list[str], per_prompt: int, with_proxy: bool
+) -> dict:
     """Fresh samples of the policy at `model_path` on `prompts`: mean KL(pi || rho) (summed token log-ratios
     against the SFT policy), gold reward and, when `with_proxy`, the base run's reward model, as PPO scores them."""
     seed_everything(cfg.seed + 12)
@@ -154,13 +165,21 @@ def measure_policy(base: RunDir, cfg: RunConfig, model_path: str, prompts: list[
     policy = LanguageModelRole(open_backbone(cfg, model_path), None, T)
     task, response_length, stop_rule = task_and_stop_rule(cfg, reference_backbone.tokenizer)
     repeated = [p for p in prompts for _ in range(per_prompt)]
-    texts, stops, lengths, kls, _ = sample_with_kl(policy, reference, repeated, response_length, stop_rule, cfg.collect.batch_size)
+    texts, stops, lengths, kls, _ = sample_with_kl(
+        policy, reference, repeated, response_length, stop_rule, cfg.collect.batch_size
+    )
     has_stop, penalty = torch.tensor(stops, dtype=torch.bool), cfg.ppo.missing_stop_penalty
     gold_scores = torch.tensor(task.gold_scorer(repeated, texts), dtype=torch.float32)
     gold = mean_sem(apply_missing_stop_penalty(gold_scores, has_stop, penalty).tolist())
-    out = {"kl": mean_sem(kls)["mean"], "kl_sem": mean_sem(kls)["sem"], "gold_reward": gold["mean"], "gold_reward_sem": gold["sem"],
-           "no_stop_fraction": 1 - sum(stops) / len(stops), "response_length_mean": sum(lengths) / len(lengths),
-           "examples": [{"prompt": p, "response": t} for p, t in zip(repeated[::per_prompt][:4], texts[::per_prompt][:4])]}
+    out = {
+        "kl": mean_sem(kls)["mean"],
+        "kl_sem": mean_sem(kls)["sem"],
+        "gold_reward": gold["mean"],
+        "gold_reward_sem": gold["sem"],
+        "no_stop_fraction": 1 - sum(stops) / len(stops),
+        "response_length_mean": sum(lengths) / len(lengths),
+        "examples": [{"prompt": p, "response": t} for p, t in zip(repeated[::per_prompt][:4], texts[::per_prompt][:4])],
+    }
     if with_proxy:
         proxy = load_reward_model(base, reference_backbone)
         proxy_scores = apply_missing_stop_penalty(proxy.score(repeated, texts), has_stop, penalty)
@@ -168,7 +187,9 @@ def measure_policy(base: RunDir, cfg: RunConfig, model_path: str, prompts: list[
     return out
 
 
-def measured_sub_run(sub: RunDir, base: RunDir, cfg: RunConfig, prompts: list[str], per_prompt: int, with_proxy: bool) -> dict:
+def measured_sub_run(
+    sub: RunDir, base: RunDir, cfg: RunConfig, prompts: list[str], per_prompt: int, with_proxy: bool
+) -> dict:
     """`measure_policy` of a sub-run's PPO policy, cached in SUB/measured.json."""
     path = sub.root / "measured.json"
     if path.exists():

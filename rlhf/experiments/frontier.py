@@ -9,6 +9,7 @@ they chase the same reward as pi*, and each reports the fraction of the optimum'
 
 Writes OUT/summary.json (`ppo_runs`, `bon`, `frontier`), OUT/frontier.png and OUT/summary.md.
 """
+
 from __future__ import annotations
 
 import logging
@@ -61,8 +62,13 @@ def point_against_frontier(frontier: list[dict], kl: float, gold: float, rho_gol
     when the KL lies beyond what the pool can estimate (a KL below the frontier's first point is read there)."""
     kl_max = frontier[-1]["kl"]
     if kl > kl_max:
-        return {"kl": kl, "gold_reward": gold, "optimal_gold_reward_at_kl": None, "fraction_of_optimum": None,
-                "note": f"KL {kl:.2f} is beyond the frontier's estimable range (max {kl_max:.2f} nats from this pool)"}
+        return {
+            "kl": kl,
+            "gold_reward": gold,
+            "optimal_gold_reward_at_kl": None,
+            "fraction_of_optimum": None,
+            "note": f"KL {kl:.2f} is beyond the frontier's estimable range (max {kl_max:.2f} nats from this pool)",
+        }
     optimum = optimal_reward_at_kl(frontier, max(kl, frontier[0]["kl"]))
     try:
         fraction = fraction_of_optimum(gold, optimum, rho_gold)
@@ -96,7 +102,13 @@ def run(cfg: Config, out: Path) -> dict:
     bon = []
     for n in cfg.bon_n:
         best = best_of_n_from_pool(gold, gold, n)
-        bon.append({"n": n, **point_against_frontier(frontier, best_of_n_kl(n), best["mean"], rho_gold), "gold_reward_sem": best["sem"]})
+        bon.append(
+            {
+                "n": n,
+                **point_against_frontier(frontier, best_of_n_kl(n), best["mean"], rho_gold),
+                "gold_reward_sem": best["sem"],
+            }
+        )
 
     # 5. PPO on the gold reward, one sub-run per fixed beta; KL and gold measured on fresh samples
     ppo_runs = []
@@ -104,40 +116,97 @@ def run(cfg: Config, out: Path) -> dict:
         sub_cfg = ppo_config(rc, beta, reward_source="gold")
         sub = run_ppo_sub_run(base, out / beta_label(beta), sub_cfg)
         m = measured_sub_run(sub, base, sub_cfg, pool["prompts"], cfg.measure_samples_per_prompt, with_proxy=False)
-        ppo_runs.append({"beta": beta, **point_against_frontier(frontier, m["kl"], m["gold_reward"], rho_gold),
-                         "gold_reward_sem": m["gold_reward_sem"], "kl_sem": m["kl_sem"], "no_stop_fraction": m["no_stop_fraction"],
-                         "ppo_seconds": m["ppo_seconds"], "examples": m["examples"]})
-        log.info("frontier: PPO beta %g: KL %.2f gold %.3f fraction %s", beta, m["kl"], m["gold_reward"], ppo_runs[-1]["fraction_of_optimum"])
+        ppo_runs.append(
+            {
+                "beta": beta,
+                **point_against_frontier(frontier, m["kl"], m["gold_reward"], rho_gold),
+                "gold_reward_sem": m["gold_reward_sem"],
+                "kl_sem": m["kl_sem"],
+                "no_stop_fraction": m["no_stop_fraction"],
+                "ppo_seconds": m["ppo_seconds"],
+                "examples": m["examples"],
+            }
+        )
+        log.info(
+            "frontier: PPO beta %g: KL %.2f gold %.3f fraction %s",
+            beta,
+            m["kl"],
+            m["gold_reward"],
+            ppo_runs[-1]["fraction_of_optimum"],
+        )
 
     # 6. plot and summaries
     plot_frontier(out / "frontier.png", frontier, bon, ppo_runs, rho_gold, rc.task.gold or "vader")
     summary = {
-        "experiment": "frontier", "gold": rc.task.gold or "vader", "reward_optimised": "gold",
-        "rho_gold_reward": rho_gold, "pool": {"prompts": len(pool["prompts"]), "samples_per_prompt": pool["per_prompt"]},
-        "fraction_definition": FRACTION_DEFINITION, "frontier": frontier, "bon": bon, "ppo_runs": ppo_runs,
-        "config": config_to_dict(cfg), **clock.figures(),
+        "experiment": "frontier",
+        "gold": rc.task.gold or "vader",
+        "reward_optimised": "gold",
+        "rho_gold_reward": rho_gold,
+        "pool": {"prompts": len(pool["prompts"]), "samples_per_prompt": pool["per_prompt"]},
+        "fraction_definition": FRACTION_DEFINITION,
+        "frontier": frontier,
+        "bon": bon,
+        "ppo_runs": ppo_runs,
+        "config": config_to_dict(cfg),
+        **clock.figures(),
     }
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "summary.md", summary_markdown(summary, cfg))
     return summary
 
 
-def plot_frontier(path: Path, frontier: list[dict], bon: list[dict], ppo_runs: list[dict], rho_gold: float, gold_name: str) -> None:
+def plot_frontier(
+    path: Path, frontier: list[dict], bon: list[dict], ppo_runs: list[dict], rho_gold: float, gold_name: str
+) -> None:
     import matplotlib  # lazy: a heavy import, needed for plots only
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # lazy: a heavy import, needed for plots only
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    ax.plot([p["kl"] for p in frontier], [p["gold_reward"] for p in frontier], "-", color="black", label="optimal π* (from samples of ρ)")
-    ax.errorbar([p["kl"] for p in bon], [p["gold_reward"] for p in bon], yerr=[p["gold_reward_sem"] for p in bon], fmt="s", color="tab:blue", label="best-of-N (by gold)")
+    ax.plot(
+        [p["kl"] for p in frontier],
+        [p["gold_reward"] for p in frontier],
+        "-",
+        color="black",
+        label="optimal π* (from samples of ρ)",
+    )
+    ax.errorbar(
+        [p["kl"] for p in bon],
+        [p["gold_reward"] for p in bon],
+        yerr=[p["gold_reward_sem"] for p in bon],
+        fmt="s",
+        color="tab:blue",
+        label="best-of-N (by gold)",
+    )
     for p in bon:
-        ax.annotate(f"N={p['n']}", (p["kl"], p["gold_reward"]), textcoords="offset points", xytext=(4, -10), fontsize=7, color="tab:blue")
-    ax.errorbar([p["kl"] for p in ppo_runs], [p["gold_reward"] for p in ppo_runs], xerr=[p["kl_sem"] for p in ppo_runs],
-                yerr=[p["gold_reward_sem"] for p in ppo_runs], fmt="o", color="tab:red", label="PPO on gold (fixed β)")
+        ax.annotate(
+            f"N={p['n']}",
+            (p["kl"], p["gold_reward"]),
+            textcoords="offset points",
+            xytext=(4, -10),
+            fontsize=7,
+            color="tab:blue",
+        )
+    ax.errorbar(
+        [p["kl"] for p in ppo_runs],
+        [p["gold_reward"] for p in ppo_runs],
+        xerr=[p["kl_sem"] for p in ppo_runs],
+        yerr=[p["gold_reward_sem"] for p in ppo_runs],
+        fmt="o",
+        color="tab:red",
+        label="PPO on gold (fixed β)",
+    )
     for p in ppo_runs:
         frac = "" if p["fraction_of_optimum"] is None else f", {p['fraction_of_optimum']:.2f} of optimum"
-        ax.annotate(f"β={p['beta']:g}{frac}", (p["kl"], p["gold_reward"]), textcoords="offset points", xytext=(4, 4), fontsize=7, color="tab:red")
+        ax.annotate(
+            f"β={p['beta']:g}{frac}",
+            (p["kl"], p["gold_reward"]),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=7,
+            color="tab:red",
+        )
     ax.axhline(rho_gold, color="grey", linestyle=":", linewidth=1, label="ρ (SFT policy)")
     ax.set_xlabel("KL(π || ρ), nats")
     ax.set_ylabel(f"gold reward ({gold_name}; −1 without a stop)")
@@ -150,30 +219,43 @@ def plot_frontier(path: Path, frontier: list[dict], bon: list[dict], ppo_runs: l
 def summary_markdown(s: dict, cfg: Config) -> str:
     fmt = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
     lines = [
-        "# Frontier (Ziegler et al. 2019 fig. 3)", "",
+        "# Frontier (Ziegler et al. 2019 fig. 3)",
+        "",
         f"Gold reward: `{s['gold']}` on the sentiment task, as PPO scores it (−1 for a response without a stop). ρ is the SFT policy "
         f"(`run.sft.n_demonstrations: {cfg.run.sft.n_demonstrations}`; 0 means the initial model). Pool: {s['pool']['prompts']} held-out prompts × "
-        f"{s['pool']['samples_per_prompt']} samples of ρ, mean gold {s['rho_gold_reward']:.3f}.", "",
+        f"{s['pool']['samples_per_prompt']} samples of ρ, mean gold {s['rho_gold_reward']:.3f}.",
+        "",
         "π* ∝ ρ·exp(r/β) is estimated per prompt by self-normalised importance weights over that prompt's samples and averaged over "
         "prompts, so it is the optimum over the pool's responses; its KL cannot exceed log(samples per prompt) and its curve is "
         f"trustworthy only where the effective sample size is not tiny (smallest over prompts at the largest KL: "
-        f"{s['frontier'][-1]['min_effective_sample_size']:.1f}).", "",
+        f"{s['frontier'][-1]['min_effective_sample_size']:.1f}).",
+        "",
         "The PPO runs optimise the **gold reward itself** (`ppo.reward_source: gold`, fixed β), not a reward model: π* is defined "
         "by the reward it tilts towards, so only a policy trained on that same reward can be compared with it. "
-        f"Fraction of the optimum = {s['fraction_definition']} (rewards can be negative, so gains over ρ are compared, not raw rewards).", "",
-        "| policy | KL (nats) | gold reward | optimum's gold at that KL | fraction of optimum |", "|---|---|---|---|---|",
+        f"Fraction of the optimum = {s['fraction_definition']} (rewards can be negative, so gains over ρ are compared, not raw rewards).",
+        "",
+        "| policy | KL (nats) | gold reward | optimum's gold at that KL | fraction of optimum |",
+        "|---|---|---|---|---|",
     ]
     for p in s["ppo_runs"]:
-        lines.append(f"| PPO β={p['beta']:g} | {p['kl']:.2f} ± {p['kl_sem']:.2f} | {p['gold_reward']:.3f} ± {p['gold_reward_sem']:.3f} | "
-                     f"{fmt(p['optimal_gold_reward_at_kl'])} | {fmt(p['fraction_of_optimum'], 2)} |")
+        lines.append(
+            f"| PPO β={p['beta']:g} | {p['kl']:.2f} ± {p['kl_sem']:.2f} | {p['gold_reward']:.3f} ± {p['gold_reward_sem']:.3f} | "
+            f"{fmt(p['optimal_gold_reward_at_kl'])} | {fmt(p['fraction_of_optimum'], 2)} |"
+        )
     for p in s["bon"]:
-        lines.append(f"| best-of-{p['n']} | {p['kl']:.2f} | {p['gold_reward']:.3f} ± {p['gold_reward_sem']:.3f} | "
-                     f"{fmt(p['optimal_gold_reward_at_kl'])} | {fmt(p['fraction_of_optimum'], 2)} |")
+        lines.append(
+            f"| best-of-{p['n']} | {p['kl']:.2f} | {p['gold_reward']:.3f} ± {p['gold_reward_sem']:.3f} | "
+            f"{fmt(p['optimal_gold_reward_at_kl'])} | {fmt(p['fraction_of_optimum'], 2)} |"
+        )
     fractions = [p["fraction_of_optimum"] for p in s["ppo_runs"] if p["fraction_of_optimum"] is not None]
     if fractions:
         best = max(fractions)
         verdict = "met" if best >= 0.9 else f"not met: the best PPO run reached {best:.2f}, {0.9 - best:.2f} short"
         lines += ["", f"Target (the issue): PPO reaches ≥ 0.9 of the optimum's gain at its KL — **{verdict}**."]
-    lines += ["", "![frontier](frontier.png)", "",
-              f"Wall time {s['wall_seconds']:.0f} s, CPU time {s['cpu_seconds']:.0f} s (this invocation; a resumed run counts only what it redid)."]
+    lines += [
+        "",
+        "![frontier](frontier.png)",
+        "",
+        f"Wall time {s['wall_seconds']:.0f} s, CPU time {s['cpu_seconds']:.0f} s (this invocation; a resumed run counts only what it redid).",
+    ]
     return "\n".join(lines) + "\n"

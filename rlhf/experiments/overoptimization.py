@@ -9,6 +9,7 @@ Each PPO run's log gives its path too (proxy, gold and KL of every training batc
 
 Writes OUT/summary.json (`bon_sweep`, `ppo_sweep`, `ppo_trajectories`), OUT/overoptimization.png and OUT/summary.md.
 """
+
 from __future__ import annotations
 
 import logging
@@ -59,16 +60,22 @@ def peak(points: list[dict]) -> dict:
     """The point of highest gold reward and whether the gold reward falls after it (while KL grows)."""
     ordered = sorted(points, key=lambda p: p["kl"])
     best = max(range(len(ordered)), key=lambda i: ordered[i]["gold_reward"])
-    return {"peak_kl": ordered[best]["kl"], "peak_gold_reward": ordered[best]["gold_reward"],
-            "gold_falls_after_peak": best < len(ordered) - 1,
-            "drop_after_peak": ordered[best]["gold_reward"] - ordered[-1]["gold_reward"],
-            "last_point_sem": ordered[-1].get("gold_reward_sem")}
+    return {
+        "peak_kl": ordered[best]["kl"],
+        "peak_gold_reward": ordered[best]["gold_reward"],
+        "gold_falls_after_peak": best < len(ordered) - 1,
+        "drop_after_peak": ordered[best]["gold_reward"] - ordered[-1]["gold_reward"],
+        "last_point_sem": ordered[-1].get("gold_reward_sem"),
+    }
 
 
 def trajectory(rows: list[dict]) -> list[dict]:
     """A PPO run's path from its log: per iteration, the batch's KL, proxy reward as optimised (the RM score with the
     missing-stop penalty) and gold reward scored the same way (None when PPO did not log the gold scorer)."""
-    return [{"iteration": r["iteration"], "kl": r["kl"], "proxy_reward": r["score"], "gold_reward": r.get("gold_score")} for r in rows]
+    return [
+        {"iteration": r["iteration"], "kl": r["kl"], "proxy_reward": r["score"], "gold_reward": r.get("gold_score")}
+        for r in rows
+    ]
 
 
 def batches_by_kl(trajectories: list[dict], width: float) -> list[dict]:
@@ -82,9 +89,17 @@ def batches_by_kl(trajectories: list[dict], width: float) -> list[dict]:
     out = []
     for k in sorted(bins):
         gold = np.array([p["gold_reward"] for p in bins[k]])
-        out.append({"kl_low": k * width, "kl_high": (k + 1) * width, "n_batches": len(gold),
-                    "kl": float(np.mean([p["kl"] for p in bins[k]])), "proxy_reward": float(np.mean([p["proxy_reward"] for p in bins[k]])),
-                    "gold_reward": float(gold.mean()), "gold_reward_sem": float(gold.std(ddof=1) / np.sqrt(len(gold))) if len(gold) > 1 else None})
+        out.append(
+            {
+                "kl_low": k * width,
+                "kl_high": (k + 1) * width,
+                "n_batches": len(gold),
+                "kl": float(np.mean([p["kl"] for p in bins[k]])),
+                "proxy_reward": float(np.mean([p["proxy_reward"] for p in bins[k]])),
+                "gold_reward": float(gold.mean()),
+                "gold_reward_sem": float(gold.std(ddof=1) / np.sqrt(len(gold))) if len(gold) > 1 else None,
+            }
+        )
     return out
 
 
@@ -112,8 +127,16 @@ def run(cfg: Config, out: Path) -> dict:
     bon_sweep = []
     for n in cfg.bon_n:
         g, p = best_of_n_from_pool(proxy, gold, n), best_of_n_from_pool(proxy, proxy, n)
-        bon_sweep.append({"n": n, "kl": best_of_n_kl(n), "proxy_reward": p["mean"], "gold_reward": g["mean"],
-                          "proxy_reward_sem": p["sem"], "gold_reward_sem": g["sem"]})
+        bon_sweep.append(
+            {
+                "n": n,
+                "kl": best_of_n_kl(n),
+                "proxy_reward": p["mean"],
+                "gold_reward": g["mean"],
+                "proxy_reward_sem": p["sem"],
+                "gold_reward_sem": g["sem"],
+            }
+        )
 
     # 4. PPO against the proxy for each beta; KL, proxy and gold measured on fresh samples
     ppo_sweep, ppo_trajectories = [], []
@@ -121,32 +144,65 @@ def run(cfg: Config, out: Path) -> dict:
         sub_cfg = ppo_config(rc, beta, reward_source="rm")
         sub = run_ppo_sub_run(base, out / beta_label(beta), sub_cfg)
         m = measured_sub_run(sub, base, sub_cfg, pool["prompts"], cfg.measure_samples_per_prompt, with_proxy=True)
-        ppo_sweep.append({"beta": beta, "kl": m["kl"], "proxy_reward": m["proxy_reward"], "gold_reward": m["gold_reward"],
-                          "gold_reward_sem": m["gold_reward_sem"], "kl_sem": m["kl_sem"], "no_stop_fraction": m["no_stop_fraction"],
-                          "ppo_seconds": m["ppo_seconds"], "examples": m["examples"]})
+        ppo_sweep.append(
+            {
+                "beta": beta,
+                "kl": m["kl"],
+                "proxy_reward": m["proxy_reward"],
+                "gold_reward": m["gold_reward"],
+                "gold_reward_sem": m["gold_reward_sem"],
+                "kl_sem": m["kl_sem"],
+                "no_stop_fraction": m["no_stop_fraction"],
+                "ppo_seconds": m["ppo_seconds"],
+                "examples": m["examples"],
+            }
+        )
         ppo_trajectories.append({"beta": beta, "points": trajectory(ppo_metrics(sub))})
-        log.info("overoptimization: PPO beta %g: KL %.2f proxy %.3f gold %.3f", beta, m["kl"], m["proxy_reward"], m["gold_reward"])
+        log.info(
+            "overoptimization: PPO beta %g: KL %.2f proxy %.3f gold %.3f",
+            beta,
+            m["kl"],
+            m["proxy_reward"],
+            m["gold_reward"],
+        )
 
     # 5. plot and summaries
     rho = {"kl": 0.0, "proxy_reward": float(proxy.mean()), "gold_reward": float(gold.mean())}
     binned = batches_by_kl(ppo_trajectories, cfg.path_bin_width)
-    plot_sweeps(out / "overoptimization.png", bon_sweep, ppo_sweep, ppo_trajectories, binned, rho, rc.task.gold or "vader")
+    plot_sweeps(
+        out / "overoptimization.png", bon_sweep, ppo_sweep, ppo_trajectories, binned, rho, rc.task.gold or "vader"
+    )
     summary = {
-        "experiment": "overoptimization", "gold": rc.task.gold or "vader", "rho": rho,
+        "experiment": "overoptimization",
+        "gold": rc.task.gold or "vader",
+        "rho": rho,
         "proxy_reward_model": {k: reward_info.get(k) for k in ("heldout_accuracy", "heldout_n", "train_n")},
         "labeler_temperature": rc.collect.labeler_temperature,
         "pool": {"prompts": len(pool["prompts"]), "samples_per_prompt": pool["per_prompt"]},
-        "bon_sweep": bon_sweep, "ppo_sweep": ppo_sweep, "ppo_trajectories": ppo_trajectories, "ppo_batches_by_kl": binned,
-        "bon_peak": peak(bon_sweep), "ppo_peak": peak([rho, *ppo_sweep]),
+        "bon_sweep": bon_sweep,
+        "ppo_sweep": ppo_sweep,
+        "ppo_trajectories": ppo_trajectories,
+        "ppo_batches_by_kl": binned,
+        "bon_peak": peak(bon_sweep),
+        "ppo_peak": peak([rho, *ppo_sweep]),
         "ppo_batches_peak": peak(binned) if binned else None,
-        "config": config_to_dict(cfg), **clock.figures(),
+        "config": config_to_dict(cfg),
+        **clock.figures(),
     }
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "summary.md", summary_markdown(summary))
     return summary
 
 
-def plot_sweeps(path: Path, bon_sweep: list[dict], ppo_sweep: list[dict], trajectories: list[dict], binned: list[dict], rho: dict, gold_name: str) -> None:
+def plot_sweeps(
+    path: Path,
+    bon_sweep: list[dict],
+    ppo_sweep: list[dict],
+    trajectories: list[dict],
+    binned: list[dict],
+    rho: dict,
+    gold_name: str,
+) -> None:
     import matplotlib  # lazy: a heavy import, needed for plots only
 
     matplotlib.use("Agg")
@@ -156,10 +212,22 @@ def plot_sweeps(path: Path, bon_sweep: list[dict], ppo_sweep: list[dict], trajec
     ppo = sorted([rho, *ppo_sweep], key=lambda p: p["kl"])
     for ax, points, title, label_of in (
         (axes[0], bon_sweep, "best-of-N by the proxy", lambda p: f"N={p['n']}"),
-        (axes[1], ppo, "PPO against the proxy (fixed β), fresh samples", lambda p: "ρ" if "beta" not in p else f"β={p['beta']:g}"),
+        (
+            axes[1],
+            ppo,
+            "PPO against the proxy (fixed β), fresh samples",
+            lambda p: "ρ" if "beta" not in p else f"β={p['beta']:g}",
+        ),
     ):
         kls = [p["kl"] for p in points]
-        ax.errorbar(kls, [p["gold_reward"] for p in points], yerr=[p.get("gold_reward_sem", 0.0) for p in points], fmt="o-", color="tab:green", label=f"gold ({gold_name})")
+        ax.errorbar(
+            kls,
+            [p["gold_reward"] for p in points],
+            yerr=[p.get("gold_reward_sem", 0.0) for p in points],
+            fmt="o-",
+            color="tab:green",
+            label=f"gold ({gold_name})",
+        )
         for p in points:
             ax.annotate(label_of(p), (p["kl"], p["gold_reward"]), textcoords="offset points", xytext=(3, 5), fontsize=7)
         twin = ax.twinx()
@@ -173,13 +241,33 @@ def plot_sweeps(path: Path, bon_sweep: list[dict], ppo_sweep: list[dict], trajec
     # every PPO training batch (grey dots: gold), pooled into KL bins: mean gold (green) and proxy (purple, right axis)
     ax, twin = axes[2], axes[2].twinx()
     batches = [p for run in trajectories for p in run["points"] if p["gold_reward"] is not None]
-    ax.scatter([p["kl"] for p in batches], [p["gold_reward"] for p in batches], s=6, color="0.75", label="gold of one batch")
+    ax.scatter(
+        [p["kl"] for p in batches], [p["gold_reward"] for p in batches], s=6, color="0.75", label="gold of one batch"
+    )
     if binned:
-        ax.errorbar([b["kl"] for b in binned], [b["gold_reward"] for b in binned], yerr=[b["gold_reward_sem"] or 0.0 for b in binned],
-                    fmt="o-", color="tab:green", label=f"gold ({gold_name}), mean per KL bin")
+        ax.errorbar(
+            [b["kl"] for b in binned],
+            [b["gold_reward"] for b in binned],
+            yerr=[b["gold_reward_sem"] or 0.0 for b in binned],
+            fmt="o-",
+            color="tab:green",
+            label=f"gold ({gold_name}), mean per KL bin",
+        )
         for b in binned:
-            ax.annotate(f"{b['n_batches']}", (b["kl"], b["gold_reward"]), textcoords="offset points", xytext=(3, -10), fontsize=7)
-        twin.plot([b["kl"] for b in binned], [b["proxy_reward"] for b in binned], "s--", color="tab:purple", label="proxy RM, mean per bin")
+            ax.annotate(
+                f"{b['n_batches']}",
+                (b["kl"], b["gold_reward"]),
+                textcoords="offset points",
+                xytext=(3, -10),
+                fontsize=7,
+            )
+        twin.plot(
+            [b["kl"] for b in binned],
+            [b["proxy_reward"] for b in binned],
+            "s--",
+            color="tab:purple",
+            label="proxy RM, mean per bin",
+        )
     twin.set_ylabel("proxy reward (normalised RM)", color="tab:purple")
     ax.set_xlabel("KL(π || ρ) of the training batch, nats")
     ax.set_ylabel(f"gold reward ({gold_name}; −1 without a stop)")
@@ -193,30 +281,64 @@ def plot_sweeps(path: Path, bon_sweep: list[dict], ppo_sweep: list[dict], trajec
 
 def summary_markdown(s: dict) -> str:
     rm = s["proxy_reward_model"]
-    acc = "n/a" if rm["heldout_accuracy"] is None else f"{rm['heldout_accuracy']:.3f} (n = {rm['heldout_n']} held-out pairs)"
+    acc = (
+        "n/a"
+        if rm["heldout_accuracy"] is None
+        else f"{rm['heldout_accuracy']:.3f} (n = {rm['heldout_n']} held-out pairs)"
+    )
     lines = [
-        "# Over-optimisation (Stiennon et al. 2020 figs. 5 and 7)", "",
+        "# Over-optimisation (Stiennon et al. 2020 figs. 5 and 7)",
+        "",
         f"Proxy: a reward model trained on {rm['train_n']} comparisons from a simulated labeler with Bradley-Terry temperature "
         f"{s['labeler_temperature']:g}; held-out accuracy against the labeler's noisy choices {acc}. Gold: `{s['gold']}` "
-        f"(the labeler's own scorer), as PPO scores it (−1 without a stop). ρ: gold {s['rho']['gold_reward']:.3f}, proxy {s['rho']['proxy_reward']:.3f}.", "",
-        "| policy | KL (nats) | proxy reward | gold reward |", "|---|---|---|---|",
+        f"(the labeler's own scorer), as PPO scores it (−1 without a stop). ρ: gold {s['rho']['gold_reward']:.3f}, proxy {s['rho']['proxy_reward']:.3f}.",
+        "",
+        "| policy | KL (nats) | proxy reward | gold reward |",
+        "|---|---|---|---|",
     ]
     for p in s["bon_sweep"]:
-        lines.append(f"| best-of-{p['n']} | {p['kl']:.2f} | {p['proxy_reward']:.3f} | {p['gold_reward']:.3f} ± {p['gold_reward_sem']:.3f} |")
+        lines.append(
+            f"| best-of-{p['n']} | {p['kl']:.2f} | {p['proxy_reward']:.3f} | {p['gold_reward']:.3f} ± {p['gold_reward_sem']:.3f} |"
+        )
     for p in s["ppo_sweep"]:
-        lines.append(f"| PPO β={p['beta']:g} | {p['kl']:.2f} ± {p['kl_sem']:.2f} | {p['proxy_reward']:.3f} | {p['gold_reward']:.3f} ± {p['gold_reward_sem']:.3f} |")
-    lines += ["", "Every PPO training batch of every run (from `ppo/metrics.jsonl`), pooled by its KL:", "",
-              "| KL bin (nats) | batches | mean KL | proxy reward | gold reward |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| PPO β={p['beta']:g} | {p['kl']:.2f} ± {p['kl_sem']:.2f} | {p['proxy_reward']:.3f} | {p['gold_reward']:.3f} ± {p['gold_reward_sem']:.3f} |"
+        )
+    lines += [
+        "",
+        "Every PPO training batch of every run (from `ppo/metrics.jsonl`), pooled by its KL:",
+        "",
+        "| KL bin (nats) | batches | mean KL | proxy reward | gold reward |",
+        "|---|---|---|---|---|",
+    ]
     for b in s["ppo_batches_by_kl"]:
         sem = "" if b["gold_reward_sem"] is None else f" ± {b['gold_reward_sem']:.3f}"
-        lines.append(f"| [{b['kl_low']:g}, {b['kl_high']:g}) | {b['n_batches']} | {b['kl']:.1f} | {b['proxy_reward']:.3f} | {b['gold_reward']:.3f}{sem} |")
-    for name, key in (("best-of-N", "bon_peak"), ("PPO (fresh samples)", "ppo_peak"), ("PPO training batches", "ppo_batches_peak")):
+        lines.append(
+            f"| [{b['kl_low']:g}, {b['kl_high']:g}) | {b['n_batches']} | {b['kl']:.1f} | {b['proxy_reward']:.3f} | {b['gold_reward']:.3f}{sem} |"
+        )
+    for name, key in (
+        ("best-of-N", "bon_peak"),
+        ("PPO (fresh samples)", "ppo_peak"),
+        ("PPO training batches", "ppo_batches_peak"),
+    ):
         pk = s[key]
         if pk is None:
             continue
-        sem = "" if pk.get("last_point_sem") is None else f" (standard error of the last point {pk['last_point_sem']:.3f})"
-        fall = (f"falls by {pk['drop_after_peak']:.3f} after it{sem}" if pk["gold_falls_after_peak"] else "does not fall within the sweep (the peak is its last point)")
+        sem = (
+            ""
+            if pk.get("last_point_sem") is None
+            else f" (standard error of the last point {pk['last_point_sem']:.3f})"
+        )
+        fall = (
+            f"falls by {pk['drop_after_peak']:.3f} after it{sem}"
+            if pk["gold_falls_after_peak"]
+            else "does not fall within the sweep (the peak is its last point)"
+        )
         lines.append(f"\n{name}: gold peaks at KL {pk['peak_kl']:.2f} ({pk['peak_gold_reward']:.3f}) and {fall}.")
-    lines += ["", "![over-optimisation](overoptimization.png)", "",
-              f"Wall time {s['wall_seconds']:.0f} s, CPU time {s['cpu_seconds']:.0f} s (this invocation; a resumed run counts only what it redid)."]
+    lines += [
+        "",
+        "![over-optimisation](overoptimization.png)",
+        "",
+        f"Wall time {s['wall_seconds']:.0f} s, CPU time {s['cpu_seconds']:.0f} s (this invocation; a resumed run counts only what it redid).",
+    ]
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ maximises the gold scorer (`ppo.reward_source: gold`); its value network starts 
     OUT/<run>/final.json        the final policy's gold reward and KL to the SFT policy on held-out prompts
     OUT/summary.json, OUT/queries_needed.png, OUT/summary.md
 """
+
 from __future__ import annotations
 
 import copy
@@ -51,8 +52,10 @@ class Config:
 def nested_first(comparisons: list[Comparison], n: int, seed: int) -> list[Comparison]:
     """The first n of a seeded shuffle: for one seed the n-set is contained in every larger one."""
     if n > len(comparisons):
-        raise ValueError(f"n_queries: {n} comparisons asked for, but the collection holds only {len(comparisons)} "
-                         "training comparisons; raise run.collect.n_prompts")
+        raise ValueError(
+            f"n_queries: {n} comparisons asked for, but the collection holds only {len(comparisons)} "
+            "training comparisons; raise run.collect.n_prompts"
+        )
     shuffled = list(comparisons)
     random.Random(seed).shuffle(shuffled)
     return shuffled[:n]
@@ -77,8 +80,12 @@ def subset_collect(sub: RunDir, base: RunDir, n: int, seed: int) -> None:
 
 def ppo_curve(sub: RunDir, batch_size: int) -> dict:
     rows = ppo_metrics(sub)
-    return {"episodes": episodes_axis([r["iteration"] for r in rows], batch_size), "gold_reward": [r["gold_reward"] for r in rows],
-            "rm_score": [r["rm_score"] for r in rows], "kl": [r["kl"] for r in rows]}
+    return {
+        "episodes": episodes_axis([r["iteration"] for r in rows], batch_size),
+        "gold_reward": [r["gold_reward"] for r in rows],
+        "rm_score": [r["rm_score"] for r in rows],
+        "kl": [r["kl"] for r in rows],
+    }
 
 
 def final_figures(sub: RunDir, cfg: RunConfig, prompts: list[str], reference, policy_path: str) -> dict:
@@ -89,10 +96,18 @@ def final_figures(sub: RunDir, cfg: RunConfig, prompts: list[str], reference, po
     seed_everything(cfg.seed + 5)
     policy = LanguageModelRole(open_backbone(cfg, policy_path), None, cfg.task.temperature)
     task, response_length, stop_rule = task_and_stop_rule(cfg, reference.backbone.tokenizer)
-    texts, stops, lengths, kls, _ = sample_with_kl(policy, reference, prompts, response_length, stop_rule, cfg.collect.batch_size)
+    texts, stops, lengths, kls, _ = sample_with_kl(
+        policy, reference, prompts, response_length, stop_rule, cfg.collect.batch_size
+    )
     gold = mean_sem(task.gold_scorer(prompts, texts))
-    figures = {"gold_reward": gold["mean"], "gold_reward_sem": gold["sem"], "kl": mean_sem(kls)["mean"], "n": gold["n"],
-               "no_stop_fraction": 1 - sum(stops) / len(stops), "examples": [{"prompt": p, "response": t} for p, t in zip(prompts[:4], texts[:4])]}
+    figures = {
+        "gold_reward": gold["mean"],
+        "gold_reward_sem": gold["sem"],
+        "kl": mean_sem(kls)["mean"],
+        "n": gold["n"],
+        "no_stop_fraction": 1 - sum(stops) / len(stops),
+        "examples": [{"prompt": p, "response": t} for p, t in zip(prompts[:4], texts[:4])],
+    }
     atomic_write_json(path, figures)
     return figures
 
@@ -108,10 +123,22 @@ def plot(summary: dict, path: Path) -> None:
     runs = summary["runs"]
     for i, r in enumerate(x for x in runs if x["reward"] == "rm"):
         color = cmap(0.15 + 0.7 * i / max(1, len(runs) - 2))
-        ax.plot(r["curve"]["episodes"], r["curve"]["gold_reward"], marker="o", color=color,
-                label=f"RM from {r['n_queries']} queries (acc {r['rm_heldout_accuracy']:.2f})")
+        ax.plot(
+            r["curve"]["episodes"],
+            r["curve"]["gold_reward"],
+            marker="o",
+            color=color,
+            label=f"RM from {r['n_queries']} queries (acc {r['rm_heldout_accuracy']:.2f})",
+        )
     for r in (x for x in runs if x["reward"] == "gold"):
-        ax.plot(r["curve"]["episodes"], r["curve"]["gold_reward"], marker="s", color="black", linestyle="--", label="gold reward (true reward)")
+        ax.plot(
+            r["curve"]["episodes"],
+            r["curve"]["gold_reward"],
+            marker="s",
+            color="black",
+            linestyle="--",
+            label="gold reward (true reward)",
+        )
     ax.axhline(summary["sft"]["gold_reward"], color="gray", linestyle=":", label="SFT policy, held-out prompts")
     ax.set_xlabel("PPO episodes")
     ax.set_ylabel("gold reward (batch mean)")
@@ -123,15 +150,22 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def summary_markdown(summary: dict) -> str:
-    lines = ["# Queries needed (Ziegler et al. 2019, fig. 2)", "", "![gold reward over PPO episodes](queries_needed.png)", "",
-             "| PPO optimises | RM held-out accuracy | gold reward, last PPO batch | final gold reward (held-out, ± sem) | final KL to SFT |",
-             "|---|---|---|---|---|",
-             f"| (SFT policy, no PPO) | | | {summary['sft']['gold_reward']:.3f} ± {summary['sft']['gold_reward_sem']:.3f} | 0 |"]
+    lines = [
+        "# Queries needed (Ziegler et al. 2019, fig. 2)",
+        "",
+        "![gold reward over PPO episodes](queries_needed.png)",
+        "",
+        "| PPO optimises | RM held-out accuracy | gold reward, last PPO batch | final gold reward (held-out, ± sem) | final KL to SFT |",
+        "|---|---|---|---|---|",
+        f"| (SFT policy, no PPO) | | | {summary['sft']['gold_reward']:.3f} ± {summary['sft']['gold_reward_sem']:.3f} | 0 |",
+    ]
     for r in summary["runs"]:
         name = "gold reward" if r["reward"] == "gold" else f"RM from {r['n_queries']} queries"
         acc = "" if r["reward"] == "gold" else f"{r['rm_heldout_accuracy']:.3f} (n = {r['rm_heldout_n']})"
         f = r["final"]
-        lines.append(f"| {name} | {acc} | {r['curve']['gold_reward'][-1]:.3f} | {f['gold_reward']:.3f} ± {f['gold_reward_sem']:.3f} | {f['kl']:.2f} |")
+        lines.append(
+            f"| {name} | {acc} | {r['curve']['gold_reward'][-1]:.3f} | {f['gold_reward']:.3f} ± {f['gold_reward_sem']:.3f} | {f['kl']:.2f} |"
+        )
     lines += ["", f"Wall time {summary['wall_seconds']:.0f} s, CPU time {summary['cpu_seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
 
@@ -164,7 +198,9 @@ def run(cfg: Config, out: Path) -> dict:
     gold_cfg.ppo.reward_source = "gold"
     largest = subs[-1][2]
     gold = RunDir(out / "gold")
-    link_stages(gold, {"sft": base.root / "sft", "collect": largest.root / "collect", "reward": largest.root / "reward"})
+    link_stages(
+        gold, {"sft": base.root / "sft", "collect": largest.root / "collect", "reward": largest.root / "reward"}
+    )
     start_run(gold, gold_cfg)
     run_stages(gold, gold_cfg, ("ppo",))
     subs.append(("gold", None, gold))
@@ -176,15 +212,28 @@ def run(cfg: Config, out: Path) -> dict:
     runs = []
     for kind, n, sub in subs:
         reward_info = sub.done_info("reward")
-        runs.append({"reward": kind, "n_queries": n, "run_dir": sub.root.name,
-                     "rm_heldout_accuracy": reward_info.get("heldout_accuracy"), "rm_heldout_n": reward_info.get("heldout_n"),
-                     "curve": ppo_curve(sub, rc.ppo.batch_size),
-                     "final": final_figures(sub, rc, prompts, reference, str(sub.root / "ppo" / "model"))})
+        runs.append(
+            {
+                "reward": kind,
+                "n_queries": n,
+                "run_dir": sub.root.name,
+                "rm_heldout_accuracy": reward_info.get("heldout_accuracy"),
+                "rm_heldout_n": reward_info.get("heldout_n"),
+                "curve": ppo_curve(sub, rc.ppo.batch_size),
+                "final": final_figures(sub, rc, prompts, reference, str(sub.root / "ppo" / "model")),
+            }
+        )
         log.info("queries_needed %s: final gold reward %.3f", sub.root.name, runs[-1]["final"]["gold_reward"])
 
     # 5. summary.json, plot, summary.md
-    summary = {"experiment": "queries_needed", "n_queries": cfg.n_queries, "sft": sft_figures, "runs": runs,
-               **clock.figures(), "config": config_to_dict(cfg)}
+    summary = {
+        "experiment": "queries_needed",
+        "n_queries": cfg.n_queries,
+        "sft": sft_figures,
+        "runs": runs,
+        **clock.figures(),
+        "config": config_to_dict(cfg),
+    }
     plot(summary, out / "queries_needed.png")
     atomic_write_text(out / "summary.md", summary_markdown(summary))
     atomic_write_json(out / "summary.json", summary)

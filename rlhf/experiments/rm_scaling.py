@@ -14,6 +14,7 @@ probe followed by one epoch of LoRA fine-tuning of the top layers over the cache
     OUT/<source>/fits.jsonl                         one line per (n_train, seed): per-item held-out correctness
     OUT/summary.json, OUT/rm_scaling.png, OUT/summary.md
 """
+
 from __future__ import annotations
 
 import json
@@ -120,8 +121,10 @@ def disjoint_pairs(prompt: str, responses: list[str], gold: list[float]) -> list
 def human_comparisons(cfg: Config) -> tuple[list[Comparison], list[Comparison]]:
     """HH-RLHF comparisons, shuffled with the run's seed: (training pool, held-out)."""
     if not Path(cfg.human_path).exists() and Path(cfg.human_path).suffix in (".jsonl", ".gz", ".json", ".parquet"):
-        raise FileNotFoundError(f"human_path: {cfg.human_path} not found (HH-RLHF rows {{chosen, rejected}}; "
-                                "set human_path='' to run the simulated source only)")
+        raise FileNotFoundError(
+            f"human_path: {cfg.human_path} not found (HH-RLHF rows {{chosen, rejected}}; "
+            "set human_path='' to run the simulated source only)"
+        )
     comparisons = import_hh_rlhf(cfg.human_path)
     random.Random(cfg.run.seed).shuffle(comparisons)
     if len(comparisons) <= cfg.human_heldout:
@@ -147,13 +150,30 @@ def simulated_comparisons(cfg: Config, folder: Path) -> tuple[list[Comparison], 
     for split, n in (("train", cfg.simulated_train_prompts), ("test", cfg.simulated_heldout_prompts)):
         prompts = [p.text for p in task.load_prompts(split, n=n, source=prompt_source(rc), seed=rc.seed + 1)]
         repeated = [p for p in prompts for _ in range(K)]
-        texts, _, _ = sample_texts(policy, repeated, response_length, stop_rule, rc.collect.batch_size, progress=f"rm_scaling: {split} responses")
+        texts, _, _ = sample_texts(
+            policy,
+            repeated,
+            response_length,
+            stop_rule,
+            rc.collect.batch_size,
+            progress=f"rm_scaling: {split} responses",
+        )
         gold = task.gold_scorer(repeated, texts)
-        pairs = [pair for i, p in enumerate(prompts) for pair in disjoint_pairs(p, texts[i * K : (i + 1) * K], gold[i * K : (i + 1) * K])]
+        pairs = [
+            pair
+            for i, p in enumerate(prompts)
+            for pair in disjoint_pairs(p, texts[i * K : (i + 1) * K], gold[i * K : (i + 1) * K])
+        ]
         known = {(p, r): g for p, rs, gs in pairs for r, g in zip(rs, gs)}
-        labeler = SimulatedLabeler(lambda ps, rs: [known[(p, r)] for p, r in zip(ps, rs)], temperature=rc.collect.labeler_temperature, seed=rc.seed)
+        labeler = SimulatedLabeler(
+            lambda ps, rs: [known[(p, r)] for p, r in zip(ps, rs)],
+            temperature=rc.collect.labeler_temperature,
+            seed=rc.seed,
+        )
         labelled = label_many(labeler, [(p, rs) for p, rs, _ in pairs], "pairwise")
-        splits.append([Comparison(**{**c.to_dict(), "meta": {**c.meta, "gold": gs}}) for c, (_, _, gs) in zip(labelled, pairs)])
+        splits.append(
+            [Comparison(**{**c.to_dict(), "meta": {**c.meta, "gold": gs}}) for c, (_, _, gs) in zip(labelled, pairs)]
+        )
     pool, heldout = splits
     write_jsonl(folder / "comparisons.jsonl", pool)
     write_jsonl(folder / "heldout.jsonl", heldout)
@@ -161,7 +181,9 @@ def simulated_comparisons(cfg: Config, folder: Path) -> tuple[list[Comparison], 
 
 
 # ------------------------------------------------------------------------------------------ 2. the trunk, once
-def encode_truncated(tokenizer, comparisons: list[Comparison], max_tokens: int) -> tuple[list[torch.Tensor], list[int], int]:
+def encode_truncated(
+    tokenizer, comparisons: list[Comparison], max_tokens: int
+) -> tuple[list[torch.Tensor], list[int], int]:
     """Token ids of prompt + response + EOS per response (as `ScalarRole.encode`), cut to the last max_tokens;
     with each response's own token count (for the length baseline) and how many sequences were cut."""
     seqs, lengths, cut = [], [], 0
@@ -205,7 +227,9 @@ def probe_scores(rm, train: list[Comparison], train_x: torch.Tensor, heldout_x: 
         return rm.head(heldout_x).squeeze(-1).numpy()
 
 
-def lp_ft_scores(rm, cfg: Config, train: list[Comparison], train_x, train_encoded, heldout_encoded, adapter_init, seed: int) -> np.ndarray:
+def lp_ft_scores(
+    rm, cfg: Config, train: list[Comparison], train_x, train_encoded, heldout_encoded, adapter_init, seed: int
+) -> np.ndarray:
     """LP-FT: the probe, then LoRA fine-tuning of the top layers with the reward stage's loss, AdamW and linear
     annealing, `reward.epochs` epochs in seeded orders; scores of the held-out responses."""
     rc = cfg.run.reward
@@ -213,7 +237,10 @@ def lp_ft_scores(rm, cfg: Config, train: list[Comparison], train_x, train_encode
     backbone.load_adapter_state(rm.adapter, adapter_init)  # every reward model starts from the same fresh adapter
     fit_head_on_features(rm, train, train_x, rc.probe_l2)
     trunk_params = trainable_parameters(backbone, rm.adapter)
-    groups = [{"params": trunk_params, "lr": rc.learning_rate}, {"params": list(rm.head.parameters()), "lr": rc.head_learning_rate or rc.learning_rate}]
+    groups = [
+        {"params": trunk_params, "lr": rc.learning_rate},
+        {"params": list(rm.head.parameters()), "lr": rc.head_learning_rate or rc.learning_rate},
+    ]
     optimizer = torch.optim.AdamW(groups, eps=1e-5, weight_decay=0.0)
     steps_per_epoch = math.ceil(len(train) / rc.batch_size)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, steps_per_epoch * rc.epochs)
@@ -283,7 +310,9 @@ def run_source(source: str, cfg: Config, out: Path, rm, adapter_init) -> dict:
             scores = probe_scores(rm, train, train_x, heldout_x, cfg.run.reward.probe_l2)
         else:
             train_encoded = [[encoded[2 * i], encoded[2 * i + 1]] for i in idx]
-            scores = lp_ft_scores(rm, cfg, train, train_x, train_encoded, heldout_encoded, adapter_init, cfg.run.seed * 1000 + s)
+            scores = lp_ft_scores(
+                rm, cfg, train, train_x, train_encoded, heldout_encoded, adapter_init, cfg.run.seed * 1000 + s
+            )
         scores = scores.reshape(-1, 2)
         correct = pairwise_correct(scores[rows, better], scores[rows, 1 - better])
         fits.append({"n_train": n, "seed": s, "accuracy": float(correct.mean()), "correct": correct.tolist()})
@@ -296,15 +325,35 @@ def run_source(source: str, cfg: Config, out: Path, rm, adapter_init) -> dict:
         per_seed = [f for f in fits if f["n_train"] == n and f["seed"] < cfg.seeds]
         per_item = np.mean([f["correct"] for f in per_seed], axis=0)
         low, high = interval(per_item, cfg, seed=n)
-        points.append({"n_train": n, "accuracy": float(per_item.mean()), "ci95_low": low, "ci95_high": high, "source": source,
-                       "seed_accuracies": [f["accuracy"] for f in sorted(per_seed, key=lambda f: f["seed"])], "n_heldout": len(heldout)})
+        points.append(
+            {
+                "n_train": n,
+                "accuracy": float(per_item.mean()),
+                "ci95_low": low,
+                "ci95_high": high,
+                "source": source,
+                "seed_accuracies": [f["accuracy"] for f in sorted(per_seed, key=lambda f: f["seed"])],
+                "n_heldout": len(heldout),
+            }
+        )
     held_lengths = lengths[2 * n_pool :].reshape(-1, 2)
     length_correct = pairwise_correct(held_lengths[rows, better], held_lengths[rows, 1 - better])
     low, high = interval(length_correct, cfg, seed=1)
-    baseline = {"longer_response": {"accuracy": float(length_correct.mean()), "ci95_low": low, "ci95_high": high,
-                                    "equal_length_share": float(np.mean(length_correct == 0.5))}, "random": 0.5}
-    info = {"n_pool": n_pool, "n_heldout": len(heldout), "sequences_cut": int(cached["n_cut"]),
-            "sequences": int(2 * (n_pool + len(heldout)))}
+    baseline = {
+        "longer_response": {
+            "accuracy": float(length_correct.mean()),
+            "ci95_low": low,
+            "ci95_high": high,
+            "equal_length_share": float(np.mean(length_correct == 0.5)),
+        },
+        "random": 0.5,
+    }
+    info = {
+        "n_pool": n_pool,
+        "n_heldout": len(heldout),
+        "sequences_cut": int(cached["n_cut"]),
+        "sequences": int(2 * (n_pool + len(heldout))),
+    }
     return {"points": points, "baseline": baseline, "info": info}
 
 
@@ -325,7 +374,9 @@ def plot(summary: dict, path: Path) -> None:
         err = np.array([[a - p["ci95_low"] for a, p in zip(y, pts)], [p["ci95_high"] - a for a, p in zip(y, pts)]])
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colors[source], label=f"RM, {labels[source]}")
         base = result["baseline"]["longer_response"]
-        ax.axhline(base["accuracy"], color=colors[source], linestyle="--", linewidth=1, label=f"prefer longer, {source}")
+        ax.axhline(
+            base["accuracy"], color=colors[source], linestyle="--", linewidth=1, label=f"prefer longer, {source}"
+        )
         ax.axhspan(base["ci95_low"], base["ci95_high"], color=colors[source], alpha=0.08)
     ax.axhline(0.5, color="gray", linestyle=":", label="random (0.5)")
     ax.set_xscale("log", base=2)
@@ -339,18 +390,28 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def summary_markdown(summary: dict) -> str:
-    lines = ["# Reward-model scaling (Stiennon et al. 2020, fig. 6)", "",
-             f"Method: `{summary['method']}`; {summary['seeds']} reward models per size (nested seeded draws); accuracy of "
-             "the seed-averaged per-comparison correctness, 95 % bootstrap interval over held-out comparisons.", "",
-             "![accuracy vs training comparisons](rm_scaling.png)", "",
-             "| source | n_train | accuracy | 95 % CI | per seed |", "|---|---|---|---|---|"]
+    lines = [
+        "# Reward-model scaling (Stiennon et al. 2020, fig. 6)",
+        "",
+        f"Method: `{summary['method']}`; {summary['seeds']} reward models per size (nested seeded draws); accuracy of "
+        "the seed-averaged per-comparison correctness, 95 % bootstrap interval over held-out comparisons.",
+        "",
+        "![accuracy vs training comparisons](rm_scaling.png)",
+        "",
+        "| source | n_train | accuracy | 95 % CI | per seed |",
+        "|---|---|---|---|---|",
+    ]
     for p in summary["points"]:
         seeds = ", ".join(f"{a:.3f}" for a in p["seed_accuracies"])
-        lines.append(f"| {p['source']} | {p['n_train']} | {p['accuracy']:.3f} | [{p['ci95_low']:.3f}, {p['ci95_high']:.3f}] | {seeds} |")
+        lines.append(
+            f"| {p['source']} | {p['n_train']} | {p['accuracy']:.3f} | [{p['ci95_low']:.3f}, {p['ci95_high']:.3f}] | {seeds} |"
+        )
     lines += ["", "| source | held-out comparisons | prefer-longer baseline (95 % CI) | random |", "|---|---|---|---|"]
     for source, result in summary["sources"].items():
         b = result["baseline"]["longer_response"]
-        lines.append(f"| {source} | {result['info']['n_heldout']} | {b['accuracy']:.3f} [{b['ci95_low']:.3f}, {b['ci95_high']:.3f}] | 0.5 |")
+        lines.append(
+            f"| {source} | {result['info']['n_heldout']} | {b['accuracy']:.3f} [{b['ci95_low']:.3f}, {b['ci95_high']:.3f}] | 0.5 |"
+        )
     lines += ["", f"Wall time {summary['wall_seconds']:.0f} s, CPU time {summary['cpu_seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
 
@@ -371,7 +432,9 @@ def run(cfg: Config, out: Path) -> dict:
         raise ValueError(f"sizes: expected increasing positive numbers, got {cfg.sizes}")
     saved = out / "config.json"  # cached features and fits belong to one config: refuse to mix them with another
     if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(config_to_dict(cfg))):
-        raise ValueError(f"{out}: holds an rm_scaling run with a different config; use a new --out directory (or the same config to resume)")
+        raise ValueError(
+            f"{out}: holds an rm_scaling run with a different config; use a new --out directory (or the same config to resume)"
+        )
     atomic_write_json(saved, config_to_dict(cfg))
     sources = [s for s in SOURCES if (s == "human" and cfg.human_path) or (s == "simulated" and cfg.simulated)]
     if not sources:
@@ -388,11 +451,17 @@ def run(cfg: Config, out: Path) -> dict:
 
     # 4. summary.json, plot, summary.md
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    summary = {"experiment": "rm_scaling", "method": cfg.method, "seeds": cfg.seeds, "sizes": cfg.sizes,
-               "points": [p for r in results.values() for p in r["points"]],
-               "sources": {s: {"baseline": r["baseline"], "info": r["info"]} for s, r in results.items()},
-               "wall_seconds": time.time() - wall0, "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu0,
-               "config": config_to_dict(cfg)}
+    summary = {
+        "experiment": "rm_scaling",
+        "method": cfg.method,
+        "seeds": cfg.seeds,
+        "sizes": cfg.sizes,
+        "points": [p for r in results.values() for p in r["points"]],
+        "sources": {s: {"baseline": r["baseline"], "info": r["info"]} for s, r in results.items()},
+        "wall_seconds": time.time() - wall0,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu0,
+        "config": config_to_dict(cfg),
+    }
     plot(summary, out / "rm_scaling.png")
     atomic_write_text(out / "summary.md", summary_markdown(summary))
     atomic_write_json(out / "summary.json", summary)

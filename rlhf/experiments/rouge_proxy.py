@@ -17,6 +17,7 @@ The judge is the run config's `judge` section. The default, the built-in 135M mo
 judge of summaries (README, RLHF vs SFT): its verdicts are mostly order disagreements, so the gold is close to 1/2
 whatever is chosen. Use `run.judge.kind=llm` for a meaningful gold.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,11 +64,15 @@ def check_config(cfg: Config) -> Path:
     """The TL;DR file of the config, or a clear error, before anything runs."""
     rc = cfg.run
     if rc.task.name != "tldr":
-        raise ValueError(f"rouge_proxy: run.task.name must be tldr (ROUGE needs reference summaries), got {rc.task.name!r}")
+        raise ValueError(
+            f"rouge_proxy: run.task.name must be tldr (ROUGE needs reference summaries), got {rc.task.name!r}"
+        )
     path = Path(rc.task.source) if rc.task.source else None
     if path is None or not path.is_file():
-        raise FileNotFoundError(f"rouge_proxy: run.task.source={rc.task.source!r} is not a file; set it to a local TL;DR JSONL "
-                                "file with reference summaries (e.g. ../shared/data/tldr/test-500.jsonl, not in the repository)")
+        raise FileNotFoundError(
+            f"rouge_proxy: run.task.source={rc.task.source!r} is not a file; set it to a local TL;DR JSONL "
+            "file with reference summaries (e.g. ../shared/data/tldr/test-500.jsonl, not in the repository)"
+        )
     if cfg.rouge_type not in ROUGE_TYPES:
         raise ValueError(f"rouge_type: expected one of {', '.join(ROUGE_TYPES)}, got {cfg.rouge_type!r}")
     if max(cfg.bon_n) > cfg.pool_samples_per_post:
@@ -90,14 +95,24 @@ def judged_pool(base, cfg: Config, path: Path) -> dict:
     repeated = [p for p in prompts for _ in range(M)]
     repeated_refs = [r for r in references for _ in range(M)]
     policy = LanguageModelRole(backbone, None, rc.task.temperature)
-    texts, stops, _ = sample_texts(policy, repeated, response_length, stop_rule, rc.collect.batch_size, progress=f"pool: {len(repeated)} summaries")
+    texts, stops, _ = sample_texts(
+        policy, repeated, response_length, stop_rule, rc.collect.batch_size, progress=f"pool: {len(repeated)} summaries"
+    )
     del policy, backbone
     # 2. the proxy: ROUGE against the reference
     rouge = rouge_per_pair(texts, repeated_refs)
     # 3. the gold: the judge's verdict on each summary against the reference, in both orders
     judged = judge_both_orders(make_judge(rc.judge), list(zip(repeated, texts, repeated_refs)))
-    pool = {"prompts": prompts, "references": references, "per_prompt": M, "texts": texts, "has_stop": stops,
-            "rouge": rouge, "outcomes": [j.outcome_for_a for j in judged], "consistent": [j.consistent for j in judged]}
+    pool = {
+        "prompts": prompts,
+        "references": references,
+        "per_prompt": M,
+        "texts": texts,
+        "has_stop": stops,
+        "rouge": rouge,
+        "outcomes": [j.outcome_for_a for j in judged],
+        "consistent": [j.consistent for j in judged],
+    }
     atomic_write_text(path, json.dumps(pool))
     return pool
 
@@ -130,28 +145,62 @@ def run(cfg: Config, out: Path) -> dict:
     bon_sweep = []
     for n in cfg.bon_n:
         g, p = best_of_n_from_pool(rouge, gold, n), best_of_n_from_pool(rouge, rouge, n)
-        bon_sweep.append({"n": n, "kl": best_of_n_kl(n), "proxy_reward": p["mean"], "gold_reward": g["mean"],
-                          "proxy_reward_sem": p["sem"], "gold_reward_sem": g["sem"], "n_judged_picks": g["n_picks"]})
-        log.info("rouge_proxy: best-of-%d by %s: %s %.3f, win rate against the reference %.3f", n, cfg.rouge_type, cfg.rouge_type, p["mean"], g["mean"])
+        bon_sweep.append(
+            {
+                "n": n,
+                "kl": best_of_n_kl(n),
+                "proxy_reward": p["mean"],
+                "gold_reward": g["mean"],
+                "proxy_reward_sem": p["sem"],
+                "gold_reward_sem": g["sem"],
+                "n_judged_picks": g["n_picks"],
+            }
+        )
+        log.info(
+            "rouge_proxy: best-of-%d by %s: %s %.3f, win rate against the reference %.3f",
+            n,
+            cfg.rouge_type,
+            cfg.rouge_type,
+            p["mean"],
+            g["mean"],
+        )
 
     # 4. plot and summaries
     consistent = [c for c in pool["consistent"] if c is not None]
     summary = {
-        "experiment": "rouge_proxy", "proxy": cfg.rouge_type,
+        "experiment": "rouge_proxy",
+        "proxy": cfg.rouge_type,
         "judge": rc.judge.kind if rc.judge.kind != "lm" else f"lm (order rule {rc.judge.lm_order_rule})",
         "pool": {"posts": P, "samples_per_post": M, "source": rc.task.source},
-        "judged": {"n": len(pool["outcomes"]), "n_unparseable": sum(o is None for o in pool["outcomes"]),
-                   "position_consistency_rate": float(np.mean(consistent)) if consistent else None},
+        "judged": {
+            "n": len(pool["outcomes"]),
+            "n_unparseable": sum(o is None for o in pool["outcomes"]),
+            "position_consistency_rate": float(np.mean(consistent)) if consistent else None,
+        },
         "spearman_proxy_gold": spearman(rouge.ravel(), gold.ravel()),
-        "bon_sweep": bon_sweep, "peak": peak(bon_sweep),
-        "examples": [{"post": pool["prompts"][i][:400], "reference": pool["references"][i],
-                      "highest_rouge": pool["texts"][i * M + int(rouge[i].argmax())], "first_sample": pool["texts"][i * M]} for i in range(min(3, P))],
-        "config": config_to_dict(cfg), **clock.figures(),
+        "bon_sweep": bon_sweep,
+        "peak": peak(bon_sweep),
+        "examples": [
+            {
+                "post": pool["prompts"][i][:400],
+                "reference": pool["references"][i],
+                "highest_rouge": pool["texts"][i * M + int(rouge[i].argmax())],
+                "first_sample": pool["texts"][i * M],
+            }
+            for i in range(min(3, P))
+        ],
+        "config": config_to_dict(cfg),
+        **clock.figures(),
     }
-    if summary["judged"]["position_consistency_rate"] is not None and summary["judged"]["position_consistency_rate"] < 0.5:
-        summary["warning"] = ("the judge gave the same verdict in both orders on fewer than half of the summaries: it is strongly "
-                              "position-biased, and its outcomes (ties under the `tie` order rule, the sign of a small log-odds "
-                              "difference under `logodds`) say little; use a stronger judge (run.judge.kind=llm)")
+    if (
+        summary["judged"]["position_consistency_rate"] is not None
+        and summary["judged"]["position_consistency_rate"] < 0.5
+    ):
+        summary["warning"] = (
+            "the judge gave the same verdict in both orders on fewer than half of the summaries: it is strongly "
+            "position-biased, and its outcomes (ties under the `tie` order rule, the sign of a small log-odds "
+            "difference under `logodds`) say little; use a stronger judge (run.judge.kind=llm)"
+        )
         log.warning("rouge_proxy: %s", summary["warning"])
     plot_sweep(out / "rouge_proxy.png", bon_sweep, cfg.rouge_type, rc.judge.kind)
     atomic_write_json(out / "summary.json", summary)
@@ -167,7 +216,14 @@ def plot_sweep(path: Path, bon_sweep: list[dict], rouge_type: str, judge: str) -
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     kls = [p["kl"] for p in bon_sweep]
-    ax.errorbar(kls, [p["gold_reward"] for p in bon_sweep], yerr=[p["gold_reward_sem"] for p in bon_sweep], fmt="o-", color="tab:green", label=f"win rate vs reference ({judge} judge)")
+    ax.errorbar(
+        kls,
+        [p["gold_reward"] for p in bon_sweep],
+        yerr=[p["gold_reward_sem"] for p in bon_sweep],
+        fmt="o-",
+        color="tab:green",
+        label=f"win rate vs reference ({judge} judge)",
+    )
     for p in bon_sweep:
         ax.annotate(f"N={p['n']}", (p["kl"], p["gold_reward"]), textcoords="offset points", xytext=(3, 5), fontsize=7)
     twin = ax.twinx()
@@ -187,18 +243,31 @@ def summary_markdown(s: dict) -> str:
     consistency = "n/a" if j["position_consistency_rate"] is None else f"{j['position_consistency_rate']:.2f}"
     rho = "n/a" if s["spearman_proxy_gold"] is None else f"{s['spearman_proxy_gold']:.3f}"
     lines = [
-        "# ROUGE as the proxy on TL;DR (Stiennon et al. 2020 fig. 7)", "",
+        "# ROUGE as the proxy on TL;DR (Stiennon et al. 2020 fig. 7)",
+        "",
         f"{s['pool']['posts']} held-out posts × {s['pool']['samples_per_post']} summaries of ρ, each judged against the post's "
         f"reference summary in both orders by the `{s['judge']}` judge ({j['n']} summaries; {j['n_unparseable']} unparseable, left out; "
-        f"position consistency {consistency}). Spearman correlation of {s['proxy']} with the verdict over all summaries: {rho}.", "",
-        f"| policy | KL (nats) | {s['proxy']} | win rate vs reference |", "|---|---|---|---|",
+        f"position consistency {consistency}). Spearman correlation of {s['proxy']} with the verdict over all summaries: {rho}.",
+        "",
+        f"| policy | KL (nats) | {s['proxy']} | win rate vs reference |",
+        "|---|---|---|---|",
     ]
     for p in s["bon_sweep"]:
-        lines.append(f"| best-of-{p['n']} by {s['proxy']} | {p['kl']:.2f} | {p['proxy_reward']:.3f} | {p['gold_reward']:.3f} ± {p['gold_reward_sem']:.3f} |")
-    fall = (f"falls by {pk['drop_after_peak']:.3f} after it" if pk["gold_falls_after_peak"] else "does not fall within the sweep (the peak is its last point)")
+        lines.append(
+            f"| best-of-{p['n']} by {s['proxy']} | {p['kl']:.2f} | {p['proxy_reward']:.3f} | {p['gold_reward']:.3f} ± {p['gold_reward_sem']:.3f} |"
+        )
+    fall = (
+        f"falls by {pk['drop_after_peak']:.3f} after it"
+        if pk["gold_falls_after_peak"]
+        else "does not fall within the sweep (the peak is its last point)"
+    )
     lines.append(f"\nThe win rate peaks at KL {pk['peak_kl']:.2f} ({pk['peak_gold_reward']:.3f}) and {fall}.")
     if s.get("warning"):
         lines.append(f"\n**Warning:** {s['warning']}.")
-    lines += ["", "![ROUGE as the proxy](rouge_proxy.png)", "",
-              f"Wall time {s['wall_seconds']:.0f} s, CPU time {s['cpu_seconds']:.0f} s (this invocation; a resumed run counts only what it redid)."]
+    lines += [
+        "",
+        "![ROUGE as the proxy](rouge_proxy.png)",
+        "",
+        f"Wall time {s['wall_seconds']:.0f} s, CPU time {s['cpu_seconds']:.0f} s (this invocation; a resumed run counts only what it redid).",
+    ]
     return "\n".join(lines) + "\n"

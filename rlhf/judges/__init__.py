@@ -1,13 +1,13 @@
 """Pairwise judges: `judge.compare(prompt, a, b) -> Verdict`, judged in both orders against position bias.
 
-    verdicts.py     Verdict, the Judge protocol
-    simple.py       the gold, labeler, reward-model and human-file judges
-    lm.py           the zero-shot judge read from a local model (`judge.kind: lm`)
-    llm.py          an OpenAI-compatible chat endpoint (`judge.kind: llm`)
-    from_config.py  make_judge: the judge of a config's `judge` section
-    orders.py       judging items in both orders (or one random order)
-    summaries.py    win rate, position statistics, agreement with human labels
-    labeler.py      a judge as the simulated labeler (`collect.labeler: judge`)
+verdicts.py     Verdict, the Judge protocol
+simple.py       the gold, labeler, reward-model and human-file judges
+lm.py           the zero-shot judge read from a local model (`judge.kind: lm`)
+llm.py          an OpenAI-compatible chat endpoint (`judge.kind: llm`)
+from_config.py  make_judge: the judge of a config's `judge` section
+orders.py       judging items in both orders (or one random order)
+summaries.py    win rate, position statistics, agreement with human labels
+labeler.py      a judge as the simulated labeler (`collect.labeler: judge`)
 """
 
 from rlhf.judges.from_config import make_judge

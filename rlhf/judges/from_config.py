@@ -10,8 +10,9 @@ from rlhf.judges.lm import LMPairwiseJudge
 def make_judge(config: JudgeConfig) -> LMPairwiseJudge | LLMJudge:
     """`kind: lm`, the zero-shot judge read from a local model, or `kind: llm`, an OpenAI-compatible endpoint."""
     if config.kind == "lm":
-        return LMPairwiseJudge(config.lm_model or None, config.lm_margin, config.lm_batch_size,
-                               order_rule=config.lm_order_rule)
+        return LMPairwiseJudge(
+            config.lm_model or None, config.lm_margin, config.lm_batch_size, order_rule=config.lm_order_rule
+        )
     if config.kind == "llm":
         return LLMJudge(config.llm)
     raise ValueError(f"judge.kind: expected lm or llm, got {config.kind!r}")

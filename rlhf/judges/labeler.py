@@ -5,6 +5,7 @@ rule), and the comparison asked for (pairwise, best of K, ranking) is read off t
 seeded RNG (a tied pair gets confidence 5, "can't tell"). The scores are kept as meta["gold"], so the reward stage
 measures held-out accuracy against the judge's order-debiased preferences.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -51,7 +52,11 @@ class JudgeLabeler:
         check_kind_and_count(kind, responses)
         outcomes = self.pair_outcomes(prompt, responses)
         scores = copeland_scores(len(responses), outcomes)
-        meta = {"gold": scores, "judge": self.judge.name, "pair_outcomes": {f"{i},{j}": o for (i, j), o in outcomes.items()}}
+        meta = {
+            "gold": scores,
+            "judge": self.judge.name,
+            "pair_outcomes": {f"{i},{j}": o for (i, j), o in outcomes.items()},
+        }
         common = {"prompt": prompt, "responses": list(responses), "kind": kind, "labeler": self.name, "meta": meta}
         top = [i for i, s in enumerate(scores) if s == max(scores)]
         best = int(self.rng.choice(top))
@@ -63,4 +68,3 @@ class JudgeLabeler:
         if len(set(ranks)) == 1:  # a ranking needs one strict preference: the RNG's pick goes first
             ranks = [0 if i == best else 1 for i in range(len(responses))]
         return Comparison(**common, ranks=ranks)
-

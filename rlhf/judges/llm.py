@@ -50,7 +50,7 @@ def judge_messages(prompt: str, a: str, b: str) -> list[dict[str, str]]:
 
 
 def parse_judge_answer(text: str) -> str:
-    """"a", "b" or "tie" from the last "Preferred: ..." line of the judge's answer; "unparseable" without one."""
+    """ "a", "b" or "tie" from the last "Preferred: ..." line of the judge's answer; "unparseable" without one."""
     matches = ANSWER_LINE.findall(text)
     return matches[-1].lower() if matches else "unparseable"
 
@@ -77,8 +77,10 @@ class LLMJudge:
         """The text of the first choice of a chat-completions answer; a clear error for HTTP or shape errors."""
         url = self.config.base_url.rstrip("/") + "/chat/completions"
         body = {
-            "model": self.config.model, "messages": messages,
-            "temperature": self.config.temperature, "max_tokens": self.config.max_tokens,
+            "model": self.config.model,
+            "messages": messages,
+            "temperature": self.config.temperature,
+            "max_tokens": self.config.max_tokens,
         }
         request = urllib.request.Request(url, json.dumps(body).encode("utf-8"), self._headers(), method="POST")
         try:
@@ -92,7 +94,9 @@ class LLMJudge:
         try:
             content = json.loads(payload)["choices"][0]["message"]["content"]
         except (json.JSONDecodeError, KeyError, IndexError, TypeError) as error:
-            raise RuntimeError(f"{url}: expected a chat-completions JSON answer with choices[0].message.content, got {payload[:200]!r}") from error
+            raise RuntimeError(
+                f"{url}: expected a chat-completions JSON answer with choices[0].message.content, got {payload[:200]!r}"
+            ) from error
         if not isinstance(content, str):
             raise RuntimeError(f"{url}: expected choices[0].message.content to be a string, got {content!r}")
         return content

@@ -7,6 +7,7 @@ whatever the content: judge both orders (`rlhf.judges.judge_both_orders`, which 
 `compare_both_orders` here). With the built-in SmolLM2-135M-Instruct this is a weak judge: it is the simulated human
 of the offline set-up, as the zero-shot sentiment classifier is the sentiment task's gold.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,10 @@ def post_of(prompt: str) -> str:
 
 def judge_input(prompt: str, a: str, b: str) -> str:
     """The chat-formatted question (SmolLM2's chat markup) whose next token after "The better summary is" is read."""
-    return (f"<|im_start|>user\n{QUESTION}\n\n{post_of(prompt)}\n\nSummary A: {a.strip()}\n\nSummary B: {b.strip()}\n\n"
-            f"Answer with A or B.<|im_end|>\n<|im_start|>assistant\nThe better summary is")
+    return (
+        f"<|im_start|>user\n{QUESTION}\n\n{post_of(prompt)}\n\nSummary A: {a.strip()}\n\nSummary B: {b.strip()}\n\n"
+        f"Answer with A or B.<|im_end|>\n<|im_start|>assistant\nThe better summary is"
+    )
 
 
 def verdict_from_logprobs(logprob_a: float, logprob_b: float, margin: float = 0.0) -> Verdict:
@@ -53,7 +56,9 @@ def verdict_from_logprobs(logprob_a: float, logprob_b: float, margin: float = 0.
 
 # Zheng et al. 2023 (swap positions) / Wang et al. 2023 (balanced position calibration): with a position bias c,
 # d(x, y) = log P(A) - log P(B) = c + q and d(y, x) = c - q, so d(x, y) - d(y, x) = 2q is free of c.
-def outcome_from_both_logodds(forward: tuple[float, float], backward: tuple[float, float], margin: float = 0.0) -> float | None:
+def outcome_from_both_logodds(
+    forward: tuple[float, float], backward: tuple[float, float], margin: float = 0.0
+) -> float | None:
     """Outcome for x from (log P(A), log P(B)) with x shown first (`forward`) and with y shown first (`backward`):
     1 when d_forward - d_backward > 2 margin, 0 when < -2 margin, else 0.5; None when not finite."""
     score = (forward[0] - forward[1]) - (backward[0] - backward[1])
@@ -67,7 +72,14 @@ class LMPairwiseJudge:
     combines the two orders: "tie" (the two verdicts must agree, else a tie) or "logodds" (the sign of the log-odds
     difference summed over both orders, which cancels a constant position bias)."""
 
-    def __init__(self, model_path: str | None = None, margin: float = 0.0, batch_size: int = 8, name: str = "", order_rule: str = "tie"):
+    def __init__(
+        self,
+        model_path: str | None = None,
+        margin: float = 0.0,
+        batch_size: int = 8,
+        name: str = "",
+        order_rule: str = "tie",
+    ):
         if order_rule not in ORDER_RULES:
             raise ValueError(f"order_rule: expected one of {ORDER_RULES}, got {order_rule!r}")
         self.model_path = model_path or None
@@ -96,7 +108,9 @@ class LMPairwiseJudge:
         for i in range(0, len(items), self.batch_size):
             ids, mask = encode_queries(tokenizer, [judge_input(*item) for item in items[i : i + self.batch_size]])
             trunk = getattr(model, model.base_model_prefix)
-            hidden = trunk(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).last_hidden_state[:, -1]
+            hidden = trunk(
+                input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)
+            ).last_hidden_state[:, -1]
             logprobs = model.get_output_embeddings()(hidden).float().log_softmax(-1)
             out += list(zip(logprobs[:, token_a].tolist(), logprobs[:, token_b].tolist()))
         return out

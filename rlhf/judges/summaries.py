@@ -52,9 +52,15 @@ def summarize_judgements(
     summary["win_rate"] = win_rate(outcomes, seed=seed, n_resamples=n_resamples) if outcomes else None
     if length_a is not None and length_b is not None and outcomes:
         if not len(length_a) == len(length_b) == len(judged):
-            raise ValueError(f"length_a, length_b: expected {len(judged)} lengths each, got {len(length_a)} and {len(length_b)}")
+            raise ValueError(
+                f"length_a, length_b: expected {len(judged)} lengths each, got {len(length_a)} and {len(length_b)}"
+            )
         summary["length_controlled"] = length_controlled_win_rate(
-            outcomes, [length_a[i] for i in parsed], [length_b[i] for i in parsed], seed=seed, n_resamples=min(n_resamples, 1000)
+            outcomes,
+            [length_a[i] for i in parsed],
+            [length_b[i] for i in parsed],
+            seed=seed,
+            n_resamples=min(n_resamples, 1000),
         )
     return summary
 

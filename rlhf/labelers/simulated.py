@@ -94,7 +94,9 @@ def likert_cut_points(gold_scores: Sequence[float], points: int = 7) -> list[flo
     points that put about one seventh of the batch on each point of a 7-point scale."""
     if len(gold_scores) == 0:
         raise ValueError("likert_cut_points: no gold scores to calibrate on")
-    return [float(q) for q in np.quantile(np.asarray(gold_scores, dtype=np.float64), [k / points for k in range(1, points)])]
+    return [
+        float(q) for q in np.quantile(np.asarray(gold_scores, dtype=np.float64), [k / points for k in range(1, points)])
+    ]
 
 
 # Stiennon et al. 2020 §4.1: 7-point Likert ratings; placing the gold score among the batch's quantiles is our rule.
@@ -148,10 +150,15 @@ class SimulatedLabeler:
         afresh per axis (the noise under which its best-of-K choices are softmax(g / T); the gold scorer measures
         one quality, so the axes differ by noise only), placed among the calibrated cut points (`likert_from_score`)."""
         if self.likert_cuts is None:
-            raise ValueError(f"labeler {self.name!r}: no Likert calibration; call calibrate_likert(gold scores of the batch) first "
-                             "(`rlhf label simulate --likert-from RUN_DIR`)")
+            raise ValueError(
+                f"labeler {self.name!r}: no Likert calibration; call calibrate_likert(gold scores of the batch) first "
+                "(`rlhf label simulate --likert-from RUN_DIR`)"
+            )
         gold = score_with_gold(self.gold_scorer, prompt, [response])[0]
-        return {axis: likert_from_score(gold + self.temperature * (self.rng.gumbel() - np.euler_gamma), self.likert_cuts) for axis in axes}
+        return {
+            axis: likert_from_score(gold + self.temperature * (self.rng.gumbel() - np.euler_gamma), self.likert_cuts)
+            for axis in axes
+        }
 
     def label(self, prompt: str, responses: list[str], kind: str) -> Comparison:
         """Score all responses once with the gold scorer, then choose/rank them under the noise model."""

@@ -1,4 +1,5 @@
 """The admin page: accounts (add, unpause) and new versions of a batch's instructions."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
@@ -23,8 +24,14 @@ def admin(request: Request, db: Session = Depends(get_db), error: str = "") -> H
 
 
 @router.post("/admin/users")
-def add_user(request: Request, name: str = Form(""), password: str = Form(""), role: str = Form(""),
-             csrf: str = Form(""), db: Session = Depends(get_db)) -> Response:
+def add_user(
+    request: Request,
+    name: str = Form(""),
+    password: str = Form(""),
+    role: str = Form(""),
+    csrf: str = Form(""),
+    db: Session = Depends(get_db),
+) -> Response:
     auth.check_csrf(request, csrf)
     auth.require_role(request, db, "admin")
     try:
@@ -47,8 +54,9 @@ def unpause(user_id: int, request: Request, csrf: str = Form(""), db: Session = 
 
 
 @router.post("/admin/batches/{batch_id}/instructions")
-def new_instructions(batch_id: int, request: Request, text: str = Form(""), csrf: str = Form(""),
-                     db: Session = Depends(get_db)) -> Response:
+def new_instructions(
+    batch_id: int, request: Request, text: str = Form(""), csrf: str = Form(""), db: Session = Depends(get_db)
+) -> Response:
     auth.check_csrf(request, csrf)
     auth.require_role(request, db, "admin", "researcher")
     batch = db.get(Batch, batch_id)

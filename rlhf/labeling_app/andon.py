@@ -3,6 +3,7 @@
 Pulling writes the run's stop file (atomically, with who and why); PPO checks that file before every
 iteration, saves a checkpoint and stops. The pull stays on show until a researcher releases it, which
 removes the stop file so the PPO stage can be resumed."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,13 +31,24 @@ def register_run(db: Session, run_dir: str | Path) -> Run:
 
 
 def open_pull(db: Session, run: Run) -> AndonPull | None:
-    return db.scalar(select(AndonPull).where(AndonPull.run_id == run.id, AndonPull.released_at.is_(None)).order_by(AndonPull.id.desc()).limit(1))
+    return db.scalar(
+        select(AndonPull)
+        .where(AndonPull.run_id == run.id, AndonPull.released_at.is_(None))
+        .order_by(AndonPull.id.desc())
+        .limit(1)
+    )
 
 
 def open_pulls(db: Session) -> list[AndonPull]:
     """Pulls not released yet, with their run and puller loaded (pages show them after the session closes)."""
-    return list(db.scalars(select(AndonPull).options(joinedload(AndonPull.run), joinedload(AndonPull.pulled_by))
-                           .where(AndonPull.released_at.is_(None)).order_by(AndonPull.id)))
+    return list(
+        db.scalars(
+            select(AndonPull)
+            .options(joinedload(AndonPull.run), joinedload(AndonPull.pulled_by))
+            .where(AndonPull.released_at.is_(None))
+            .order_by(AndonPull.id)
+        )
+    )
 
 
 def pull_cord(db: Session, run: Run, user: User, reason: str) -> AndonPull:

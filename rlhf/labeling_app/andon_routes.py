@@ -1,5 +1,6 @@
 """The Andon cord (Ziegler et al. 2019 §4.4): the runs page, where anyone stops a run and a researcher or
 admin releases it."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
@@ -21,8 +22,9 @@ def runs(request: Request, db: Session = Depends(get_db)) -> HTMLResponse:
 
 
 @router.post("/runs/{run_id}/andon")
-def pull(run_id: int, request: Request, reason: str = Form(""), csrf: str = Form(""),
-         db: Session = Depends(get_db)) -> Response:
+def pull(
+    run_id: int, request: Request, reason: str = Form(""), csrf: str = Form(""), db: Session = Depends(get_db)
+) -> Response:
     auth.check_csrf(request, csrf)
     user = auth.require_role(request, db, "labeler", "researcher", "admin")
     run = db.get(Run, run_id)

@@ -1,5 +1,6 @@
 """Turn a submitted form into an answer in the query's original response order, check it, and grade it
 against a gold answer. Form fields name positions as shown; ``order[position]`` is the original index."""
+
 from __future__ import annotations
 
 import random

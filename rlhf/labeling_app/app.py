@@ -3,6 +3,7 @@
 Every page escapes text (Jinja2 autoescape on), every POST checks the session's CSRF token, every page
 checks the role, and a labeler only ever reads their own assignments and judgments. The routes live in
 one module per part of the app: login, labeling, admin, dashboard, Andon cord, static files."""
+
 from __future__ import annotations
 
 import os
@@ -70,10 +71,17 @@ def create_app(settings: LabelSettings | None = None, sessions: sessionmaker[Ses
     app.state.settings = settings
     app.state.sessions = sessions or open_database(settings.database_url or None)
     app.state.templates = Jinja2Templates(env=Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True))
-    app.state.login_limiter = LoginLimiter(settings.login_max_failures_per_user, settings.login_max_failures_per_address,
-                                           settings.login_window_seconds)
-    app.add_middleware(SessionMiddleware, secret_key=secret_key(settings), session_cookie="rlhf_label",
-                       same_site="strict", https_only=settings.cookie_https_only, max_age=12 * 3600)
+    app.state.login_limiter = LoginLimiter(
+        settings.login_max_failures_per_user, settings.login_max_failures_per_address, settings.login_window_seconds
+    )
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=secret_key(settings),
+        session_cookie="rlhf_label",
+        same_site="strict",
+        https_only=settings.cookie_https_only,
+        max_age=12 * 3600,
+    )
     app.middleware("http")(security_headers)
     app.add_exception_handler(auth.LoginRequired, to_login)
     for routes in (static_routes, login_routes, labeling_routes, dashboard_routes, admin_routes, andon_routes):

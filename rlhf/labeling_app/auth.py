@@ -1,5 +1,6 @@
 """Accounts and sessions: Argon2 password hashes, the signed session cookie's user, role checks and the
 per-session CSRF token every form must send back."""
+
 from __future__ import annotations
 
 import hmac

@@ -1,5 +1,6 @@
 """`rlhf label ...`: serve the app, manage accounts, push a run's samples, add gold/qualification queries,
 pull the answers, and run simulated labelers against a running app."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,11 @@ from rlhf.tasks import get_task
 
 
 def _db_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", default=os.environ.get("RLHF_LABEL_DB", ""),
-                        help="database URL (default $RLHF_LABEL_DB, else sqlite file $RLHF_LABEL_DATA/label.db, default ./data)")
+    parser.add_argument(
+        "--db",
+        default=os.environ.get("RLHF_LABEL_DB", ""),
+        help="database URL (default $RLHF_LABEL_DB, else sqlite file $RLHF_LABEL_DATA/label.db, default ./data)",
+    )
 
 
 def _read_password(env_var: str) -> str:
@@ -42,27 +46,47 @@ def _read_password(env_var: str) -> str:
 
 
 def add_label_parser(sub) -> None:
-    label = sub.add_parser("label", help="the human-feedback labeling app: serve, push, pull, accounts",
-                           description="A web app where people (or simulated labelers) answer comparison queries.")
+    label = sub.add_parser(
+        "label",
+        help="the human-feedback labeling app: serve, push, pull, accounts",
+        description="A web app where people (or simulated labelers) answer comparison queries.",
+    )
     commands = label.add_subparsers(dest="label_command", required=True, metavar="ACTION")
 
-    p = commands.add_parser("serve", help="start the web app", description="Serve the labeling app (creates/upgrades the database first).")
+    p = commands.add_parser(
+        "serve", help="start the web app", description="Serve the labeling app (creates/upgrades the database first)."
+    )
     _db_option(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--gold-threshold", type=float, default=0.7, help="gold accuracy under which a labeler is paused")
-    p.add_argument("--login-max-failures-per-user", type=int, default=5, help="failed logins per account within the window before HTTP 429")
-    p.add_argument("--login-max-failures-per-address", type=int, default=30, help="failed logins per client address within the window before HTTP 429")
+    p.add_argument(
+        "--login-max-failures-per-user",
+        type=int,
+        default=5,
+        help="failed logins per account within the window before HTTP 429",
+    )
+    p.add_argument(
+        "--login-max-failures-per-address",
+        type=int,
+        default=30,
+        help="failed logins per client address within the window before HTTP 429",
+    )
     p.add_argument("--login-window-seconds", type=float, default=900.0, help="sliding window of the login limits")
-    p.add_argument("--trust-proxy-headers", action="store_true",
-                   help="take the client address from X-Forwarded-For (only behind your own reverse proxy; off, a client cannot fake its address)")
+    p.add_argument(
+        "--trust-proxy-headers",
+        action="store_true",
+        help="take the client address from X-Forwarded-For (only behind your own reverse proxy; off, a client cannot fake its address)",
+    )
 
     p = commands.add_parser("add-user", help="create an account (password read from stdin, or --password-env)")
     _db_option(p)
     p.add_argument("name")
     p.add_argument("--role", choices=ROLES, required=True)
     p.add_argument("--password-env", default="", help="read the password from this environment variable")
-    p.add_argument("--simulated", default="", help="mark as a simulated labeler, e.g. 'sentiment T=0.5' (shown to admins)")
+    p.add_argument(
+        "--simulated", default="", help="mark as a simulated labeler, e.g. 'sentiment T=0.5' (shown to admins)"
+    )
 
     p = commands.add_parser("push", help="turn RUN_DIR/collect/samples.jsonl into a batch of queries")
     _db_option(p)
@@ -71,7 +95,9 @@ def add_label_parser(sub) -> None:
     p.add_argument("--name", default="", help="batch name (default RUN-KIND-COUNT)")
     p.add_argument("--overlap-share", type=float, default=0.05, help="share of queries answered by several labelers")
     p.add_argument("--overlap-labelers", type=int, default=5, help="distinct labelers per overlap query")
-    p.add_argument("--instructions", default="", help="instructions text (version 1; later versions from the admin page)")
+    p.add_argument(
+        "--instructions", default="", help="instructions text (version 1; later versions from the admin page)"
+    )
     p.add_argument("--seed", type=int, default=0)
 
     p = commands.add_parser("gold", help="add gold queries (known answers, Comparison JSONL), or a qualification batch")
@@ -81,7 +107,10 @@ def add_label_parser(sub) -> None:
     p.add_argument("--qualification", action="store_true", help="labelers must pass these before any other work")
     p.add_argument("--instructions", default="")
 
-    p = commands.add_parser("pull", help="export answers: OUT/comparisons.jsonl (for collect.comparisons_path), likert.jsonl, summarize_from_feedback.jsonl")
+    p = commands.add_parser(
+        "pull",
+        help="export answers: OUT/comparisons.jsonl (for collect.comparisons_path), likert.jsonl, summarize_from_feedback.jsonl",
+    )
     _db_option(p)
     p.add_argument("out_dir")
     p.add_argument("--batch", action="append", default=[], help="only these batches (repeatable; default all)")
@@ -94,13 +123,19 @@ def add_label_parser(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="Bradley-Terry / Plackett-Luce noise temperature")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max", type=int, default=None, help="stop after this many answers")
-    p.add_argument("--likert-from", default="", metavar="RUN_DIR",
-                   help="for likert queries: the 1-7 cut points are the septiles of the gold scores of RUN_DIR/collect/samples.jsonl (the pushed batch)")
+    p.add_argument(
+        "--likert-from",
+        default="",
+        metavar="RUN_DIR",
+        help="for likert queries: the 1-7 cut points are the septiles of the gold scores of RUN_DIR/collect/samples.jsonl (the pushed batch)",
+    )
 
 
 def main_label(args: argparse.Namespace) -> int:
     """Run one `rlhf label` action; bad input prints `rlhf: error: ...` and returns 2."""
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return run_label_command(args)
@@ -130,12 +165,20 @@ def run_label_command(args: argparse.Namespace) -> int:
     if command == "serve":
         import uvicorn  # lazy: a heavy import, needed for the server only
 
-        settings = LabelSettings(database_url=args.db, gold_threshold=args.gold_threshold,
-                                 login_max_failures_per_user=args.login_max_failures_per_user,
-                                 login_max_failures_per_address=args.login_max_failures_per_address,
-                                 login_window_seconds=args.login_window_seconds)
-        uvicorn.run(create_app(settings, sessions), host=args.host, port=args.port, log_level="warning",
-                    proxy_headers=args.trust_proxy_headers)
+        settings = LabelSettings(
+            database_url=args.db,
+            gold_threshold=args.gold_threshold,
+            login_max_failures_per_user=args.login_max_failures_per_user,
+            login_max_failures_per_address=args.login_max_failures_per_address,
+            login_window_seconds=args.login_window_seconds,
+        )
+        uvicorn.run(
+            create_app(settings, sessions),
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+            proxy_headers=args.trust_proxy_headers,
+        )
         return 0
     with sessions() as db:
         if command == "add-user":
@@ -143,11 +186,22 @@ def run_label_command(args: argparse.Namespace) -> int:
             print(f"created {user.role} {user.name!r}")
         elif command == "push":
             kind = args.kind or RunDir(args.run_dir).load_config().collect.kind
-            batch = push_samples(db, args.run_dir, kind, args.name, args.overlap_share, args.overlap_labelers, args.seed, args.instructions)
+            batch = push_samples(
+                db,
+                args.run_dir,
+                kind,
+                args.name,
+                args.overlap_share,
+                args.overlap_labelers,
+                args.seed,
+                args.instructions,
+            )
             print(f"pushed batch {batch.name!r}: {batch_size(db, batch.id)} {kind} queries")
         elif command == "gold":
             batch = push_gold(db, args.comparisons, args.name, args.qualification, args.instructions)
-            print(f"added {'qualification' if args.qualification else 'gold'} batch {batch.name!r}: {batch_size(db, batch.id)} queries")
+            print(
+                f"added {'qualification' if args.qualification else 'gold'} batch {batch.name!r}: {batch_size(db, batch.id)} queries"
+            )
         elif command == "pull":
             counts = pull_answers(db, args.out_dir, args.batch)
             print(json.dumps(counts))

@@ -1,5 +1,6 @@
 """The numbers on the researchers' dashboard: per-labeler throughput, time, gold accuracy and agreement,
 and overall agreement rates with bootstrap intervals, Krippendorff's alpha and Cohen's kappa."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -29,7 +30,12 @@ def comparable_label(kind: str, answer: dict[str, Any]) -> Any:
 
 def _rate(items: list[tuple[int, int]]) -> dict[str, Any]:
     interval = bootstrap_interval(items)
-    return {"rate": agreement_rate(items), "interval95": interval, "pairs": sum(n for _, n in items), "queries": len(items)}
+    return {
+        "rate": agreement_rate(items),
+        "interval95": interval,
+        "pairs": sum(n for _, n in items),
+        "queries": len(items),
+    }
 
 
 def _alpha_tables(by_query: dict[int, list[tuple[Judgment, User, Query]]]) -> dict[str, Any]:
@@ -46,16 +52,30 @@ def _alpha_tables(by_query: dict[int, list[tuple[Judgment, User, Query]]]) -> di
             table = [[None] * len(queries) for _ in raters]
             for column, qid in enumerate(queries):
                 for judgment, user, _query in by_query[qid]:
-                    value = judgment.answer[axis] if kind == "likert" else codes.setdefault(top_choice(kind, judgment.answer), len(codes))
+                    value = (
+                        judgment.answer[axis]
+                        if kind == "likert"
+                        else codes.setdefault(top_choice(kind, judgment.answer), len(codes))
+                    )
                     table[raters.index(user.id)][column] = value
             level = "ordinal" if kind == "likert" else "nominal"
-            results[f"{kind}:{axis}"] = {"alpha": krippendorff_alpha(table, level), "level": level, "queries": len(queries)}
+            results[f"{kind}:{axis}"] = {
+                "alpha": krippendorff_alpha(table, level),
+                "level": level,
+                "queries": len(queries),
+            }
     return results
 
 
 def dashboard_stats(db: Session) -> dict[str, Any]:
-    rows = db.execute(select(Judgment, User, Query).join(User, Judgment.user_id == User.id).join(Query, Judgment.query_id == Query.id)
-                      .join(Batch, Query.batch_id == Batch.id).where(Batch.is_qualification.is_(False)).order_by(Judgment.id)).all()
+    rows = db.execute(
+        select(Judgment, User, Query)
+        .join(User, Judgment.user_id == User.id)
+        .join(Query, Judgment.query_id == Query.id)
+        .join(Batch, Query.batch_id == Batch.id)
+        .where(Batch.is_qualification.is_(False))
+        .order_by(Judgment.id)
+    ).all()
     by_user: dict[int, list[tuple[Judgment, Query]]] = defaultdict(list)
     users: dict[int, User] = {}
     overlap: dict[int, list[tuple[Judgment, User, Query]]] = defaultdict(list)
@@ -92,20 +112,31 @@ def dashboard_stats(db: Session) -> dict[str, Any]:
     for user_id, items in sorted(by_user.items()):
         user = users[user_id]
         times = [judgment.created_at for judgment, _ in items]
-        gold = [judgment.gold_correct for judgment, query in items if query.is_gold and judgment.gold_correct is not None]
-        per_user.append({
-            "name": user.name, "role": user.role, "paused": user.paused, "judgments": len(items),
-            "per_hour": throughput_per_hour(len(items), (max(times) - min(times)).total_seconds()),
-            "median_seconds": median_seconds([judgment.seconds for judgment, _ in items]),
-            "gold_accuracy": sum(gold) / len(gold) if gold else None, "gold_answered": len(gold),
-            "agreement_with_labelers": agreement_rate(agree_with[(user_id, "labelers")]),
-            "agreement_with_researchers": agreement_rate(agree_with[(user_id, "researchers")]),
-        })
+        gold = [
+            judgment.gold_correct for judgment, query in items if query.is_gold and judgment.gold_correct is not None
+        ]
+        per_user.append(
+            {
+                "name": user.name,
+                "role": user.role,
+                "paused": user.paused,
+                "judgments": len(items),
+                "per_hour": throughput_per_hour(len(items), (max(times) - min(times)).total_seconds()),
+                "median_seconds": median_seconds([judgment.seconds for judgment, _ in items]),
+                "gold_accuracy": sum(gold) / len(gold) if gold else None,
+                "gold_answered": len(gold),
+                "agreement_with_labelers": agreement_rate(agree_with[(user_id, "labelers")]),
+                "agreement_with_researchers": agreement_rate(agree_with[(user_id, "researchers")]),
+            }
+        )
     return {
         "judgments": len(rows),
         "labelers": per_user,
-        "agreement": {"labeler_labeler": _rate(labeler_pairs), "labeler_researcher": _rate(cross_pairs),
-                      "researcher_researcher": _rate(researcher_pairs)},
+        "agreement": {
+            "labeler_labeler": _rate(labeler_pairs),
+            "labeler_researcher": _rate(cross_pairs),
+            "researcher_researcher": _rate(researcher_pairs),
+        },
         "krippendorff_alpha": _alpha_tables(overlap),
         "cohen_kappa_labeler_researcher": cohen_kappa(kappa_first, kappa_second),
     }

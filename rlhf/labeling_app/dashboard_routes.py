@@ -1,4 +1,5 @@
 """The researchers' dashboard (throughput, gold accuracy, agreement), as a page and as JSON."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request

@@ -1,5 +1,6 @@
 """Database connection: SQLite in WAL mode by default (a file under the data directory), PostgreSQL by URL;
 the schema is created and upgraded by the Alembic migrations in rlhf/labeling_app/migrations."""
+
 from __future__ import annotations
 
 import os
@@ -30,11 +31,13 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite connections get WAL mode, foreign keys and a 30 s busy timeout."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20, max_overflow=20)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20, max_overflow=20
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
     return create_engine(url, pool_size=20, max_overflow=40, pool_pre_ping=True)
 
 

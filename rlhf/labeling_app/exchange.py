@@ -2,6 +2,7 @@
 queries; `pull` exports the answers as Comparison JSONL (what the reward stage reads through
 collect.comparisons_path) and as summarize-from-feedback JSON rows. Ranking answers stay one record each;
 the reward-model loss expands them into their C(K,2) pairs."""
+
 from __future__ import annotations
 
 import json
@@ -40,12 +41,19 @@ def _group_by_prompt(samples: list[Sample]) -> list[tuple[str, list[Sample]]]:
 
 
 def _check_group_size(kind: str, prompt: str, count: int, where: str) -> None:
-    low, high = {"pairwise": (2, 2), "best_of_k": (2, 64), "ranking": (2, MAX_RANKED_RESPONSES), "likert": (1, 10**6)}[kind]
+    low, high = {"pairwise": (2, 2), "best_of_k": (2, 64), "ranking": (2, MAX_RANKED_RESPONSES), "likert": (1, 10**6)}[
+        kind
+    ]
     if not low <= count <= high:
-        raise RecordError(f"a {kind} query needs {low}..{high} responses per prompt, got {count} for prompt {prompt[:50]!r}", where=where)
+        raise RecordError(
+            f"a {kind} query needs {low}..{high} responses per prompt, got {count} for prompt {prompt[:50]!r}",
+            where=where,
+        )
 
 
-def new_batch(db: Session, name: str, kind: str, instructions: str = "", qualification: bool = False, run_id: int | None = None) -> Batch:
+def new_batch(
+    db: Session, name: str, kind: str, instructions: str = "", qualification: bool = False, run_id: int | None = None
+) -> Batch:
     if db.scalar(select(Batch).where(Batch.name == name)) is not None:
         raise ValueError(f"a batch named {name!r} exists already; choose another --name")
     batch = Batch(name=name, kind=kind, is_qualification=qualification, run_id=run_id)
@@ -55,19 +63,48 @@ def new_batch(db: Session, name: str, kind: str, instructions: str = "", qualifi
     return batch
 
 
-def push_samples(db: Session, run_dir: str | Path, kind: str, name: str = "", overlap_share: float = 0.05,
-                 overlap_labelers: int = 5, seed: int = 0, instructions: str = "") -> Batch:
+def push_samples(
+    db: Session,
+    run_dir: str | Path,
+    kind: str,
+    name: str = "",
+    overlap_share: float = 0.05,
+    overlap_labelers: int = 5,
+    seed: int = 0,
+    instructions: str = "",
+) -> Batch:
     """RUN_DIR/collect/samples.jsonl -> a batch of queries (one per prompt; one per response for likert)."""
     path = Path(run_dir) / "collect" / "samples.jsonl"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no samples; run `rlhf collect {run_dir}` (or give a run that has sampled responses)")
-    return push_sample_records(db, read_jsonl(path, Sample), run_dir, kind, name, overlap_share, overlap_labelers, seed,
-                               instructions, where=str(path))
+        raise FileNotFoundError(
+            f"{path}: no samples; run `rlhf collect {run_dir}` (or give a run that has sampled responses)"
+        )
+    return push_sample_records(
+        db,
+        read_jsonl(path, Sample),
+        run_dir,
+        kind,
+        name,
+        overlap_share,
+        overlap_labelers,
+        seed,
+        instructions,
+        where=str(path),
+    )
 
 
-def push_sample_records(db: Session, samples: list[Sample], run_dir: str | Path, kind: str, name: str = "",
-                        overlap_share: float = 0.05, overlap_labelers: int = 5, seed: int = 0, instructions: str = "",
-                        where: str = "samples") -> Batch:
+def push_sample_records(
+    db: Session,
+    samples: list[Sample],
+    run_dir: str | Path,
+    kind: str,
+    name: str = "",
+    overlap_share: float = 0.05,
+    overlap_labelers: int = 5,
+    seed: int = 0,
+    instructions: str = "",
+    where: str = "samples",
+) -> Batch:
     """Samples (grouped by prompt) -> a batch of queries of `run_dir`'s run; `push_samples` and online PPO use it."""
     items: list[tuple[str, list[dict[str, str]]]] = []
     for prompt, group in _group_by_prompt(samples):
@@ -104,15 +141,29 @@ def push_gold(db: Session, path: str | Path, name: str, qualification: bool = Fa
         raise RecordError(f"one kind per gold file, got {sorted(kinds)}", where=str(path))
     batch = new_batch(db, name, kinds.pop(), instructions, qualification=qualification)
     for c in comparisons:
-        db.add(Query(batch_id=batch.id, kind=c.kind, prompt=c.prompt, responses=[{"text": r, "policy": "gold"} for r in c.responses],
-                     is_gold=True, gold_answer=gold_answer(c), source_id=c.id))
+        db.add(
+            Query(
+                batch_id=batch.id,
+                kind=c.kind,
+                prompt=c.prompt,
+                responses=[{"text": r, "policy": "gold"} for r in c.responses],
+                is_gold=True,
+                gold_answer=gold_answer(c),
+                source_id=c.id,
+            )
+        )
     db.commit()
     return batch
 
 
 def _judgments(db: Session, batch_names: list[str]) -> list[tuple[Judgment, Query, User, Batch]]:
-    statement = (select(Judgment, Query, User, Batch).join(Query, Judgment.query_id == Query.id).join(User, Judgment.user_id == User.id)
-                 .join(Batch, Query.batch_id == Batch.id).where(Query.is_gold.is_(False), Batch.is_qualification.is_(False)))
+    statement = (
+        select(Judgment, Query, User, Batch)
+        .join(Query, Judgment.query_id == Query.id)
+        .join(User, Judgment.user_id == User.id)
+        .join(Batch, Query.batch_id == Batch.id)
+        .where(Query.is_gold.is_(False), Batch.is_qualification.is_(False))
+    )
     if batch_names:
         statement = statement.where(Batch.name.in_(batch_names))
     return list(db.execute(statement.order_by(Judgment.id)).all())
@@ -125,16 +176,23 @@ def batch_names_starting_with(db: Session, prefix: str) -> list[str]:
 
 def count_queries(db: Session, batch_prefix: str) -> int:
     """Queries asked in the batches whose name starts with `batch_prefix`; gold queries do not count."""
-    statement = (select(func.count(Query.id)).join(Batch)
-                 .where(Batch.name.startswith(batch_prefix, autoescape=True), Query.is_gold.is_(False)))
+    statement = (
+        select(func.count(Query.id))
+        .join(Batch)
+        .where(Batch.name.startswith(batch_prefix, autoescape=True), Query.is_gold.is_(False))
+    )
     return db.scalar(statement) or 0
 
 
 def count_answers(db: Session, batch_prefix: str) -> int:
     """Judgments stored for the queries of the batches whose name starts with `batch_prefix`; answers to gold
     queries do not count."""
-    statement = (select(func.count(Judgment.id)).join(Query, Judgment.query_id == Query.id).join(Batch)
-                 .where(Batch.name.startswith(batch_prefix, autoescape=True), Query.is_gold.is_(False)))
+    statement = (
+        select(func.count(Judgment.id))
+        .join(Query, Judgment.query_id == Query.id)
+        .join(Batch)
+        .where(Batch.name.startswith(batch_prefix, autoescape=True), Query.is_gold.is_(False))
+    )
     return db.scalar(statement) or 0
 
 
@@ -148,13 +206,26 @@ def answered_comparisons(db: Session, batch_names: list[str]) -> list[Comparison
 def judgment_to_comparison(judgment: Judgment, query: Query, user: User, batch: Batch) -> Comparison:
     """One stored answer as a Comparison in the query's original response order (policy names in meta)."""
     answer = judgment.answer
-    meta = {"query_id": query.id, "batch": batch.name, "instructions_version": judgment.instructions_version,
-            "seconds": round(judgment.seconds, 3), "policies": [r["policy"] for r in query.responses]}
+    meta = {
+        "query_id": query.id,
+        "batch": batch.name,
+        "instructions_version": judgment.instructions_version,
+        "seconds": round(judgment.seconds, 3),
+        "policies": [r["policy"] for r in query.responses],
+    }
     if judgment.note:
         meta["note"] = judgment.note
-    return Comparison(prompt=query.prompt, responses=[r["text"] for r in query.responses], kind=query.kind,
-                      best=answer.get("best"), ranks=answer.get("ranks"), confidence=answer.get("confidence"),
-                      labeler=user.name, id=f"judgment-{judgment.id}", meta=meta)
+    return Comparison(
+        prompt=query.prompt,
+        responses=[r["text"] for r in query.responses],
+        kind=query.kind,
+        best=answer.get("best"),
+        ranks=answer.get("ranks"),
+        confidence=answer.get("confidence"),
+        labeler=user.name,
+        id=f"judgment-{judgment.id}",
+        meta=meta,
+    )
 
 
 def summarize_from_feedback_row(comparison: Comparison) -> dict[str, Any]:
@@ -162,9 +233,19 @@ def summarize_from_feedback_row(comparison: Comparison) -> dict[str, Any]:
     info.post holds the whole prompt as shown to the labeler."""
     policies = comparison.meta.get("policies", ["", ""])
     return {
-        "info": {"id": str(comparison.meta.get("query_id", "")), "post": comparison.prompt, "title": "", "subreddit": ""},
-        "summaries": [{"text": text, "policy": policy, "note": ""} for text, policy in zip(comparison.responses, policies)],
-        "choice": comparison.best, "worker": comparison.labeler, "batch": comparison.meta.get("batch", ""), "split": "train",
+        "info": {
+            "id": str(comparison.meta.get("query_id", "")),
+            "post": comparison.prompt,
+            "title": "",
+            "subreddit": "",
+        },
+        "summaries": [
+            {"text": text, "policy": policy, "note": ""} for text, policy in zip(comparison.responses, policies)
+        ],
+        "choice": comparison.best,
+        "worker": comparison.labeler,
+        "batch": comparison.meta.get("batch", ""),
+        "split": "train",
         "extra": {"confidence": comparison.confidence} if comparison.confidence is not None else {},
     }
 
@@ -176,13 +257,25 @@ def pull_answers(db: Session, out_dir: str | Path, batch_names: list[str] | None
     comparisons, ratings = [], []
     for judgment, query, user, batch in _judgments(db, batch_names or []):
         if query.kind == "likert":
-            ratings.append({"prompt": query.prompt, "response": query.responses[0]["text"], "policy": query.responses[0]["policy"],
-                            "labeler": user.name, "batch": batch.name, "query_id": query.id, "note": judgment.note,
-                            "instructions_version": judgment.instructions_version, **judgment.answer})
+            ratings.append(
+                {
+                    "prompt": query.prompt,
+                    "response": query.responses[0]["text"],
+                    "policy": query.responses[0]["policy"],
+                    "labeler": user.name,
+                    "batch": batch.name,
+                    "query_id": query.id,
+                    "note": judgment.note,
+                    "instructions_version": judgment.instructions_version,
+                    **judgment.answer,
+                }
+            )
         else:
             comparisons.append(judgment_to_comparison(judgment, query, user, batch))
     write_jsonl(out / "comparisons.jsonl", comparisons)
     atomic_write_text(out / "likert.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in ratings))
     pairwise = [summarize_from_feedback_row(c) for c in comparisons if c.kind == "pairwise"]
-    atomic_write_text(out / "summarize_from_feedback.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in pairwise))
+    atomic_write_text(
+        out / "summarize_from_feedback.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in pairwise)
+    )
     return {"comparisons": len(comparisons), "likert": len(ratings), "summarize_from_feedback": len(pairwise)}

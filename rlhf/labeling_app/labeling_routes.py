@@ -1,5 +1,6 @@
 """A labeler's (or researcher's) work: the next query as a page or as JSON, submitting an answer, and
 their own past judgments. Policy names never leave the server; nobody reads another person's judgments."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -27,9 +28,22 @@ def label_page(request: Request, db: Session, user: User, error: str = "", statu
     query = assignment.query
     instructions = current_instructions(db, query.batch_id)
     shown = [query.responses[index]["text"] for index in assignment.order]  # policy names stay on the server
-    return page(request, db, f"query_{query.kind}.jinja", user, status_code=status_code, assignment=assignment,
-                query=query, responses=shown, instructions=instructions, error=error, axes=LIKERT_AXES,
-                flags=LIKERT_FLAGS, likert=range(LIKERT_RANGE[0], LIKERT_RANGE[1] + 1), confidence=range(1, 10))
+    return page(
+        request,
+        db,
+        f"query_{query.kind}.jinja",
+        user,
+        status_code=status_code,
+        assignment=assignment,
+        query=query,
+        responses=shown,
+        instructions=instructions,
+        error=error,
+        axes=LIKERT_AXES,
+        flags=LIKERT_FLAGS,
+        likert=range(LIKERT_RANGE[0], LIKERT_RANGE[1] + 1),
+        confidence=range(1, 10),
+    )
 
 
 @router.get("/label")
@@ -71,16 +85,24 @@ def api_next(request: Request, db: Session = Depends(get_db)) -> JSONResponse:
         return JSONResponse({"status": none.status, "detail": none.detail})
     query = assignment.query
     instructions = current_instructions(db, query.batch_id)
-    return JSONResponse({"status": "ok", "token": assignment.token, "kind": query.kind, "prompt": query.prompt,
-                         "responses": [query.responses[index]["text"] for index in assignment.order],
-                         "instructions_version": instructions.version if instructions else 0})
+    return JSONResponse(
+        {
+            "status": "ok",
+            "token": assignment.token,
+            "kind": query.kind,
+            "prompt": query.prompt,
+            "responses": [query.responses[index]["text"] for index in assignment.order],
+            "instructions_version": instructions.version if instructions else 0,
+        }
+    )
 
 
 @router.get("/my")
 def my_work(request: Request, db: Session = Depends(get_db)) -> HTMLResponse:
     user = auth.require_role(request, db, *WORKERS)
-    judgments = list(db.scalars(select(Judgment).where(Judgment.user_id == user.id)
-                                .order_by(Judgment.id.desc()).limit(200)))
+    judgments = list(
+        db.scalars(select(Judgment).where(Judgment.user_id == user.id).order_by(Judgment.id.desc()).limit(200))
+    )
     return page(request, db, "my.jinja", user, judgments=judgments)
 
 

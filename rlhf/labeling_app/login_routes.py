@@ -1,4 +1,5 @@
 """Sessions: the home redirect, log in (rate-limited), log out, and the session's CSRF token as JSON."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Form, Request
@@ -23,8 +24,13 @@ def login_page(request: Request) -> HTMLResponse:
 
 
 @router.post("/login")
-def login(request: Request, name: str = Form(""), password: str = Form(""), csrf: str = Form(""),
-          db: Session = Depends(get_db)) -> Response:
+def login(
+    request: Request,
+    name: str = Form(""),
+    password: str = Form(""),
+    csrf: str = Form(""),
+    db: Session = Depends(get_db),
+) -> Response:
     auth.check_csrf(request, csrf)
     limiter = request.app.state.login_limiter
     address = request.client.host if request.client else ""
@@ -54,5 +60,6 @@ def logout(request: Request, csrf: str = Form("")) -> Response:
 def api_session(request: Request, db: Session = Depends(get_db)) -> JSONResponse:
     """Who is logged in, and the CSRF token a scripted client sends with its forms."""
     user = auth.current_user(request, db)
-    return JSONResponse({"csrf": auth.csrf_token(request), "user": user.name if user else None,
-                         "role": user.role if user else None})
+    return JSONResponse(
+        {"csrf": auth.csrf_token(request), "user": user.name if user else None, "role": user.role if user else None}
+    )

@@ -1,4 +1,5 @@
 """Agreement and throughput measures for the dashboard, each a small pure function."""
+
 from __future__ import annotations
 
 import statistics
@@ -22,8 +23,9 @@ def agreement_rate(items: Sequence[tuple[int, int]]) -> float | None:
 
 
 # Stiennon et al. 2020 App. C.2 report agreement ± an interval; here a percentile bootstrap over items.
-def bootstrap_interval(items: Sequence[tuple[int, int]], resamples: int = 1000, seed: int = 0,
-                       level: float = 0.95) -> tuple[float, float] | None:
+def bootstrap_interval(
+    items: Sequence[tuple[int, int]], resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float] | None:
     """Percentile bootstrap interval of ``agreement_rate``, resampling items (queries) with replacement."""
     if not items or sum(n for _, n in items) == 0:
         return None

@@ -1,6 +1,7 @@
 """Login rate limiting: too many failed logins for one account, or from one client address, within a sliding
 window are refused with HTTP 429 before the password is even checked. A successful login clears its account's
 failures (not its address's). The counts live in the server process's memory (one uvicorn worker)."""
+
 from __future__ import annotations
 
 import threading
@@ -12,7 +13,9 @@ from collections.abc import Callable
 class LoginLimiter:
     """Failed-login timestamps per account name and per client address, kept for `window` seconds."""
 
-    def __init__(self, max_per_user: int, max_per_address: int, window: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, max_per_user: int, max_per_address: int, window: float, clock: Callable[[], float] = time.monotonic
+    ):
         if max_per_user < 1 or max_per_address < 1 or window <= 0:
             raise ValueError("LoginLimiter: the limits must be at least 1 and the window positive")
         self.max_per_user, self.max_per_address, self.window, self.clock = max_per_user, max_per_address, window, clock
@@ -32,8 +35,10 @@ class LoginLimiter:
         """Why a login attempt must be refused now (with when to retry), or None."""
         with self.lock:
             now = self.clock()
-            for table, key, limit, what in ((self.by_user, user, self.max_per_user, "for this account"),
-                                            (self.by_address, address, self.max_per_address, "from your address")):
+            for table, key, limit, what in (
+                (self.by_user, user, self.max_per_user, "for this account"),
+                (self.by_address, address, self.max_per_address, "from your address"),
+            ):
                 stamps = self._recent(table, key, now)
                 if len(stamps) >= limit:
                     wait = int(stamps[0] + self.window - now) + 1

@@ -1,4 +1,5 @@
 """Settings of the labeling app (typed, one docstring per field, like rlhf/config.py)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,5 +37,9 @@ class LabelSettings:
                 raise ValueError(f"LabelSettings.{name}: expected a number in 0..1, got {value}")
         if self.gold_min_answers < 1:
             raise ValueError("LabelSettings: gold_min_answers must be at least 1")
-        if self.login_max_failures_per_user < 1 or self.login_max_failures_per_address < 1 or self.login_window_seconds <= 0:
+        if (
+            self.login_max_failures_per_user < 1
+            or self.login_max_failures_per_address < 1
+            or self.login_window_seconds <= 0
+        ):
             raise ValueError("LabelSettings: the login limits must be at least 1 and login_window_seconds positive")

@@ -2,6 +2,7 @@
 query, answer it with a `Labeler` (e.g. rlhf.labelers.simulated.SimulatedLabeler; Likert queries with its
 `rate`), submit the form.
 Used to rehearse a collection round end to end without people, and by the load benchmark."""
+
 from __future__ import annotations
 
 import time
@@ -49,8 +50,9 @@ class AppLabelerClient:
         self.http.close()
 
 
-def label_through_app(client: AppLabelerClient, labeler: Labeler, max_queries: int | None = None,
-                      deadline: float | None = None) -> list[str]:
+def label_through_app(
+    client: AppLabelerClient, labeler: Labeler, max_queries: int | None = None, deadline: float | None = None
+) -> list[str]:
     """Answer queries until there is no work, ``max_queries`` are done or ``deadline`` (time.monotonic) passes;
     returns the tokens of the accepted submissions (HTTP 303 back to /label)."""
     accepted: list[str] = []

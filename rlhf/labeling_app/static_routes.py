@@ -1,4 +1,5 @@
 """The two static files: the pages' script and style sheet (served from the templates folder)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 A judgment is stored exactly once: one judgment per assignment (unique), one assignment per
 (query, labeler) (unique) and one per (query, overlap slot) (unique), so concurrent requests that race
 for the same slot or resubmit the same form fail on a constraint instead of writing twice."""
+
 from __future__ import annotations
 
 import datetime as dt

@@ -4,6 +4,7 @@ Order of work for a labeler: an open assignment (a reload shows the same query);
 until it is graded; then, with probability ``gold_rate``, a gold query not yet answered; else the oldest
 regular query with a free overlap slot they have not had. Researchers answer overlap queries without
 taking a slot, so labeler-researcher agreement can be measured."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -34,12 +35,19 @@ class NoWork(Exception):
 
 def open_assignment(db: Session, user: User) -> Assignment | None:
     answered = exists().where(Judgment.assignment_id == Assignment.id)
-    return db.scalar(select(Assignment).where(Assignment.user_id == user.id, ~answered).order_by(Assignment.id).limit(1))
+    return db.scalar(
+        select(Assignment).where(Assignment.user_id == user.id, ~answered).order_by(Assignment.id).limit(1)
+    )
 
 
 def _assign(db: Session, user: User, query: Query, slot: int | None) -> Assignment | None:
-    assignment = Assignment(query_id=query.id, user_id=user.id, slot=slot, order=draw_order(len(query.responses), _rng),
-                            token=secrets.token_urlsafe(24))
+    assignment = Assignment(
+        query_id=query.id,
+        user_id=user.id,
+        slot=slot,
+        order=draw_order(len(query.responses), _rng),
+        token=secrets.token_urlsafe(24),
+    )
     db.add(assignment)
     try:
         db.commit()
@@ -54,7 +62,15 @@ def _seen_by(user: User):
 
 
 def _unseen_queries(db: Session, user: User, *conditions) -> list[Query]:
-    return list(db.scalars(select(Query).join(Batch).where(Query.id.not_in(_seen_by(user)), *conditions).order_by(Query.id).limit(CANDIDATES)))
+    return list(
+        db.scalars(
+            select(Query)
+            .join(Batch)
+            .where(Query.id.not_in(_seen_by(user)), *conditions)
+            .order_by(Query.id)
+            .limit(CANDIDATES)
+        )
+    )
 
 
 def qualification_status(db: Session, user: User, settings: LabelSettings) -> str:
@@ -65,7 +81,11 @@ def qualification_status(db: Session, user: User, settings: LabelSettings) -> st
     total = db.scalar(select(func.count(Query.id)).where(Query.batch_id.in_(batches))) if batches else 0
     if not total:
         return "passed"
-    graded = list(db.scalars(select(Judgment.gold_correct).join(Query).where(Query.batch_id.in_(batches), Judgment.user_id == user.id)))
+    graded = list(
+        db.scalars(
+            select(Judgment.gold_correct).join(Query).where(Query.batch_id.in_(batches), Judgment.user_id == user.id)
+        )
+    )
     if len(graded) < total:
         return "pending"
     accuracy = sum(bool(correct) for correct in graded) / total
@@ -108,9 +128,20 @@ def _try_once(db: Session, user: User, settings: LabelSettings) -> Assignment | 
         gold = _unseen_queries(db, user, Query.is_gold.is_(True), Batch.is_qualification.is_(False))
         if gold:
             return _assign(db, user, _rng.choice(gold), None)
-    taken = select(func.count(Assignment.id)).where(Assignment.query_id == Query.id, Assignment.slot.is_not(None)).scalar_subquery()
-    queries = list(db.scalars(select(Query).join(Batch).where(*regular, Query.id.not_in(_seen_by(user)), taken < Query.target_labelers)
-                              .order_by(Query.id).limit(CANDIDATES)))
+    taken = (
+        select(func.count(Assignment.id))
+        .where(Assignment.query_id == Query.id, Assignment.slot.is_not(None))
+        .scalar_subquery()
+    )
+    queries = list(
+        db.scalars(
+            select(Query)
+            .join(Batch)
+            .where(*regular, Query.id.not_in(_seen_by(user)), taken < Query.target_labelers)
+            .order_by(Query.id)
+            .limit(CANDIDATES)
+        )
+    )
     if not queries:
         if reclaim_expired_slots(db, settings.assignment_timeout_minutes):
             return None
@@ -127,15 +158,20 @@ def reclaim_expired_slots(db: Session, timeout_minutes: float) -> int:
     """Free overlap slots whose assignment has waited unanswered longer than the timeout; returns how many.
     A late submit of such a page is refused (no such assignment), so nothing is stored twice."""
     cutoff = utcnow() - dt.timedelta(minutes=timeout_minutes)
-    stale = select(Assignment.id).where(Assignment.slot.is_not(None), Assignment.created_at < cutoff,
-                                        ~exists().where(Judgment.assignment_id == Assignment.id))
+    stale = select(Assignment.id).where(
+        Assignment.slot.is_not(None),
+        Assignment.created_at < cutoff,
+        ~exists().where(Judgment.assignment_id == Assignment.id),
+    )
     freed = db.execute(delete(Assignment).where(Assignment.id.in_(stale))).rowcount
     db.commit()
     return freed
 
 
 def current_instructions(db: Session, batch_id: int) -> Instructions | None:
-    return db.scalar(select(Instructions).where(Instructions.batch_id == batch_id).order_by(Instructions.version.desc()).limit(1))
+    return db.scalar(
+        select(Instructions).where(Instructions.batch_id == batch_id).order_by(Instructions.version.desc()).limit(1)
+    )
 
 
 def instructions_version_shown(db: Session, batch_id: int, sent: Any) -> int:
@@ -149,8 +185,9 @@ def instructions_version_shown(db: Session, batch_id: int, sent: Any) -> int:
     return version if version in versions else max(versions, default=0)
 
 
-def submit_judgment(db: Session, user: User, token: str, form: dict[str, Any], flags: list[str],
-                    settings: LabelSettings) -> tuple[Judgment, bool]:
+def submit_judgment(
+    db: Session, user: User, token: str, form: dict[str, Any], flags: list[str], settings: LabelSettings
+) -> tuple[Judgment, bool]:
     """Store the answer to the assignment with this token, once: (judgment, True) when stored now,
     (the earlier judgment, False) for a repeated submit. LookupError if the token is not this user's;
     AnswerError for a bad form."""
@@ -165,9 +202,16 @@ def submit_judgment(db: Session, user: User, token: str, form: dict[str, Any], f
     note = clean_note(form.get("note"))
     version = instructions_version_shown(db, query.batch_id, form.get("instructions_version"))
     correct = gold_correct(query.kind, answer, query.gold_answer) if query.is_gold and query.gold_answer else None
-    judgment = Judgment(assignment_id=assignment.id, query_id=query.id, user_id=user.id, answer=answer, note=note,
-                        instructions_version=version, gold_correct=correct,
-                        seconds=max(0.0, (utcnow() - assignment.created_at).total_seconds()))
+    judgment = Judgment(
+        assignment_id=assignment.id,
+        query_id=query.id,
+        user_id=user.id,
+        answer=answer,
+        note=note,
+        instructions_version=version,
+        gold_correct=correct,
+        seconds=max(0.0, (utcnow() - assignment.created_at).total_seconds()),
+    )
     db.add(judgment)
     try:
         db.commit()
@@ -184,8 +228,14 @@ def submit_judgment(db: Session, user: User, token: str, form: dict[str, Any], f
 
 def gold_accuracy(db: Session, user_id: int) -> tuple[float | None, int]:
     """(accuracy, count) of a user's answers to gold queries outside the qualification batch."""
-    graded = list(db.scalars(select(Judgment.gold_correct).join(Query).join(Batch).where(
-        Judgment.user_id == user_id, Query.is_gold.is_(True), Batch.is_qualification.is_(False))))
+    graded = list(
+        db.scalars(
+            select(Judgment.gold_correct)
+            .join(Query)
+            .join(Batch)
+            .where(Judgment.user_id == user_id, Query.is_gold.is_(True), Batch.is_qualification.is_(False))
+        )
+    )
     if not graded:
         return None, 0
     return sum(bool(correct) for correct in graded) / len(graded), len(graded)
@@ -195,5 +245,7 @@ def _pause_if_below_threshold(db: Session, user: User, settings: LabelSettings) 
     accuracy, count = gold_accuracy(db, user.id)
     if accuracy is not None and count >= settings.gold_min_answers and accuracy < settings.gold_threshold:
         user.paused = True
-        user.pause_reason = f"gold accuracy {accuracy:.0%} on {count} gold queries is under {settings.gold_threshold:.0%}"
+        user.pause_reason = (
+            f"gold accuracy {accuracy:.0%} on {count} gold queries is under {settings.gold_threshold:.0%}"
+        )
         db.commit()

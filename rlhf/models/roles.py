@@ -4,6 +4,7 @@ With LoRA (the default) all roles share one frozen base model: the policy, value
 adapters and the reference is the base with adapters disabled. With `lora_r: 0` each role is a full copy.
 Sequences are laid out as [left-padded query | response padded on the right after its stop token].
 """
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,12 @@ class Backbone:
         n_layers = self.model.config.num_hidden_layers
         layers = list(range(n_layers - self.top_layers, n_layers)) if self.top_layers else None
         config = LoraConfig(
-            r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=0.0, target_modules=self.target_modules,
-            layers_to_transform=layers, bias="none",
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=0.0,
+            target_modules=self.target_modules,
+            layers_to_transform=layers,
+            bias="none",
         )
         if isinstance(self.model, PeftModel):
             self.model.add_adapter(name, config)
@@ -73,7 +78,11 @@ class Backbone:
 
     def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
         tag = f".{name}."
-        return {k.replace(tag, ".ADAPTER."): v.detach().clone() for k, v in self.model.named_parameters() if tag in k and "lora_" in k}
+        return {
+            k.replace(tag, ".ADAPTER."): v.detach().clone()
+            for k, v in self.model.named_parameters()
+            if tag in k and "lora_" in k
+        }
 
     def load_adapter_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
         params = dict(self.model.named_parameters())
@@ -125,7 +134,11 @@ class Backbone:
     def shares_frozen_prefix(self) -> bool:
         """True when adapters sit on the top layers only and the architecture lets us run a slice of its layers:
         then the frozen bottom layers are computed once per batch and shared by every role and PPO epoch."""
-        return self.is_lora and 0 < self.top_layers < self.model.config.num_hidden_layers and self.model.config.model_type in SPLITTABLE_MODEL_TYPES
+        return (
+            self.is_lora
+            and 0 < self.top_layers < self.model.config.num_hidden_layers
+            and self.model.config.model_type in SPLITTABLE_MODEL_TYPES
+        )
 
     @property
     def n_bottom(self) -> int:
@@ -140,7 +153,9 @@ class Backbone:
         if not (self.shares_frozen_prefix and other.shares_frozen_prefix and self.n_bottom == other.n_bottom):
             return False
         mine, theirs = (getattr(b.causal_lm(), b.causal_lm().base_model_prefix) for b in (self, other))
-        pairs = [(mine.embed_tokens, theirs.embed_tokens)] + list(zip(list(mine.layers)[: self.n_bottom], list(theirs.layers)[: self.n_bottom]))
+        pairs = [(mine.embed_tokens, theirs.embed_tokens)] + list(
+            zip(list(mine.layers)[: self.n_bottom], list(theirs.layers)[: self.n_bottom])
+        )
         for a, b in pairs:
             sa, sb = a.state_dict(), b.state_dict()
             if sa.keys() != sb.keys() or not all(torch.equal(sa[k], sb[k]) for k in sa):
@@ -164,18 +179,32 @@ class Backbone:
         assert self.shares_frozen_prefix
         with self.use(None) as lm:
             with self._layers(getattr(lm, lm.base_model_prefix), slice(0, self.n_bottom), final_norm=False) as trunk:
-                out = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
+                out = trunk(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids_from_mask(attention_mask),
+                )
         return out.last_hidden_state
 
-    def hidden_states(self, adapter: str | None, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden_states(
+        self,
+        adapter: str | None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prefix: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Final hidden states [B, T, d]; with `prefix` (from `frozen_prefix`) only the top layers run."""
         position_ids = position_ids_from_mask(attention_mask)
         with self.use(adapter) as lm:
             trunk = getattr(lm, lm.base_model_prefix)
             if prefix is None:
-                return trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+                return trunk(
+                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+                ).last_hidden_state
             with self._layers(trunk, slice(self.n_bottom, None), final_norm=True) as top:
-                return top(inputs_embeds=prefix, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+                return top(
+                    inputs_embeds=prefix, attention_mask=attention_mask, position_ids=position_ids
+                ).last_hidden_state
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.causal_lm().get_output_embeddings()(hidden)
@@ -203,10 +232,16 @@ class Episodes:
         return torch.cat([self.query_mask, self.response_mask.long()], dim=1)
 
     def select(self, idx) -> "Episodes":
-        return Episodes(self.query_ids[idx], self.query_mask[idx], self.response_ids[idx], self.response_mask[idx], self.has_stop[idx],
-                        None if self.prefix is None else self.prefix[idx],
-                        None if self.sample_logprobs is None else self.sample_logprobs[idx],
-                        None if self.scoring is None else self.scoring.select(idx))
+        return Episodes(
+            self.query_ids[idx],
+            self.query_mask[idx],
+            self.response_ids[idx],
+            self.response_mask[idx],
+            self.has_stop[idx],
+            None if self.prefix is None else self.prefix[idx],
+            None if self.sample_logprobs is None else self.sample_logprobs[idx],
+            None if self.scoring is None else self.scoring.select(idx),
+        )
 
 
 class LanguageModelRole:
@@ -231,8 +266,12 @@ class LanguageModelRole:
         Q, R = episodes.query_ids.shape[1], episodes.response_ids.shape[1]
         hidden = self.backbone.hidden_states(self.adapter, episodes.input_ids, episodes.attention_mask, episodes.prefix)
         real = episodes.response_mask.bool()
-        logits = (self.backbone.lm_head(hidden[:, Q - 1 : Q + R - 1][real]) / self.temperature).unsqueeze(0)  # [1, real, V]
-        lp = hidden.new_zeros(real.shape).masked_scatter(real, logprobs_from_logits(logits, episodes.response_ids[real].unsqueeze(0))[0])
+        logits = (self.backbone.lm_head(hidden[:, Q - 1 : Q + R - 1][real]) / self.temperature).unsqueeze(
+            0
+        )  # [1, real, V]
+        lp = hidden.new_zeros(real.shape).masked_scatter(
+            real, logprobs_from_logits(logits, episodes.response_ids[real].unsqueeze(0))[0]
+        )
         if with_entropy:
             return lp, hidden.new_zeros(real.shape).masked_scatter(real, entropy_from_logits(logits)[0])
         return lp
@@ -285,8 +324,14 @@ class ScalarRole:
         return tokenize_prompt_response(self.backbone.tokenizer, prompts, responses, append_eos=True)
 
     @torch.no_grad()
-    def score(self, prompts: list[str], responses: list[str], episodes: Episodes | None = None,
-              encoded: list[EncodedSequence] | None = None, batch_size: int | None = None) -> torch.Tensor:
+    def score(
+        self,
+        prompts: list[str],
+        responses: list[str],
+        episodes: Episodes | None = None,
+        encoded: list[EncodedSequence] | None = None,
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
         """Normalised reward gain*r + bias of each (prompt, response). Work already done for these pairs is reused:
         `episodes` sampled for this reward model (`sampling.prefix_reuse`) carry its input and the frozen bottom
         layers' output from the sampling loop, and `encoded` (`encode_for_scoring`) the tokens and that output, so
@@ -296,8 +341,9 @@ class ScalarRole:
         if episodes is not None and episodes.scoring is not None:
             assert len(episodes.has_stop) == len(prompts)
             n = batch_size or 64
-            raw = torch.cat([self.raw_scores(episodes.scoring.select(slice(i, i + n)))
-                             for i in range(0, len(prompts), n)])
+            raw = torch.cat(
+                [self.raw_scores(episodes.scoring.select(slice(i, i + n))) for i in range(0, len(prompts), n)]
+            )
         elif encoded is not None:
             assert len(encoded) == len(prompts)
             raw = self._raw_scores_by_length(encoded, batch_size or 64)
@@ -315,16 +361,27 @@ class ScalarRole:
     # persistence -----------------------------------------------------------------------------------
     def save(self, folder, name: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {"head.weight": self.head.weight.detach().contiguous(), "head.bias": self.head.bias.detach().contiguous()}
+        tensors = {
+            "head.weight": self.head.weight.detach().contiguous(),
+            "head.bias": self.head.bias.detach().contiguous(),
+        }
         if self.backbone.is_lora:
             tensors.update(self.backbone.adapter_state(self.adapter))
         else:
             prefix = self.backbone.causal_lm().base_model_prefix + "."  # the trunk only: the LM head is not used
-            tensors.update({f"trunk.{k}": v.contiguous() for k, v in self.backbone.model.state_dict().items() if k.startswith(prefix)})
+            tensors.update(
+                {
+                    f"trunk.{k}": v.contiguous()
+                    for k, v in self.backbone.model.state_dict().items()
+                    if k.startswith(prefix)
+                }
+            )
         tmp = folder / f".{name}.safetensors.tmp"
         save_file(tensors, str(tmp))
         tmp.replace(folder / f"{name}.safetensors")
-        atomic_write_json(folder / f"{name}.json", {"gain": self.gain, "bias": self.bias, "lora": self.backbone.is_lora})
+        atomic_write_json(
+            folder / f"{name}.json", {"gain": self.gain, "bias": self.bias, "lora": self.backbone.is_lora}
+        )
 
     def load(self, folder, name: str) -> None:
         tensors = load_file(str(folder / f"{name}.safetensors"))
@@ -334,13 +391,17 @@ class ScalarRole:
         if self.backbone.is_lora:
             self.backbone.load_adapter_state(self.adapter, tensors)
         else:
-            result = self.backbone.model.load_state_dict({k[len("trunk."):]: v for k, v in tensors.items()}, strict=False)
+            result = self.backbone.model.load_state_dict(
+                {k[len("trunk.") :]: v for k, v in tensors.items()}, strict=False
+            )
             assert not result.unexpected_keys and all("lm_head" in k for k in result.missing_keys), result
         self.gain, self.bias = float(meta["gain"]), float(meta["bias"])
 
 
 @torch.no_grad()
-def encode_for_scoring(role: "ScalarRole", prompts: list[str], responses: list[str], chunk: int = 64) -> list[EncodedSequence]:
+def encode_for_scoring(
+    role: "ScalarRole", prompts: list[str], responses: list[str], chunk: int = 64
+) -> list[EncodedSequence]:
     """Tokenise (and run the frozen bottom layers once, in batches of similar lengths) so that many epochs over
     these sequences run the top layers only. One EncodedSequence per (prompt, response), in order."""
     pairs = role.tokenize(prompts, responses)

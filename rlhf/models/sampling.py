@@ -2,9 +2,11 @@
 (Ziegler et al. 2019 §3.1.2), so every batch has one shape and a row's tokens never depend on the other rows.
 With adapters on the top layers only, the loop also keeps the frozen bottom layers' output for the roles that
 read the episodes afterwards (`PrefixReuse`)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -26,12 +28,34 @@ def sample_categorical(probs: torch.Tensor, u: torch.Tensor | None = None) -> to
     return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
 
 
+@contextmanager
+def layer_outputs(layer: torch.nn.Module | None):
+    """A list that receives `layer`'s output at each forward while the context is open (stays empty for None)."""
+    outputs: list[torch.Tensor] = []
+    hook = None
+    if layer is not None:
+        hook = layer.register_forward_hook(
+            lambda m, args, out: outputs.append(out[0] if isinstance(out, tuple) else out)
+        )
+    try:
+        yield outputs
+    finally:
+        if hook is not None:
+            hook.remove()
+
+
 @torch.no_grad()
-def sample_tokens(lm, query_ids: torch.Tensor, query_mask: torch.Tensor, n_tokens: int, temperature: float,
-                  stops_at: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
-                  uniforms: torch.Tensor | None = None,
-                  hidden_of: torch.nn.Module | None = None,
-                  eos_tail: tuple[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def sample_tokens(
+    lm,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    n_tokens: int,
+    temperature: float,
+    stops_at: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    uniforms: torch.Tensor | None = None,
+    hidden_of: torch.nn.Module | None = None,
+    eos_tail: tuple[int, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Ancestral sampling of `n_tokens` tokens after left-padded queries, with a KV cache and the temperature
     applied to the logits: the tokens [B, n_tokens], the log-probability of each under the sampling distribution
     [B, n_tokens], and (with `hidden_of`, one of lm's decoder layers) that layer's output at every position the
@@ -43,11 +67,9 @@ def sample_tokens(lm, query_ids: torch.Tensor, query_mask: torch.Tensor, n_token
     saving: fixed-length sampling truncates everything after the stop to padding anyway, and each row's draws
     are its own, so every row's tokens up to its stop are those of sampling all n_tokens.
 
-    Without eos_tail a row leaves the batch (and its cache) at its last token, which is never fed, so `hidden`
-    covers the query and the response before its last token: what log-probs and values read. With
-    `eos_tail = (eos_id, is_eos [V] bool)` a finished row is fed its last token and then eos_id before it leaves
-    (an EOS last token is fed as eos_id itself), so `hidden` also covers the sequence the reward model scores,
-    response + EOS read at the EOS (`scoring_inputs`)."""
+    Without eos_tail a row leaves the batch at its last token (never fed): `hidden` covers what log-probs and values
+    read. With `eos_tail = (eos_id, is_eos [V] bool)` a finished row is also fed its last token and then eos_id (an
+    EOS last token as eos_id itself), so `hidden` covers what the reward model scores too (`scoring_inputs`)."""
 
     B, Q = query_ids.shape
     if uniforms is None:
@@ -55,18 +77,15 @@ def sample_tokens(lm, query_ids: torch.Tensor, query_mask: torch.Tensor, n_token
     assert uniforms.shape == (B, n_tokens), (uniforms.shape, B, n_tokens)
     assert eos_tail is None or hidden_of is not None, "eos_tail feeds tokens only to keep their hidden states"
     width = n_tokens + (1 if eos_tail is not None else 0)
-    layer_out: list[torch.Tensor] = []
-    hook = None if hidden_of is None else hidden_of.register_forward_hook(
-        lambda module, args, output: layer_out.append(output[0] if isinstance(output, tuple) else output))
-    try:
+    with layer_outputs(hidden_of) as layer_out:
         cache = DynamicCache(config=lm.config)
         mask = torch.cat([query_mask, query_mask.new_ones(B, width)], dim=1)
         position_ids = position_ids_from_mask(query_mask)
-        out = lm(input_ids=query_ids, attention_mask=mask[:, :Q], position_ids=position_ids, past_key_values=cache,
-                 use_cache=True, logits_to_keep=1)
+        cached = {"past_key_values": cache, "use_cache": True}
+        out = lm(input_ids=query_ids, attention_mask=mask[:, :Q], position_ids=position_ids, logits_to_keep=1, **cached)
         hidden = None
         if hidden_of is not None:
-            assert len(layer_out) == 1 and layer_out[0].shape[:2] == (B, Q), "hidden_of must be a layer that runs once per forward"
+            assert len(layer_out) == 1 and layer_out[0].shape[:2] == (B, Q), "hidden_of must run once per forward"
             hidden = layer_out[0].new_zeros(B, Q + width, layer_out[0].shape[-1])
             hidden[:, :Q] = layer_out.pop()
         tokens = torch.zeros(B, n_tokens, dtype=torch.long)
@@ -103,19 +122,19 @@ def sample_tokens(lm, query_ids: torch.Tensor, query_mask: torch.Tensor, n_token
             if leave.any():
                 keep = ~leave
                 cache.batch_select_indices(keep.nonzero().squeeze(-1))
-                active, sampling, eos_next, feed, position = active[keep], sampling[keep], eos_next[keep], feed[keep], position[keep]
+                active, sampling, eos_next, feed, position = (
+                    x[keep] for x in (active, sampling, eos_next, feed, position)
+                )
             if len(active) == 0:
                 break
             # 3. feed each remaining row its token at response position t
             position = position + 1
-            out = lm(input_ids=feed.unsqueeze(-1), attention_mask=mask[active, : Q + t + 1], position_ids=position,
-                     past_key_values=cache, use_cache=True)
+            out = lm(
+                input_ids=feed.unsqueeze(-1), attention_mask=mask[active, : Q + t + 1], position_ids=position, **cached
+            )
             if hidden is not None:
                 hidden[active, Q + t] = layer_out.pop()[:, 0]
         assert eos_tail is None or len(active) == 0 or not (sampling | eos_next).any(), "rows left with tokens to feed"
-    finally:
-        if hook is not None:
-            hook.remove()
     return tokens, logprobs, hidden
 
 
@@ -133,8 +152,9 @@ class PrefixReuse:
 NO_REUSE = PrefixReuse()
 
 
-def prefix_reuse(policy: LanguageModelRole, reference: LanguageModelRole | None = None,
-                 reward: ScalarRole | None = None) -> PrefixReuse:
+def prefix_reuse(
+    policy: LanguageModelRole, reference: LanguageModelRole | None = None, reward: ScalarRole | None = None
+) -> PrefixReuse:
     """What `policy`'s sampling loop keeps for the roles that read its episodes: the bottom-layer output, when the
     reference (and the value network, on the reference's backbone) is not the policy itself and computes the same
     bottom layers; the reward model's input, when the reward model computes them too. None: a role not used."""
@@ -217,8 +237,14 @@ def scoring_inputs(episodes: Episodes, hidden: torch.Tensor, eos_id: int, is_eos
 
 
 @torch.no_grad()
-def sample_episodes(policy: LanguageModelRole, prompts: list[str], response_length: int, stop_rule: StopRule,
-                    uniforms: torch.Tensor | None = None, reuse: PrefixReuse = NO_REUSE) -> tuple[Episodes, list[str]]:
+def sample_episodes(
+    policy: LanguageModelRole,
+    prompts: list[str],
+    response_length: int,
+    stop_rule: StopRule,
+    uniforms: torch.Tensor | None = None,
+    reuse: PrefixReuse = NO_REUSE,
+) -> tuple[Episodes, list[str]]:
     """Sample one response per prompt (row i's tokens picked by `uniforms[i]`, default `uniform_draws`) at the
     policy's temperature, with no top-k/top-p; tokens after the stop become padding (masked). The episodes carry
     each token's log-probability read off the sampling loop, and what `reuse` (`prefix_reuse`) asks the loop
@@ -233,8 +259,17 @@ def sample_episodes(policy: LanguageModelRole, prompts: list[str], response_leng
         if reuse.keep_prefix or reuse.score_from_sampling:
             assert backbone.shares_frozen_prefix, "prefix reuse needs adapters on the top layers only"
             bottom_layer = getattr(lm, lm.base_model_prefix).layers[backbone.n_bottom - 1]
-        response_ids, logprobs, hidden = sample_tokens(lm, query_ids, query_mask, response_length, policy.temperature,
-                                                       stop_rule.stops_at, uniforms, bottom_layer, eos_tail)
+        response_ids, logprobs, hidden = sample_tokens(
+            lm,
+            query_ids,
+            query_mask,
+            response_length,
+            policy.temperature,
+            stop_rule.stops_at,
+            uniforms,
+            bottom_layer,
+            eos_tail,
+        )
     assert response_ids.shape == logprobs.shape == (len(prompts), response_length), response_ids.shape
     mask, has_stop = stop_rule.apply(response_ids)
     response_ids = torch.where(mask.bool(), response_ids, torch.full_like(response_ids, tok.pad_token_id))
@@ -245,8 +280,15 @@ def sample_episodes(policy: LanguageModelRole, prompts: list[str], response_leng
     return episodes, decode_responses(tok, response_ids, mask)
 
 
-def sampled_batches(policy: LanguageModelRole, prompts: list[str], response_length: int, stop_rule: StopRule, batch_size: int,
-                    reuse: PrefixReuse = NO_REUSE, progress: str = ""):
+def sampled_batches(
+    policy: LanguageModelRole,
+    prompts: list[str],
+    response_length: int,
+    stop_rule: StopRule,
+    batch_size: int,
+    reuse: PrefixReuse = NO_REUSE,
+    progress: str = "",
+):
     """Episodes of `policy` for many prompts, a batch at a time: yields (slice of `prompts`, episodes, texts). The
     uniform draws for all prompts are made first, so the samples do not depend on batch_size."""
     uniforms = uniform_draws(len(prompts), response_length)
@@ -256,10 +298,19 @@ def sampled_batches(policy: LanguageModelRole, prompts: list[str], response_leng
         yield rows, episodes, texts
 
 
-def sample_texts(policy: LanguageModelRole, prompts: list[str], response_length: int, stop_rule: StopRule, batch_size: int = 64, progress: str = ""):
+def sample_texts(
+    policy: LanguageModelRole,
+    prompts: list[str],
+    response_length: int,
+    stop_rule: StopRule,
+    batch_size: int = 64,
+    progress: str = "",
+):
     """Responses for many prompts in batches: (texts, has_stop list, lengths list)."""
     texts, stops, lengths = [], [], []
-    for _, episodes, batch_texts in sampled_batches(policy, prompts, response_length, stop_rule, batch_size, progress=progress):
+    for _, episodes, batch_texts in sampled_batches(
+        policy, prompts, response_length, stop_rule, batch_size, progress=progress
+    ):
         texts += batch_texts
         stops += episodes.has_stop.tolist()
         lengths += episodes.response_mask.sum(-1).long().tolist()

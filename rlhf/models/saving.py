@@ -1,5 +1,6 @@
 """Saving trained models as plain Hugging Face folders, written atomically: a policy with its adapter merged into
 the base, and the reward model as a transformers sequence classifier."""
+
 from __future__ import annotations
 
 import os

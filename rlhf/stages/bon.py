@@ -1,5 +1,6 @@
 """Best-of-N: sample N responses per held-out prompt from the SFT policy and keep the one the reward model
 scores highest (Stiennon §4.1; Nakano et al. 2021). Writes RUN_DIR/bon/samples.jsonl."""
+
 from __future__ import annotations
 
 from rlhf.config import RunConfig
@@ -22,8 +23,9 @@ def run_bon(run: RunDir, cfg: RunConfig) -> dict:
     task, response_length, stop_rule = task_and_stop_rule(cfg, backbone.tokenizer)
     prompts = evaluation_prompts(cfg)
     N = cfg.bon.n
-    candidates, samples = draw_best_of_n(policy, reward, prompts, N, response_length, stop_rule, cfg.collect.batch_size,
-                                         cfg.ppo.missing_stop_penalty)
+    candidates, samples = draw_best_of_n(
+        policy, reward, prompts, N, response_length, stop_rule, cfg.collect.batch_size, cfg.ppo.missing_stop_penalty
+    )
     # 2. keep the best of each prompt's N; all N are kept too (the first of each prompt is a plain SFT sample)
     write_jsonl(run.stage(STAGE) / "candidates.jsonl", candidates)
     write_jsonl(run.stage(STAGE) / "samples.jsonl", samples)

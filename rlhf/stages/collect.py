@@ -1,5 +1,6 @@
 """Collect comparisons: sample K responses per prompt from the current policy, ask a labeler to compare them,
 and write RUN_DIR/collect/{samples,comparisons,heldout}.jsonl for the reward-model stage."""
+
 from __future__ import annotations
 
 import logging
@@ -21,7 +22,9 @@ log = logging.getLogger("rlhf")
 STAGE = "collect"
 
 
-def split_heldout(comparisons: list[Comparison], fraction: float, seed: int) -> tuple[list[Comparison], list[Comparison]]:
+def split_heldout(
+    comparisons: list[Comparison], fraction: float, seed: int
+) -> tuple[list[Comparison], list[Comparison]]:
     """Hold out whole prompts (all comparisons of a prompt go to one side)."""
     prompts = sorted({c.prompt for c in comparisons})
     random.Random(seed).shuffle(prompts)
@@ -35,9 +38,13 @@ def collect(run: RunDir, cfg: RunConfig) -> dict:
 
     cc = cfg.collect
     if cc.kind == "pairwise" and cc.responses_per_prompt != 2:
-        raise ValueError(f"collect.kind=pairwise compares 2 responses; set collect.responses_per_prompt=2 (got {cc.responses_per_prompt})")
+        raise ValueError(
+            f"collect.kind=pairwise compares 2 responses; set collect.responses_per_prompt=2 (got {cc.responses_per_prompt})"
+        )
     if cc.kind == "ranking" and not 2 <= cc.responses_per_prompt <= 9:
-        raise ValueError(f"collect.kind=ranking ranks K=2..9 responses (InstructGPT: 4..9); got {cc.responses_per_prompt}")
+        raise ValueError(
+            f"collect.kind=ranking ranks K=2..9 responses (InstructGPT: 4..9); got {cc.responses_per_prompt}"
+        )
     seed_everything(cfg.seed + 1)
     out = run.stage(STAGE)
 
@@ -55,13 +62,17 @@ def collect(run: RunDir, cfg: RunConfig) -> dict:
     backbone = open_backbone(cfg, sft_model_path(run, cfg))
     task, response_length, stop_rule = task_and_stop_rule(cfg, backbone.tokenizer)
     if cc.labeler == "gold" and task.gold_scorer is None:
-        raise ValueError(f"task '{task.name}' has no simulated gold labeler; set collect.comparisons_path to human comparisons, "
-                         "or collect.labeler=judge for the pairwise judge of the `judge` section")
+        raise ValueError(
+            f"task '{task.name}' has no simulated gold labeler; set collect.comparisons_path to human comparisons, "
+            "or collect.labeler=judge for the pairwise judge of the `judge` section"
+        )
     prompts = [p.text for p in task.load_prompts("train", n=cc.n_prompts, source=prompt_source(cfg), seed=cfg.seed + 1)]
     policy = LanguageModelRole(backbone, None, cfg.task.temperature)
     K = cc.responses_per_prompt
     repeated = [p for p in prompts for _ in range(K)]
-    texts, stops, _ = sample_texts(policy, repeated, response_length, stop_rule, cc.batch_size, progress="collect: sampling")
+    texts, stops, _ = sample_texts(
+        policy, repeated, response_length, stop_rule, cc.batch_size, progress="collect: sampling"
+    )
     samples = [Sample(prompt=p, response=t, policy="sft", has_stop=s) for p, t, s in zip(repeated, texts, stops)]
     write_jsonl(out / "samples.jsonl", samples)
 
@@ -71,21 +82,44 @@ def collect(run: RunDir, cfg: RunConfig) -> dict:
         # its win counts are stored as meta["gold"]
 
         comparisons = label_many(JudgeLabeler(make_judge(cfg.judge), seed=cfg.seed), items, cc.kind)
-        return _write_comparisons(run, cfg, comparisons, {"n_prompts": len(prompts), "responses_per_prompt": K, "kind": cc.kind,
-                                                          "labeler": "judge", "judge": cfg.judge.kind, "no_stop_fraction": 1 - sum(stops) / len(stops)})
+        return _write_comparisons(
+            run,
+            cfg,
+            comparisons,
+            {
+                "n_prompts": len(prompts),
+                "responses_per_prompt": K,
+                "kind": cc.kind,
+                "labeler": "judge",
+                "judge": cfg.judge.kind,
+                "no_stop_fraction": 1 - sum(stops) / len(stops),
+            },
+        )
 
     # 2. the labeler compares the K responses of each prompt (gold scores computed once, in batches)
     gold = task.gold_scorer(repeated, texts)
     known = {(p, t): g for p, t, g in zip(repeated, texts, gold)}
-    labeler = SimulatedLabeler(lambda ps, rs: [known[(p, r)] for p, r in zip(ps, rs)], temperature=cc.labeler_temperature, seed=cfg.seed)
+    labeler = SimulatedLabeler(
+        lambda ps, rs: [known[(p, r)] for p, r in zip(ps, rs)], temperature=cc.labeler_temperature, seed=cfg.seed
+    )
     comparisons = label_many(labeler, items, cc.kind)
 
     # 3. gold scores beside each comparison, so held-out accuracy is measured against the noise-free gold labeler
     comparisons = [
-        Comparison(**{**c.to_dict(), "meta": {**c.meta, "gold": list(gold[i * K : (i + 1) * K])}}) for i, c in enumerate(comparisons)
+        Comparison(**{**c.to_dict(), "meta": {**c.meta, "gold": list(gold[i * K : (i + 1) * K])}})
+        for i, c in enumerate(comparisons)
     ]
-    return _write_comparisons(run, cfg, comparisons, {"n_prompts": len(prompts), "responses_per_prompt": K, "kind": cc.kind,
-                                                      "no_stop_fraction": 1 - sum(stops) / len(stops)})
+    return _write_comparisons(
+        run,
+        cfg,
+        comparisons,
+        {
+            "n_prompts": len(prompts),
+            "responses_per_prompt": K,
+            "kind": cc.kind,
+            "no_stop_fraction": 1 - sum(stops) / len(stops),
+        },
+    )
 
 
 def _write_comparisons(run: RunDir, cfg: RunConfig, comparisons: list[Comparison], info: dict) -> dict:

@@ -4,6 +4,7 @@ pushes them as queries to the label source, asking just enough for the next iter
 source holds l(n) labels for this iteration; (c) when the label count has passed the next of the evenly spaced
 retraining points, retrains the reward model on every label so far and swaps it into PPO (the value network
 keeps training; it is not re-initialised). Labelers thus answer while PPO trains, as in the paper."""
+
 from __future__ import annotations
 
 import logging
@@ -46,23 +47,35 @@ def online_label_schedule(n_episodes_done: int, n_initial: int, n_total: int, n_
 def retrain_label_counts(n_initial: int, n_total: int, n_retrains: int) -> list[int]:
     """Label counts at which the reward model is retrained: R evenly spaced points N0 + k (N - N0) / (R + 1),
     k = 1..R, rounded up. N itself is left out: l(n) reaches N only after the last episode, when no PPO is left."""
-    return [math.ceil(round(n_initial + (n_total - n_initial) * k / (n_retrains + 1), 9)) for k in range(1, n_retrains + 1)]
+    return [
+        math.ceil(round(n_initial + (n_total - n_initial) * k / (n_retrains + 1), 9)) for k in range(1, n_retrains + 1)
+    ]
 
 
 class OnlineCollection:
     """The online-collection step of the PPO stage; its state (batch prefix, retraining points passed) goes into
     PPO's checkpoint, and the latest retrained reward model into RUN_DIR/ppo/online/reward.*."""
 
-    def __init__(self, run: RunDir, cfg: RunConfig, roles, response_length: int, stop_rule, prompts: list[str],
-                 state: dict | None):
+    def __init__(
+        self,
+        run: RunDir,
+        cfg: RunConfig,
+        roles,
+        response_length: int,
+        stop_rule,
+        prompts: list[str],
+        state: dict | None,
+    ):
         oc, pc, cc = cfg.online, cfg.ppo, cfg.collect
         collect_dir = run.require("collect")
         initial = read_jsonl(collect_dir / "comparisons.jsonl", Comparison)
         self.heldout = read_jsonl(collect_dir / "heldout.jsonl", Comparison)
         self.n_initial = len(initial)
         if oc.total_labels <= self.n_initial:
-            raise ValueError(f"online.total_labels: expected more than the {self.n_initial} comparisons the reward stage "
-                             f"trained on (N0), got {oc.total_labels}")
+            raise ValueError(
+                f"online.total_labels: expected more than the {self.n_initial} comparisons the reward stage "
+                f"trained on (N0), got {oc.total_labels}"
+            )
         self.run, self.cfg, self.roles = run, cfg, roles
         self.response_length, self.stop_rule, self.prompts = response_length, stop_rule, prompts
         self.n_policy_episodes = pc.iterations * pc.batch_size
@@ -72,17 +85,34 @@ class OnlineCollection:
         self.prefix = state["prefix"] if state else AppLabels.new_prefix(run.root)
         self.folder = run.stage("ppo") / "online"
         if oc.source == "app":
-            self.source = AppLabels(initial, oc.db, run.root, cc.kind, self.prefix, oc.wait_timeout_seconds, oc.poll_seconds)
+            self.source = AppLabels(
+                initial, oc.db, run.root, cc.kind, self.prefix, oc.wait_timeout_seconds, oc.poll_seconds
+            )
         else:
             gold = task_for(cfg).gold_scorer
             if gold is None:
-                raise ValueError(f"online.source=simulated: task '{cfg.task.name}' has no gold labeler; use online.source=app")
-            self.source = SimulatedLabels(initial, self.folder / "comparisons.jsonl", cc.kind, gold, cc.labeler_temperature,
-                                          cfg.seed + 5, fresh=state is None)
+                raise ValueError(
+                    f"online.source=simulated: task '{cfg.task.name}' has no gold labeler; use online.source=app"
+                )
+            self.source = SimulatedLabels(
+                initial,
+                self.folder / "comparisons.jsonl",
+                cc.kind,
+                gold,
+                cc.labeler_temperature,
+                cfg.seed + 5,
+                fresh=state is None,
+            )
         if self.retrains:  # resumed: PPO goes on with the latest retrained reward model
             roles.reward.load(self.folder, "reward")
-        log.info("online collection (%s): N0 = %d, N = %d over %d episodes; reward model retrained at %s labels",
-                 oc.source, self.n_initial, oc.total_labels, self.n_policy_episodes, self.points)
+        log.info(
+            "online collection (%s): N0 = %d, N = %d over %d episodes; reward model retrained at %s labels",
+            oc.source,
+            self.n_initial,
+            oc.total_labels,
+            self.n_policy_episodes,
+            self.points,
+        )
 
     def state_dict(self) -> dict:
         return {"prefix": self.prefix, "points_passed": self.points_passed, "retrains": self.retrains}
@@ -101,8 +131,14 @@ class OnlineCollection:
         # b. wait until l(n) labels exist (Ziegler §2.3), honouring the Andon cord
         needed, at_start, t0 = self.required(iteration), self.source.count(), time.monotonic()
         reason = self.source.wait_for(needed, should_stop)
-        row = {"labels_required": needed, "labels_at_start": at_start, "labels_available": self.source.count(),
-               "labels_pushed": pushed, "labels_asked": self.source.asked(), "wait_seconds": time.monotonic() - t0}
+        row = {
+            "labels_required": needed,
+            "labels_at_start": at_start,
+            "labels_available": self.source.count(),
+            "labels_pushed": pushed,
+            "labels_asked": self.source.asked(),
+            "wait_seconds": time.monotonic() - t0,
+        }
         if reason is not None:
             return row, reason
         # c. retrain the reward model once the count has passed the next retraining point
@@ -121,7 +157,9 @@ class OnlineCollection:
         chosen = random.Random(self.cfg.seed * 104729 + iteration).sample(self.prompts, min(wanted, len(self.prompts)))
         K = self.cfg.collect.responses_per_prompt
         repeated = [p for p in chosen for _ in range(K)]
-        texts, _, _ = sample_texts(self.roles.policy, repeated, self.response_length, self.stop_rule, self.cfg.ppo.batch_size)
+        texts, _, _ = sample_texts(
+            self.roles.policy, repeated, self.response_length, self.stop_rule, self.cfg.ppo.batch_size
+        )
         self.source.push([(p, texts[i * K : (i + 1) * K]) for i, p in enumerate(chosen)], iteration)
         return len(chosen)
 
@@ -150,10 +188,20 @@ class OnlineCollection:
         row = {"rm_retrained": 1, "rm_train_n": len(train), "rm_steps": steps}
         if self.heldout:
             row["rm_heldout_accuracy"] = heldout_accuracy(rm, self.heldout)["heldout_accuracy"]
-        log.info("online: reward model retrained (#%d) on %d comparisons%s", self.retrains, len(train),
-                 f", held-out accuracy {row['rm_heldout_accuracy']:.3f}" if self.heldout else "")
+        log.info(
+            "online: reward model retrained (#%d) on %d comparisons%s",
+            self.retrains,
+            len(train),
+            f", held-out accuracy {row['rm_heldout_accuracy']:.3f}" if self.heldout else "",
+        )
         return row
 
     def summary(self) -> dict:
-        return {"labels": self.source.count(), "n_initial": self.n_initial, "retrains": self.retrains,
-                "retrain_points": self.points, "batch_prefix": self.prefix, "source": self.cfg.online.source}
+        return {
+            "labels": self.source.count(),
+            "n_initial": self.n_initial,
+            "retrains": self.retrains,
+            "retrain_points": self.points,
+            "batch_prefix": self.prefix,
+            "source": self.cfg.online.source,
+        }

@@ -8,6 +8,7 @@
 
 `AppLabels` pushes queries into the labeling app's database with the code of `rlhf label push` and reads the
 answers as `rlhf label pull` exports them. `SimulatedLabels` answers at once with the task's gold labeler."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -33,15 +34,26 @@ log = logging.getLogger("rlhf")
 Items = list[tuple[str, list[str]]]
 
 
-def wait_for_labels(count: Callable[[], int], needed: int, should_stop: Callable[[], str | None], timeout: float,
-                    poll: float, what: str = "") -> str | None:
+def wait_for_labels(
+    count: Callable[[], int],
+    needed: int,
+    should_stop: Callable[[], str | None],
+    timeout: float,
+    poll: float,
+    what: str = "",
+) -> str | None:
     """Poll `count()` until it reaches `needed` (None), `should_stop()` gives a reason (that reason), or `timeout`
     seconds pass (a message saying so). Logs one line when it starts waiting and one every minute."""
     have = count()
     if have >= needed:
         return None
-    log.warning("PPO paused%s: %d of %d labels exist (Ziegler §2.3 schedule); waiting up to %.0f s for labelers",
-                what, have, needed, timeout)
+    log.warning(
+        "PPO paused%s: %d of %d labels exist (Ziegler §2.3 schedule); waiting up to %.0f s for labelers",
+        what,
+        have,
+        needed,
+        timeout,
+    )
     start = last_log = time.monotonic()
     while True:
         reason = should_stop()
@@ -63,8 +75,9 @@ class SimulatedLabels:
     """The task's gold labeler (Bradley-Terry / Plackett-Luce noise of temperature T) answering every query at
     once. Its answers are kept in `path` (JSONL), so a resumed PPO stage sees them again."""
 
-    def __init__(self, initial: list[Comparison], path: Path, kind: str, gold_scorer, temperature: float, seed: int,
-                 fresh: bool):
+    def __init__(
+        self, initial: list[Comparison], path: Path, kind: str, gold_scorer, temperature: float, seed: int, fresh: bool
+    ):
         self.initial, self.path, self.kind = initial, Path(path), kind
         self.labeler = SimulatedLabeler(gold_scorer, temperature, seed, name="simulated-online")
         if fresh:
@@ -73,7 +86,10 @@ class SimulatedLabels:
 
     def push(self, items: Items, iteration: int) -> None:
         new = label_many(self.labeler, items, self.kind)
-        new = [Comparison(**{**c.to_dict(), "meta": {**c.meta, "gold": c.meta["gold_scores"], "iteration": iteration}}) for c in new]
+        new = [
+            Comparison(**{**c.to_dict(), "meta": {**c.meta, "gold": c.meta["gold_scores"], "iteration": iteration}})
+            for c in new
+        ]
         self.answered += new
         write_jsonl(self.path, self.answered)
 
@@ -98,8 +114,9 @@ class AppLabels:
     Andon cord shows on /runs); answers are counted and read from those batches only. Gold and qualification
     queries never count."""
 
-    def __init__(self, initial: list[Comparison], db_url: str, run_dir: Path, kind: str, prefix: str,
-                 timeout: float, poll: float):
+    def __init__(
+        self, initial: list[Comparison], db_url: str, run_dir: Path, kind: str, prefix: str, timeout: float, poll: float
+    ):
         self.initial, self.run_dir, self.kind, self.prefix = initial, Path(run_dir), kind, prefix
         self.sessions = open_database(db_url or None)
         self.timeout, self.poll = timeout, poll
@@ -110,10 +127,21 @@ class AppLabels:
         return f"{Path(run_dir).resolve().name}-online-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%f}"
 
     def push(self, items: Items, iteration: int) -> None:
-        samples = [Sample(prompt=p, response=r, policy=f"ppo-iteration-{iteration}") for p, responses in items for r in responses]
+        samples = [
+            Sample(prompt=p, response=r, policy=f"ppo-iteration-{iteration}")
+            for p, responses in items
+            for r in responses
+        ]
         with self.sessions() as db:
-            push_sample_records(db, samples, self.run_dir, self.kind, f"{self.prefix}-{iteration:04d}", overlap_share=0.0,
-                                where=f"PPO iteration {iteration} samples")
+            push_sample_records(
+                db,
+                samples,
+                self.run_dir,
+                self.kind,
+                f"{self.prefix}-{iteration:04d}",
+                overlap_share=0.0,
+                where=f"PPO iteration {iteration} samples",
+            )
 
     def asked(self) -> int:
         with self.sessions() as db:

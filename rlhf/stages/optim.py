@@ -1,4 +1,5 @@
 """What every training stage shares: which parameters train, their state for checkpoints, one optimiser step."""
+
 from __future__ import annotations
 
 import torch
@@ -28,7 +29,9 @@ def trainable_parameters(backbone: Backbone, adapter: str | None) -> list[torch.
     return params
 
 
-def optimizer_step(loss: torch.Tensor, params: list[torch.nn.Parameter], optimizer, scheduler, max_grad_norm: float = 1.0) -> None:
+def optimizer_step(
+    loss: torch.Tensor, params: list[torch.nn.Parameter], optimizer, scheduler, max_grad_norm: float = 1.0
+) -> None:
     """Backward, clip the gradient norm, step the optimiser and the learning-rate schedule, clear gradients."""
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)

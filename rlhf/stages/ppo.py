@@ -1,5 +1,6 @@
 """PPO against the reward model with a per-token KL penalty to the SFT model (Ziegler §2.2, Stiennon §3.4,
 InstructGPT §3.5). Writes RUN_DIR/ppo/{metrics.jsonl,samples.jsonl,model/}."""
+
 from __future__ import annotations
 
 import json
@@ -76,8 +77,12 @@ class PPORoles:
 
     def load_trainable_state(self, state: dict) -> None:
         pb, vb = self.policy.backbone, self.value.backbone
-        pb.load_adapter_state(self.policy.adapter, state["policy"]) if pb.is_lora else pb.model.load_state_dict(state["policy"])
-        vb.load_adapter_state(self.value.adapter, state["value"]) if vb.is_lora else vb.model.load_state_dict(state["value"])
+        pb.load_adapter_state(self.policy.adapter, state["policy"]) if pb.is_lora else pb.model.load_state_dict(
+            state["policy"]
+        )
+        vb.load_adapter_state(self.value.adapter, state["value"]) if vb.is_lora else vb.model.load_state_dict(
+            state["value"]
+        )
         self.value.head.load_state_dict(state["value_head"])
 
 
@@ -94,8 +99,9 @@ def andon_cord_pulled(pc, run_dir=None) -> str | None:
     return None
 
 
-def before_iteration(iteration: int, online: OnlineCollection | None,
-                     andon: Callable[[], str | None]) -> tuple[dict, str | None]:
+def before_iteration(
+    iteration: int, online: OnlineCollection | None, andon: Callable[[], str | None]
+) -> tuple[dict, str | None]:
     """(online collection's metrics, why PPO must stop before iteration `iteration` or None): the Andon cord; then,
     with online collection (Ziegler §2.3), its step, which pushes fresh queries, waits for l(n) labels (honouring
     the cord) and retrains the reward model at its points."""
@@ -134,8 +140,9 @@ def compute_advantages(roles: PPORoles, episodes: Episodes, scores: torch.Tensor
     return Advantages(old_logprobs, old_values, kl, advantages, returns)
 
 
-def update(roles: PPORoles, episodes: Episodes, adv: Advantages, optimizer, scheduler, pc, ptx_texts: list,
-           policy_moves: bool) -> dict[str, list[float]]:
+def update(
+    roles: PPORoles, episodes: Episodes, adv: Advantages, optimizer, scheduler, pc, ptx_texts: list, policy_moves: bool
+) -> dict[str, list[float]]:
     """ppo.ppo_epochs passes over the batch in minibatches (the first in order, later ones shuffled): the clipped
     policy loss (Schulman et al. 2017) plus the clipped value loss, and PPO-ptx's pretraining loss (InstructGPT
     eq. 2) when configured; the value loss alone while `policy_moves` is False (value warm-up). Returns each
@@ -152,27 +159,47 @@ def update(roles: PPORoles, episodes: Episodes, adv: Advantages, optimizer, sche
                 ratio_gap = (logprobs - adv.old_logprobs[idx]).abs().max().item()
                 assert ratio_gap < 1e-4, f"PPO ratio is not 1 on the first minibatch (max |log ratio| = {ratio_gap})"
                 stats.setdefault("first_minibatch_max_log_ratio", []).append(ratio_gap)
-            pg_loss, pg_stats = clipped_policy_loss(logprobs, adv.old_logprobs[idx], adv.advantages[idx], mask[idx],
-                                                    pc.clip_range)
+            pg_loss, pg_stats = clipped_policy_loss(
+                logprobs, adv.old_logprobs[idx], adv.advantages[idx], mask[idx], pc.clip_range
+            )
             values = roles.value.values(mb)
-            vf_loss, vf_stats = clipped_value_loss(values, adv.old_values[idx], adv.returns[idx], mask[idx],
-                                                   pc.clip_range_value)
+            vf_loss, vf_stats = clipped_value_loss(
+                values, adv.old_values[idx], adv.returns[idx], mask[idx], pc.clip_range_value
+            )
             loss = pg_loss + pc.value_coef * vf_loss if policy_moves else vf_loss
             if ptx_texts and policy_moves:
                 pick = torch.randint(len(ptx_texts), (pc.ptx_batch_size,)).tolist()
-                ptx_nll = response_nll(roles.policy.backbone, roles.policy.adapter, [ptx_texts[i].prompt for i in pick],
-                                       [ptx_texts[i].response for i in pick])
+                ptx_nll = response_nll(
+                    roles.policy.backbone,
+                    roles.policy.adapter,
+                    [ptx_texts[i].prompt for i in pick],
+                    [ptx_texts[i].response for i in pick],
+                )
                 loss = loss + pc.ptx_coef * ptx_nll  # = PPO loss - gamma * pretraining log-likelihood
                 stats.setdefault("ptx_nll", []).append(ptx_nll.item())
             optimizer_step(loss, roles.policy_params + roles.value_params, optimizer, scheduler)
-            for key, val in {**pg_stats, **vf_stats, "policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
-                             "entropy": masked_mean(entropy.detach(), mask[idx]).item()}.items():
+            for key, val in {
+                **pg_stats,
+                **vf_stats,
+                "policy_loss": pg_loss.item(),
+                "value_loss": vf_loss.item(),
+                "entropy": masked_mean(entropy.detach(), mask[idx]).item(),
+            }.items():
                 stats.setdefault(key, []).append(val)
     return stats
 
 
-def log_row(iteration: int, batch: Rollout, scores: Scores, adv: Advantages, stats: dict[str, list[float]], beta: float,
-            lr: float, missing_stop_penalty: float, online_row: dict) -> dict:
+def log_row(
+    iteration: int,
+    batch: Rollout,
+    scores: Scores,
+    adv: Advantages,
+    stats: dict[str, list[float]],
+    beta: float,
+    lr: float,
+    missing_stop_penalty: float,
+    online_row: dict,
+) -> dict:
     """The metrics of one PPO iteration (1-based `iteration`), as metrics.jsonl logs them."""
     mask, has_stop = batch.episodes.response_mask, batch.episodes.has_stop
     row = {
@@ -217,12 +244,48 @@ def optimizers(roles: PPORoles, pc):
     """AdamW over policy and value (each at its learning rate), annealed linearly to 0 over all of PPO's updates, and
     the KL coefficient's controller: adaptive toward ppo.target_kl (Ziegler §2.2) or fixed."""
     total_updates = pc.iterations * pc.ppo_epochs * math.ceil(pc.batch_size / pc.minibatch_size)
-    param_groups = [{"params": roles.policy_params, "lr": pc.learning_rate},
-                    {"params": roles.value_params, "lr": pc.value_learning_rate or pc.learning_rate}]
+    param_groups = [
+        {"params": roles.policy_params, "lr": pc.learning_rate},
+        {"params": roles.value_params, "lr": pc.value_learning_rate or pc.learning_rate},
+    ]
     optimizer = torch.optim.AdamW(param_groups, eps=1e-5, weight_decay=0.0)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, total_updates)
-    kl_ctl = AdaptiveKLController(pc.init_beta, pc.target_kl, pc.k_beta) if pc.adaptive_kl else FixedKLController(pc.init_beta)
+    kl_ctl = (
+        AdaptiveKLController(pc.init_beta, pc.target_kl, pc.k_beta)
+        if pc.adaptive_kl
+        else FixedKLController(pc.init_beta)
+    )
     return optimizer, scheduler, kl_ctl
+
+
+def resume(run: RunDir, roles: PPORoles, optimizer, scheduler, kl_ctl) -> dict | None:
+    """Load the stage's checkpoint, if any, into the trainable weights, optimiser, schedule and beta."""
+    ckpt = run.load_checkpoint(STAGE)
+    if ckpt is not None:
+        roles.load_trainable_state(ckpt["trainable"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        kl_ctl.load_state_dict(ckpt["kl_controller"])
+    return ckpt
+
+
+def checkpoint_state(roles: PPORoles, optimizer, scheduler, kl_ctl, iteration: int, online) -> dict:
+    return {
+        "trainable": roles.trainable_state(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "kl_controller": kl_ctl.state_dict(),
+        "iteration": iteration,
+        "online": online.state_dict() if online else None,
+    }
+
+
+def log_iteration(row: dict, iterations: int, beta: float) -> None:
+    """One log line per iteration, and a warning when the policy looks collapsed."""
+    i, length, entropy = row["iteration"], row["response_length"], row["entropy"]
+    if length < 1.5 or entropy < 0.01:
+        log.warning("PPO iteration %d: the policy may have collapsed (length %.2f, entropy %.3f)", i, length, entropy)
+    log.info("ppo %d/%d rm %.3f kl %.2f beta %.3f len %.1f", i, iterations, row["rm_score"], row["kl"], beta, length)
 
 
 def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
@@ -241,30 +304,20 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
     gold_scorer = task.gold_scorer if pc.reward_source == "gold" or pc.log_gold_reward else None
 
     optimizer, scheduler, kl_ctl = optimizers(roles, pc)
-    start = 0
-    ckpt = run.load_checkpoint(STAGE)
-    if ckpt is not None:  # resume: trainable weights, optimiser, schedule, beta and the iteration to go on from
-        roles.load_trainable_state(ckpt["trainable"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        kl_ctl.load_state_dict(ckpt["kl_controller"])
-        start = ckpt["iteration"]
+    ckpt = resume(run, roles, optimizer, scheduler, kl_ctl)
+    start = ckpt["iteration"] if ckpt else 0
     metrics = MetricsLog(run, STAGE, resume_step=start if ckpt else None, step_key="iteration")
     online = None  # online collection (Ziegler §2.3), off by default: rlhf/stages/online.py
     if cfg.online.enabled:
-        online = OnlineCollection(run, cfg, roles, response_length, stop_rule, prompts, ckpt.get("online") if ckpt else None)
-
-    def save_checkpoint(iteration: int) -> None:
-        run.save_checkpoint(STAGE, {"trainable": roles.trainable_state(), "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict(), "kl_controller": kl_ctl.state_dict(), "iteration": iteration,
-                                    "online": online.state_dict() if online else None})
+        online_state = ckpt.get("online") if ckpt else None
+        online = OnlineCollection(run, cfg, roles, response_length, stop_rule, prompts, online_state)
 
     bar = tqdm(total=pc.iterations, initial=start, desc="ppo", leave=False)
     for iteration in range(start, pc.iterations):
         # 0. the Andon cord, and online collection: fresh queries, l(n) labels, the reward model retrained at its points
         online_row, reason = before_iteration(iteration, online, lambda: andon_cord_pulled(pc, run.root))
         if reason is not None:
-            save_checkpoint(iteration)
+            run.save_checkpoint(STAGE, checkpoint_state(roles, optimizer, scheduler, kl_ctl, iteration, online))
             log.warning("PPO stopped before iteration %d: %s", iteration + 1, reason)
             return {"stopped": True, "reason": reason, "iteration": iteration}
         reward = roles.reward if pc.reward_source == "rm" else None  # (online collection may have retrained it)
@@ -281,19 +334,16 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
         stats = update(roles, batch.episodes, adv, optimizer, scheduler, pc, ptx_texts, policy_moves)
 
         # 6. log, adapt beta to the batch's KL, checkpoint
-        row = log_row(iteration + 1, batch, scores, adv, stats, kl_ctl.beta, scheduler.get_last_lr()[0],
-                      pc.missing_stop_penalty, online_row)
+        lr = scheduler.get_last_lr()[0]
+        row = log_row(iteration + 1, batch, scores, adv, stats, kl_ctl.beta, lr, pc.missing_stop_penalty, online_row)
         if policy_moves:  # the KL of a warm-up batch is 0 by construction, not a signal to lower beta
             kl_ctl.update(row["kl"], len(batch.prompts))
         metrics.write(row)
         write_samples(run.stage(STAGE) / "samples.jsonl", iteration + 1, batch, scores)
-        if row["response_length"] < 1.5 or row["entropy"] < 0.01:
-            log.warning("PPO iteration %d: the policy may have collapsed (length %.2f, entropy %.3f)", iteration + 1, row["response_length"], row["entropy"])
-        log.info("ppo %d/%d rm %.3f kl %.2f beta %.3f len %.1f", iteration + 1, pc.iterations, row["rm_score"],
-                 row["kl"], kl_ctl.beta, row["response_length"])
+        log_iteration(row, pc.iterations, kl_ctl.beta)
         bar.update(1)
         if (iteration + 1) % pc.checkpoint_every == 0 and iteration + 1 < pc.iterations:
-            save_checkpoint(iteration + 1)
+            run.save_checkpoint(STAGE, checkpoint_state(roles, optimizer, scheduler, kl_ctl, iteration + 1, online))
     bar.close()
     metrics.close()
 

@@ -1,5 +1,6 @@
 """Reward model: an LM trunk (initialised from the SFT model) with a scalar head, trained on comparisons with the
 papers' losses, normalised after training, and measured on held-out comparisons. Writes RUN_DIR/reward/."""
+
 from __future__ import annotations
 
 import logging
@@ -61,7 +62,9 @@ def loss_from_scores(scores: torch.Tensor, batch: list[Comparison]) -> torch.Ten
         elif kind == "best_of_k":
             K = max(len(batch[i].responses) for i in idx)
             assert all(len(batch[i].responses) == K for i in idx), "best_of_k comparisons in one batch must share K"
-            loss = best_of_k_loss(torch.stack([per_comparison[i] for i in idx]), torch.tensor([batch[i].best for i in idx]))
+            loss = best_of_k_loss(
+                torch.stack([per_comparison[i] for i in idx]), torch.tensor([batch[i].best for i in idx])
+            )
         else:
             K = max(len(batch[i].responses) for i in idx)
             r = scores.new_zeros((len(idx), K))
@@ -108,7 +111,9 @@ def fit_head_on_features(rm: ScalarRole, train: list[Comparison], x: torch.Tenso
         return loss_from_scores(z @ w, train).item()
 
 
-def fit_head_on_frozen_features(rm: ScalarRole, train: list[Comparison], encoded: list[list[EncodedSequence]], l2: float) -> float:
+def fit_head_on_frozen_features(
+    rm: ScalarRole, train: list[Comparison], encoded: list[list[EncodedSequence]], l2: float
+) -> float:
     """Linear probing before fine-tuning (Kumar et al. 2022, "LP-FT"): fit the scalar head by L-BFGS on the
     trunk's features (standardised, with an L2 penalty) under the same comparison loss, so that fine-tuning starts
     from a head that already ranks the responses instead of a random one. Returns the probe's training loss."""
@@ -135,8 +140,11 @@ def heldout_accuracy(rm: ScalarRole, heldout: list[Comparison]) -> dict:
         for better, worse in pairs:
             correct += 1.0 if scores[better] > scores[worse] else 0.5 if scores[better] == scores[worse] else 0.0
             n += 1
-    return {"heldout_accuracy": correct / n if n else float("nan"), "heldout_n": n,
-            "against": "gold" if heldout and heldout[0].meta.get("gold") else "labels"}
+    return {
+        "heldout_accuracy": correct / n if n else float("nan"),
+        "heldout_n": n,
+        "against": "gold" if heldout and heldout[0].meta.get("gold") else "labels",
+    }
 
 
 def new_reward_model(backbone: Backbone, name: str = "reward") -> ScalarRole:
@@ -157,9 +165,15 @@ def encode_comparisons(rm: ScalarRole, comparisons: list[Comparison]) -> list[En
     return encode_for_scoring(rm, *prompts_and_responses(comparisons))
 
 
-def fit_reward_model(rm: ScalarRole, train: list[Comparison], rc: RewardConfig, seed: int, ckpt: dict | None = None,
-                     after_step: Callable[[int, float, float, dict], None] | None = None,
-                     flat: list[EncodedSequence] | None = None) -> int:
+def fit_reward_model(
+    rm: ScalarRole,
+    train: list[Comparison],
+    rc: RewardConfig,
+    seed: int,
+    ckpt: dict | None = None,
+    after_step: Callable[[int, float, float, dict], None] | None = None,
+    flat: list[EncodedSequence] | None = None,
+) -> int:
     """Train `rm` on the comparisons `train` with the papers' losses: AdamW annealed linearly to 0, `rc.epochs`
     passes each in a seeded order (after an LP-FT head fit when `rc.probe_head_first`). `ckpt` resumes a run;
     `after_step(step, loss, lr, state)` sees each step (state() gives a checkpoint); `flat` is
@@ -170,7 +184,10 @@ def fit_reward_model(rm: ScalarRole, train: list[Comparison], rc: RewardConfig, 
     params = trunk_params + list(rm.head.parameters())
     steps_per_epoch = math.ceil(len(train) / rc.batch_size)
     total_steps = steps_per_epoch * rc.epochs
-    groups = [{"params": trunk_params, "lr": rc.learning_rate}, {"params": list(rm.head.parameters()), "lr": rc.head_learning_rate or rc.learning_rate}]
+    groups = [
+        {"params": trunk_params, "lr": rc.learning_rate},
+        {"params": list(rm.head.parameters()), "lr": rc.head_learning_rate or rc.learning_rate},
+    ]
     optimizer = torch.optim.AdamW(groups, eps=1e-5, weight_decay=0.0)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, total_steps)  # annealed linearly to 0
 
@@ -187,8 +204,13 @@ def fit_reward_model(rm: ScalarRole, train: list[Comparison], rc: RewardConfig, 
 
     def state() -> dict:
         trainable = backbone.adapter_state(rm.adapter) if backbone.is_lora else backbone.model.state_dict()
-        return {"trainable": trainable, "head": rm.head.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step": step}
+        return {
+            "trainable": trainable,
+            "head": rm.head.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+        }
 
     # the frozen bottom layers (when adapters sit on the top layers only) run once for all epochs
     flat = encode_comparisons(rm, train) if flat is None else flat
@@ -218,7 +240,9 @@ def fit_reward_model(rm: ScalarRole, train: list[Comparison], rc: RewardConfig, 
     return step
 
 
-def normalize_reward_model(rm: ScalarRole, train: list[Comparison], cfg: RunConfig, flat: list[EncodedSequence] | None = None) -> None:
+def normalize_reward_model(
+    rm: ScalarRole, train: list[Comparison], cfg: RunConfig, flat: list[EncodedSequence] | None = None
+) -> None:
     """Set the RM's gain and bias: Ziegler (policy samples mean 0, std 1, over the first 256 training responses;
     `flat` = `encode_comparisons(rm, train)` when the caller has it) or Stiennon (reference responses average 0)."""
     rc = cfg.reward

@@ -2,6 +2,7 @@
 current policy, and the scores the policy is trained on, from the reward model or the gold scorer, with a fixed
 penalty for a response that never stopped. PPO (rlhf/stages/ppo.py) gathers its batches here; another optimiser
 of the same loop (RLOO, GRPO) would too."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -33,8 +34,14 @@ class Rollout:
     episodes: Episodes
 
 
-def rollout(policy: LanguageModelRole, reference: LanguageModelRole, reward: ScalarRole | None, prompts: list[str],
-            response_length: int, stop_rule: StopRule) -> Rollout:
+def rollout(
+    policy: LanguageModelRole,
+    reference: LanguageModelRole,
+    reward: ScalarRole | None,
+    prompts: list[str],
+    response_length: int,
+    stop_rule: StopRule,
+) -> Rollout:
     """One response of `policy` per prompt. The sampling loop keeps the frozen bottom layers' output for the
     reference (and the value network on its backbone) and the reward model's input for `reward`, the reward model
     that will score the batch (None when the gold scorer does), when they compute the same bottom layers."""
@@ -55,8 +62,12 @@ class Scores:
 
 
 @torch.no_grad()
-def score(batch: Rollout, reward: ScalarRole | None, gold_scorer: Callable[[list[str], list[str]], list[float]] | None,
-          missing_stop_penalty: float) -> Scores:
+def score(
+    batch: Rollout,
+    reward: ScalarRole | None,
+    gold_scorer: Callable[[list[str], list[str]], list[float]] | None,
+    missing_stop_penalty: float,
+) -> Scores:
     """Score a rollout with the reward model `reward` (from the sampling loop's output when it was kept for it) or,
     when `reward` is None, with `gold_scorer`; `gold_scorer` also gives the gold scores when `reward` is not None.
     A response that never stopped scores `missing_stop_penalty` instead (Ziegler §3.1.2)."""

@@ -1,5 +1,6 @@
 """Supervised fine-tuning on demonstrations: next-token loss on response tokens only, cosine schedule,
 validation loss; writes RUN_DIR/sft/model, a plain HF model folder (adapters merged)."""
+
 from __future__ import annotations
 
 import logging
@@ -70,8 +71,15 @@ def train_sft(run: RunDir, cfg: RunConfig) -> dict:
 
     def validation_loss() -> float:
         with torch.no_grad():
-            losses = [response_nll(backbone, adapter, [d.prompt for d in val[i : i + sc.batch_size]], [d.response for d in val[i : i + sc.batch_size]]).item()
-                      for i in range(0, len(val), sc.batch_size)]
+            losses = [
+                response_nll(
+                    backbone,
+                    adapter,
+                    [d.prompt for d in val[i : i + sc.batch_size]],
+                    [d.response for d in val[i : i + sc.batch_size]],
+                ).item()
+                for i in range(0, len(val), sc.batch_size)
+            ]
         return sum(losses) / len(losses)
 
     if step == 0:
@@ -92,8 +100,15 @@ def train_sft(run: RunDir, cfg: RunConfig) -> dict:
             row["val_loss"] = validation_loss()
         metrics.write(row)
         if step % sc.checkpoint_every == 0 and step < total_steps:
-            run.save_checkpoint(STAGE, {"trainable": trainable_state(backbone, adapter), "optimizer": optimizer.state_dict(),
-                                        "scheduler": scheduler.state_dict(), "step": step})
+            run.save_checkpoint(
+                STAGE,
+                {
+                    "trainable": trainable_state(backbone, adapter),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "step": step,
+                },
+            )
     bar.close()
     metrics.close()
 

@@ -57,8 +57,9 @@ def prompt_source(cfg: RunConfig) -> str | None:
     return cfg.task.source or None
 
 
-def held_out_prompts(cfg: RunConfig, n: int | None = None, split: str = "test",
-                     keep: Callable[[Prompt], bool] | None = None) -> list[Prompt]:
+def held_out_prompts(
+    cfg: RunConfig, n: int | None = None, split: str = "test", keep: Callable[[Prompt], bool] | None = None
+) -> list[Prompt]:
     """The first n (default task.n_eval_prompts) of a seeded shuffle of the task's `split` prompts that pass `keep`:
     the prompts every policy is evaluated on (best-of-N, the evaluation stage and the experiments use this list)."""
     what, n = ("task.n_eval_prompts", cfg.task.n_eval_prompts) if n is None else ("n", n)
@@ -66,8 +67,10 @@ def held_out_prompts(cfg: RunConfig, n: int | None = None, split: str = "test",
     kept = [p for p in prompts if keep is None or keep(p)]
     if not 1 <= n <= len(kept):
         source = cfg.task.source or "the default source"
-        raise ValueError(f"{what}: expected 1..{len(kept)} (prompts of split {split!r} of {source}"
-                         f"{' that pass the filter' if keep else ''}), got {n}")
+        raise ValueError(
+            f"{what}: expected 1..{len(kept)} (prompts of split {split!r} of {source}"
+            f"{' that pass the filter' if keep else ''}), got {n}"
+        )
     return kept[:n]
 
 
@@ -77,6 +80,12 @@ def evaluation_prompts(cfg: RunConfig, n: int | None = None) -> list[str]:
 
 
 __all__ = [
-    "TASK_NAMES", "Task", "evaluation_prompts", "get_task", "held_out_prompts", "prompt_source", "task_and_stop_rule",
+    "TASK_NAMES",
+    "Task",
+    "evaluation_prompts",
+    "get_task",
+    "held_out_prompts",
+    "prompt_source",
+    "task_and_stop_rule",
     "task_for",
 ]

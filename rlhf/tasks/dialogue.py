@@ -36,9 +36,7 @@ def _chosen_dialogues(source: str, split: str) -> Iterator[tuple[str, str, str]]
         yield row_id(row, source, index), prompt, response
 
 
-def load_dialogue_prompts(
-    split: str, n: int | None = None, source: str | None = None, seed: int = 0
-) -> list[Prompt]:
+def load_dialogue_prompts(split: str, n: int | None = None, source: str | None = None, seed: int = 0) -> list[Prompt]:
     """The first n of a seeded shuffle of the dialogue prompts of `source` (default: the hub dataset)."""
     source = source or DIALOGUE_HUB_NAME
     prompts = [

@@ -2,6 +2,7 @@
 the log-odds log P(" positive") - log P(" negative") of the model's answer when asked about the continuation.
 Ziegler et al. 2019 §3.1.1 used "a sentiment classifier's log-odds" as the mock labeler; this one needs no
 training data and works offline with the built-in model. It is semantic, where VADER is a word list."""
+
 from __future__ import annotations
 
 import threading
@@ -20,8 +21,9 @@ _MODELS: dict[str, tuple] = {}
 
 def judge_input(response: str) -> str:
     """The chat-formatted question whose next token the classifier reads (SmolLM2's chat markup)."""
-    return (f"<|im_start|>user\n{QUESTION}\n\nText: \"{response.strip()}\"<|im_end|>\n"
-            f"<|im_start|>assistant\nThe sentiment is")
+    return (
+        f'<|im_start|>user\n{QUESTION}\n\nText: "{response.strip()}"<|im_end|>\n<|im_start|>assistant\nThe sentiment is'
+    )
 
 
 def shared_question_prefix() -> str:
@@ -80,17 +82,31 @@ class LMSentimentScorer:
             rows = order[start : start + self.batch_size]
             ids, mask = left_pad([encoded[i][P:] for i in rows], tokenizer.pad_token_id)  # [prefix][pad][rest]
             R = ids.shape[1]
-            cache = DynamicCache(ddp_cache_data=[(layer.keys.expand(len(rows), -1, -1, -1).contiguous(),
-                                                  layer.values.expand(len(rows), -1, -1, -1).contiguous())
-                                                 for layer in prefix_cache.layers], config=model.config)
-            hidden = trunk(input_ids=ids, attention_mask=torch.cat([mask.new_ones(len(rows), P), mask], dim=1),
-                           position_ids=P + position_ids_from_mask(mask), past_key_values=cache, use_cache=True,
-                           cache_position=torch.arange(P, P + R)).last_hidden_state[:, -1]
+            cache = DynamicCache(
+                ddp_cache_data=[
+                    (
+                        layer.keys.expand(len(rows), -1, -1, -1).contiguous(),
+                        layer.values.expand(len(rows), -1, -1, -1).contiguous(),
+                    )
+                    for layer in prefix_cache.layers
+                ],
+                config=model.config,
+            )
+            hidden = trunk(
+                input_ids=ids,
+                attention_mask=torch.cat([mask.new_ones(len(rows), P), mask], dim=1),
+                position_ids=P + position_ids_from_mask(mask),
+                past_key_values=cache,
+                use_cache=True,
+                cache_position=torch.arange(P, P + R),
+            ).last_hidden_state[:, -1]
             out[rows] = hidden
         cached = set(with_prefix)
         rest = [i for i in range(len(texts)) if i not in cached]
         for start in range(0, len(rest), self.batch_size):
             rows = rest[start : start + self.batch_size]
             ids, mask = encode_queries(tokenizer, [texts[i] for i in rows])
-            out[rows] = trunk(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).last_hidden_state[:, -1]
+            out[rows] = trunk(
+                input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)
+            ).last_hidden_state[:, -1]
         return out

@@ -158,7 +158,9 @@ def load_tldr_prompts(
     source = source or TLDR_HUB_NAME
     prompts = [
         Prompt(text=query, id=str(post_id), meta=meta)
-        for post_id, query, _summary, meta in _query_and_summary(source, split, count_tokens, max_query_tokens, test_fraction)
+        for post_id, query, _summary, meta in _query_and_summary(
+            source, split, count_tokens, max_query_tokens, test_fraction
+        )
     ]
     return take_first_shuffled(prompts, n, seed, f"tldr prompts ({source}, {split})")
 
@@ -177,7 +179,9 @@ def load_tldr_demonstrations(
     source = source or TLDR_HUB_NAME
     demonstrations = [
         Demonstration(prompt=query, response=" " + summary, id=str(post_id))
-        for post_id, query, summary, _meta in _query_and_summary(source, split, count_tokens, max_query_tokens, test_fraction)
+        for post_id, query, summary, _meta in _query_and_summary(
+            source, split, count_tokens, max_query_tokens, test_fraction
+        )
         if summary
     ]
     return take_first_shuffled(demonstrations, n, seed, f"tldr demonstrations ({source}, {split})")
@@ -202,7 +206,10 @@ def make_tldr_task(
             load_tldr_prompts, count_tokens=count_tokens, max_query_tokens=max_query_tokens, test_fraction=test_fraction
         ),
         load_demonstrations=partial(
-            load_tldr_demonstrations, count_tokens=count_tokens, max_query_tokens=max_query_tokens, test_fraction=test_fraction
+            load_tldr_demonstrations,
+            count_tokens=count_tokens,
+            max_query_tokens=max_query_tokens,
+            test_fraction=test_fraction,
         ),
         gold_scorer=None,
     )

@@ -1,5 +1,6 @@
 """Alembic environment: runs migrations on the connection handed over by rlhf.labeling_app.db.upgrade_schema
 (or on sqlalchemy.url when run by the alembic command line)."""
+
 from alembic import context
 from sqlalchemy import create_engine
 
