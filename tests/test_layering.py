@@ -97,7 +97,7 @@ def layering_violations(sources: dict[str, str]) -> list[str]:
 
 
 def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """One cycle per strongly connected component of more than one module (Tarjan's algorithm)."""
+    """One shortest cycle per strongly connected component of more than one module (Tarjan's algorithm)."""
     index, low, stack, on_stack, cycles = {}, {}, [], set(), []
 
     def visit(v: str) -> None:
@@ -119,12 +119,29 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
                 if w == v:
                     break
             if len(component) > 1:
-                cycles.append(sorted(component) + [sorted(component)[0]])
+                cycles.append(shortest_cycle(graph, sorted(component)[0], set(component)))
 
     for v in sorted(graph):
         if v not in index:
             visit(v)
     return cycles
+
+
+def shortest_cycle(graph: dict[str, set[str]], start: str, within: set[str]) -> list[str]:
+    """The shortest import path from `start` back to itself through the modules `within` (breadth first)."""
+    paths = {start: [start]}
+    frontier = [start]
+    while frontier:
+        following = []
+        for v in frontier:
+            for w in sorted(graph[v] & within):
+                if w == start:
+                    return paths[v] + [start]
+                if w not in paths:
+                    paths[w] = paths[v] + [w]
+                    following.append(w)
+        frontier = following
+    raise AssertionError(f"{start} is in a strongly connected component but on no cycle")
 
 
 def package_sources(root: Path = ROOT) -> dict[str, str]:
