@@ -223,15 +223,16 @@ class Backbone:
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         prefix = None if prefix is None else prefix.to(self.device)
         position_ids = position_ids_from_mask(attention_mask)
+        no_cache = {"use_cache": False} if self.gradient_checkpointing else {}  # a checkpointed layer keeps no cache
         with self.use(adapter) as lm, self._checkpointing(getattr(lm, lm.base_model_prefix)):
             trunk = getattr(lm, lm.base_model_prefix)
             if prefix is None:
                 return trunk(
-                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **no_cache
                 ).last_hidden_state
             with self._layers(trunk, slice(self.n_bottom, None), final_norm=True) as top:
                 return top(
-                    inputs_embeds=prefix, attention_mask=attention_mask, position_ids=position_ids
+                    inputs_embeds=prefix, attention_mask=attention_mask, position_ids=position_ids, **no_cache
                 ).last_hidden_state
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
