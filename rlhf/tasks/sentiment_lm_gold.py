@@ -35,7 +35,9 @@ def shared_question_prefix() -> str:
     return text[: text.index("Text:") + len("Text:")]
 
 
-def _model(path: str, placement: Placement):
+def _model(path: str, placement: Placement | None = None):
+    """The classifier at `path` on `placement` (default: `model.device: auto`, `model.dtype: auto`), loaded once."""
+    placement = placement or resolve_placement(ModelConfig())
     with _LOCK:
         key = (path, placement.device, placement.dtype)
         if key not in _MODELS:
@@ -47,8 +49,7 @@ def _model(path: str, placement: Placement):
 class LMSentimentScorer:
     """Gold score of each response: the judge model's log-odds of " positive" over " negative" (the prompt is
     ignored, as with VADER: the policy is judged on what it wrote). Deterministic; batched; last position only.
-    On `placement` (default: `model.device: auto` and `model.dtype: auto`, resolved at the first call); the log-odds
-    are computed in float32."""
+    On `placement` (default: `model.device: auto` and `model.dtype: auto`); the log-odds are computed in float32."""
 
     def __init__(self, model_path: str | None = None, batch_size: int = 64, placement: Placement | None = None):
         self.model_path = model_path
@@ -64,7 +65,6 @@ class LMSentimentScorer:
     def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
         if len(prompts) != len(responses):
             raise ValueError(f"LMSentimentScorer: {len(prompts)} prompts but {len(responses)} responses")
-        self.placement = self.placement or resolve_placement(ModelConfig())
         tokenizer, model = _model(self._path(), self.placement)
         positive = tokenizer(" positive", add_special_tokens=False).input_ids[0]
         negative = tokenizer(" negative", add_special_tokens=False).input_ids[0]
