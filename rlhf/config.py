@@ -106,7 +106,9 @@ class SFTConfig:
     checkpoint_every: int = 10
     """Optimiser steps between checkpoints."""
     gradient_accumulation_steps: int = 1
-    """Batches whose gradients are summed (each loss divided by this) before one optimiser step."""
+    """Micro-batches each optimiser step's batch (batch_size demonstrations) goes through one after another, their
+    gradients summed, each loss weighted by its share of the batch: the same step, holding one micro-batch's
+    activations at a time."""
 
 
 @dataclass
@@ -152,7 +154,9 @@ class RewardConfig:
     checkpoint_every: int = 10
     """Optimiser steps between checkpoints."""
     gradient_accumulation_steps: int = 1
-    """Batches whose gradients are summed (each loss divided by this) before one optimiser step."""
+    """Micro-batches each optimiser step's batch (batch_size comparisons) goes through one after another, their
+    gradients summed, each loss weighted by its share of the batch: the same step, holding one micro-batch's
+    activations at a time."""
 
 
 @dataclass
