@@ -14,6 +14,7 @@ from rlhf.eval.ood import evaluate_ood
 from rlhf.eval.report import write_report
 from rlhf.experiments import run_experiment
 from rlhf.labeling_app.cli import add_label_parser, main_label
+from rlhf.models.device import resolve_placement
 from rlhf.models.provision import builtin_model_dir
 from rlhf.pipeline import run_pipeline, run_stage, start_run
 from rlhf.run import RunDir, setup_logging
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command in ("run", "init"):
             cfg = load_config(args.config, args.overrides)
+            resolve_placement(cfg.model)  # a device asked for but missing: an error before anything is written
             run = RunDir(args.out)
             setup_logging(run, level)
             if args.command == "init":
@@ -222,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         run = RunDir(args.run_dir)
         cfg = run.load_config()  # before logging starts, so a bad or missing config writes nothing into RUN_DIR
+        resolve_placement(cfg.model)  # likewise a device asked for but missing
         setup_logging(run, level)
 
         info = run_stage(run, cfg, args.command, force=args.force)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import re
 import textwrap
 import typing
 from dataclasses import dataclass, field
@@ -55,6 +56,15 @@ class ModelConfig:
     """Module names that receive LoRA adapters."""
     threads: int = 0
     """torch intra-op threads (0 = torch's default)."""
+    device: str = "auto"
+    """Where the models run: `auto` (CUDA if available, else MPS, else CPU), `cpu`, `cuda`, `cuda:N` or `mps`. Asking
+    for a device that is not there is an error when a stage starts, never a silent fallback to the CPU."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights' dtype: `auto` = bfloat16 on a CUDA GPU that supports it, else float32 (float32 on the CPU).
+    Log-probs, KL, advantages and losses are computed in float32 whatever the weights' dtype."""
+    gradient_checkpointing: bool = False
+    """Recompute the decoder layers' activations in the backward pass instead of keeping them: less memory, more
+    compute. Same results."""
 
 
 @dataclass
@@ -95,6 +105,10 @@ class SFTConfig:
     """Share of demonstrations held out for validation loss."""
     checkpoint_every: int = 10
     """Optimiser steps between checkpoints."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches each optimiser step's batch (batch_size demonstrations) goes through one after another, their
+    gradients summed, each loss weighted by its share of the batch: the same step, holding one micro-batch's
+    activations at a time."""
 
 
 @dataclass
@@ -139,6 +153,10 @@ class RewardConfig:
     """After training: `policy` (Ziegler: gain/bias so policy samples have mean 0, std 1), `reference` (Stiennon: bias so reference responses average 0), or `none`."""
     checkpoint_every: int = 10
     """Optimiser steps between checkpoints."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches each optimiser step's batch (batch_size comparisons) goes through one after another, their
+    gradients summed, each loss weighted by its share of the batch: the same step, holding one micro-batch's
+    activations at a time."""
 
 
 @dataclass
@@ -194,6 +212,9 @@ class PPOConfig:
     """Whiten advantages per batch (masked)."""
     checkpoint_every: int = 1
     """Iterations between checkpoints."""
+    gradient_accumulation_steps: int = 1
+    """Minibatches whose gradients are summed (each loss divided by this) before one optimiser step; the last step
+    of an epoch takes what is left."""
     stop_file: str = ""
     """If this file exists, PPO saves a checkpoint and stops before the next iteration (the Andon cord). Empty = RUN_DIR/ANDON, the file the labeling app writes."""
 
@@ -279,6 +300,31 @@ class ConfigError(ValueError):
     pass
 
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(value: str, where: str) -> str:
+    """`value` if it names a device model.device accepts, else a ConfigError naming `where`."""
+    if not DEVICE_PATTERN.fullmatch(value):
+        raise ConfigError(f"{where}: expected auto, cpu, cuda, cuda:N or mps, got {value!r}")
+    return value
+
+
+def check_positive(value: int, where: str) -> int:
+    if value < 1:
+        raise ConfigError(f"{where}: expected an integer >= 1, got {value!r}")
+    return value
+
+
+# fields whose values are checked beyond their type when the config loads
+FIELD_CHECKS = {
+    (ModelConfig, "device"): check_device,
+    (SFTConfig, "gradient_accumulation_steps"): check_positive,
+    (RewardConfig, "gradient_accumulation_steps"): check_positive,
+    (PPOConfig, "gradient_accumulation_steps"): check_positive,
+}
+
+
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring under each field of a dataclass, read from its source."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
@@ -344,7 +390,9 @@ def _apply(obj, values: dict, source: str, prefix: str = "") -> None:
                 raise ConfigError(f"{source}: {prefix}{key}: expected a mapping of {tp.__name__} fields")
             _apply(getattr(obj, key), value, source, f"{prefix}{key}.")
         else:
-            setattr(obj, key, _convert(value, tp, f"{source}: {prefix}{key}"))
+            value = _convert(value, tp, f"{source}: {prefix}{key}")
+            check = FIELD_CHECKS.get((type(obj), key))
+            setattr(obj, key, check(value, f"{source}: {prefix}{key}") if check else value)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: type = RunConfig):

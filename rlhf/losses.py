@@ -182,7 +182,7 @@ def apply_missing_stop_penalty(scores: torch.Tensor, has_stop: torch.Tensor, pen
     if has_stop.dtype != torch.bool:
         raise ValueError(f"has_stop: expected a bool tensor, got {has_stop.dtype}")
     # Ziegler et al. 2019 §3.1.2: samples without the stop get a reward of -1
-    return torch.where(has_stop, scores, torch.full_like(scores, penalty))
+    return torch.where(has_stop.to(scores.device), scores, torch.full_like(scores, penalty))
 
 
 # ---------------------------------------------------------------------------------------------

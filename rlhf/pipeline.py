@@ -10,6 +10,7 @@ from collections.abc import Callable
 from rlhf.config import RunConfig, config_to_dict
 from rlhf.eval.evaluate import evaluate
 from rlhf.eval.report import write_report
+from rlhf.models.device import resolve_placement
 from rlhf.models.loading import base_model_path
 from rlhf.run import RunDir
 from rlhf.stages.bon import run_bon
@@ -38,7 +39,8 @@ def run_stage(run: RunDir, cfg: RunConfig, name: str, force: bool = False) -> di
         return run.done_info(name)
     if force:
         (run.root / name / "done.json").unlink(missing_ok=True)
-    log.info("stage %s: starting", name)
+    # a device asked for but missing is an error here, before the stage writes anything
+    log.info("stage %s: starting (%s)", name, resolve_placement(cfg.model).describe())
     t0 = time.time()
     info = STAGE_FUNCTIONS[name](run, cfg)
     seconds = time.time() - t0
@@ -53,7 +55,9 @@ def run_stage(run: RunDir, cfg: RunConfig, name: str, force: bool = False) -> di
 
 
 def start_run(run: RunDir, cfg: RunConfig) -> None:
-    """Write the config into a new run directory, or check it matches the one already there."""
+    """Write the config into a new run directory, or check it matches the one already there. A device the config
+    asks for that is not there is an error before anything is written."""
+    resolve_placement(cfg.model)
     if (run.root / "config.yaml").exists():
         existing = run.load_config()
         if config_to_dict(existing) != config_to_dict(cfg):

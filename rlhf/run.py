@@ -104,7 +104,9 @@ class RunDir:
         path = self.root / name / "checkpoint.pt"
         if not path.exists():
             return None
-        state = torch.load(path, weights_only=False)
+        # on the CPU whatever device saved it: loading copies each tensor onto its parameter's (or optimiser
+        # state's) device, so a checkpoint saved on a GPU resumes on the CPU and the other way round
+        state = torch.load(path, map_location="cpu", weights_only=False)
         set_rng_state(state["rng"])
         log.info("resuming %s from %s", name, path)
         return state

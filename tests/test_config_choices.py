@@ -46,6 +46,7 @@ def choice_fields(cls: type, prefix: str = "") -> dict[str, tuple[tuple, object]
 
 def test_the_choice_fields():
     assert set(choice_fields(RunConfig)) == {
+        "model.dtype",
         "task.name",
         "task.gold",
         "collect.kind",

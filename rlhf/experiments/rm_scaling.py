@@ -204,7 +204,7 @@ def trunk_pass(rm, seqs: list[torch.Tensor], keep_prefix: bool, chunk: int = 16)
     hidden states per sequence (for LoRA on the top layers). Sequences run in length order to waste little padding."""
     backbone = rm.backbone
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    feats = torch.zeros(len(seqs), backbone.hidden_size)
+    feats = torch.zeros(len(seqs), backbone.hidden_size, device=backbone.device)
     encoded: list = [None] * len(seqs)
     for start in tqdm(range(0, len(order), chunk), desc="rm_scaling: trunk pass", leave=False):
         idx = order[start : start + chunk]
@@ -215,7 +215,8 @@ def trunk_pass(rm, seqs: list[torch.Tensor], keep_prefix: bool, chunk: int = 16)
         if keep_prefix:
             for row, i in enumerate(idx):
                 real = mask[row].bool()
-                encoded[i] = EncodedSequence(ids[row][real], None if prefix is None else prefix[row][real].clone())
+                kept = None if prefix is None else prefix[row][real.to(prefix.device)].clone()
+                encoded[i] = EncodedSequence(ids[row][real], kept)
     return feats, encoded
 
 
@@ -224,7 +225,7 @@ def probe_scores(rm, train: list[Comparison], train_x: torch.Tensor, heldout_x: 
     """Linear probe: the head fitted on the training responses' features, applied to the held-out ones."""
     fit_head_on_features(rm, train, train_x, l2)
     with torch.no_grad():
-        return rm.head(heldout_x).squeeze(-1).numpy()
+        return rm.head(heldout_x.to(rm.head.weight.device)).squeeze(-1).cpu().numpy()
 
 
 def lp_ft_scores(
@@ -255,7 +256,7 @@ def lp_ft_scores(
     with torch.no_grad():
         for i in range(0, len(heldout_encoded), 32):
             scores.append(rm.raw_scores(pad_encoded(heldout_encoded[i : i + 32], backbone.tokenizer.pad_token_id)))
-    return torch.cat(scores).numpy()
+    return torch.cat(scores).cpu().numpy()
 
 
 def interval(values: np.ndarray, cfg: Config, seed: int) -> tuple[float, float]:
@@ -288,7 +289,7 @@ def run_source(source: str, cfg: Config, out: Path, rm, adapter_init) -> dict:
     need_prefix = cfg.method == "lp_ft" and bool(todo)
     feats_path = folder / "features.pt"
     if feats_path.exists() and not need_prefix:
-        cached = torch.load(feats_path)
+        cached = torch.load(feats_path, map_location=rm.backbone.device)
         encoded = None
     else:
         seqs, lengths, cut = encode_truncated(rm.backbone.tokenizer, pool + heldout, cfg.max_tokens)

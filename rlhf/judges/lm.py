@@ -16,8 +16,10 @@ from dataclasses import replace
 
 import torch
 
+from rlhf.config import ModelConfig
 from rlhf.judges.orders import JudgedItem, item_from_both_orders
 from rlhf.judges.verdicts import Verdict
+from rlhf.models.device import Placement, resolve_placement
 from rlhf.models.encoding import encode_queries
 from rlhf.models.provision import builtin_model_dir, load_causal_lm, load_tokenizer
 from rlhf.models.roles import position_ids_from_mask
@@ -79,6 +81,7 @@ class LMPairwiseJudge:
         batch_size: int = 8,
         name: str = "",
         order_rule: str = "tie",
+        placement: Placement | None = None,
     ):
         if order_rule not in ORDER_RULES:
             raise ValueError(f"order_rule: expected one of {ORDER_RULES}, got {order_rule!r}")
@@ -88,12 +91,14 @@ class LMPairwiseJudge:
         self.name = name or "lm_judge"
         self.order_rule = order_rule
         self._loaded: tuple | None = None
+        self.placement = placement  # None: `model.device: auto`, `model.dtype: auto`, resolved when the model loads
 
     def _model(self):
         if self._loaded is None:
             path = self.model_path or str(builtin_model_dir())
             tokenizer = load_tokenizer(path)
-            model = load_causal_lm(path, tokenizer).eval()
+            placement = self.placement or resolve_placement(ModelConfig())
+            model = load_causal_lm(path, tokenizer, placement.device, placement.dtype).eval()
             ids = [tokenizer(token, add_special_tokens=False).input_ids for token in ANSWER_TOKENS]
             if any(len(i) != 1 for i in ids):
                 raise ValueError(f"{path}: the judge's answers {ANSWER_TOKENS} must be one token each, got {ids}")
@@ -107,6 +112,7 @@ class LMPairwiseJudge:
         out: list[tuple[float, float]] = []
         for i in range(0, len(items), self.batch_size):
             ids, mask = encode_queries(tokenizer, [judge_input(*item) for item in items[i : i + self.batch_size]])
+            ids, mask = ids.to(model.device), mask.to(model.device)
             trunk = getattr(model, model.base_model_prefix)
             hidden = trunk(
                 input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)

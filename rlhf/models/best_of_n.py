@@ -46,7 +46,7 @@ def draw_best_of_n(
         texts += batch_texts
         stops += episodes.has_stop.tolist()
         batch_scores.append(reward.score(repeated[rows], batch_texts, episodes))
-    rm_scores = torch.cat(batch_scores)
+    rm_scores = torch.cat(batch_scores).cpu()
     scores = apply_missing_stop_penalty(rm_scores, torch.tensor(stops, dtype=torch.bool), missing_stop_penalty)
     best = best_of_n(scores.view(len(prompts), n))
     chosen = [i * n + int(b) for i, b in enumerate(best)]

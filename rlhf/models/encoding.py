@@ -73,6 +73,10 @@ class ScoringInputs:
     attention_mask: torch.Tensor
     prefix: torch.Tensor | None = None
 
+    def to(self, device: torch.device) -> "ScoringInputs":
+        prefix = None if self.prefix is None else self.prefix.to(device)
+        return ScoringInputs(self.input_ids.to(device), self.attention_mask.to(device), prefix)
+
     def select(self, idx) -> "ScoringInputs":
         prefix = None if self.prefix is None else self.prefix[idx]
         return ScoringInputs(self.input_ids[idx], self.attention_mask[idx], prefix)
@@ -83,7 +87,8 @@ def pad_encoded(seqs: list[EncodedSequence], pad_id: int) -> ScoringInputs:
     T = max(len(s.ids) for s in seqs)
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    prefix = None if seqs[0].prefix is None else torch.zeros((len(seqs), T, seqs[0].prefix.shape[-1]))
+    first = seqs[0].prefix
+    prefix = None if first is None else first.new_zeros((len(seqs), T, first.shape[-1]))
     for i, s in enumerate(seqs):
         n = len(s.ids)
         ids[i, T - n :] = s.ids

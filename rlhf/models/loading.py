@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from rlhf.config import RunConfig
+from rlhf.models.device import Placement, resolve_placement
 from rlhf.models.provision import load_causal_lm, load_tokenizer, resolve_model
 from rlhf.models.roles import Backbone, ScalarRole
 from rlhf.run import RunDir
@@ -27,12 +28,18 @@ def sft_model_path(run: RunDir, cfg: RunConfig) -> str:
     return str(run.root / "sft" / "model") if info.get("trained") else base_model_path(cfg)
 
 
-def open_backbone(cfg: RunConfig, path: str) -> Backbone:
+def open_backbone(cfg: RunConfig, path: str, placement: Placement | None = None) -> Backbone:
+    """The model at `path` on `placement` (default: the config's model.device and model.dtype), with the config's
+    adapter settings."""
     set_threads(cfg)
+    placement = placement or resolve_placement(cfg.model)
     tokenizer = load_tokenizer(path)
-    model = load_causal_lm(path, tokenizer)
+    model = load_causal_lm(path, tokenizer, placement.device, placement.dtype)
     m = cfg.model
-    return Backbone(model, tokenizer, m.lora_r, m.lora_alpha, m.lora_target_modules, m.lora_top_layers)
+    backbone = Backbone(model, tokenizer, m.lora_r, m.lora_alpha, m.lora_target_modules, m.lora_top_layers)
+    if m.gradient_checkpointing:
+        backbone.enable_gradient_checkpointing()
+    return backbone
 
 
 def load_reward_model(run: RunDir, backbone: Backbone, adapter: str = "reward") -> ScalarRole:

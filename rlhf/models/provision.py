@@ -100,8 +100,9 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def load_causal_lm(path: str, tokenizer):
-    model = from_pretrained(AutoModelForCausalLM, path, dtype=torch.float32)
+def load_causal_lm(path: str, tokenizer, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    """The causal LM at `path` with weights in `dtype` on `device`, frozen and in eval mode."""
+    model = from_pretrained(AutoModelForCausalLM, path, dtype=dtype).to(device)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id

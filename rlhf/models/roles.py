@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from rlhf.data.io import atomic_write_json
 from rlhf.losses import entropy_from_logits, last_token_index, logprobs_from_logits, reward_head_init_std
+from rlhf.models.device import model_device
 from rlhf.models.encoding import (
     EncodedSequence,
     ScoringInputs,
@@ -52,6 +53,29 @@ class Backbone:
         self.adapters: list[str] = []
         self.trainable_adapters: set[str] = set()
         self.hidden_size = model.config.hidden_size
+        self.gradient_checkpointing = False
+
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.model)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each decoder layer's activations in the backward pass instead of keeping them."""
+        self.causal_lm().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.gradient_checkpointing = True
+
+    @contextmanager
+    def _checkpointing(self, trunk):
+        """transformers checkpoints a layer only in training mode, and we never call train() (dropout stays off):
+        while gradients are recorded, the decoder layers alone (not their submodules) are marked training."""
+        marked = list(trunk.layers) if self.gradient_checkpointing and torch.is_grad_enabled() else []
+        for layer in marked:
+            layer.training = True
+        try:
+            yield
+        finally:
+            for layer in marked:
+                layer.training = False
 
     @property
     def is_lora(self) -> bool:
@@ -177,6 +201,7 @@ class Backbone:
     def frozen_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Hidden states after the bottom layers, which carry no adapter and never train."""
         assert self.shares_frozen_prefix
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         with self.use(None) as lm:
             with self._layers(getattr(lm, lm.base_model_prefix), slice(0, self.n_bottom), final_norm=False) as trunk:
                 out = trunk(
@@ -193,17 +218,21 @@ class Backbone:
         attention_mask: torch.Tensor,
         prefix: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Final hidden states [B, T, d]; with `prefix` (from `frozen_prefix`) only the top layers run."""
+        """Final hidden states [B, T, d] on the model's device; with `prefix` (from `frozen_prefix`) only the top
+        layers run."""
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        prefix = None if prefix is None else prefix.to(self.device)
         position_ids = position_ids_from_mask(attention_mask)
-        with self.use(adapter) as lm:
+        no_cache = {"use_cache": False} if self.gradient_checkpointing else {}  # a checkpointed layer keeps no cache
+        with self.use(adapter) as lm, self._checkpointing(getattr(lm, lm.base_model_prefix)):
             trunk = getattr(lm, lm.base_model_prefix)
             if prefix is None:
                 return trunk(
-                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **no_cache
                 ).last_hidden_state
             with self._layers(trunk, slice(self.n_bottom, None), final_norm=True) as top:
                 return top(
-                    inputs_embeds=prefix, attention_mask=attention_mask, position_ids=position_ids
+                    inputs_embeds=prefix, attention_mask=attention_mask, position_ids=position_ids, **no_cache
                 ).last_hidden_state
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -231,6 +260,16 @@ class Episodes:
     def attention_mask(self) -> torch.Tensor:
         return torch.cat([self.query_mask, self.response_mask.long()], dim=1)
 
+    def to(self, device: torch.device) -> "Episodes":
+        """The same episodes with every tensor on `device` (themselves where they are there already)."""
+        moved = {f: getattr(self, f) for f in ("query_ids", "query_mask", "response_ids", "response_mask", "has_stop")}
+        return Episodes(
+            **{f: t.to(device) for f, t in moved.items()},
+            prefix=None if self.prefix is None else self.prefix.to(device),
+            sample_logprobs=None if self.sample_logprobs is None else self.sample_logprobs.to(device),
+            scoring=None if self.scoring is None else self.scoring.to(device),
+        )
+
     def select(self, idx) -> "Episodes":
         return Episodes(
             self.query_ids[idx],
@@ -254,26 +293,28 @@ class LanguageModelRole:
         self.temperature = temperature
 
     def logits(self, episodes: Episodes) -> torch.Tensor:
-        """Temperature-scaled logits predicting each response token: [B, R, V]."""
+        """Temperature-scaled logits predicting each response token: [B, R, V], float32."""
+        episodes = episodes.to(self.backbone.device)
         Q, R = episodes.query_ids.shape[1], episodes.response_ids.shape[1]
         hidden = self.backbone.hidden_states(self.adapter, episodes.input_ids, episodes.attention_mask, episodes.prefix)
-        return self.backbone.lm_head(hidden[:, Q - 1 : Q + R - 1]) / self.temperature
+        return self.backbone.lm_head(hidden[:, Q - 1 : Q + R - 1]).float() / self.temperature
 
     def logprobs(self, episodes: Episodes, with_entropy: bool = False):
         """Log-probability [B, R] of each response token (and the entropy of its distribution), at the real
         positions only: padding after a stop gets 0 and costs no vocabulary projection, which over the full
-        width would be as much compute as the top layers of a PPO step."""
+        width would be as much compute as the top layers of a PPO step. Float32 on the model's device."""
+        episodes = episodes.to(self.backbone.device)
         Q, R = episodes.query_ids.shape[1], episodes.response_ids.shape[1]
         hidden = self.backbone.hidden_states(self.adapter, episodes.input_ids, episodes.attention_mask, episodes.prefix)
         real = episodes.response_mask.bool()
-        logits = (self.backbone.lm_head(hidden[:, Q - 1 : Q + R - 1][real]) / self.temperature).unsqueeze(
-            0
-        )  # [1, real, V]
-        lp = hidden.new_zeros(real.shape).masked_scatter(
+        logits = self.backbone.lm_head(hidden[:, Q - 1 : Q + R - 1][real]).float() / self.temperature
+        logits = logits.unsqueeze(0)  # [1, real, V]
+        lp = torch.zeros(real.shape, device=hidden.device).masked_scatter(
             real, logprobs_from_logits(logits, episodes.response_ids[real].unsqueeze(0))[0]
         )
         if with_entropy:
-            return lp, hidden.new_zeros(real.shape).masked_scatter(real, entropy_from_logits(logits)[0])
+            entropy = entropy_from_logits(logits)[0]
+            return lp, torch.zeros(real.shape, device=hidden.device).masked_scatter(real, entropy)
         return lp
 
 
@@ -288,14 +329,15 @@ class ScalarRole:
             head = nn.Linear(d, 1)
             nn.init.normal_(head.weight, std=reward_head_init_std(d))  # Stiennon/Ziegler: N(0, 1/sqrt(d+1))
             nn.init.zeros_(head.bias)
-        self.head = head
+        self.head = head.to(backbone.device)  # float32 whatever the trunk's dtype: it reads float32 hidden states
         self.gain = 1.0
         self.bias = 0.0
 
     def hidden_at_last(self, batch: ScoringInputs) -> torch.Tensor:
-        """Trunk output at each row's last real token (not the last padded position): [B, d]."""
+        """Trunk output at each row's last real token (not the last padded position): [B, d], float32."""
         hidden = self.backbone.hidden_states(self.adapter, batch.input_ids, batch.attention_mask, batch.prefix)
-        return hidden[torch.arange(hidden.shape[0]), last_token_index(batch.attention_mask)]
+        last = last_token_index(batch.attention_mask.to(hidden.device))
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
 
     def raw_scores(self, batch: ScoringInputs) -> torch.Tensor:
         """Head output at each row's last real token, before normalisation and with gradients: [B]. What reward-model
@@ -303,10 +345,11 @@ class ScalarRole:
         return self.head(self.hidden_at_last(batch)).squeeze(-1)
 
     def values(self, episodes: Episodes) -> torch.Tensor:
-        """Value of the state before each response token: [B, R]."""
+        """Value of the state before each response token: [B, R], float32."""
+        episodes = episodes.to(self.backbone.device)
         Q, R = episodes.query_ids.shape[1], episodes.response_ids.shape[1]
         hidden = self.backbone.hidden_states(self.adapter, episodes.input_ids, episodes.attention_mask, episodes.prefix)
-        return self.head(hidden[:, Q - 1 : Q + R - 1]).squeeze(-1)
+        return self.head(hidden[:, Q - 1 : Q + R - 1].float()).squeeze(-1)
 
     def fold_normalization(self) -> None:
         """Fold gain and bias into the head, so the head alone outputs the normalised score: the value network
@@ -353,7 +396,7 @@ class ScalarRole:
         return raw * self.gain + self.bias
 
     def _raw_scores_by_length(self, seqs: list[EncodedSequence], batch_size: int) -> torch.Tensor:
-        raw = torch.zeros(len(seqs))
+        raw = torch.zeros(len(seqs), device=self.backbone.device)
         for rows in length_sorted_batches([len(s.ids) for s in seqs], batch_size):
             raw[rows] = self.raw_scores(pad_encoded([seqs[i] for i in rows], self.backbone.tokenizer.pad_token_id))
         return raw
@@ -362,16 +405,16 @@ class ScalarRole:
     def save(self, folder, name: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {
-            "head.weight": self.head.weight.detach().contiguous(),
-            "head.bias": self.head.bias.detach().contiguous(),
+            "head.weight": self.head.weight.detach().cpu().contiguous(),
+            "head.bias": self.head.bias.detach().cpu().contiguous(),
         }
         if self.backbone.is_lora:
-            tensors.update(self.backbone.adapter_state(self.adapter))
+            tensors.update({k: v.cpu() for k, v in self.backbone.adapter_state(self.adapter).items()})
         else:
             prefix = self.backbone.causal_lm().base_model_prefix + "."  # the trunk only: the LM head is not used
             tensors.update(
                 {
-                    f"trunk.{k}": v.contiguous()
+                    f"trunk.{k}": v.cpu().contiguous()
                     for k, v in self.backbone.model.state_dict().items()
                     if k.startswith(prefix)
                 }
@@ -411,5 +454,5 @@ def encode_for_scoring(
         prefix = role.backbone.frozen_prefix(ids, mask) if role.backbone.shares_frozen_prefix else None
         for k, i in enumerate(rows):
             real = mask[k].bool()
-            out[i] = EncodedSequence(ids[k][real], None if prefix is None else prefix[k][real])
+            out[i] = EncodedSequence(ids[k][real], None if prefix is None else prefix[k][real.to(prefix.device)])
     return out

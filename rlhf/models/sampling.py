@@ -22,8 +22,8 @@ def sample_categorical(probs: torch.Tensor, u: torch.Tensor | None = None) -> to
     with a single uniform draw per row (`u` [B, 1], drawn here when not given): exact, and far cheaper than
     torch.multinomial's V exponentials per row."""
     cdf = probs.cumsum(-1)
-    if u is None:
-        u = torch.rand(probs.shape[0], 1, dtype=cdf.dtype)
+    if u is None:  # drawn from the CPU generator whatever the device, so a seed gives the same draws everywhere
+        u = torch.rand(probs.shape[0], 1, dtype=cdf.dtype).to(cdf.device)
     u = u.to(cdf.dtype) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
 
@@ -72,8 +72,10 @@ def sample_tokens(
     EOS last token as eos_id itself), so `hidden` covers what the reward model scores too (`scoring_inputs`)."""
 
     B, Q = query_ids.shape
+    device = query_ids.device
     if uniforms is None:
         uniforms = torch.rand(n_tokens, B).T
+    uniforms = uniforms.to(device)  # drawn on the CPU (the same draws on every device), used where the logits are
     assert uniforms.shape == (B, n_tokens), (uniforms.shape, B, n_tokens)
     assert eos_tail is None or hidden_of is not None, "eos_tail feeds tokens only to keep their hidden states"
     width = n_tokens + (1 if eos_tail is not None else 0)
@@ -88,14 +90,14 @@ def sample_tokens(
             assert len(layer_out) == 1 and layer_out[0].shape[:2] == (B, Q), "hidden_of must run once per forward"
             hidden = layer_out[0].new_zeros(B, Q + width, layer_out[0].shape[-1])
             hidden[:, :Q] = layer_out.pop()
-        tokens = torch.zeros(B, n_tokens, dtype=torch.long)
-        logprobs = torch.zeros(B, n_tokens)
+        tokens = torch.zeros(B, n_tokens, dtype=torch.long, device=device)
+        logprobs = torch.zeros(B, n_tokens, device=device)
         # per row of the batch (the cache's rows, in order): its row in the output, whether it still samples, and
         # how many tail tokens (eos_tail) it has yet to be fed after this step's
-        active = torch.arange(B)
-        sampling = torch.ones(B, dtype=torch.bool)
-        eos_next = torch.zeros(B, dtype=torch.bool)
-        feed = torch.zeros(B, dtype=torch.long)
+        active = torch.arange(B, device=device)
+        sampling = torch.ones(B, dtype=torch.bool, device=device)
+        eos_next = torch.zeros(B, dtype=torch.bool, device=device)
+        feed = torch.zeros(B, dtype=torch.long, device=device)
         position = position_ids[:, -1:]
         for t in range(width):  # the token fed at step t sits at response position t
             # 1. rows that sample: one token each
@@ -189,24 +191,32 @@ class StopRule:
                     self.has_stop_string[i] = True
         self.min_tokens = min_tokens
 
+    def to(self, device: torch.device) -> "StopRule":
+        """Move the token tables to `device` (in place: the rule is built once and used on one device)."""
+        self.is_eos, self.has_stop_string = self.is_eos.to(device), self.has_stop_string.to(device)
+        return self
+
     def stops_at(self, token_ids: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
         """Whether each token, at its response position, ends the response: bool of token_ids' shape."""
+        if self.is_eos.device != token_ids.device:
+            self.to(token_ids.device)
         return self.is_eos[token_ids] | (self.has_stop_string[token_ids] & (position >= self.min_tokens))
 
     def apply(self, response_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mask [B,R] float with 1 up to and including the stop token, has_stop [B] bool)."""
         B, R = response_ids.shape
-        position = torch.arange(R).expand(B, R)
+        position = torch.arange(R, device=response_ids.device).expand(B, R)
         stops = self.stops_at(response_ids, position)
         has_stop = stops.any(-1)
-        first = torch.where(has_stop, stops.float().argmax(-1), torch.full((B,), R - 1))
+        first = torch.where(has_stop, stops.float().argmax(-1), torch.full((B,), R - 1, device=response_ids.device))
         mask = (position <= first.unsqueeze(-1)).float()
         return mask, has_stop
 
 
 def decode_responses(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
     lengths = mask.sum(-1).long().tolist()
-    return tokenizer.batch_decode([row[:n].tolist() for row, n in zip(response_ids, lengths)], skip_special_tokens=True)
+    rows = response_ids.cpu()
+    return tokenizer.batch_decode([row[:n].tolist() for row, n in zip(rows, lengths)], skip_special_tokens=True)
 
 
 DRAW_BLOCK = 64  # rows per block of uniform draws (the sampling batch size before draws were decoupled from it)
@@ -215,7 +225,8 @@ DRAW_BLOCK = 64  # rows per block of uniform draws (the sampling batch size befo
 def uniform_draws(n_rows: int, n_tokens: int) -> torch.Tensor:
     """The uniforms that pick every sampled token of n_rows responses, [n_rows, n_tokens]: drawn from torch's
     global generator in blocks of DRAW_BLOCK rows, step by step within a block, so that what a prompt list
-    samples depends on the seed and not on the batch size it is computed in."""
+    samples depends on the seed and not on the batch size it is computed in. On the CPU whatever the models'
+    device (sampling moves them), so a seed gives the same draws on every device."""
     blocks = [torch.rand(n_tokens, min(DRAW_BLOCK, n_rows - i)).T for i in range(0, n_rows, DRAW_BLOCK)]
     return torch.cat(blocks) if blocks else torch.zeros(0, n_tokens)
 
@@ -225,12 +236,13 @@ def scoring_inputs(episodes: Episodes, hidden: torch.Tensor, eos_id: int, is_eos
     EOS, read at the EOS (an EOS stop is that EOS), as `ScalarRole.tokenize` lays out a (prompt, response) pair,
     with `hidden`, `sample_tokens`'s bottom-layer output with eos_tail=(eos_id, is_eos)."""
     B, R = episodes.response_ids.shape
+    device = episodes.response_ids.device
     n = episodes.response_mask.sum(-1).long()  # tokens up to and including the stop
     last = episodes.response_ids.gather(1, (n - 1).unsqueeze(-1)).squeeze(-1)
     ends_eos = episodes.has_stop & is_eos[last]
     ids = torch.cat([episodes.response_ids, episodes.response_ids.new_zeros(B, 1)], dim=1)
-    ids[torch.arange(B), torch.where(ends_eos, n - 1, n)] = eos_id
-    mask = (torch.arange(R + 1) < (n + (~ends_eos).long()).unsqueeze(-1)).long()
+    ids[torch.arange(B, device=device), torch.where(ends_eos, n - 1, n)] = eos_id
+    mask = (torch.arange(R + 1, device=device) < (n + (~ends_eos).long()).unsqueeze(-1)).long()
     assert hidden.shape[:2] == (B, episodes.query_ids.shape[1] + R + 1), hidden.shape
     query_and_response = torch.cat([episodes.query_ids, ids], dim=1)
     return ScoringInputs(query_and_response, torch.cat([episodes.query_mask, mask], dim=1), hidden)
@@ -250,8 +262,10 @@ def sample_episodes(
     each token's log-probability read off the sampling loop, and what `reuse` (`prefix_reuse`) asks the loop
     to keep: the frozen bottom layers' output (`Episodes.prefix`) and the reward model's input (`Episodes.scoring`)."""
     backbone, tok = policy.backbone, policy.backbone.tokenizer
-    query_ids, query_mask = encode_queries(tok, prompts)
+    device = backbone.device
+    query_ids, query_mask = (t.to(device) for t in encode_queries(tok, prompts))
     uniforms = uniform_draws(len(prompts), response_length) if uniforms is None else uniforms
+    stop_rule.to(device)
     # with the reward model's input, a finished row is fed its last token and then EOS before it leaves the batch
     eos_tail = (tok.eos_token_id, stop_rule.is_eos) if reuse.score_from_sampling else None
     with backbone.use(policy.adapter) as lm:

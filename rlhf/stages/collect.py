@@ -12,6 +12,7 @@ from rlhf.data.records import Comparison, Sample
 from rlhf.judges import JudgeLabeler, make_judge
 from rlhf.labelers.base import label_many
 from rlhf.labelers.simulated import SimulatedLabeler
+from rlhf.models.device import resolve_placement
 from rlhf.models.loading import open_backbone, sft_model_path
 from rlhf.models.roles import LanguageModelRole
 from rlhf.models.sampling import sample_texts
@@ -81,7 +82,7 @@ def collect(run: RunDir, cfg: RunConfig) -> dict:
         # 2'. a pairwise judge compares every pair of each prompt's K responses in both orders (rlhf/judges/labeler.py);
         # its win counts are stored as meta["gold"]
 
-        comparisons = label_many(JudgeLabeler(make_judge(cfg.judge), seed=cfg.seed), items, cc.kind)
+        comparisons = label_many(JudgeLabeler(make_judge(cfg.judge, resolve_placement(cfg.model)), seed=cfg.seed), items, cc.kind)
         return _write_comparisons(
             run,
             cfg,

@@ -149,9 +149,10 @@ def update(
     statistic's values over the minibatches."""
     B, mask = len(episodes.has_stop), episodes.response_mask
     stats: dict[str, list[float]] = {}
+    minibatches, accumulate = chunks(B, pc.minibatch_size), pc.gradient_accumulation_steps
     for epoch in range(pc.ppo_epochs):
-        perm = torch.arange(B) if epoch == 0 else torch.randperm(B)
-        for k, s in enumerate(chunks(B, pc.minibatch_size)):
+        perm = torch.arange(B) if epoch == 0 else torch.randperm(B)  # on the CPU: the same draws on every device
+        for k, s in enumerate(minibatches):
             idx = perm[s]
             mb = episodes.select(idx)
             logprobs, entropy = roles.policy.logprobs(mb, with_entropy=True)
@@ -177,7 +178,10 @@ def update(
                 )
                 loss = loss + pc.ptx_coef * ptx_nll  # = PPO loss - gamma * pretraining log-likelihood
                 stats.setdefault("ptx_nll", []).append(ptx_nll.item())
-            optimizer_step(loss, roles.policy_params + roles.value_params, optimizer, scheduler)
+            # gradient accumulation: one optimiser step per `accumulate` minibatches (and at the end of the epoch)
+            step_now = (k + 1) % accumulate == 0 or k + 1 == len(minibatches)
+            loss = loss / accumulate if accumulate > 1 else loss
+            optimizer_step(loss, roles.policy_params + roles.value_params, optimizer, scheduler, step=step_now)
             for key, val in {
                 **pg_stats,
                 **vf_stats,
@@ -243,7 +247,8 @@ def check_inputs(pc, task) -> None:
 def optimizers(roles: PPORoles, pc):
     """AdamW over policy and value (each at its learning rate), annealed linearly to 0 over all of PPO's updates, and
     the KL coefficient's controller: adaptive toward ppo.target_kl (Ziegler §2.2) or fixed."""
-    total_updates = pc.iterations * pc.ppo_epochs * math.ceil(pc.batch_size / pc.minibatch_size)
+    minibatches = math.ceil(pc.batch_size / pc.minibatch_size)
+    total_updates = pc.iterations * pc.ppo_epochs * math.ceil(minibatches / pc.gradient_accumulation_steps)
     param_groups = [
         {"params": roles.policy_params, "lr": pc.learning_rate},
         {"params": roles.value_params, "lr": pc.value_learning_rate or pc.learning_rate},

@@ -27,7 +27,7 @@ from rlhf.models.loading import open_backbone, sft_model_path
 from rlhf.models.roles import Backbone, ScalarRole, encode_for_scoring
 from rlhf.models.saving import export_reward_model
 from rlhf.run import MetricsLog, RunDir, seed_everything
-from rlhf.stages.optim import optimizer_step, trainable_parameters
+from rlhf.stages.optim import accumulated_step, trainable_parameters
 from rlhf.tasks import prompt_source, task_for
 
 log = logging.getLogger("rlhf")
@@ -50,30 +50,31 @@ def loss_from_scores(scores: torch.Tensor, batch: list[Comparison]) -> torch.Ten
         per_comparison.append(scores[start : start + len(c.responses)])
         start += len(c.responses)
     assert start == scores.shape[0], (start, scores.shape)
-    total = scores.new_zeros(())
+    total, device = scores.new_zeros(()), scores.device
     for kind in ("pairwise", "best_of_k", "ranking"):
         idx = [i for i, c in enumerate(batch) if c.kind == kind]
         if not idx:
             continue
         if kind == "pairwise":
             r = torch.stack([per_comparison[i] for i in idx])
-            best = torch.tensor([batch[i].best for i in idx])
-            loss = pairwise_loss(r[torch.arange(len(idx)), best], r[torch.arange(len(idx)), 1 - best])
+            best = torch.tensor([batch[i].best for i in idx], device=device)
+            rows = torch.arange(len(idx), device=device)
+            loss = pairwise_loss(r[rows, best], r[rows, 1 - best])
         elif kind == "best_of_k":
             K = max(len(batch[i].responses) for i in idx)
             assert all(len(batch[i].responses) == K for i in idx), "best_of_k comparisons in one batch must share K"
             loss = best_of_k_loss(
-                torch.stack([per_comparison[i] for i in idx]), torch.tensor([batch[i].best for i in idx])
+                torch.stack([per_comparison[i] for i in idx]), torch.tensor([batch[i].best for i in idx], device=device)
             )
         else:
             K = max(len(batch[i].responses) for i in idx)
             r = scores.new_zeros((len(idx), K))
-            ranks = torch.zeros((len(idx), K), dtype=torch.long)
-            valid = torch.zeros((len(idx), K), dtype=torch.bool)
+            ranks = torch.zeros((len(idx), K), dtype=torch.long, device=device)
+            valid = torch.zeros((len(idx), K), dtype=torch.bool, device=device)
             for row, i in enumerate(idx):
                 k = len(batch[i].responses)
                 r[row, :k] = per_comparison[i]
-                ranks[row, :k] = torch.tensor(batch[i].ranks)
+                ranks[row, :k] = torch.tensor(batch[i].ranks, device=device)
                 valid[row, :k] = True
             loss = ranking_loss(r, ranks, valid)
         total = total + loss * len(idx) / len(batch)
@@ -95,7 +96,7 @@ def fit_head_on_features(rm: ScalarRole, train: list[Comparison], x: torch.Tenso
     with an L2 penalty) under the comparison loss. Returns the training loss."""
     mean, std = x.mean(0), x.std(0) + 1e-6
     z = (x - mean) / std
-    w = torch.zeros(z.shape[1], requires_grad=True)
+    w = torch.zeros(z.shape[1], requires_grad=True, device=z.device)
     optimizer = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
 
     def closure():
@@ -230,8 +231,14 @@ def fit_reward_model(
         order = list(range(len(train)))
         random.Random(seed * 1000 + epoch).shuffle(order)
         picked = order[i * rc.batch_size : (i + 1) * rc.batch_size]
-        loss = comparison_loss(rm, [train[j] for j in picked], [encoded[j] for j in picked])
-        optimizer_step(loss, params, optimizer, scheduler)
+        loss = accumulated_step(
+            picked,
+            lambda rows: comparison_loss(rm, [train[j] for j in rows], [encoded[j] for j in rows]),
+            params,
+            optimizer,
+            scheduler,
+            rc.gradient_accumulation_steps,
+        )
         step += 1
         bar.update(1)
         if after_step is not None:

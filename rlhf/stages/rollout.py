@@ -73,5 +73,6 @@ def score(
     A response that never stopped scores `missing_stop_penalty` instead (Ziegler §3.1.2)."""
     assert reward is not None or gold_scorer is not None, "nothing to score with"
     gold = gold_scorer(batch.prompts, batch.texts) if gold_scorer is not None else None
-    scores = torch.tensor(gold) if reward is None else reward.score(batch.prompts, batch.texts, batch.episodes)
+    device = batch.episodes.has_stop.device
+    scores = torch.tensor(gold, device=device) if reward is None else reward.score(batch.prompts, batch.texts, batch.episodes)
     return Scores(scores, apply_missing_stop_penalty(scores, batch.episodes.has_stop, missing_stop_penalty), gold)

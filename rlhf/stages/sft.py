@@ -17,7 +17,7 @@ from rlhf.models.loading import base_model_path, open_backbone
 from rlhf.models.roles import Backbone
 from rlhf.models.saving import save_merged
 from rlhf.run import MetricsLog, RunDir, seed_everything
-from rlhf.stages.optim import load_trainable_state, optimizer_step, trainable_parameters, trainable_state
+from rlhf.stages.optim import accumulated_step, load_trainable_state, trainable_parameters, trainable_state
 from rlhf.tasks import prompt_source, task_for
 
 log = logging.getLogger("rlhf")
@@ -25,12 +25,12 @@ STAGE = "sft"
 
 
 def response_nll(backbone: Backbone, adapter: str | None, prompts: list[str], responses: list[str]) -> torch.Tensor:
-    """Mean negative log-likelihood of the response tokens (and the EOS after them) given the prompt."""
+    """Mean negative log-likelihood of the response tokens (and the EOS after them) given the prompt, in float32."""
     ids, mask, rmask = encode_prompt_response(backbone.tokenizer, prompts, responses, append_eos=True)
     hidden = backbone.hidden_states(adapter, ids, mask)
-    predict = rmask[:, 1:].bool()  # position t-1 predicts the response token at t
+    ids, predict = ids.to(hidden.device), rmask[:, 1:].bool().to(hidden.device)  # t-1 predicts the response token at t
     assert int(predict.sum()) > 0, "no response tokens in batch"
-    logits = backbone.lm_head(hidden[:, :-1][predict])
+    logits = backbone.lm_head(hidden[:, :-1][predict]).float()
     return F.cross_entropy(logits, ids[:, 1:][predict])
 
 
@@ -91,8 +91,14 @@ def train_sft(run: RunDir, cfg: RunConfig) -> dict:
         epoch, i = divmod(step, steps_per_epoch)
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
         batch = [train[j] for j in order[i * sc.batch_size : (i + 1) * sc.batch_size]]
-        loss = response_nll(backbone, adapter, [d.prompt for d in batch], [d.response for d in batch])
-        optimizer_step(loss, params, optimizer, scheduler)
+        loss = accumulated_step(
+            batch,
+            lambda demos: response_nll(backbone, adapter, [d.prompt for d in demos], [d.response for d in demos]),
+            params,
+            optimizer,
+            scheduler,
+            sc.gradient_accumulation_steps,
+        )
         step += 1
         bar.update(1)
         row = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]}

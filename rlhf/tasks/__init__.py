@@ -7,6 +7,7 @@ from typing import Any
 
 from rlhf.config import RunConfig
 from rlhf.data.records import Prompt
+from rlhf.models.device import resolve_placement
 from rlhf.models.loading import base_model_path
 from rlhf.models.provision import load_tokenizer
 from rlhf.models.sampling import StopRule
@@ -20,7 +21,7 @@ TASK_NAMES = ("sentiment", "tldr", "dialogue")
 
 def get_task(name: str, **options: Any) -> Task:
     """The task called `name`; options go to its make_* function:
-    sentiment: response_length, stop_min_tokens, stop_strings;
+    sentiment: response_length, stop_min_tokens, stop_strings, gold, placement (of the `lm` gold scorer);
     tldr: response_length, stop_min_tokens, count_tokens, max_query_tokens;
     dialogue: response_length, stop_min_tokens."""
     make_task = {"sentiment": make_sentiment_task, "tldr": make_tldr_task, "dialogue": make_dialogue_task}.get(name)
@@ -36,6 +37,8 @@ def task_for(cfg: RunConfig):
     """The configured task (with its gold scorer option, when set; for tldr its query budget, counted with the
     model's tokenizer, and its split of a local file by id)."""
     options = {"gold": cfg.task.gold} if cfg.task.gold else {}
+    if cfg.task.gold == "lm":  # the zero-shot classifier runs where the models do
+        options["placement"] = resolve_placement(cfg.model)
     if cfg.task.max_query_tokens:
         options["max_query_tokens"] = cfg.task.max_query_tokens
     if cfg.task.test_fraction:

@@ -10,6 +10,7 @@ from typing import Any
 
 from rlhf.data.io import iter_rows
 from rlhf.data.records import Demonstration, Prompt
+from rlhf.models.device import Placement
 from rlhf.tasks.base import Task, check_split, require_text_field, row_id, take_first_shuffled
 from rlhf.tasks.sentiment_lm_gold import LMSentimentScorer
 from rlhf.tasks.sentiment_prompts import builtin_demonstration_pairs, builtin_prompts
@@ -135,13 +136,14 @@ def make_sentiment_task(
     stop_min_tokens: int = SENTIMENT_STOP_MIN_TOKENS,
     stop_strings: tuple[str, ...] = SENTIMENT_STOP_STRINGS,
     gold: str = "vader",
+    placement: Placement | None = None,
 ) -> Task:
     """The sentiment task; as in Ziegler §3, a continuation ends at a sentence end (here: from token 8 on).
     `gold`: "vader" (VADER's compound score) or "lm" (a zero-shot classifier's log-odds, `sentiment_lm_gold`)."""
     if gold == "vader":
         gold_scorer = vader_gold_scores
     elif gold == "lm":
-        gold_scorer = LMSentimentScorer()
+        gold_scorer = LMSentimentScorer(placement=placement)
     else:
         raise ValueError(f"sentiment task: gold must be 'vader' or 'lm', got {gold!r}")
     return Task(
