@@ -3,6 +3,7 @@ bench/gpu_check.sh (tiny model, CPU), so that the script cannot rot between runs
 
 from __future__ import annotations
 
+import ast
 import math
 import os
 import re
@@ -74,6 +75,61 @@ def test_gpu_mode_without_a_gpu_says_it_skips(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpu_check.main([]) == 0
     assert capsys.readouterr().out.strip().startswith("gpu_check: SKIP (no CUDA GPU")
+
+
+# Top-level modules the GPU image has (its package list), and those the check carries as wheels in .whl/
+ON_THE_GPU_IMAGE = {
+    "accelerate", "jinja2", "matplotlib", "numpy", "pandas", "peft", "pyarrow", "safetensors", "scipy", "sklearn",
+    "tensorboard", "tokenizers", "torch", "tqdm", "transformers", "yaml",
+}  # fmt: skip
+CARRIED = {"sqlalchemy", "vaderSentiment"}
+
+
+def top_level_imports(path: Path) -> tuple[set[str], set[str]]:
+    """(modules imported at a module's top level, those imported inside functions), as written."""
+    tree = ast.parse(path.read_text())
+    top = {id(n) for n in tree.body}
+    for node in tree.body:  # imports under a module-level `if` or `try` run at import time too
+        if isinstance(node, (ast.If, ast.Try)):
+            top |= {id(n) for n in ast.walk(node)}
+    at_top, lazy = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        (at_top if id(node) in top else lazy).update(names)
+    return at_top, lazy
+
+
+def third_party_closure(scripts: list[Path]) -> set[str]:
+    """The third-party top-level modules that importing `scripts` imports, following `rlhf` (and bench/) modules'
+    top-level imports: what the GPU machine must have before the check starts."""
+    todo, seen, third_party = list(scripts), set(), set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in top_level_imports(path)[0]:
+            parts = name.split(".")
+            if parts[0] == "rlhf":
+                for i in range(1, len(parts) + 1):  # the packages on the way are imported too
+                    module = ROOT.joinpath(*parts[:i])
+                    todo += [f for f in (module.with_suffix(".py"), module / "__init__.py") if f.exists()]
+            elif (ROOT / "bench" / f"{parts[0]}.py").exists():
+                todo.append(ROOT / "bench" / f"{parts[0]}.py")
+            elif parts[0] not in sys.stdlib_module_names and parts[0] != "__future__":
+                third_party.add(parts[0])
+    return third_party
+
+
+def test_the_check_imports_only_what_the_gpu_machine_has_or_the_wheels_carry():
+    needed = third_party_closure([ROOT / "bench" / "gpu_check.py"])
+    assert "sqlalchemy" in needed  # the closure does reach the stages (the labeling app's database)
+    assert needed <= ON_THE_GPU_IMAGE | CARRIED, needed - ON_THE_GPU_IMAGE - CARRIED
 
 
 @pytest.mark.slow
