@@ -130,4 +130,3 @@ def texts_of_length(tokenizer, n_rows: int, n_tokens: int, seed: int) -> list[st
         ids = tokenizer(text, add_special_tokens=False).input_ids[:n_tokens]
         texts.append(tokenizer.decode(ids))
     return texts
-

@@ -189,8 +189,16 @@ def finite_figures(summary: dict) -> None:
 @pytest.mark.slow
 def test_smoke_pipeline_in_bfloat16_on_the_cpu(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    proc = rlhf("run", "--config", str(SMOKE), "--out", str(out), f"model.name_or_path={tiny_model_dir}",
-                "model.device=cpu", "model.dtype=bfloat16")
+    proc = rlhf(
+        "run",
+        "--config",
+        str(SMOKE),
+        "--out",
+        str(out),
+        f"model.name_or_path={tiny_model_dir}",
+        "model.device=cpu",
+        "model.dtype=bfloat16",
+    )
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "device cpu, dtype bfloat16, world size 1" in (out / "log.txt").read_text()
     finite_figures(json.loads((out / "summary.json").read_text()))
@@ -202,8 +210,12 @@ def test_smoke_pipeline_in_bfloat16_on_the_cpu(tiny_model_dir, tmp_path):
 @pytest.mark.slow
 def test_smoke_pipeline_with_gradient_accumulation_and_checkpointing(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    overrides = ["model.gradient_checkpointing=true", "sft.gradient_accumulation_steps=2",
-                 "reward.gradient_accumulation_steps=2", "ppo.gradient_accumulation_steps=2"]
+    overrides = [
+        "model.gradient_checkpointing=true",
+        "sft.gradient_accumulation_steps=2",
+        "reward.gradient_accumulation_steps=2",
+        "ppo.gradient_accumulation_steps=2",
+    ]
     proc = rlhf("run", "--config", str(SMOKE), "--out", str(out), f"model.name_or_path={tiny_model_dir}", *overrides)
     assert proc.returncode == 0, proc.stderr[-5000:]
     finite_figures(json.loads((out / "summary.json").read_text()))

@@ -82,7 +82,9 @@ def collect(run: RunDir, cfg: RunConfig) -> dict:
         # 2'. a pairwise judge compares every pair of each prompt's K responses in both orders (rlhf/judges/labeler.py);
         # its win counts are stored as meta["gold"]
 
-        comparisons = label_many(JudgeLabeler(make_judge(cfg.judge, resolve_placement(cfg.model)), seed=cfg.seed), items, cc.kind)
+        comparisons = label_many(
+            JudgeLabeler(make_judge(cfg.judge, resolve_placement(cfg.model)), seed=cfg.seed), items, cc.kind
+        )
         return _write_comparisons(
             run,
             cfg,

@@ -74,5 +74,9 @@ def score(
     assert reward is not None or gold_scorer is not None, "nothing to score with"
     gold = gold_scorer(batch.prompts, batch.texts) if gold_scorer is not None else None
     device = batch.episodes.has_stop.device
-    scores = torch.tensor(gold, device=device) if reward is None else reward.score(batch.prompts, batch.texts, batch.episodes)
+    scores = (
+        torch.tensor(gold, device=device)
+        if reward is None
+        else reward.score(batch.prompts, batch.texts, batch.episodes)
+    )
     return Scores(scores, apply_missing_stop_penalty(scores, batch.episodes.has_stop, missing_stop_penalty), gold)
