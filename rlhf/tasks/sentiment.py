@@ -28,9 +28,8 @@ _SENTENCE_END = (".", "!", "?")
 @lru_cache(maxsize=1)
 def vader_analyzer() -> Any:
     """One shared VADER analyzer per process (building it parses the lexicon, ~0.1 s)."""
-    from vaderSentiment.vaderSentiment import (
-        SentimentIntensityAnalyzer,  # lazy: a heavy import, needed for the VADER gold scorer only
-    )
+    # lazy: a heavy import, needed for the VADER gold scorer only
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     return SentimentIntensityAnalyzer()
 
