@@ -11,7 +11,7 @@ import pytest
 from rlhf.config import RunConfig
 from rlhf.eval.frontier import frontier_over_prompts
 from rlhf.experiments import common
-from rlhf.experiments.common import best_of_n_from_pool, link_stages, run_stages
+from rlhf.experiments.common import best_of_n_from_pool, best_of_n_sweep, link_stages, run_stages
 from rlhf.experiments.frontier import point_against_frontier
 from rlhf.experiments.overoptimization import batches_by_kl, peak, trajectory
 from rlhf.run import RunDir
@@ -167,3 +167,15 @@ def test_run_stages_runs_in_order_and_a_stopped_stage_is_an_error(tmp_path, monk
     with pytest.raises(RuntimeError, match="ppo stopped \\(andon\\)"):
         run_stages(RunDir(tmp_path), RunConfig(), ("reward", "ppo", "bon"))
     assert ran == ["reward", "ppo"]
+
+
+def test_best_of_n_sweep_by_hand():
+    # one prompt, four samples: the selector picks index 1 of [1, 3], index 0 of [2, 0], index 1 of all four
+    selector = np.array([[1.0, 3.0, 2.0, 0.0]])
+    gold = np.array([[10.0, 20.0, 30.0, 40.0]])
+    rows = best_of_n_sweep(selector, gold, [1, 2, 4])
+    assert [r["n"] for r in rows] == [1, 2, 4]
+    assert [r["gold_reward"] for r in rows] == [25.0, 25.0, 20.0]
+    assert [r["proxy_reward"] for r in rows] == [1.5, 2.5, 3.0]
+    assert [r["n_judged_picks"] for r in rows] == [4, 2, 1]
+    assert rows[0]["kl"] == 0.0 and abs(rows[2]["kl"] - (math.log(4) - 0.75)) < 1e-12

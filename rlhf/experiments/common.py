@@ -24,6 +24,7 @@ from rlhf.config import RunConfig
 from rlhf.data.io import atomic_write_json, atomic_write_text
 from rlhf.eval.evaluate import sample_with_kl
 from rlhf.losses import apply_missing_stop_penalty
+from rlhf.models.best_of_n import best_of_n_kl
 from rlhf.models.loading import base_model_path, load_reward_model, open_backbone, sft_model_path
 from rlhf.models.roles import LanguageModelRole
 from rlhf.models.sampling import sample_texts
@@ -150,6 +151,26 @@ def best_of_n_from_pool(selector: np.ndarray, values: np.ndarray, n: int) -> dic
     per_prompt = np.where(counted, picked, 0.0).sum(-1)[counted.any(-1)] / counted.sum(-1)[counted.any(-1)]
     stats = mean_sem(per_prompt)
     return {"mean": stats["mean"], "sem": stats["sem"], "n_picks": int(counted.sum())}
+
+
+def best_of_n_sweep(selector: np.ndarray, gold: np.ndarray, ns: list[int]) -> list[dict]:
+    """Best-of-N by `selector` for each N in `ns` (Stiennon fig. 5): the KL bound, and the selector's ("proxy") and
+    the gold's mean and sem over prompts at the chosen responses; `n_judged_picks` counts the gold picks kept."""
+    rows = []
+    for n in ns:
+        g, p = best_of_n_from_pool(selector, gold, n), best_of_n_from_pool(selector, selector, n)
+        rows.append(
+            {
+                "n": n,
+                "kl": best_of_n_kl(n),
+                "proxy_reward": p["mean"],
+                "gold_reward": g["mean"],
+                "proxy_reward_sem": p["sem"],
+                "gold_reward_sem": g["sem"],
+                "n_judged_picks": g["n_picks"],
+            }
+        )
+    return rows
 
 
 # 3. measuring a trained policy ----------------------------------------------------------------------------

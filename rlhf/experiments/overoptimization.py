@@ -23,7 +23,7 @@ from rlhf.data.io import atomic_write_json, atomic_write_text
 from rlhf.experiments.common import (
     Clock,
     as_matrix,
-    best_of_n_from_pool,
+    best_of_n_sweep,
     beta_label,
     measured_sub_run,
     ppo_config,
@@ -33,7 +33,6 @@ from rlhf.experiments.common import (
     sample_pool,
     save_figure,
 )
-from rlhf.models.best_of_n import best_of_n_kl
 
 log = logging.getLogger("rlhf")
 
@@ -124,19 +123,7 @@ def run(cfg: Config, out: Path) -> dict:
     gold, proxy = as_matrix(pool, "gold"), as_matrix(pool, "proxy")
 
     # 3. best-of-N by the proxy for each N: gold and proxy of the chosen responses
-    bon_sweep = []
-    for n in cfg.bon_n:
-        g, p = best_of_n_from_pool(proxy, gold, n), best_of_n_from_pool(proxy, proxy, n)
-        bon_sweep.append(
-            {
-                "n": n,
-                "kl": best_of_n_kl(n),
-                "proxy_reward": p["mean"],
-                "gold_reward": g["mean"],
-                "proxy_reward_sem": p["sem"],
-                "gold_reward_sem": g["sem"],
-            }
-        )
+    bon_sweep = best_of_n_sweep(proxy, gold, cfg.bon_n)
 
     # 4. PPO against the proxy for each beta; KL, proxy and gold measured on fresh samples
     ppo_sweep, ppo_trajectories = [], []

@@ -32,10 +32,9 @@ from scipy.stats import spearmanr
 from rlhf.config import RunConfig, config_to_dict
 from rlhf.data.io import atomic_write_json, atomic_write_text
 from rlhf.eval.text_metrics import ROUGE_TYPES, rouge_per_pair
-from rlhf.experiments.common import Clock, best_of_n_from_pool, run_base, save_figure
+from rlhf.experiments.common import Clock, best_of_n_sweep, run_base, save_figure
 from rlhf.experiments.overoptimization import peak
 from rlhf.judges import judge_both_orders, make_judge
-from rlhf.models.best_of_n import best_of_n_kl
 from rlhf.models.loading import open_backbone, sft_model_path
 from rlhf.models.roles import LanguageModelRole
 from rlhf.models.sampling import sample_texts
@@ -142,28 +141,10 @@ def run(cfg: Config, out: Path) -> dict:
     gold = np.array([math.nan if o is None else o for o in pool["outcomes"]], dtype=float).reshape(P, M)
 
     # 3. best-of-N by ROUGE: the gold (win rate against the reference) and ROUGE of the chosen summaries
-    bon_sweep = []
-    for n in cfg.bon_n:
-        g, p = best_of_n_from_pool(rouge, gold, n), best_of_n_from_pool(rouge, rouge, n)
-        bon_sweep.append(
-            {
-                "n": n,
-                "kl": best_of_n_kl(n),
-                "proxy_reward": p["mean"],
-                "gold_reward": g["mean"],
-                "proxy_reward_sem": p["sem"],
-                "gold_reward_sem": g["sem"],
-                "n_judged_picks": g["n_picks"],
-            }
-        )
-        log.info(
-            "rouge_proxy: best-of-%d by %s: %s %.3f, win rate against the reference %.3f",
-            n,
-            cfg.rouge_type,
-            cfg.rouge_type,
-            p["mean"],
-            g["mean"],
-        )
+    bon_sweep = best_of_n_sweep(rouge, gold, cfg.bon_n)
+    for row in bon_sweep:
+        line = "rouge_proxy: best-of-%d by %s: %.3f, win rate against the reference %.3f"
+        log.info(line, row["n"], cfg.rouge_type, row["proxy_reward"], row["gold_reward"])
 
     # 4. plot and summaries
     consistent = [c for c in pool["consistent"] if c is not None]
