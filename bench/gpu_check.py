@@ -171,6 +171,23 @@ def batch_shape(check: Check) -> tuple[int, int]:
     return (16, 512) if check.cuda else (4, 48)
 
 
+def time_training(check: Check, name: str, loss_of_step, params, optimizer, scheduler, n_tokens: int, n_params: int):
+    """Time optimiser steps on `loss_of_step()` and print the training figures; a non-finite loss fails the check."""
+    losses = []
+
+    def step() -> None:
+        loss = loss_of_step()
+        optimizer_step(loss, params, optimizer, scheduler)
+        losses.append(loss.detach())
+
+    if check.cuda:
+        torch.cuda.reset_peak_memory_stats()
+    seconds = seconds_per_call(check, step, *check.steps)
+    training_figures(check, name, n_tokens, seconds, n_params)
+    if not all(math.isfinite(x.item()) for x in losses):
+        check.failures.append(f"{name}: loss not finite")
+
+
 def sft_speed(check: Check, shape: str) -> None:
     """(b) SFT steps: `response_nll` on a LoRA adapter, then `optimizer_step`, on a fixed batch."""
     tok = check.tokenizer
@@ -183,19 +200,8 @@ def sft_speed(check: Check, shape: str) -> None:
     prompts = texts_of_length(tok, rows, length // 2, seed=1)
     responses = texts_of_length(tok, rows, length // 2 - 1, seed=2)
     n_tokens = sum(len(q) + len(a) for q, a in tokenize_prompt_response(tok, prompts, responses, append_eos=True))
-    losses = []
-
-    def step() -> None:
-        loss = response_nll(backbone, "sft", prompts, responses)
-        optimizer_step(loss, params, optimizer, scheduler)
-        losses.append(loss.detach())
-
-    if check.cuda:
-        torch.cuda.reset_peak_memory_stats()
-    seconds = seconds_per_call(check, step, *check.steps)
-    training_figures(check, f"sft_{shape}", n_tokens, seconds, n_params)
-    if not all(math.isfinite(x.item()) for x in losses):
-        check.failures.append(f"sft_{shape}: loss not finite")
+    sft_loss = lambda: response_nll(backbone, "sft", prompts, responses)  # noqa: E731
+    time_training(check, f"sft_{shape}", sft_loss, params, optimizer, scheduler, n_tokens, n_params)
 
 
 def reward_speed(check: Check, shape: str) -> None:
@@ -216,19 +222,8 @@ def reward_speed(check: Check, shape: str) -> None:
     flat = encode_for_scoring(rm, [p for p in prompts for _ in (0, 1)], [r for c in batch for r in c.responses])
     encoded = [flat[2 * i : 2 * i + 2] for i in range(n_pairs)]
     n_tokens = sum(len(s.ids) for s in flat)
-    losses = []
-
-    def step() -> None:
-        loss = comparison_loss(rm, batch, encoded)
-        optimizer_step(loss, params, optimizer, scheduler)
-        losses.append(loss.detach())
-
-    if check.cuda:
-        torch.cuda.reset_peak_memory_stats()
-    seconds = seconds_per_call(check, step, *check.steps)
-    training_figures(check, f"reward_{shape}", n_tokens, seconds, n_params)
-    if not all(math.isfinite(x.item()) for x in losses):
-        check.failures.append(f"reward_{shape}: loss not finite")
+    reward_loss = lambda: comparison_loss(rm, batch, encoded)  # noqa: E731
+    time_training(check, f"reward_{shape}", reward_loss, params, optimizer, scheduler, n_tokens, n_params)
 
 
 def sampling_speed(check: Check, shape: str) -> None:
