@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from rlhf.labeling_app.cli import add_label_parser, main_label
 from rlhf.models.device import resolve_placement
 from rlhf.models.provision import builtin_model_dir
 from rlhf.pipeline import run_pipeline, run_stage, start_run
+from rlhf.processes import launched
 from rlhf.run import RunDir, setup_logging
 
 STAGE_HELP = {
@@ -98,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", required=True, help="YAML config (see configs/ and `rlhf config-help`)")
     p.add_argument("--out", required=True, help="run directory")
+    p.add_argument(
+        "--num-processes",
+        type=int,
+        default=1,
+        help="run data parallel in N processes: re-launches itself with `accelerate launch --num_processes N` "
+        "(your accelerate config applies; without one, --multi_gpu: one process per GPU, or N CPU processes over gloo "
+        "on a machine without CUDA). Default 1",
+    )
     p.add_argument("overrides", nargs="*", help="config overrides such as ppo.iterations=4 task.temperature=0.7")
 
     for name, text in STAGE_HELP.items():
@@ -148,6 +160,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def relaunch(num_processes: int, argv: list[str]) -> int:
+    """`rlhf run --num-processes N ...` as `accelerate launch --num_processes N -m rlhf.cli run ...`: the user's
+    accelerate config applies when there is one; without one, --multi_gpu (torchrun: one process per GPU, or N CPU
+    processes over gloo on a machine without CUDA)."""
+    from accelerate.commands.config import default_config_file  # lazy: only a multi-process run needs it
+
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
+    if "MASTER_PORT" not in os.environ:  # a free port, so that two runs on one machine do not collide
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            launch += ["--main_process_port", str(s.getsockname()[1])]
+    if not Path(os.environ.get("ACCELERATE_CONFIG_FILE", default_config_file)).is_file():
+        launch += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    rest = [a for a in argv if not a.startswith("--num-processes")]
+    if "--num-processes" in argv:  # `--num-processes N` as two arguments
+        i = argv.index("--num-processes")
+        rest = argv[:i] + argv[i + 2 :]
+    return subprocess.call([*launch, "-m", "rlhf.cli", *rest])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -157,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    if launched() and args.command not in ("run", "init", *STAGE_HELP):
+        print(f"rlhf: error: `rlhf {args.command}` runs in one process; start it without a launcher", file=sys.stderr)
+        return 2
     if args.command == "label":
         return main_label(args)
 
@@ -170,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             print(builtin_model_dir(args.cache_dir))
             return 0
 
+        if args.command == "run" and args.num_processes > 1 and not launched():
+            return relaunch(args.num_processes, argv if argv is not None else sys.argv[1:])
         if args.command in ("run", "init"):
             cfg = load_config(args.config, args.overrides)
             resolve_placement(cfg.model)  # a device asked for but missing: an error before anything is written
@@ -180,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"initialised {run.root}")
                 return 0
             summary = run_pipeline(run, cfg)
+            if not run.writer:  # the main process prints the result
+                return 3 if summary.get("stopped") else 0
             if summary.get("stopped"):
                 print(f"stopped: {summary.get('reason')}")
                 return 3
@@ -228,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(run, level)
 
         info = run_stage(run, cfg, args.command, force=args.force)
-        print(json.dumps(info, indent=2, default=str))
+        if run.writer:
+            print(json.dumps(info, indent=2, default=str))
         return 3 if info.get("stopped") else 0
     except (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError) as e:
         logging.getLogger("rlhf").debug("error", exc_info=True)

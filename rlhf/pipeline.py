@@ -37,12 +37,14 @@ def run_stage(run: RunDir, cfg: RunConfig, name: str, force: bool = False) -> di
     if run.is_done(name) and not force:
         log.info("stage %s: already done, skipping", name)
         return run.done_info(name)
-    if force:
+    if force and run.writer:
         (run.root / name / "done.json").unlink(missing_ok=True)
+    run.processes.wait()  # every process sees the same finished stages before this one starts
     # a device asked for but missing is an error here, before the stage writes anything
     log.info("stage %s: starting (%s)", name, resolve_placement(cfg.model).describe())
     t0 = time.time()
     info = STAGE_FUNCTIONS[name](run, cfg)
+    run.processes.wait()  # the main process has written the stage's outputs before anyone reads them
     seconds = time.time() - t0
     if info.get("stopped"):
         log.warning("stage %s stopped: %s", name, info.get("reason"))
@@ -67,17 +69,22 @@ def start_run(run: RunDir, cfg: RunConfig) -> None:
     else:
         run.save_config(cfg)
     run.update_summary(config=config_to_dict(cfg))
+    run.processes.wait()
 
 
 def run_pipeline(run: RunDir, cfg: RunConfig) -> dict:
-    base_model_path(cfg)  # one-time model conversion happens here, outside the stage clocks
+    # one-time model conversion happens here, outside the stage clocks; by the main process first
+    if run.writer:
+        base_model_path(cfg)
+    run.processes.wait()
     start_run(run, cfg)
     for name in STAGES:
         info = run_stage(run, cfg, name)
         if info.get("stopped"):
             return info
     t0 = time.time()
-    write_report(run.root)
+    if run.writer:
+        write_report(run.root)
     summary = run.read_summary()
     stage_seconds = {**summary.get("stage_seconds", {}), "report": time.time() - t0}
     return run.update_summary(stage_seconds=stage_seconds, wall_seconds_total=sum(stage_seconds.values()))

@@ -4,6 +4,9 @@ RUN_DIR/config.yaml          the resolved config (written once; later stages rea
 RUN_DIR/<stage>/done.json    written last by a finished stage; a re-run skips the stage
 RUN_DIR/<stage>/checkpoint.pt  latest checkpoint (atomic); a re-run resumes from it
 RUN_DIR/<stage>/metrics.jsonl  one JSON object per step/iteration (also TensorBoard events in RUN_DIR/tb)
+
+With several processes (rlhf/processes.py) every process reads the run directory and only the main one writes it:
+the writing methods here do nothing elsewhere, and a stage guards its own files with `run.writer`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from rlhf.config import RunConfig, config_from_dict, config_to_dict
 from rlhf.data.io import atomic_write_bytes, atomic_write_json
+from rlhf.processes import Processes, current_processes
 
 log = logging.getLogger("rlhf")
 
@@ -57,11 +61,19 @@ def seed_everything(seed: int) -> None:
 class RunDir:
     """One run's folder. Stages read their inputs from it and write their outputs into it."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, processes: Processes | None = None):
         self.root = Path(root)
+        self.processes = processes or current_processes()
+
+    @property
+    def writer(self) -> bool:
+        """Whether this process writes the run directory (the main process only)."""
+        return self.processes.is_main
 
     # config -----------------------------------------------------------------------------------
     def save_config(self, cfg: RunConfig) -> None:
+        if not self.writer:
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
         atomic_write_bytes(self.root / "config.yaml", text.encode())
@@ -77,13 +89,16 @@ class RunDir:
     # stages -----------------------------------------------------------------------------------
     def stage(self, name: str) -> Path:
         path = self.root / name
-        path.mkdir(parents=True, exist_ok=True)
+        if self.writer:
+            path.mkdir(parents=True, exist_ok=True)
         return path
 
     def is_done(self, name: str) -> bool:
         return (self.root / name / "done.json").exists()
 
     def mark_done(self, name: str, info: dict) -> None:
+        if not self.writer:
+            return
         atomic_write_json(self.stage(name) / "done.json", {"finished_at": time.time(), **info})
 
     def done_info(self, name: str) -> dict:
@@ -98,6 +113,8 @@ class RunDir:
 
     # checkpoints ------------------------------------------------------------------------------
     def save_checkpoint(self, name: str, state: dict) -> None:
+        if not self.writer:
+            return
         atomic_torch_save(self.stage(name) / "checkpoint.pt", {**state, "rng": rng_state()})
 
     def load_checkpoint(self, name: str) -> dict | None:
@@ -116,7 +133,8 @@ class RunDir:
         path = self.root / "summary.json"
         summary = json.loads(path.read_text()) if path.exists() else {}
         summary.update(sections)
-        atomic_write_json(path, summary)
+        if self.writer:
+            atomic_write_json(path, summary)
         return summary
 
     def read_summary(self) -> dict:
@@ -133,9 +151,10 @@ class MetricsLog:
     def __init__(self, run: RunDir, stage: str, resume_step: int | None = None, step_key: str = "step"):
         self.path = run.stage(stage) / "metrics.jsonl"
         self.step_key = step_key
-        if resume_step is None and self.path.exists():
+        self.writer = run.writer
+        if self.writer and resume_step is None and self.path.exists():
             self.path.unlink()
-        elif resume_step is not None and self.path.exists():
+        elif self.writer and resume_step is not None and self.path.exists():
             rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
             kept = [r for r in rows if r.get(step_key, 0) <= resume_step]
             atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
@@ -144,6 +163,8 @@ class MetricsLog:
         self._tb_dir = run.root / "tb" / stage
 
     def write(self, row: dict) -> None:
+        if not self.writer:
+            return
         with open(self.path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
         try:
@@ -163,8 +184,13 @@ class MetricsLog:
 
 
 def setup_logging(run: RunDir | None = None, level: int = logging.INFO) -> None:
+    """Log lines to stderr and to RUN_DIR/log.txt; with several processes the others log warnings only, to stderr."""
     root = logging.getLogger("rlhf")
-    root.setLevel(level)
+    if not current_processes().is_main:
+        root.setLevel(max(level, logging.WARNING))
+        run = None
+    else:
+        root.setLevel(level)
     if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in root.handlers):
         h = logging.StreamHandler()
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))

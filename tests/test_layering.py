@@ -1,6 +1,6 @@
 """The house rule: imports run one way, down the stack, and no two modules import each other.
 
-config/data → models → tasks → labelers → judges → labeling_app → stages → eval → pipeline → experiments → cli.
+config/data/processes → models → tasks → labelers → judges → labeling_app → stages → eval → pipeline → experiments → cli.
 A module may import from its own layer or a lower one; `rlhf` imports sit at the top of the module (a
 function-level import is kept only for a heavy optional third-party dependency, never for an `rlhf` module).
 """
@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1] / "rlhf"
 
 # Bottom first. A module belongs to the layer of the longest prefix it starts with.
 LAYERS: list[tuple[str, ...]] = [
-    ("rlhf.config", "rlhf.run", "rlhf.losses", "rlhf.stats", "rlhf.data"),
+    ("rlhf.config", "rlhf.processes", "rlhf.run", "rlhf.losses", "rlhf.stats", "rlhf.data"),
     ("rlhf.models",),
     ("rlhf.tasks",),
     ("rlhf.labelers",),

@@ -137,8 +137,18 @@ def test_log_row_keeps_every_metric_in_order():
         "clipfrac": [0.0, 0.5],
         "entropy": [2.0, 3.0],
     }
+    mask, has_stop = batch.episodes.response_mask, batch.episodes.has_stop
     row = log_row(
-        7, batch, scores, adv, stats, beta=0.5, lr=1e-3, missing_stop_penalty=-2.0, online_row={"labels_required": 9}
+        7,
+        mask,
+        has_stop,
+        scores,
+        adv,
+        stats,
+        beta=0.5,
+        lr=1e-3,
+        missing_stop_penalty=-2.0,
+        online_row={"labels_required": 9},
     )
     assert list(row) == [
         "iteration",

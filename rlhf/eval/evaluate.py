@@ -28,6 +28,7 @@ from rlhf.models.best_of_n import best_of_n_kl, draw_best_of_n
 from rlhf.models.loading import base_model_path, load_reward_model, open_backbone, sft_model_path
 from rlhf.models.roles import LanguageModelRole, ScalarRole
 from rlhf.models.sampling import prefix_reuse, sampled_batches
+from rlhf.processes import Processes
 from rlhf.run import RunDir, seed_everything
 from rlhf.stats import mean_sem, win_rate
 from rlhf.tasks import evaluation_prompts, task_and_stop_rule
@@ -46,14 +47,17 @@ def sample_with_kl(
     stop_rule,
     batch_size: int,
     reward: ScalarRole | None = None,
+    processes: Processes = Processes(),
 ):
     """Responses of `policy` and, for each, the summed log-ratio log pi - log pi_ref over its tokens (a sample of KL),
-    and (with `reward`) its reward-model score, else None: (texts, stops, lengths, kls, rm scores)."""
+    and (with `reward`) its reward-model score, else None: (texts, stops, lengths, kls, rm scores). With several
+    `processes` each samples its rows; every process gets all of them, in prompt order."""
     texts, stops, lengths, kls, rm = [], [], [], [], []
     # roles that share the policy's frozen bottom layers run their top layers only, on the sampling loop's output
     reuse = prefix_reuse(policy, reference, reward)
-    for rows, episodes, batch_texts in sampled_batches(policy, prompts, response_length, stop_rule, batch_size, reuse):
-        batch = prompts[rows]
+    batches = sampled_batches(policy, prompts, response_length, stop_rule, batch_size, reuse, processes=processes)
+    for rows, episodes, batch_texts in batches:
+        batch = [prompts[i] for i in rows]
         if policy is reference:  # the SFT policy is the reference: its KL is exactly 0
             log_ratio = torch.zeros_like(episodes.response_mask, dtype=torch.float32)
         else:  # in slices of 64: the reference's logits over a whole batch would be large
@@ -67,7 +71,8 @@ def sample_with_kl(
         stops += episodes.has_stop.tolist()
         lengths += episodes.response_mask.sum(-1).tolist()
         kls += log_ratio.sum(-1).tolist()
-    return texts, stops, lengths, kls, (rm if reward is not None else None)
+    texts, stops, lengths, kls = (processes.in_order(values, len(prompts)) for values in (texts, stops, lengths, kls))
+    return texts, stops, lengths, kls, (processes.in_order(rm, len(prompts)) if reward is not None else None)
 
 
 def policy_figures(
@@ -136,9 +141,11 @@ def measure_responses(
     rm: list[float],
     kls: list[float] | None,
     kl_value: float | None = None,
+    processes: Processes = Processes(),
 ) -> tuple[list[float] | None, dict, list[dict]]:
-    """One policy's responses measured: (gold rewards or None, its figures, one row per sample)."""
-    gold = task.gold_scorer(prompts, texts) if task.gold_scorer else None
+    """One policy's responses measured: (gold rewards or None, its figures, one row per sample); the gold scorer's
+    rows are shared out among `processes`."""
+    gold = processes.map_rows(task.gold_scorer, prompts, texts) if task.gold_scorer else None
     figures = policy_figures(gold, rm, kls, lengths, stops, kl_value)
     figures.update(text_figures(prompts, texts, with_copying=task.name == "tldr"))
     return gold, figures, sample_rows(name, prompts, texts, stops, rm, gold)
@@ -174,14 +181,24 @@ def evaluate_on_prompts(
     rows: list[dict] = []
     for name, policy in policies.items():
         texts, stops, lengths, kls, rm = sample_with_kl(
-            policy, reference, prompts, response_length, stop_rule, bs, reward
+            policy, reference, prompts, response_length, stop_rule, bs, reward, run.processes
         )
-        golds[name], figures[name], new_rows = measure_responses(task, name, prompts, texts, stops, lengths, rm, kls)
+        golds[name], figures[name], new_rows = measure_responses(
+            task, name, prompts, texts, stops, lengths, rm, kls, processes=run.processes
+        )
         rows += new_rows
         log.info("eval %s: %s", name, {k: round(v, 3) for k, v in figures[name].items() if isinstance(v, float)})
     if draw_bon:
         candidates, chosen = draw_best_of_n(
-            reference, reward, prompts, cfg.bon.n, response_length, stop_rule, bs, cfg.ppo.missing_stop_penalty
+            reference,
+            reward,
+            prompts,
+            cfg.bon.n,
+            response_length,
+            stop_rule,
+            bs,
+            cfg.ppo.missing_stop_penalty,
+            run.processes,
         )
         bon = BestOfNOutput(cfg.bon.n, best_of_n_kl(cfg.bon.n), candidates, chosen)
     if bon is not None:
@@ -191,7 +208,9 @@ def evaluate_on_prompts(
             texts, stops = [s.response for s in picked], [s.has_stop for s in picked]
             rm = [s.meta["rm_score_no_penalty"] for s in picked]
             lengths = [len(sft.tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
-            measured = measure_responses(task, name, prompts, texts, stops, lengths, rm, None, kl_value=kl)
+            measured = measure_responses(
+                task, name, prompts, texts, stops, lengths, rm, None, kl_value=kl, processes=run.processes
+            )
             golds[name], figures[name], new_rows = measured
             rows += new_rows
         figures["bon"]["n_samples"] = bon.n
@@ -218,7 +237,8 @@ def evaluate(run: RunDir, cfg: RunConfig) -> dict:
     seed_everything(cfg.seed + 5)
     prompts = evaluation_prompts(cfg)
     figures, winrates, rows = evaluate_on_prompts(run, cfg, prompts, reuse_bon=True)
-    atomic_write_text(run.stage(STAGE) / "samples.jsonl", samples_jsonl(rows))
+    if run.writer:
+        atomic_write_text(run.stage(STAGE) / "samples.jsonl", samples_jsonl(rows))
     reward_info = run.done_info("reward")
     run.update_summary(
         reward_model={

@@ -11,6 +11,7 @@ from rlhf.data.records import Sample
 from rlhf.losses import apply_missing_stop_penalty
 from rlhf.models.roles import LanguageModelRole, ScalarRole
 from rlhf.models.sampling import prefix_reuse, sampled_batches
+from rlhf.processes import Processes
 
 
 def best_of_n_kl(n: int) -> float:
@@ -33,20 +34,23 @@ def draw_best_of_n(
     stop_rule,
     batch_size: int,
     missing_stop_penalty: float,
+    processes: Processes = Processes(),
 ) -> tuple[list[Sample], list[Sample]]:
     """N samples of `policy` per prompt scored by the reward model; returns (all N per prompt, in prompt order,
-    policy "sft"; the highest-scoring one of each prompt, policy "bon<N>"). A response without a stop scores the
-    fixed penalty it would get in PPO (Ziegler §3.1.2); meta keeps both rm_score and rm_score_no_penalty."""
+        policy "sft"; the highest-scoring one of each prompt, policy "bon<N>"). A response without a stop scores the
+        fixed penalty it would get in PPO (Ziegler §3.1.2); meta keeps both rm_score and rm_score_no_penalty. With
+    several `processes` each samples and scores its rows; every process gets all of them."""
     repeated = [p for p in prompts for _ in range(n)]
     texts, stops, batch_scores = [], [], []
     reuse = prefix_reuse(policy, reward=reward)  # the reward model scores from the sampling loop when it can
     for rows, episodes, batch_texts in sampled_batches(
-        policy, repeated, response_length, stop_rule, batch_size, reuse, progress=f"best-of-{n}: sampling"
+        policy, repeated, response_length, stop_rule, batch_size, reuse, f"best-of-{n}: sampling", processes
     ):
         texts += batch_texts
         stops += episodes.has_stop.tolist()
-        batch_scores.append(reward.score(repeated[rows], batch_texts, episodes))
-    rm_scores = torch.cat(batch_scores).cpu()
+        batch_scores += reward.score([repeated[i] for i in rows], batch_texts, episodes).tolist()
+    texts, stops = processes.in_order(texts, len(repeated)), processes.in_order(stops, len(repeated))
+    rm_scores = torch.tensor(processes.in_order(batch_scores, len(repeated)))
     scores = apply_missing_stop_penalty(rm_scores, torch.tensor(stops, dtype=torch.bool), missing_stop_penalty)
     best = best_of_n(scores.view(len(prompts), n))
     chosen = [i * n + int(b) for i, b in enumerate(best)]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf.config import ModelConfig
+from rlhf.processes import current_processes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -18,10 +19,12 @@ class Placement:
     device: torch.device
     dtype: torch.dtype
     world_size: int = 1
+    launcher: str = ""
 
     def describe(self) -> str:
         dtype = str(self.dtype).removeprefix("torch.")
-        return f"device {self.device}, dtype {dtype}, world size {self.world_size}"
+        launched = f" (accelerate: {self.launcher})" if self.launcher else ""
+        return f"device {self.device}, dtype {dtype}, world size {self.world_size}{launched}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,18 +55,14 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def world_size() -> int:
-    """Processes in this run: accelerate's count when a launcher started several, else 1."""
-    try:
-        from accelerate import PartialState  # lazy: optional, and only its process count is read
-    except ImportError:
-        return 1
-    return PartialState().num_processes
-
-
 def resolve_placement(model_cfg: ModelConfig) -> Placement:
+    """The device and dtype of this process's models. With several processes on CUDA, `auto` and `cuda` mean
+    this process's own GPU (cuda:LOCAL_RANK), as accelerate assigns them."""
+    processes = current_processes()
     device = resolve_device(model_cfg.device)
-    return Placement(device, resolve_dtype(model_cfg.dtype, device), world_size())
+    if processes.parallel and device.type == "cuda" and device.index is None:
+        device = resolve_device(f"cuda:{processes.local_rank}")
+    return Placement(device, resolve_dtype(model_cfg.dtype, device), processes.world_size, processes.launcher)
 
 
 def model_device(module: torch.nn.Module) -> torch.device:

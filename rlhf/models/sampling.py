@@ -15,6 +15,7 @@ from transformers import DynamicCache
 
 from rlhf.models.encoding import ScoringInputs, encode_queries
 from rlhf.models.roles import Episodes, LanguageModelRole, ScalarRole, position_ids_from_mask
+from rlhf.processes import Processes
 
 
 def sample_categorical(probs: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
@@ -302,13 +303,18 @@ def sampled_batches(
     batch_size: int,
     reuse: PrefixReuse = NO_REUSE,
     progress: str = "",
+    processes: Processes = Processes(),
 ):
-    """Episodes of `policy` for many prompts, a batch at a time: yields (slice of `prompts`, episodes, texts). The
-    uniform draws for all prompts are made first, so the samples do not depend on batch_size."""
+    """Episodes of `policy` for this process's rows of many prompts (all of them with one process), a batch at a
+    time: yields (the rows' indices in `prompts`, episodes, texts). The uniform draws for all prompts are made
+    first, on every process, so the samples depend on neither batch_size nor the number of processes."""
     uniforms = uniform_draws(len(prompts), response_length)
-    for i in tqdm(range(0, len(prompts), batch_size), desc=progress or "sampling", leave=False, disable=not progress):
-        rows = slice(i, i + batch_size)
-        episodes, texts = sample_episodes(policy, prompts[rows], response_length, stop_rule, uniforms[rows], reuse)
+    mine = processes.rows(len(prompts))
+    show = bool(progress) and processes.is_main
+    for i in tqdm(range(0, len(mine), batch_size), desc=progress or "sampling", leave=False, disable=not show):
+        rows = mine[i : i + batch_size]
+        batch = [prompts[j] for j in rows]
+        episodes, texts = sample_episodes(policy, batch, response_length, stop_rule, uniforms[rows], reuse)
         yield rows, episodes, texts
 
 
@@ -319,13 +325,16 @@ def sample_texts(
     stop_rule: StopRule,
     batch_size: int = 64,
     progress: str = "",
+    processes: Processes = Processes(),
 ):
-    """Responses for many prompts in batches: (texts, has_stop list, lengths list)."""
+    """Responses for many prompts in batches, shared out among `processes` and gathered in prompt order:
+    (texts, has_stop list, lengths list)."""
     texts, stops, lengths = [], [], []
     for _, episodes, batch_texts in sampled_batches(
-        policy, prompts, response_length, stop_rule, batch_size, progress=progress
+        policy, prompts, response_length, stop_rule, batch_size, progress=progress, processes=processes
     ):
         texts += batch_texts
         stops += episodes.has_stop.tolist()
         lengths += episodes.response_mask.sum(-1).long().tolist()
-    return texts, stops, lengths
+    n = len(prompts)
+    return processes.in_order(texts, n), processes.in_order(stops, n), processes.in_order(lengths, n)

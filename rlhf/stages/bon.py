@@ -24,11 +24,20 @@ def run_bon(run: RunDir, cfg: RunConfig) -> dict:
     prompts = evaluation_prompts(cfg)
     N = cfg.bon.n
     candidates, samples = draw_best_of_n(
-        policy, reward, prompts, N, response_length, stop_rule, cfg.collect.batch_size, cfg.ppo.missing_stop_penalty
+        policy,
+        reward,
+        prompts,
+        N,
+        response_length,
+        stop_rule,
+        cfg.collect.batch_size,
+        cfg.ppo.missing_stop_penalty,
+        run.processes,  # each process samples and scores its share of the prompts
     )
     # 2. keep the best of each prompt's N; all N are kept too (the first of each prompt is a plain SFT sample)
-    write_jsonl(run.stage(STAGE) / "candidates.jsonl", candidates)
-    write_jsonl(run.stage(STAGE) / "samples.jsonl", samples)
+    if run.writer:
+        write_jsonl(run.stage(STAGE) / "candidates.jsonl", candidates)
+        write_jsonl(run.stage(STAGE) / "samples.jsonl", samples)
     info = {"n": N, "n_prompts": len(prompts), "kl_to_reference": best_of_n_kl(N)}
     run.mark_done(STAGE, info)
     return info

@@ -53,8 +53,9 @@ def collect(run: RunDir, cfg: RunConfig) -> dict:
         # 1'. comparisons given (e.g. exported from the labeling app): no sampling, no simulated labeler
         comparisons = read_records(cc.comparisons_path, Comparison)
         train, heldout = split_heldout(comparisons, cc.heldout_fraction, cfg.seed)
-        write_jsonl(out / "comparisons.jsonl", train)
-        write_jsonl(out / "heldout.jsonl", heldout)
+        if run.writer:
+            write_jsonl(out / "comparisons.jsonl", train)
+            write_jsonl(out / "heldout.jsonl", heldout)
         info = {"source": cc.comparisons_path, "n_train": len(train), "n_heldout": len(heldout)}
         run.mark_done(STAGE, info)
         return info
@@ -72,10 +73,11 @@ def collect(run: RunDir, cfg: RunConfig) -> dict:
     K = cc.responses_per_prompt
     repeated = [p for p in prompts for _ in range(K)]
     texts, stops, _ = sample_texts(
-        policy, repeated, response_length, stop_rule, cc.batch_size, progress="collect: sampling"
+        policy, repeated, response_length, stop_rule, cc.batch_size, "collect: sampling", run.processes
     )
     samples = [Sample(prompt=p, response=t, policy="sft", has_stop=s) for p, t, s in zip(repeated, texts, stops)]
-    write_jsonl(out / "samples.jsonl", samples)
+    if run.writer:
+        write_jsonl(out / "samples.jsonl", samples)
 
     items = [(p, texts[i * K : (i + 1) * K]) for i, p in enumerate(prompts)]
     if cc.labeler == "judge":
@@ -100,7 +102,7 @@ def collect(run: RunDir, cfg: RunConfig) -> dict:
         )
 
     # 2. the labeler compares the K responses of each prompt (gold scores computed once, in batches)
-    gold = task.gold_scorer(repeated, texts)
+    gold = run.processes.map_rows(task.gold_scorer, repeated, texts)  # each process scores its rows
     known = {(p, t): g for p, t, g in zip(repeated, texts, gold)}
     labeler = SimulatedLabeler(
         lambda ps, rs: [known[(p, r)] for p, r in zip(ps, rs)], temperature=cc.labeler_temperature, seed=cfg.seed
@@ -128,8 +130,9 @@ def collect(run: RunDir, cfg: RunConfig) -> dict:
 def _write_comparisons(run: RunDir, cfg: RunConfig, comparisons: list[Comparison], info: dict) -> dict:
     """Split off the held-out prompts, write both files and mark the stage done."""
     train, heldout = split_heldout(comparisons, cfg.collect.heldout_fraction, cfg.seed)
-    write_jsonl(run.stage(STAGE) / "comparisons.jsonl", train)
-    write_jsonl(run.stage(STAGE) / "heldout.jsonl", heldout)
+    if run.writer:
+        write_jsonl(run.stage(STAGE) / "comparisons.jsonl", train)
+        write_jsonl(run.stage(STAGE) / "heldout.jsonl", heldout)
     info = {**info, "n_train": len(train), "n_heldout": len(heldout)}
     run.mark_done(STAGE, info)
     return info

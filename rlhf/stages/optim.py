@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 
 from rlhf.models.roles import Backbone
+from rlhf.processes import Processes
 
 
 def trainable_state(backbone: Backbone, adapter: str | None) -> dict[str, torch.Tensor]:
@@ -55,7 +56,7 @@ def optimizer_step(
 
 def micro_batches(items: list, parts: int) -> list[list]:
     """`items` in at most `parts` consecutive micro-batches of nearly equal size (all of them in one for parts 1)."""
-    size = math.ceil(len(items) / parts)
+    size = max(1, math.ceil(len(items) / parts))
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
@@ -66,19 +67,25 @@ def accumulated_step(
     optimizer,
     scheduler,
     parts: int = 1,
+    processes: Processes = Processes(),
+    weight_of: Callable[[list], float] = len,
 ) -> torch.Tensor:
-    """One optimiser step on `batch`, whose mean loss is `loss_of(batch)`. With parts > 1 (gradient accumulation)
-    the batch goes through in micro-batches, each one's loss weighted by its share of the batch and backpropagated
-    before the next runs, so only one micro-batch's activations are held. Returns the batch's loss (detached when
-    accumulated)."""
-    if parts == 1:
+    """One optimiser step on `batch`, whose mean loss is `loss_of(batch)`, a mean over units `weight_of` counts
+    (examples by default, tokens for SFT). With parts > 1 (gradient accumulation) each process's rows go through in
+    micro-batches, and with several processes each takes its rows of the batch (`processes.shard`): each part's
+    loss is weighted by its share of the batch's units and backpropagated before the next runs (one micro-batch's
+    activations are held), and the gradients are summed over the processes, so the step is the one taken on the
+    whole batch at once. Returns the batch's loss (detached unless one process took it in one part)."""
+    if parts == 1 and not processes.parallel:
         loss = loss_of(batch)
         optimizer_step(loss, params, optimizer, scheduler)
         return loss
-    total = torch.zeros(())
-    for part in micro_batches(batch, parts):
-        loss = loss_of(part) * (len(part) / len(batch))
+    total_weight = weight_of(batch)
+    total = 0.0
+    for part in micro_batches(processes.shard(batch), parts):
+        loss = loss_of(part) * (weight_of(part) / total_weight)
         loss.backward()
-        total = total + loss.detach().cpu()
+        total += loss.item()
+    processes.sum_gradients(params)
     optimizer_step(None, params, optimizer, scheduler)
-    return total
+    return torch.tensor(processes.sum(total))

@@ -25,7 +25,6 @@ from rlhf.losses import (
     gae,
     kl_penalized_rewards,
     masked_mean,
-    masked_whiten,
 )
 from rlhf.models.loading import load_reward_model, open_backbone, sft_model_path
 from rlhf.models.roles import Episodes, LanguageModelRole
@@ -33,7 +32,7 @@ from rlhf.models.saving import save_merged
 from rlhf.run import MetricsLog, RunDir, seed_everything
 from rlhf.stages.online import OnlineCollection
 from rlhf.stages.optim import optimizer_step, trainable_parameters
-from rlhf.stages.rollout import Rollout, Scores, prompt_batch, rollout, score
+from rlhf.stages.rollout import BatchRows, Rollout, Scores, prompt_batch, rollout, score
 from rlhf.stages.sft import response_nll
 from rlhf.tasks import prompt_source, task_and_stop_rule, task_for
 
@@ -124,51 +123,80 @@ class Advantages:
 
 
 @torch.no_grad()
-def compute_advantages(roles: PPORoles, episodes: Episodes, scores: torch.Tensor, beta: float, pc) -> Advantages:
+def compute_advantages(
+    roles: PPORoles, episodes: Episodes, scores: torch.Tensor, beta: float, pc, rows: BatchRows | None = None
+) -> Advantages:
     """Log-probs of policy and reference and the values (in the minibatches of the first epoch, so that its ratio
     is exactly 1), per-token rewards -beta*KL with the score at the last token (Ziegler eq. 2), GAE (Schulman et
-    al. 2016) and, with ppo.whiten_advantages, whitened advantages."""
+    al. 2016) and, with ppo.whiten_advantages, whitened advantages (over the whole batch: `rows` says which rows
+    of it this process holds; all of them by default)."""
+    rows = rows or BatchRows(len(scores))
     mask = episodes.response_mask
-    mbs = chunks(len(scores), pc.minibatch_size)
+    mbs = rows.first_epoch_minibatches(pc.minibatch_size)
     old_logprobs = torch.cat([roles.policy.logprobs(episodes.select(s)) for s in mbs])
     ref_logprobs = torch.cat([roles.reference.logprobs(episodes.select(s)) for s in mbs])
     old_values = torch.cat([roles.value.values(episodes.select(s)) for s in mbs])
     rewards, kl = kl_penalized_rewards(scores, old_logprobs, ref_logprobs, mask, beta)
     advantages, returns = gae(rewards, old_values, mask, pc.gamma, pc.lam)
     if pc.whiten_advantages:
-        advantages = masked_whiten(advantages, mask)
+        advantages = rows.whiten(advantages, mask)
     return Advantages(old_logprobs, old_values, kl, advantages, returns)
 
 
 def update(
-    roles: PPORoles, episodes: Episodes, adv: Advantages, optimizer, scheduler, pc, ptx_texts: list, policy_moves: bool
+    roles: PPORoles,
+    episodes: Episodes,
+    adv: Advantages,
+    optimizer,
+    scheduler,
+    pc,
+    ptx_texts: list,
+    policy_moves: bool,
+    rows: BatchRows | None = None,
 ) -> dict[str, list[float]]:
     """ppo.ppo_epochs passes over the batch in minibatches (the first in order, later ones shuffled): the clipped
     policy loss (Schulman et al. 2017) plus the clipped value loss, and PPO-ptx's pretraining loss (InstructGPT
-    eq. 2) when configured; the value loss alone while `policy_moves` is False (value warm-up). Returns each
-    statistic's values over the minibatches."""
-    B, mask = len(episodes.has_stop), episodes.response_mask
-    stats: dict[str, list[float]] = {}
-    minibatches, accumulate = chunks(B, pc.minibatch_size), pc.gradient_accumulation_steps
+    eq. 2) when configured; the value loss alone while `policy_moves` is False (value warm-up). With several
+    processes (`rows`) each takes its rows of every minibatch, its losses weighted by its share of the
+    minibatch's tokens, and the gradients are summed before each step: the step one process would take. Returns
+    each statistic's values over the minibatches."""
+    rows = rows or BatchRows(len(episodes.has_stop))
+    parallel, mask = rows.processes.parallel, episodes.response_mask
+    all_masks = rows.gather(mask)  # the whole batch's, for each minibatch's token count
+    params = roles.policy_params + roles.value_params
+    per_minibatch: list[tuple[float, dict[str, float]]] = []
+    minibatches, accumulate = chunks(rows.size, pc.minibatch_size), pc.gradient_accumulation_steps
     for epoch in range(pc.ppo_epochs):
-        perm = torch.arange(B) if epoch == 0 else torch.randperm(B)  # on the CPU: the same draws on every device
+        perm = torch.arange(rows.size) if epoch == 0 else torch.randperm(rows.size)  # CPU: the same draws everywhere
         for k, s in enumerate(minibatches):
-            idx = perm[s]
-            mb = episodes.select(idx)
-            logprobs, entropy = roles.policy.logprobs(mb, with_entropy=True)
-            if epoch == 0 and k == 0:  # nothing has changed yet: the ratio must be exactly 1
-                ratio_gap = (logprobs - adv.old_logprobs[idx]).abs().max().item()
-                assert ratio_gap < 1e-4, f"PPO ratio is not 1 on the first minibatch (max |log ratio| = {ratio_gap})"
-                stats.setdefault("first_minibatch_max_log_ratio", []).append(ratio_gap)
-            pg_loss, pg_stats = clipped_policy_loss(
-                logprobs, adv.old_logprobs[idx], adv.advantages[idx], mask[idx], pc.clip_range
-            )
-            values = roles.value.values(mb)
-            vf_loss, vf_stats = clipped_value_loss(
-                values, adv.old_values[idx], adv.returns[idx], mask[idx], pc.clip_range_value
-            )
-            loss = pg_loss + pc.value_coef * vf_loss if policy_moves else vf_loss
-            if ptx_texts and policy_moves:
+            idx = rows.local(perm[s])  # this process's rows of the minibatch, at their local positions
+            share = float(mask[idx].sum() / all_masks[perm[s]].sum()) if parallel else 1.0
+            loss, ratio_gap, ptx, measured = torch.zeros((), device=mask.device), None, {}, {}
+            if idx:
+                mb = episodes.select(idx)
+                logprobs, entropy = roles.policy.logprobs(mb, with_entropy=True)
+                if epoch == 0 and k == 0:  # nothing has changed yet: the ratio must be exactly 1
+                    ratio_gap = (logprobs - adv.old_logprobs[idx]).abs().max().item()
+                    assert ratio_gap < 1e-4, (
+                        f"PPO ratio is not 1 on the first minibatch (max |log ratio| = {ratio_gap})"
+                    )
+                pg_loss, pg_stats = clipped_policy_loss(
+                    logprobs, adv.old_logprobs[idx], adv.advantages[idx], mask[idx], pc.clip_range
+                )
+                values = roles.value.values(mb)
+                vf_loss, vf_stats = clipped_value_loss(
+                    values, adv.old_values[idx], adv.returns[idx], mask[idx], pc.clip_range_value
+                )
+                loss = pg_loss + pc.value_coef * vf_loss if policy_moves else vf_loss
+                loss = loss * share if parallel else loss  # this process's share of the minibatch's token mean
+                measured = {
+                    **pg_stats,
+                    **vf_stats,
+                    "policy_loss": pg_loss.item(),
+                    "value_loss": vf_loss.item(),
+                    "entropy": masked_mean(entropy.detach(), mask[idx]).item(),
+                }
+            if ptx_texts and policy_moves:  # every process draws the same texts; each adds 1/W of their loss
                 pick = torch.randint(len(ptx_texts), (pc.ptx_batch_size,)).tolist()
                 ptx_nll = response_nll(
                     roles.policy.backbone,
@@ -176,26 +204,26 @@ def update(
                     [ptx_texts[i].prompt for i in pick],
                     [ptx_texts[i].response for i in pick],
                 )
-                loss = loss + pc.ptx_coef * ptx_nll  # = PPO loss - gamma * pretraining log-likelihood
-                stats.setdefault("ptx_nll", []).append(ptx_nll.item())
+                # = PPO loss - gamma * pretraining log-likelihood
+                loss = loss + pc.ptx_coef * ptx_nll / rows.processes.world_size
+                ptx = {"ptx_nll": ptx_nll.item()}
+            first = {} if ratio_gap is None else {"first_minibatch_max_log_ratio": ratio_gap}
+            per_minibatch.append((share, {**first, **ptx, **measured}))
             # gradient accumulation: one optimiser step per `accumulate` minibatches (and at the end of the epoch)
             step_now = (k + 1) % accumulate == 0 or k + 1 == len(minibatches)
             loss = loss / accumulate if accumulate > 1 else loss
-            optimizer_step(loss, roles.policy_params + roles.value_params, optimizer, scheduler, step=step_now)
-            for key, val in {
-                **pg_stats,
-                **vf_stats,
-                "policy_loss": pg_loss.item(),
-                "value_loss": vf_loss.item(),
-                "entropy": masked_mean(entropy.detach(), mask[idx]).item(),
-            }.items():
-                stats.setdefault(key, []).append(val)
-    return stats
+            if loss.requires_grad:
+                loss.backward()
+            if step_now:
+                rows.processes.sum_gradients(params)
+                optimizer_step(None, params, optimizer, scheduler)
+    return rows.combine_stats(per_minibatch)
 
 
 def log_row(
     iteration: int,
-    batch: Rollout,
+    mask: torch.Tensor,
+    has_stop: torch.Tensor,
     scores: Scores,
     adv: Advantages,
     stats: dict[str, list[float]],
@@ -204,8 +232,8 @@ def log_row(
     missing_stop_penalty: float,
     online_row: dict,
 ) -> dict:
-    """The metrics of one PPO iteration (1-based `iteration`), as metrics.jsonl logs them."""
-    mask, has_stop = batch.episodes.response_mask, batch.episodes.has_stop
+    """The metrics of one PPO iteration (1-based `iteration`) from its batch's response mask [B, R], stops,
+    scores and advantages, as metrics.jsonl logs them."""
     row = {
         "iteration": iteration,
         "rm_score": scores.reward.mean().item(),
@@ -229,10 +257,38 @@ def log_row(
     return row
 
 
-def write_samples(path, iteration: int, batch: Rollout, scores: Scores) -> None:
+@dataclass
+class WholeBatch:
+    """An iteration's whole batch as it is logged: the rows of every process, in the order of the batch."""
+
+    prompts: list[str]
+    texts: list[str]
+    mask: torch.Tensor
+    has_stop: torch.Tensor
+    scores: Scores
+    adv: Advantages
+
+
+def whole_batch(rows: BatchRows, batch: Rollout, scores: Scores, adv: Advantages) -> WholeBatch:
+    """The batch, its scores and advantages gathered from every process (with one process, themselves)."""
+    e = batch.episodes
+    if not rows.processes.parallel:
+        return WholeBatch(batch.prompts, batch.texts, e.response_mask, e.has_stop, scores, adv)
+    gold = None if scores.gold is None else rows.gather_list(scores.gold)
+    return WholeBatch(
+        rows.gather_list(batch.prompts),
+        rows.gather_list(batch.texts),
+        rows.gather(e.response_mask),
+        rows.gather(e.has_stop),
+        Scores(rows.gather(scores.reward), rows.gather(scores.penalised), gold),
+        Advantages(*(rows.gather(t) for t in vars(adv).values())),
+    )
+
+
+def write_samples(path, iteration: int, whole: WholeBatch) -> None:
     """The first four (prompt, response, score) of the batch, appended to RUN_DIR/ppo/samples.jsonl."""
     with open(path, "a") as fh:
-        for p, t, sc in list(zip(batch.prompts, batch.texts, scores.penalised.tolist()))[:4]:
+        for p, t, sc in list(zip(whole.prompts, whole.texts, whole.scores.penalised.tolist()))[:4]:
             fh.write(json.dumps({"iteration": iteration, "prompt": p, "response": t, "score": sc}) + "\n")
 
 
@@ -297,8 +353,11 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
     """The PPO stage, one iteration at a time as lm-human-preferences' PPOTrainer.step: rollout, score,
     advantages, update, log; resumes from its checkpoint, and stops with one when the Andon cord is pulled."""
     pc = cfg.ppo
+    if cfg.online.enabled and run.processes.parallel:
+        raise ValueError("online.enabled: online collection runs in one process; start PPO without a launcher")
     seed_everything(cfg.seed + 3)
     roles = PPORoles(run, cfg)
+    rows = BatchRows(pc.batch_size, run.processes)  # the batch's rows this process samples and trains on
     task, response_length, stop_rule = task_and_stop_rule(cfg, roles.tokenizer)
     check_inputs(pc, task)
     prompts = [p.text for p in task.load_prompts("train", n=None, source=prompt_source(cfg), seed=cfg.seed + 3)]
@@ -317,34 +376,50 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
         online_state = ckpt.get("online") if ckpt else None
         online = OnlineCollection(run, cfg, roles, response_length, stop_rule, prompts, online_state)
 
-    bar = tqdm(total=pc.iterations, initial=start, desc="ppo", leave=False)
+    bar = tqdm(total=pc.iterations, initial=start, desc="ppo", leave=False, disable=not run.writer)
     for iteration in range(start, pc.iterations):
-        # 0. the Andon cord, and online collection: fresh queries, l(n) labels, the reward model retrained at its points
-        online_row, reason = before_iteration(iteration, online, lambda: andon_cord_pulled(pc, run.root))
+        # 0. the Andon cord (as the main process sees it), and online collection: fresh queries, l(n) labels, the
+        # reward model retrained at its points
+        andon = lambda: run.processes.broadcast(andon_cord_pulled(pc, run.root))  # noqa: E731
+        online_row, reason = before_iteration(iteration, online, andon)
         if reason is not None:
             run.save_checkpoint(STAGE, checkpoint_state(roles, optimizer, scheduler, kl_ctl, iteration, online))
             log.warning("PPO stopped before iteration %d: %s", iteration + 1, reason)
             return {"stopped": True, "reason": reason, "iteration": iteration}
         reward = roles.reward if pc.reward_source == "rm" else None  # (online collection may have retrained it)
 
-        # 1. sample a batch of responses from the current policy (prompts in a seeded order, so resume continues it)
-        batch_prompts = prompt_batch(prompts, iteration, pc.batch_size, cfg.seed)
-        batch = rollout(roles.policy, roles.reference, reward, batch_prompts, response_length, stop_rule)
+        # 1. sample a batch of responses from the current policy (prompts in a seeded order, so resume continues it;
+        # each process samples its rows with the draws one process would use for them)
+        batch_prompts = rows.shard(prompt_batch(prompts, iteration, pc.batch_size, cfg.seed))
+        uniforms = rows.uniforms(response_length)
+        batch = rollout(roles.policy, roles.reference, reward, batch_prompts, response_length, stop_rule, uniforms)
         # 2. score with the reward model (or the gold scorer); no stop, a fixed penalty instead (Ziegler §3.1.2)
         scores = score(batch, reward, gold_scorer, pc.missing_stop_penalty)
         # 3. log-probs of policy and reference and the values; 4. KL-penalised rewards, GAE, whitened advantages
-        adv = compute_advantages(roles, batch.episodes, scores.penalised, kl_ctl.beta, pc)
+        adv = compute_advantages(roles, batch.episodes, scores.penalised, kl_ctl.beta, pc, rows)
         # 5. PPO epochs over minibatches: clipped policy and value losses (+ PPO-ptx); value alone while it warms up
         policy_moves = iteration >= pc.value_warmup_iterations
-        stats = update(roles, batch.episodes, adv, optimizer, scheduler, pc, ptx_texts, policy_moves)
+        stats = update(roles, batch.episodes, adv, optimizer, scheduler, pc, ptx_texts, policy_moves, rows)
 
-        # 6. log, adapt beta to the batch's KL, checkpoint
-        lr = scheduler.get_last_lr()[0]
-        row = log_row(iteration + 1, batch, scores, adv, stats, kl_ctl.beta, lr, pc.missing_stop_penalty, online_row)
+        # 6. log the whole batch (gathered from every process), adapt beta to its KL, checkpoint
+        lr, whole = scheduler.get_last_lr()[0], whole_batch(rows, batch, scores, adv)
+        row = log_row(
+            iteration + 1,
+            whole.mask,
+            whole.has_stop,
+            whole.scores,
+            whole.adv,
+            stats,
+            kl_ctl.beta,
+            lr,
+            pc.missing_stop_penalty,
+            online_row,
+        )
         if policy_moves:  # the KL of a warm-up batch is 0 by construction, not a signal to lower beta
-            kl_ctl.update(row["kl"], len(batch.prompts))
+            kl_ctl.update(row["kl"], rows.size)
         metrics.write(row)
-        write_samples(run.stage(STAGE) / "samples.jsonl", iteration + 1, batch, scores)
+        if run.writer:
+            write_samples(run.stage(STAGE) / "samples.jsonl", iteration + 1, whole)
         log_iteration(row, pc.iterations, kl_ctl.beta)
         bar.update(1)
         if (iteration + 1) % pc.checkpoint_every == 0 and iteration + 1 < pc.iterations:
@@ -353,9 +428,10 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
     metrics.close()
 
     # 7. save the value network and the policy as a plain HF folder (adapter merged into the SFT base)
-    roles.value.save(run.stage(STAGE), "value")
-    save_merged(roles.policy.backbone, roles.policy.adapter, run.stage(STAGE) / "model")
     info = {"iterations": pc.iterations, "final_beta": kl_ctl.beta, **({"online": online.summary()} if online else {})}
-    run.mark_done(STAGE, info)
-    (run.stage(STAGE) / "checkpoint.pt").unlink(missing_ok=True)
+    if run.writer:
+        roles.value.save(run.stage(STAGE), "value")
+        save_merged(roles.policy.backbone, roles.policy.adapter, run.stage(STAGE) / "model")
+        run.mark_done(STAGE, info)
+        (run.stage(STAGE) / "checkpoint.pt").unlink(missing_ok=True)
     return info

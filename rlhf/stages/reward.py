@@ -26,6 +26,7 @@ from rlhf.models.encoding import EncodedSequence, pad_encoded
 from rlhf.models.loading import open_backbone, sft_model_path
 from rlhf.models.roles import Backbone, ScalarRole, encode_for_scoring
 from rlhf.models.saving import export_reward_model
+from rlhf.processes import Processes
 from rlhf.run import MetricsLog, RunDir, seed_everything
 from rlhf.stages.optim import accumulated_step, trainable_parameters
 from rlhf.tasks import prompt_source, task_for
@@ -174,11 +175,13 @@ def fit_reward_model(
     ckpt: dict | None = None,
     after_step: Callable[[int, float, float, dict], None] | None = None,
     flat: list[EncodedSequence] | None = None,
+    processes: Processes = Processes(),
 ) -> int:
     """Train `rm` on the comparisons `train` with the papers' losses: AdamW annealed linearly to 0, `rc.epochs`
-    passes each in a seeded order (after an LP-FT head fit when `rc.probe_head_first`). `ckpt` resumes a run;
-    `after_step(step, loss, lr, state)` sees each step (state() gives a checkpoint); `flat` is
-    `encode_comparisons(rm, train)` when the caller has it. Returns the steps taken."""
+        passes each in a seeded order (after an LP-FT head fit when `rc.probe_head_first`). `ckpt` resumes a run;
+        `after_step(step, loss, lr, state)` sees each step (state() gives a checkpoint); `flat` is
+        `encode_comparisons(rm, train)` when the caller has it; with several `processes` each step's comparisons are shared
+    out among them (the frozen features are computed by every process). Returns the steps taken."""
 
     backbone = rm.backbone
     trunk_params = trainable_parameters(backbone, rm.adapter)
@@ -225,7 +228,7 @@ def fit_reward_model(
         probe_loss = fit_head_on_frozen_features(rm, train, encoded, rc.probe_l2)
         log.info("reward model: head fitted on frozen features, training loss %.3f", probe_loss)
 
-    bar = tqdm(total=total_steps, initial=step, desc="reward model", leave=False)
+    bar = tqdm(total=total_steps, initial=step, desc="reward model", leave=False, disable=not processes.is_main)
     while step < total_steps:
         epoch, i = divmod(step, steps_per_epoch)
         order = list(range(len(train)))
@@ -238,6 +241,7 @@ def fit_reward_model(
             optimizer,
             scheduler,
             rc.gradient_accumulation_steps,
+            processes,
         )
         step += 1
         bar.update(1)
@@ -290,7 +294,7 @@ def train_reward(run: RunDir, cfg: RunConfig) -> dict:
 
     # 4. train (one epoch by default), each epoch in a seeded order; LP-FT head fit first if configured
     flat = encode_comparisons(rm, train)  # the frozen bottom layers, once for training and normalisation
-    step = fit_reward_model(rm, train, rc, cfg.seed, ckpt, after_step, flat)
+    step = fit_reward_model(rm, train, rc, cfg.seed, ckpt, after_step, flat, run.processes)
     metrics.close()
 
     # 5. normalise: Ziegler (policy samples mean 0, std 1) or Stiennon (reference responses average 0)
@@ -298,10 +302,11 @@ def train_reward(run: RunDir, cfg: RunConfig) -> dict:
 
     # 6. held-out accuracy, then save
     acc = heldout_accuracy(rm, heldout) if heldout else {"heldout_accuracy": float("nan"), "heldout_n": 0}
-    rm.save(run.stage(STAGE), "reward")
-    export_reward_model(rm, run.stage(STAGE) / "hf_model")  # plain transformers can load this one
     info = {**acc, "train_n": len(train), "steps": step, "gain": rm.gain, "bias": rm.bias, "normalize": rc.normalize}
-    run.mark_done(STAGE, info)
-    (run.stage(STAGE) / "checkpoint.pt").unlink(missing_ok=True)
+    if run.writer:
+        rm.save(run.stage(STAGE), "reward")
+        export_reward_model(rm, run.stage(STAGE) / "hf_model")  # plain transformers can load this one
+        run.mark_done(STAGE, info)
+        (run.stage(STAGE) / "checkpoint.pt").unlink(missing_ok=True)
     log.info("reward model: held-out accuracy %.3f on %d pairs", acc["heldout_accuracy"], acc["heldout_n"])
     return info

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf.losses import apply_missing_stop_penalty
+from rlhf.losses import apply_missing_stop_penalty, masked_whiten
 from rlhf.models.roles import Episodes, LanguageModelRole, ScalarRole
-from rlhf.models.sampling import StopRule, prefix_reuse, sample_episodes
+from rlhf.models.sampling import StopRule, prefix_reuse, sample_episodes, uniform_draws
+from rlhf.processes import Processes
 
 
 def prompt_batch(prompts: list[str], iteration: int, batch_size: int, seed: int) -> list[str]:
@@ -22,6 +23,73 @@ def prompt_batch(prompts: list[str], iteration: int, batch_size: int, seed: int)
     order = torch.randperm(len(prompts), generator=generator)
     first = iteration * batch_size % len(prompts)
     return [prompts[order[(first + j) % len(prompts)]] for j in range(batch_size)]
+
+
+@dataclass(frozen=True)
+class BatchRows:
+    """A batch of `size` rows shared out among the run's processes, strided (rlhf/processes.py): this process
+    holds the global rows `mine`, at local positions 0, 1, ... Every statistic of the whole batch (advantage
+    whitening, the KL that adapts beta, the logged means) is taken over the gathered rows, so W processes compute
+    what one process computes; with one process every method is the identity."""
+
+    size: int
+    processes: Processes = Processes()
+
+    @property
+    def mine(self) -> list[int]:
+        return self.processes.rows(self.size)
+
+    def shard(self, items: list) -> list:
+        assert len(items) == self.size, (len(items), self.size)
+        return self.processes.shard(items)
+
+    def uniforms(self, response_length: int) -> torch.Tensor:
+        """This process's rows of the uniform draws one process would make for the whole batch."""
+        return uniform_draws(self.size, response_length)[self.mine]
+
+    def local(self, rows: torch.Tensor) -> list[int]:
+        """The local positions of this process's rows among the global `rows`, in their order."""
+        W, r = self.processes.world_size, self.processes.rank
+        return [i // W for i in rows.tolist() if i % W == r]
+
+    def gather(self, local: torch.Tensor) -> torch.Tensor:
+        """The whole batch's rows of a tensor of which this process holds its rows, on this tensor's device."""
+        return self.processes.tensor_in_order(local, self.size).to(local.device) if self.processes.parallel else local
+
+    def gather_list(self, local: list) -> list:
+        return self.processes.in_order(local, self.size)
+
+    def first_epoch_minibatches(self, minibatch_size: int) -> list[list[int]]:
+        """The local positions of this process's rows of each minibatch of the first PPO epoch (taken in order),
+        consecutive blocks of the local rows; empty ones left out."""
+        blocks = [
+            self.local(torch.arange(i, min(i + minibatch_size, self.size))) for i in range(0, self.size, minibatch_size)
+        ]
+        return [b for b in blocks if b]
+
+    def whiten(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`masked_whiten` over the whole batch; this process's rows of the result."""
+        if not self.processes.parallel:
+            return masked_whiten(x, mask)
+        return masked_whiten(self.gather(x), self.gather(mask))[self.mine]
+
+    def combine_stats(self, per_minibatch: list[tuple[float, dict[str, float]]]) -> dict[str, list[float]]:
+        """Each minibatch's statistics over the whole minibatch, from every process's (token share, its statistics
+        on its rows): token-weighted sums of masked means, and the largest of the maxima. With one process the
+        share is 1 and these are the statistics themselves."""
+        everyone = self.processes.in_order([per_minibatch], self.processes.world_size)  # one list per process
+        stats: dict[str, list[float]] = {}
+        for parts in zip(*everyone):
+            keys = [k for share, part in parts for k in part]
+            for key in dict.fromkeys(keys):
+                values = [(share, part[key]) for share, part in parts if key in part]
+                if key in ("ratio_max", "first_minibatch_max_log_ratio"):
+                    stats.setdefault(key, []).append(max(v for _, v in values))
+                elif key == "ptx_nll":  # the same on every process
+                    stats.setdefault(key, []).append(values[0][1])
+                else:
+                    stats.setdefault(key, []).append(sum(share * v for share, v in values))
+        return stats
 
 
 @dataclass
@@ -41,12 +109,14 @@ def rollout(
     prompts: list[str],
     response_length: int,
     stop_rule: StopRule,
+    uniforms: torch.Tensor | None = None,
 ) -> Rollout:
-    """One response of `policy` per prompt. The sampling loop keeps the frozen bottom layers' output for the
-    reference (and the value network on its backbone) and the reward model's input for `reward`, the reward model
-    that will score the batch (None when the gold scorer does), when they compute the same bottom layers."""
+    """One response of `policy` per prompt (picked by `uniforms`, default `uniform_draws`). The sampling loop keeps
+    the frozen bottom layers' output for the reference (and the value network on its backbone) and the reward
+    model's input for `reward`, the reward model that will score the batch (None when the gold scorer does), when
+    they compute the same bottom layers."""
     reuse = prefix_reuse(policy, reference, reward)
-    episodes, texts = sample_episodes(policy, prompts, response_length, stop_rule, reuse=reuse)
+    episodes, texts = sample_episodes(policy, prompts, response_length, stop_rule, uniforms, reuse=reuse)
     return Rollout(prompts, texts, episodes)
 
 

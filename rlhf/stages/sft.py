@@ -12,7 +12,7 @@ from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from rlhf.config import RunConfig
-from rlhf.models.encoding import encode_prompt_response
+from rlhf.models.encoding import encode_prompt_response, tokenize_prompt_response
 from rlhf.models.loading import base_model_path, open_backbone
 from rlhf.models.roles import Backbone
 from rlhf.models.saving import save_merged
@@ -32,6 +32,12 @@ def response_nll(backbone: Backbone, adapter: str | None, prompts: list[str], re
     assert int(predict.sum()) > 0, "no response tokens in batch"
     logits = backbone.lm_head(hidden[:, :-1][predict]).float()
     return F.cross_entropy(logits, ids[:, 1:][predict])
+
+
+def response_token_count(tokenizer, demos: list) -> int:
+    """The tokens `response_nll` averages over for `demos`: each response's tokens and the EOS after them."""
+    rows = tokenize_prompt_response(tokenizer, [d.prompt for d in demos], [d.response for d in demos], append_eos=True)
+    return sum(len(response) for _, response in rows)
 
 
 def train_sft(run: RunDir, cfg: RunConfig) -> dict:
@@ -86,7 +92,7 @@ def train_sft(run: RunDir, cfg: RunConfig) -> dict:
         metrics.write({"step": 0, "val_loss": validation_loss()})
 
     # 4. train: the data order of each epoch is a seeded permutation, so resuming at `step` continues it
-    bar = tqdm(total=total_steps, initial=step, desc="sft", leave=False)
+    bar = tqdm(total=total_steps, initial=step, desc="sft", leave=False, disable=not run.writer)
     while step < total_steps:
         epoch, i = divmod(step, steps_per_epoch)
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
@@ -98,6 +104,8 @@ def train_sft(run: RunDir, cfg: RunConfig) -> dict:
             optimizer,
             scheduler,
             sc.gradient_accumulation_steps,
+            run.processes,  # with several processes each takes its rows; the loss is a mean over tokens
+            lambda demos: response_token_count(backbone.tokenizer, demos),
         )
         step += 1
         bar.update(1)
@@ -119,8 +127,9 @@ def train_sft(run: RunDir, cfg: RunConfig) -> dict:
     metrics.close()
 
     # 5. save a plain HF folder (adapter merged into the base) atomically
-    save_merged(backbone, adapter, run.stage(STAGE) / "model")
     info = {"trained": True, "steps": step, "n_train": len(train), "n_val": len(val)}
-    run.mark_done(STAGE, info)
-    (run.stage(STAGE) / "checkpoint.pt").unlink(missing_ok=True)
+    if run.writer:
+        save_merged(backbone, adapter, run.stage(STAGE) / "model")
+        run.mark_done(STAGE, info)
+        (run.stage(STAGE) / "checkpoint.pt").unlink(missing_ok=True)
     return info
