@@ -69,16 +69,47 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: Literal["sentiment", "tldr", "dialogue"] = "sentiment"
-    """Task: sentiment (Ziegler §3.1.1), tldr (Stiennon), or dialogue (HH-RLHF)."""
+    name: Literal["sentiment", "tldr", "dialogue", "custom"] = "sentiment"
+    """Task: sentiment (Ziegler §3.1.1), tldr (Stiennon), dialogue (HH-RLHF), or custom (your own prompts and
+    demonstrations in any TRL format: task.source, task.demonstrations, task.columns; docs/your-own-data.md)."""
     source: str = ""
-    """Prompt/demonstration source: a local file or hub name. Empty = the task's built-in data (sentiment only)."""
+    """Prompt/demonstration source: a local file or hub name. Empty = the task's built-in data (sentiment only).
+    custom: a JSONL/Parquet/CSV file, a saved `datasets` folder or a hub dataset in a TRL format (prompt-only,
+    prompt-completion or preference, plain or conversational)."""
+    subset: str = ""
+    """custom, hub datasets: the dataset's configuration (subset) name; empty = its default."""
+    split: str = "train"
+    """custom, hub datasets: the split training prompts and demonstrations come from."""
+    demonstrations: str = ""
+    """custom: the demonstrations for SFT (prompt-completion, or preference rows whose chosen response is taken),
+    a file or hub dataset like task.source; empty = task.source when it has completions."""
+    test_source: str = ""
+    """custom: the evaluation prompts (a file, or a hub dataset read at task.test_split); empty = task.source's
+    split task.test_split for a hub dataset, or task.test_fraction of a local file."""
+    test_split: str = "test"
+    """custom, hub datasets: the split evaluation prompts come from (when task.test_fraction is 0)."""
+    eval_on_train: bool = False
+    """custom: evaluate on training prompts when there is no test split or share (otherwise that is an error)."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """custom: your column names for the TRL fields, e.g. {prompt: instruction, completion: gold_response}
+    (fields: prompt, completion, chosen, rejected, messages); unnamed fields use TRL's names."""
+    format: Literal["auto", "prompt_only", "prompt_completion", "preference", "implicit_preference"] = "auto"
+    """custom: the TRL format of the files; auto = detected from their columns."""
+    chat_template: Literal["auto", "none"] = "auto"
+    """custom: conversational prompts ({role, content} messages) are rendered with the tokenizer's chat template and
+    a generation prompt, and a response ends at the template's end of turn (auto); none = messages joined as
+    "role: content" lines, no template."""
+    stop_strings: list[str] = field(default_factory=list)
+    """A response ends at the first token (at or after task.stop_min_tokens) whose text contains one of these, or at
+    EOS; empty = the task's default (custom: EOS and the chat template's end of turn only)."""
     response_length: int = 0
     """Tokens sampled per response (fixed-length sampling); 0 = the task's default."""
     stop_min_tokens: int = -1
     """A stop string only ends a response at or after this token index; -1 = the task's default."""
-    gold: Literal["", "vader", "lm"] = ""
-    """Gold scorer of the simulated labeler (sentiment: `vader` or `lm`, a zero-shot classifier's log-odds); empty = the task's default."""
+    gold: str = ""
+    """Gold scorer of the simulated labeler and of `ppo.reward_source: gold`: sentiment `vader` or `lm` (a zero-shot
+    classifier's log-odds); any task `python:MODULE:FUNCTION`, your function taking (prompts, responses) and
+    returning a float per response (a classifier, a unit test, an exact match); empty = the task's default."""
     temperature: float = 0.7
     """Sampling temperature, applied to logits in sampling and in every reference/training forward."""
     n_eval_prompts: int = 64
@@ -88,7 +119,8 @@ class TaskConfig:
     tokenizer); 0 = the task's default, 512 (Stiennon et al. 2020)."""
     test_fraction: float = 0.0
     """TL;DR with a local file: share of its rows held out as the `test` split by a stable hash of each row's id (the
-    rest is the `train` split used by SFT, collection and PPO); 0 = the file is every split."""
+    rest is the `train` split used by SFT, collection and PPO); 0 = the file is every split. custom: share of the
+    prompts (of task.source's task.split) held out for evaluation, by a stable hash of each prompt's text."""
 
 
 @dataclass
@@ -310,6 +342,24 @@ def check_device(value: str, where: str) -> str:
     return value
 
 
+def check_gold(value: str, where: str) -> str:
+    """`value` if it names a gold scorer: empty, vader, lm or python:MODULE:FUNCTION."""
+    if value in ("", "vader", "lm") or re.fullmatch(r"python:[\w.]+:\w+", value):
+        return value
+    raise ConfigError(f"{where}: expected vader, lm or python:MODULE:FUNCTION (or empty), got {value!r}")
+
+
+TRL_FIELDS = ("prompt", "completion", "chosen", "rejected", "messages")
+
+
+def check_columns(value: dict[str, str], where: str) -> dict[str, str]:
+    """`value` if it maps TRL field names to column names."""
+    unknown = sorted(set(value) - set(TRL_FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; expected some of {', '.join(TRL_FIELDS)}")
+    return value
+
+
 def check_positive(value: int, where: str) -> int:
     if value < 1:
         raise ConfigError(f"{where}: expected an integer >= 1, got {value!r}")
@@ -319,6 +369,8 @@ def check_positive(value: int, where: str) -> int:
 # fields whose values are checked beyond their type when the config loads
 FIELD_CHECKS = {
     (ModelConfig, "device"): check_device,
+    (TaskConfig, "gold"): check_gold,
+    (TaskConfig, "columns"): check_columns,
     (SFTConfig, "gradient_accumulation_steps"): check_positive,
     (RewardConfig, "gradient_accumulation_steps"): check_positive,
     (PPOConfig, "gradient_accumulation_steps"): check_positive,
@@ -354,6 +406,11 @@ def _convert(value, tp, where: str):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         (item,) = typing.get_args(tp)
         return [_convert(v, item, where) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        key_type, value_type = typing.get_args(tp)
+        return {_convert(k, key_type, where): _convert(v, value_type, f"{where}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -391,6 +448,8 @@ def _apply(obj, values: dict, source: str, prefix: str = "") -> None:
             _apply(getattr(obj, key), value, source, f"{prefix}{key}.")
         else:
             value = _convert(value, tp, f"{source}: {prefix}{key}")
+            if typing.get_origin(tp) is dict and source.startswith("override"):  # `task.columns.prompt=x` adds one key
+                value = {**getattr(obj, key), **value}
             check = FIELD_CHECKS.get((type(obj), key))
             setattr(obj, key, check(value, f"{source}: {prefix}{key}") if check else value)
 

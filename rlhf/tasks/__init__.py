@@ -1,7 +1,9 @@
-"""The three tasks (sentiment, tldr, dialogue): `get_task(name, **options)` builds one `Task`."""
+"""The tasks (sentiment, tldr, dialogue, custom): `get_task(name, **options)` builds one `Task`."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -11,20 +13,27 @@ from rlhf.models.device import resolve_placement
 from rlhf.models.loading import base_model_path
 from rlhf.models.provision import load_tokenizer
 from rlhf.models.sampling import StopRule
-from rlhf.tasks.base import Task
+from rlhf.tasks.base import GoldScorer, Task
+from rlhf.tasks.custom import CustomData, chat_render, end_of_turn, make_custom_task, plain_render
 from rlhf.tasks.dialogue import make_dialogue_task
 from rlhf.tasks.sentiment import make_sentiment_task
 from rlhf.tasks.tldr import make_tldr_task
 
-TASK_NAMES = ("sentiment", "tldr", "dialogue")
+TASK_NAMES = ("sentiment", "tldr", "dialogue", "custom")
 
 
 def get_task(name: str, **options: Any) -> Task:
     """The task called `name`; options go to its make_* function:
     sentiment: response_length, stop_min_tokens, stop_strings, gold, placement (of the `lm` gold scorer);
     tldr: response_length, stop_min_tokens, count_tokens, max_query_tokens;
-    dialogue: response_length, stop_min_tokens."""
-    make_task = {"sentiment": make_sentiment_task, "tldr": make_tldr_task, "dialogue": make_dialogue_task}.get(name)
+    dialogue: response_length, stop_min_tokens;
+    custom: data (a CustomData), response_length, stop_min_tokens, stop_strings, gold_scorer."""
+    make_task = {
+        "sentiment": make_sentiment_task,
+        "tldr": make_tldr_task,
+        "dialogue": make_dialogue_task,
+        "custom": make_custom_task,
+    }.get(name)
     if make_task is None:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}")
     try:
@@ -33,20 +42,71 @@ def get_task(name: str, **options: Any) -> Task:
         raise ValueError(f"task {name!r}: bad options {sorted(options)} ({error})") from None
 
 
+def python_gold_scorer(spec: str) -> GoldScorer:
+    """The function `python:MODULE:FUNCTION` names (task.gold), called as fn(prompts, responses) -> floats; the
+    scores are checked to be one finite float per response."""
+    _, module_name, function_name = spec.split(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"task.gold={spec}: cannot load {module_name}.{function_name} ({error})") from None
+
+    def gold(prompts: list[str], responses: list[str]) -> list[float]:
+        scores = [float(s) for s in function(prompts, responses)]
+        if len(scores) != len(responses):
+            raise ValueError(f"task.gold={spec}: returned {len(scores)} scores for {len(responses)} responses")
+        return scores
+
+    return gold
+
+
+def custom_task_options(cfg: RunConfig) -> dict[str, Any]:
+    """The custom task's options: its data, and with a chat template (task.chat_template auto, a tokenizer that
+    has one) conversational prompts rendered by it and the template's end of turn as a stop string."""
+    t = cfg.task
+    tokenizer = load_tokenizer(base_model_path(cfg))
+    templated = t.chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))
+    data = CustomData(
+        source=t.source,
+        subset=t.subset,
+        split=t.split,
+        demonstrations=t.demonstrations,
+        test_source=t.test_source,
+        test_split=t.test_split,
+        test_fraction=t.test_fraction,
+        eval_on_train=t.eval_on_train,
+        columns=tuple(sorted(t.columns.items())),
+        format=t.format,
+        render=chat_render(tokenizer) if templated else plain_render,
+    )
+    turn_end = end_of_turn(tokenizer) if templated else None
+    stops = tuple(t.stop_strings) + ((turn_end,) if turn_end and turn_end not in t.stop_strings else ())
+    return {"data": data, "stop_strings": stops}
+
+
 def task_for(cfg: RunConfig):
     """The configured task (with its gold scorer option, when set; for tldr its query budget, counted with the
-    model's tokenizer, and its split of a local file by id)."""
-    options = {"gold": cfg.task.gold} if cfg.task.gold else {}
-    if cfg.task.gold == "lm":  # the zero-shot classifier runs where the models do
+    model's tokenizer, and its split of a local file by id; for custom its data and chat template). A
+    `python:MODULE:FUNCTION` gold scorer replaces the task's own."""
+    builtin_gold = cfg.task.gold if cfg.task.gold in ("vader", "lm") else ""
+    options = {"gold": builtin_gold} if builtin_gold else {}
+    if builtin_gold == "lm":  # the zero-shot classifier runs where the models do
         options["placement"] = resolve_placement(cfg.model)
     if cfg.task.max_query_tokens:
         options["max_query_tokens"] = cfg.task.max_query_tokens
-    if cfg.task.test_fraction:
+    if cfg.task.test_fraction and cfg.task.name != "custom":
         options["test_fraction"] = cfg.task.test_fraction
     if cfg.task.name == "tldr":
         tokenizer = load_tokenizer(base_model_path(cfg))
         options["count_tokens"] = lambda text: len(tokenizer(text, add_special_tokens=True).input_ids)
-    return get_task(cfg.task.name, **options)
+    if cfg.task.name == "custom":
+        options.update(custom_task_options(cfg))
+    task = get_task(cfg.task.name, **options)
+    if cfg.task.stop_strings and cfg.task.name != "custom":
+        task = dataclasses.replace(task, stop_strings=tuple(cfg.task.stop_strings))
+    if cfg.task.gold.startswith("python:"):
+        task = dataclasses.replace(task, gold_scorer=python_gold_scorer(cfg.task.gold))
+    return task
 
 
 def task_and_stop_rule(cfg: RunConfig, tokenizer):
