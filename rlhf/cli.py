@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from rlhf.config import describe_config, load_config
+from rlhf.data_cli import add_data_parser, main_data
 from rlhf.eval.compare_report import write_comparison_report
 from rlhf.eval.ood import evaluate_ood
 from rlhf.eval.report import write_report
@@ -152,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_experiment_parser(sub)
     add_label_parser(sub)
+    add_data_parser(sub)
     sub.add_parser(
         "config-help",
         help="list every config field with its default and meaning",
@@ -194,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "label":
         return main_label(args)
+    if args.command == "data":
+        return main_data(args)
 
     level = logging.DEBUG if args.verbose else logging.INFO
     try:

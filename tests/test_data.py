@@ -219,7 +219,7 @@ def test_parquet_errors_name_one_based_row(tmp_path):
 
 
 def test_unsupported_file_type(tmp_path):
-    path = write_lines(tmp_path / "rows.csv", ["prompt,chosen"])
+    path = write_lines(tmp_path / "rows.tsv", ["prompt,chosen"])
     with pytest.raises(RecordError, match="unsupported file type"):
         data_io.read_records(path, Comparison)
 

@@ -1,18 +1,22 @@
 """Convert public preference datasets (summarize-from-feedback, TRL preference rows, Anthropic HH-RLHF)
-into pairwise ``Comparison`` records. Each importer takes a local file path or a hub dataset name."""
+into pairwise ``Comparison`` records, and comparisons back into TRL preference rows. Each importer takes a local
+file path or a hub dataset name; ``read_comparisons`` takes any of them, or our own Comparison records."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 from collections import Counter
 from typing import Any
 
-from rlhf.data.io import PathLike, iter_rows
+from rlhf.data.formats import HH_ASSISTANT_TURN, Example, scan_examples
+from rlhf.data.io import PathLike, iter_rows, read_records
 from rlhf.data.records import CONFIDENCE_RANGE, Comparison, RecordError
 
 logger = logging.getLogger(__name__)
 
-HH_ASSISTANT_TURN = "\n\nAssistant:"  # HH-RLHF dialogues: "\n\nHuman: ...\n\nAssistant: ..."
+# HH_ASSISTANT_TURN (from formats) stays importable from here: tasks/dialogue.py uses it.
 
 
 def format_tldr_query(subreddit: str, title: str, post: str) -> str:
@@ -105,9 +109,9 @@ def summarize_row_to_comparison(row: dict[str, Any], where: str) -> Comparison:
     )
 
 
-def import_summarize_from_feedback(source: PathLike, split: str = "train") -> list[Comparison]:
+def import_summarize_from_feedback(source: PathLike, split: str = "train", subset: str = "") -> list[Comparison]:
     """Comparisons from summarize-from-feedback JSONL files (or a hub dataset of the same rows)."""
-    return [summarize_row_to_comparison(row, where) for where, row in iter_rows(source, split)]
+    return [summarize_row_to_comparison(row, where) for where, row in iter_rows(source, split, subset)]
 
 
 # ---------------------------------------------------------------- TRL preference rows
@@ -160,13 +164,82 @@ def trl_row_to_comparison(row: dict[str, Any], where: str, counts: Counter[str] 
     return _chosen_over_rejected(*_render_trl_row(row, where), where, counts)
 
 
-def import_trl_preferences(source: PathLike, split: str = "train") -> list[Comparison]:
-    """Comparisons from TRL preference rows {prompt, chosen, rejected} (strings or message lists)."""
-    counts: Counter[str] = Counter()
-    comparisons = [trl_row_to_comparison(row, where, counts) for where, row in iter_rows(source, split)]
+def example_to_comparison(
+    example: Example, implicit: bool = False, counts: Counter[str] | None = None
+) -> Comparison | None:
+    """A preference Example -> pairwise Comparison [chosen, rejected], best 0 (as ``trl_row_to_comparison``).
+
+    A Comparison holds text, so a conversational row keeps its messages in ``meta["messages"]`` = {"prompt": [...],
+    "responses": [chosen messages, rejected messages]} and an implicit-prompt row sets ``meta["implicit_prompt"]``;
+    ``comparisons_to_trl`` uses both to give the row back as it was.
+    """
+    row = {"prompt": example.prompt, "chosen": example.chosen, "rejected": example.rejected}
+    comparison = trl_row_to_comparison(row, example.where, counts)
+    meta: dict[str, Any] = {}
+    if isinstance(example.chosen, list):
+        meta["messages"] = {"prompt": example.prompt, "responses": [example.chosen, example.rejected]}
+    if implicit:
+        meta["implicit_prompt"] = True
+    return dataclasses.replace(comparison, meta=meta) if comparison is not None and meta else comparison
+
+
+def import_trl_preferences(
+    source: PathLike,
+    split: str = "train",
+    subset: str = "",
+    columns: dict[str, str] | None = None,
+    counts: Counter[str] | None = None,
+) -> list[Comparison]:
+    """Comparisons from TRL preference rows: {prompt, chosen, rejected} or implicit-prompt {chosen, rejected}, text
+    or message lists (``formats.read_examples``; ``columns`` maps canonical names to the file's)."""
+    counts = Counter() if counts is None else counts
+    scan = scan_examples(str(source), split, subset, columns, max_errors=1)
+    if scan.errors:
+        raise scan.errors[0]
+    if scan.examples and scan.format not in ("preference", "implicit_preference"):
+        raise RecordError(
+            f"expected preference rows (prompt, chosen, rejected or chosen, rejected), got {scan.format} rows",
+            where=scan.examples[0].where,
+        )
+    implicit = scan.format == "implicit_preference"
+    comparisons = [example_to_comparison(example, implicit, counts) for example in scan.examples]
     if counts["identical"]:
         logger.warning("%s: skipped %d rows whose chosen and rejected are identical", source, counts["identical"])
     return [comparison for comparison in comparisons if comparison is not None]
+
+
+def _messages_of(comparison: Comparison, where: str) -> dict[str, Any] | None:
+    """``meta["messages"]`` checked against the comparison's responses (None when the comparison is text only)."""
+    messages = comparison.meta.get("messages")
+    if messages is None:
+        return None
+    responses = messages.get("responses") if isinstance(messages, dict) else None
+    if not isinstance(responses, list) or len(responses) != len(comparison.responses) or "prompt" not in messages:
+        count = len(comparison.responses)
+        detail = f"expected {{prompt, responses}} with {count} message lists (one per response), got {messages!r:.60}"
+        raise RecordError(detail, field="meta.messages", where=where)
+    return messages
+
+
+def comparisons_to_trl(comparisons: list[Comparison]) -> list[dict[str, Any]]:
+    """TRL preference rows {prompt, chosen, rejected}, one per (better, worse) pair a comparison implies
+    (``Comparison.pairs``): pairwise -> 1 row; best_of_k over K -> K-1 rows (the best over each other);
+    ranking -> one row per strictly ordered pair (tied responses give none). Conversational comparisons
+    (``meta["messages"]``) give message lists; implicit-prompt ones (``meta["implicit_prompt"]``) give
+    {chosen, rejected} with the prompt put back in front. Labeler, confidence and ids are not carried.
+    """
+    rows = []
+    for number, comparison in enumerate(comparisons, start=1):
+        where = f"comparison {number}" + (f" (id {comparison.id})" if comparison.id else "")
+        messages = _messages_of(comparison, where)
+        prompt = comparison.prompt if messages is None else messages["prompt"]
+        responses = comparison.responses if messages is None else messages["responses"]
+        for better, worse in comparison.pairs():
+            if comparison.meta.get("implicit_prompt"):
+                rows.append({"chosen": prompt + responses[better], "rejected": prompt + responses[worse]})
+            else:
+                rows.append({"prompt": prompt, "chosen": responses[better], "rejected": responses[worse]})
+    return rows
 
 
 # ---------------------------------------------------------------- Anthropic HH-RLHF
@@ -208,10 +281,12 @@ def hh_rlhf_row_to_comparison(row: dict[str, Any], where: str, counts: Counter[s
     return _chosen_over_rejected(prompt, chosen_dialogue[len(prompt) :], rejected, where, counts)
 
 
-def import_hh_rlhf(source: PathLike, split: str = "train") -> list[Comparison]:
+def import_hh_rlhf(
+    source: PathLike, split: str = "train", subset: str = "", counts: Counter[str] | None = None
+) -> list[Comparison]:
     """Comparisons from Anthropic HH-RLHF rows (JSONL, gzipped JSONL, parquet or a hub dataset)."""
-    counts: Counter[str] = Counter()
-    comparisons = [hh_rlhf_row_to_comparison(row, where, counts) for where, row in iter_rows(source, split)]
+    counts = Counter() if counts is None else counts
+    comparisons = [hh_rlhf_row_to_comparison(row, where, counts) for where, row in iter_rows(source, split, subset)]
     if counts["prefix_mismatch"]:
         logger.warning(
             "%s: %d rows' rejected dialogue does not share the chosen prompt; split at its own last %r",
@@ -224,3 +299,30 @@ def import_hh_rlhf(source: PathLike, split: str = "train") -> list[Comparison]:
             "%s: skipped %d rows whose chosen and rejected responses are identical", source, counts["identical"]
         )
     return [comparison for comparison in comparisons if comparison is not None]
+
+
+# ---------------------------------------------------------------- any comparisons file
+
+
+def read_comparisons(
+    source: PathLike, split: str = "train", subset: str = "", counts: Counter[str] | None = None
+) -> list[Comparison]:
+    """Comparisons from our Comparison records, TRL preference rows (explicit or implicit prompt, text or
+    conversational; HH-RLHF files are implicit-prompt rows) or summarize-from-feedback rows, told by the first
+    row's columns (every row must then be of that kind)."""
+    with contextlib.closing(iter_rows(source, split, subset)) as rows:
+        where, first = next(rows, ("", None))
+    if first is None:
+        return []
+    if "responses" in first:
+        return read_records(source, Comparison, split, subset)
+    if "summaries" in first:
+        return import_summarize_from_feedback(source, split, subset)
+    if "chosen" in first or "rejected" in first:
+        return import_trl_preferences(source, split, subset, counts=counts)
+    raise RecordError(
+        "expected a Comparison record (prompt, responses, kind, ...), a TRL preference row (prompt, chosen, "
+        f"rejected, or chosen, rejected) or a summarize-from-feedback row (info, summaries, choice); got columns "
+        f"{sorted(first)}",
+        where=where,
+    )

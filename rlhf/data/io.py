@@ -1,4 +1,4 @@
-"""Read and write records as JSON Lines (optionally gzipped), Parquet or Hugging Face datasets.
+"""Read and write records as JSON Lines (optionally gzipped), Parquet, CSV (read only) or Hugging Face datasets.
 
 All writers are atomic: they write a temp file in the target folder and rename it into place.
 """
@@ -6,6 +6,7 @@ All writers are atomic: they write a temp file in the target folder and rename i
 from __future__ import annotations
 
 import contextlib
+import csv
 import gzip
 import json
 import os
@@ -23,6 +24,7 @@ RecordT = TypeVar("RecordT")
 PathLike = str | os.PathLike[str]
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json")
 PARQUET_SUFFIX = ".parquet"
+CSV_SUFFIX = ".csv"
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -71,27 +73,39 @@ def _is_gzip(path: PathLike) -> bool:
     return str(path).endswith(".gz")
 
 
-def iter_jsonl_rows(path: PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield (``"file:line"``, row) for each non-blank line; bad UTF-8, JSON or non-objects raise RecordError."""
+def _parse_jsonl_line(raw_line: bytes, where: str) -> dict[str, Any] | None:
+    """One JSON Lines line -> its object (None for a blank line); bad UTF-8, JSON or non-objects raise RecordError."""
+    try:
+        line = raw_line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise RecordError(f"expected UTF-8 text: {error.reason} at byte {error.start}", where=where) from None
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise RecordError(f"invalid JSON: {error.msg} at column {error.colno}", where=where) from None
+    if not isinstance(row, dict):
+        raise RecordError(f"expected one JSON object per line (JSON Lines), got {type(row).__name__}", where=where)
+    return row
+
+
+def iter_jsonl_rows(path: PathLike, errors: list[RecordError] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (``"file:line"``, row) for each non-blank line; bad UTF-8, JSON or non-objects raise RecordError,
+    or, when an ``errors`` list is given, are appended to it and skipped (to report every bad line at once)."""
     opener = gzip.open if _is_gzip(path) else open
     with opener(path, "rb") as handle:
         for line_number, raw_line in enumerate(handle, start=1):
             where = f"{path}:{line_number}"
             try:
-                line = raw_line.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise RecordError(f"expected UTF-8 text: {error.reason} at byte {error.start}", where=where) from None
-            if not line.strip():
+                row = _parse_jsonl_line(raw_line, where)
+            except RecordError as error:
+                if errors is None:
+                    raise
+                errors.append(error)
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise RecordError(f"invalid JSON: {error.msg} at column {error.colno}", where=where) from None
-            if not isinstance(row, dict):
-                raise RecordError(
-                    f"expected one JSON object per line (JSON Lines), got {type(row).__name__}", where=where
-                )
-            yield where, row
+            if row is not None:
+                yield where, row
 
 
 def read_jsonl(path: PathLike, record_type: type[RecordT]) -> list[RecordT]:
@@ -100,6 +114,8 @@ def read_jsonl(path: PathLike, record_type: type[RecordT]) -> list[RecordT]:
 
 
 def _to_dict(record: Any) -> dict[str, Any]:
+    if isinstance(record, dict):  # plain rows (e.g. TRL preference rows) are written as they are
+        return record
     if not hasattr(record, "to_dict"):
         raise TypeError(f"expected a record with to_dict(), got {type(record).__name__}")
     return record.to_dict()
@@ -115,7 +131,8 @@ def _write_json_lines(stream: IO[bytes], records: Iterable[Any], path: PathLike)
 
 
 def write_jsonl(path: PathLike, records: Iterable[Any]) -> None:
-    """Write records one JSON object per line, atomically; a ``.gz`` suffix gzips. On error nothing is left."""
+    """Write records (or plain dict rows) one JSON object per line, atomically; a ``.gz`` suffix gzips. On error
+    nothing is left."""
     with _atomic_file(path) as handle:
         if _is_gzip(path):
             with gzip.GzipFile(filename="", mode="wb", fileobj=handle, mtime=0) as stream:
@@ -191,6 +208,21 @@ def write_parquet(path: PathLike, records: Sequence[Any]) -> None:
         pq.write_table(table, handle)
 
 
+def write_parquet_rows(path: PathLike, rows: Sequence[dict[str, Any]]) -> None:
+    """Write plain dict rows (columns inferred by arrow, e.g. message lists as lists of structs) atomically."""
+    import pyarrow as pa  # lazy: a heavy import, needed for Parquet files only
+    import pyarrow.parquet as pq  # lazy: a heavy import, needed for Parquet files only
+
+    if not rows:
+        raise RecordError("cannot infer a schema from no rows; write at least one", where=str(path))
+    try:
+        table = pa.Table.from_pylist(list(rows))
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise RecordError(f"rows cannot be stored in one Parquet table: {error}", where=str(path)) from None
+    with _atomic_file(path) as handle:
+        pq.write_table(table, handle)
+
+
 def iter_parquet_rows(path: PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (``"file: row N"``, row) for each row of a Parquet file (N is 1-based)."""
     import pyarrow as pa  # lazy: a heavy import, needed for Parquet files only
@@ -202,6 +234,30 @@ def iter_parquet_rows(path: PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
         raise RecordError(f"not a readable Parquet file: {error}", where=str(path)) from None
     for number, row in enumerate(table.to_pylist(), start=1):
         yield f"{path}: row {number}", row
+
+
+def iter_csv_rows(path: PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (``"file:line"``, row) for each record of a CSV file with a header line (values are strings; the line
+    is where the record starts). A record with more or fewer fields than the header raises RecordError."""
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        try:
+            header = reader.fieldnames
+            if not header:
+                raise RecordError("expected a header line naming the columns", where=f"{path}:1")
+            start = reader.line_num + 1
+            for row in reader:
+                where = f"{path}:{start}"
+                if None in row or any(value is None for value in row.values()):
+                    extra = row.pop(None, [])
+                    got = sum(value is not None for value in row.values()) + len(extra)
+                    raise RecordError(f"expected {len(header)} fields (as in the header), got {got}", where=where)
+                yield where, dict(row)
+                start = reader.line_num + 1
+        except UnicodeDecodeError as error:
+            raise RecordError(f"expected UTF-8 text: {error.reason}", where=str(path)) from None
+        except csv.Error as error:
+            raise RecordError(f"not readable as CSV: {error}", where=f"{path}:{reader.line_num}") from None
 
 
 def records_to_dataset(records: Sequence[Any]) -> Any:
@@ -222,20 +278,21 @@ def _is_saved_dataset(folder: Path) -> bool:
     return (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()
 
 
-def _load_hub_dataset(source: str, split: str) -> Any:
+def _load_hub_dataset(source: str, split: str, subset: str = "") -> Any:
     import datasets  # lazy: a heavy import, needed for hub datasets only
 
     try:
-        return datasets.load_dataset(source, split=split)
+        return datasets.load_dataset(source, subset or None, split=split)
     except ConnectionError as error:
+        named = f"{source}' (subset '{subset}')" if subset else f"{source}'"
         raise ConnectionError(
-            f"could not reach the Hugging Face hub to load dataset '{source}' ({error}). "
-            f"Without network access, pass a local path instead: a .jsonl, .jsonl.gz or .parquet file, "
+            f"could not reach the Hugging Face hub to load dataset '{named} ({error}). "
+            f"Without network access, pass a local path instead: a .jsonl, .jsonl.gz, .parquet or .csv file, "
             f"or a folder written by datasets' save_to_disk."
         ) from error
 
 
-def _load_datasets_rows(source: str, split: str) -> Any:
+def _load_datasets_rows(source: str, split: str, subset: str = "") -> Any:
     import datasets  # lazy: a heavy import, needed for hub datasets only
 
     folder = Path(source)
@@ -248,31 +305,39 @@ def _load_datasets_rows(source: str, split: str) -> Any:
         return loaded
     if folder.is_dir():
         return datasets.load_dataset(str(folder), split=split)
-    return _load_hub_dataset(source, split)
+    return _load_hub_dataset(source, split, subset)
 
 
-def iter_rows(source: PathLike, split: str = "train") -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield (location, row dict) from a .jsonl/.jsonl.gz/.json/.parquet file, a saved dataset or a hub name."""
+def iter_rows(
+    source: PathLike, split: str = "train", subset: str = "", errors: list[RecordError] | None = None
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (location, row dict) from a .jsonl/.jsonl.gz/.json/.parquet/.csv file, a saved dataset or a hub name
+    (``subset``: the hub dataset's config name). ``errors``: JSON Lines only, collect bad lines instead of raising."""
     name = str(source)
     if name.endswith(JSONL_SUFFIXES):
-        yield from iter_jsonl_rows(name)
+        yield from iter_jsonl_rows(name, errors)
     elif name.endswith(PARQUET_SUFFIX):
         yield from iter_parquet_rows(name)
+    elif name.endswith(CSV_SUFFIX):
+        yield from iter_csv_rows(name)
     elif Path(name).is_file():
         raise RecordError(
-            f"unsupported file type; expected {', '.join(JSONL_SUFFIXES)} or {PARQUET_SUFFIX} "
+            f"unsupported file type; expected {', '.join(JSONL_SUFFIXES)}, {PARQUET_SUFFIX} or {CSV_SUFFIX} "
             "(or a folder written by datasets' save_to_disk, or a hub dataset name)",
             where=name,
         )
     else:
-        dataset = _load_datasets_rows(name, split)
+        dataset = _load_datasets_rows(name, split, subset)
+        shown = f"{name}/{subset}" if subset else name
         for number, row in enumerate(dataset, start=1):
-            yield f"{name} [{split}] row {number}", dict(row)
+            yield f"{shown} [{split}] row {number}", dict(row)
 
 
-def read_records(source: PathLike, record_type: type[RecordT], split: str = "train") -> list[RecordT]:
+def read_records(source: PathLike, record_type: type[RecordT], split: str = "train", subset: str = "") -> list[RecordT]:
     """Read records from a file (by suffix), a ``save_to_disk`` folder or a Hugging Face hub dataset name."""
-    return [
-        record_type.from_dict(_meta_from_column(row, where), where)  # type: ignore[attr-defined]
-        for where, row in iter_rows(source, split)
-    ]
+    return [record_from_row(record_type, row, where) for where, row in iter_rows(source, split, subset)]
+
+
+def record_from_row(record_type: type[RecordT], row: dict[str, Any], where: str) -> RecordT:
+    """A record from a row as any reader yields it (a Parquet/datasets ``meta`` JSON string decoded)."""
+    return record_type.from_dict(_meta_from_column(row, where), where)  # type: ignore[attr-defined]

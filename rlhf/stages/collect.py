@@ -7,7 +7,8 @@ import logging
 import random
 
 from rlhf.config import RunConfig
-from rlhf.data.io import read_records, write_jsonl
+from rlhf.data.importers import read_comparisons
+from rlhf.data.io import write_jsonl
 from rlhf.data.records import Comparison, Sample
 from rlhf.judges import JudgeLabeler, make_judge
 from rlhf.labelers.base import label_many
@@ -51,7 +52,9 @@ def collect(run: RunDir, cfg: RunConfig) -> dict:
 
     if cc.comparisons_path:
         # 1'. comparisons given (e.g. exported from the labeling app): no sampling, no simulated labeler
-        comparisons = read_records(cc.comparisons_path, Comparison)
+        comparisons = read_comparisons(
+            cc.comparisons_path
+        )  # our records, TRL preference rows or summarize-from-feedback
         train, heldout = split_heldout(comparisons, cc.heldout_fraction, cfg.seed)
         if run.writer:
             write_jsonl(out / "comparisons.jsonl", train)
