@@ -229,14 +229,13 @@ def _labels(columns: dict[str, str] | None) -> dict[str, str]:
 
 
 def _canonical_row(row: dict[str, Any], labels: dict[str, str], where: str) -> dict[str, Any]:
-    """The row under canonical column names: mapped columns renamed (each must be present), others as they are."""
+    """The row under canonical column names: mapped columns renamed, others as they are. One mapping serves every
+    file of a task (prompts, demonstrations, pairs), so a mapped column a file lacks is simply absent from it;
+    the format detection then names the columns the row has when a needed one is missing."""
     canonical = {name: row[name] for name in CANONICAL_COLUMNS if name in row and name not in labels}
     for name, column in labels.items():
-        if column not in row:
-            raise RecordError(
-                f"missing (columns maps {name} to '{column}'; the row has {sorted(row)})", field=column, where=where
-            )
-        canonical[name] = row[column]
+        if column in row:
+            canonical[name] = row[column]
     return canonical
 
 

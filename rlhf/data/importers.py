@@ -305,11 +305,16 @@ def import_hh_rlhf(
 
 
 def read_comparisons(
-    source: PathLike, split: str = "train", subset: str = "", counts: Counter[str] | None = None
+    source: PathLike,
+    split: str = "train",
+    subset: str = "",
+    counts: Counter[str] | None = None,
+    columns: dict[str, str] | None = None,
 ) -> list[Comparison]:
     """Comparisons from our Comparison records, TRL preference rows (explicit or implicit prompt, text or
-    conversational; HH-RLHF files are implicit-prompt rows) or summarize-from-feedback rows, told by the first
-    row's columns (every row must then be of that kind)."""
+    conversational; HH-RLHF files are implicit-prompt rows; `columns` maps TRL's names to the file's) or
+    summarize-from-feedback rows, told by the first row's columns (every row must then be of that kind)."""
+    columns = columns or {}
     with contextlib.closing(iter_rows(source, split, subset)) as rows:
         where, first = next(rows, ("", None))
     if first is None:
@@ -318,8 +323,8 @@ def read_comparisons(
         return read_records(source, Comparison, split, subset)
     if "summaries" in first:
         return import_summarize_from_feedback(source, split, subset)
-    if "chosen" in first or "rejected" in first:
-        return import_trl_preferences(source, split, subset, counts=counts)
+    if columns.get("chosen", "chosen") in first or columns.get("rejected", "rejected") in first:
+        return import_trl_preferences(source, split, subset, columns=columns, counts=counts)
     raise RecordError(
         "expected a Comparison record (prompt, responses, kind, ...), a TRL preference row (prompt, chosen, "
         f"rejected, or chosen, rejected) or a summarize-from-feedback row (info, summaries, choice); got columns "

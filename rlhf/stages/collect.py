@@ -18,7 +18,7 @@ from rlhf.models.loading import open_backbone, sft_model_path
 from rlhf.models.roles import LanguageModelRole
 from rlhf.models.sampling import sample_texts
 from rlhf.run import RunDir, seed_everything
-from rlhf.tasks import prompt_source, task_and_stop_rule
+from rlhf.tasks import prompt_source, task_and_stop_rule, task_comparisons
 
 log = logging.getLogger("rlhf")
 STAGE = "collect"
@@ -52,9 +52,9 @@ def collect(run: RunDir, cfg: RunConfig) -> dict:
 
     if cc.comparisons_path:
         # 1'. comparisons given (e.g. exported from the labeling app): no sampling, no simulated labeler
-        comparisons = read_comparisons(
-            cc.comparisons_path
-        )  # our records, TRL preference rows or summarize-from-feedback
+        # our records, TRL preference rows or summarize-from-feedback rows; a custom task's columns and chat template
+        columns = cfg.task.columns if cfg.task.name == "custom" else None
+        comparisons = task_comparisons(cfg, read_comparisons(cc.comparisons_path, columns=columns))
         train, heldout = split_heldout(comparisons, cc.heldout_fraction, cfg.seed)
         if run.writer:
             write_jsonl(out / "comparisons.jsonl", train)

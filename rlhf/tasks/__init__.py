@@ -8,13 +8,13 @@ from collections.abc import Callable
 from typing import Any
 
 from rlhf.config import RunConfig
-from rlhf.data.records import Prompt
+from rlhf.data.records import Comparison, Prompt
 from rlhf.models.device import resolve_placement
 from rlhf.models.loading import base_model_path
 from rlhf.models.provision import load_tokenizer
 from rlhf.models.sampling import StopRule
 from rlhf.tasks.base import GoldScorer, Task
-from rlhf.tasks.custom import CustomData, chat_render, end_of_turn, make_custom_task, plain_render
+from rlhf.tasks.custom import CustomData, chat_render, end_of_turn, make_custom_task, plain_render, response_text
 from rlhf.tasks.dialogue import make_dialogue_task
 from rlhf.tasks.sentiment import make_sentiment_task
 from rlhf.tasks.tldr import make_tldr_task
@@ -60,9 +60,9 @@ def python_gold_scorer(spec: str) -> GoldScorer:
     return gold
 
 
-def custom_task_options(cfg: RunConfig) -> dict[str, Any]:
-    """The custom task's options: its data, and with a chat template (task.chat_template auto, a tokenizer that
-    has one) conversational prompts rendered by it and the template's end of turn as a stop string."""
+def custom_data(cfg: RunConfig) -> tuple[CustomData, str | None]:
+    """The custom task's data, and the chat template's end of turn when one is used (else None): with
+    task.chat_template auto and a tokenizer that has a template, conversational prompts are rendered by it."""
     t = cfg.task
     tokenizer = load_tokenizer(base_model_path(cfg))
     templated = t.chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))
@@ -79,9 +79,31 @@ def custom_task_options(cfg: RunConfig) -> dict[str, Any]:
         format=t.format,
         render=chat_render(tokenizer) if templated else plain_render,
     )
-    turn_end = end_of_turn(tokenizer) if templated else None
-    stops = tuple(t.stop_strings) + ((turn_end,) if turn_end and turn_end not in t.stop_strings else ())
-    return {"data": data, "stop_strings": stops}
+    return data, end_of_turn(tokenizer) if templated else None
+
+
+def custom_task_options(cfg: RunConfig) -> dict[str, Any]:
+    """The custom task's options: its data, and the task's stop strings with the chat template's end of turn."""
+    data, turn_end = custom_data(cfg)
+    extra = (turn_end,) if turn_end and turn_end not in cfg.task.stop_strings else ()
+    return {"data": data, "stop_strings": tuple(cfg.task.stop_strings) + extra}
+
+
+def task_comparisons(cfg: RunConfig, comparisons: list[Comparison]) -> list[Comparison]:
+    """Comparisons as the task's policy sees its prompts: for the custom task, conversational ones (their messages
+    kept in meta["messages"]) get the prompt text the task renders and their responses' assistant text."""
+    if cfg.task.name != "custom" or not any("messages" in c.meta for c in comparisons):
+        return comparisons
+    data, _ = custom_data(cfg)
+    out = []
+    for i, c in enumerate(comparisons):
+        messages = c.meta.get("messages")
+        if messages:
+            where = f"{cfg.collect.comparisons_path}: comparison {i}"
+            responses = [response_text(r, where) for r in messages["responses"]]
+            c = dataclasses.replace(c, prompt=data.render(messages["prompt"]), responses=responses)
+        out.append(c)
+    return out
 
 
 def task_for(cfg: RunConfig):
@@ -150,5 +172,6 @@ __all__ = [
     "held_out_prompts",
     "prompt_source",
     "task_and_stop_rule",
+    "task_comparisons",
     "task_for",
 ]
