@@ -139,8 +139,8 @@ class SFTConfig:
     """Optimiser steps between checkpoints."""
     gradient_accumulation_steps: int = 1
     """Micro-batches each optimiser step's batch (batch_size demonstrations) goes through one after another, their
-    gradients summed, each loss weighted by its share of the batch: the same step, holding one micro-batch's
-    activations at a time."""
+    gradients summed, each loss weighted by its share of the batch's response tokens: the same step, holding one
+    micro-batch's activations at a time. With several processes each takes its share of the batch the same way."""
 
 
 @dataclass
@@ -158,7 +158,9 @@ class CollectConfig:
     batch_size: int = 64
     """Prompts per generation batch."""
     comparisons_path: str = ""
-    """Use these comparison records (JSONL/Parquet, e.g. exported from the labeling app) instead of sampling and labeling."""
+    """Use these comparisons instead of sampling and labeling: our records (JSONL/Parquet, e.g. exported from the
+    labeling app), TRL preference rows (prompt/chosen/rejected or chosen/rejected, text or conversational; a custom
+    task's task.columns apply) or summarize-from-feedback rows."""
     labeler: Literal["gold", "judge"] = "gold"
     """Simulated labeler: `gold` (the task's gold scorer with Bradley-Terry noise) or `judge` (the pairwise judge of the
     `judge` section, asked about every pair in both orders; for tasks without a gold scorer, such as tldr)."""
