@@ -160,7 +160,7 @@ def test_column_mapping_jsonl_and_csv(tmp_path):
     path = write_rows(
         tmp_path / "gap.jsonl", [{"instruction": "a", "gold_response": "b"}, {"instruction": "a", "gold": "b"}]
     )
-    with pytest.raises(RecordError, match=r"gap.jsonl:2: field 'gold_response': missing \(columns maps completion to"):
+    with pytest.raises(RecordError, match=r"gap.jsonl:2: this row is prompt_only \(text\) but the first row"):
         read_examples(str(path), columns=columns)
     with pytest.raises(ValueError, match="columns: expected a mapping from prompt"):
         read_examples(str(path), columns={"question": "instruction"})

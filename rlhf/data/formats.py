@@ -230,9 +230,9 @@ def _labels(columns: dict[str, str] | None) -> dict[str, str]:
 
 def _canonical_row(row: dict[str, Any], labels: dict[str, str], where: str) -> dict[str, Any]:
     """The row under canonical column names: mapped columns renamed, others as they are. One mapping serves every
-    file of a task (prompts, demonstrations, pairs), so a mapped column a file lacks is simply absent from it;
-    the format detection then names the columns the row has when a needed one is missing."""
-    canonical = {name: row[name] for name in CANONICAL_COLUMNS if name in row and name not in labels}
+    file of a task (prompts, demonstrations, pairs): a file that lacks a mapped column keeps the field under its
+    TRL name if it has that; the format detection names the row's columns when a needed one is missing."""
+    canonical = {name: row[name] for name in CANONICAL_COLUMNS if name in row}
     for name, column in labels.items():
         if column in row:
             canonical[name] = row[column]
