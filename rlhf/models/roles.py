@@ -18,6 +18,14 @@ from safetensors.torch import load_file, save_file
 
 from rlhf.data.io import atomic_write_json
 from rlhf.losses import entropy_from_logits, last_token_index, logprobs_from_logits, reward_head_init_std
+from rlhf.models.architecture import (
+    SPLITTABLE_MODEL_TYPES,
+    decoder_layers,
+    log_once,
+    logits_from_hidden,
+    lora_targets,
+    trunk_of,
+)
 from rlhf.models.device import model_device
 from rlhf.models.encoding import (
     EncodedSequence,
@@ -35,21 +43,35 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-# Decoder-only models whose forward takes `inputs_embeds` unchanged (no embedding scaling or position embeddings
-# added), so that running a slice of `model.layers` on cached hidden states is exact.
-SPLITTABLE_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
-
-
 class Backbone:
     """A causal LM, optionally carrying named LoRA adapters; `use(name)` selects one (None = adapters off)."""
 
-    def __init__(self, model, tokenizer, lora_r: int = 0, lora_alpha: int = 32, target_modules=(), top_layers: int = 0):
+    def __init__(
+        self, model, tokenizer, lora_r: int = 0, lora_alpha: int = 32, target_modules=("all-linear",), top_layers=0
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.lora_r = lora_r
         self.lora_alpha = lora_alpha
-        self.target_modules = list(target_modules)
         self.top_layers = top_layers
+        # peft's all-linear as module names, resolved on the model before it carries adapters
+        self.target_modules, self.exclude_modules = (
+            lora_targets(self.causal_lm(), target_modules) if lora_r else ([], [])
+        )
+        self.layers_pattern = None
+        if self.is_lora and top_layers:
+            layers = decoder_layers(self.causal_lm())
+            if layers is None:
+                raise ValueError(
+                    f"model.lora_top_layers: {type(self.causal_lm()).__name__} has no list of "
+                    f"{model.config.num_hidden_layers} decoder layers to put adapters on the top of; use lora_top_layers: 0"
+                )
+            self.layers_pattern = layers[0]  # tells peft which numbered module names are the decoder layers
+            if top_layers < model.config.num_hidden_layers and not self.shares_frozen_prefix:
+                log_once(
+                    f"model type '{model.config.model_type}': the frozen-prefix speed path is off (not in "
+                    f"{sorted(SPLITTABLE_MODEL_TYPES)}): every forward runs all {model.config.num_hidden_layers} layers"
+                )
         self.adapters: list[str] = []
         self.trainable_adapters: set[str] = set()
         self.hidden_size = model.config.hidden_size
@@ -65,10 +87,10 @@ class Backbone:
         self.gradient_checkpointing = True
 
     @contextmanager
-    def _checkpointing(self, trunk):
+    def _checkpointing(self, lm):
         """transformers checkpoints a layer only in training mode, and we never call train() (dropout stays off):
         while gradients are recorded, the decoder layers alone (not their submodules) are marked training."""
-        marked = list(trunk.layers) if self.gradient_checkpointing and torch.is_grad_enabled() else []
+        marked = list(decoder_layers(lm)[1]) if self.gradient_checkpointing and torch.is_grad_enabled() else []
         for layer in marked:
             layer.training = True
         try:
@@ -90,7 +112,9 @@ class Backbone:
             lora_alpha=self.lora_alpha,
             lora_dropout=0.0,
             target_modules=self.target_modules,
+            exclude_modules=self.exclude_modules or None,
             layers_to_transform=layers,
+            layers_pattern=self.layers_pattern,
             bias="none",
         )
         if isinstance(self.model, PeftModel):
@@ -176,9 +200,9 @@ class Backbone:
             return self.shares_frozen_prefix
         if not (self.shares_frozen_prefix and other.shares_frozen_prefix and self.n_bottom == other.n_bottom):
             return False
-        mine, theirs = (getattr(b.causal_lm(), b.causal_lm().base_model_prefix) for b in (self, other))
-        pairs = [(mine.embed_tokens, theirs.embed_tokens)] + list(
-            zip(list(mine.layers)[: self.n_bottom], list(theirs.layers)[: self.n_bottom])
+        mine, theirs = (b.causal_lm() for b in (self, other))
+        pairs = [(mine.get_input_embeddings(), theirs.get_input_embeddings())] + list(
+            zip(list(decoder_layers(mine)[1])[: self.n_bottom], list(decoder_layers(theirs)[1])[: self.n_bottom])
         )
         for a, b in pairs:
             sa, sb = a.state_dict(), b.state_dict()
@@ -203,7 +227,7 @@ class Backbone:
         assert self.shares_frozen_prefix
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         with self.use(None) as lm:
-            with self._layers(getattr(lm, lm.base_model_prefix), slice(0, self.n_bottom), final_norm=False) as trunk:
+            with self._layers(trunk_of(lm), slice(0, self.n_bottom), final_norm=False) as trunk:
                 out = trunk(
                     input_ids=input_ids,
                     attention_mask=attention_mask,
@@ -224,8 +248,8 @@ class Backbone:
         prefix = None if prefix is None else prefix.to(self.device)
         position_ids = position_ids_from_mask(attention_mask)
         no_cache = {"use_cache": False} if self.gradient_checkpointing else {}  # a checkpointed layer keeps no cache
-        with self.use(adapter) as lm, self._checkpointing(getattr(lm, lm.base_model_prefix)):
-            trunk = getattr(lm, lm.base_model_prefix)
+        with self.use(adapter) as lm, self._checkpointing(lm):
+            trunk = trunk_of(lm)
             if prefix is None:
                 return trunk(
                     input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **no_cache
@@ -236,7 +260,7 @@ class Backbone:
                 ).last_hidden_state
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.causal_lm().get_output_embeddings()(hidden)
+        return logits_from_hidden(self.causal_lm(), hidden)
 
 
 @dataclass

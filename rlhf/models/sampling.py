@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 from transformers import DynamicCache
 
+from rlhf.models.architecture import decoder_layers
 from rlhf.models.encoding import ScoringInputs, encode_queries
 from rlhf.models.roles import Episodes, LanguageModelRole, ScalarRole, position_ids_from_mask
 from rlhf.processes import Processes
@@ -174,14 +175,15 @@ def prefix_reuse(
 
 class StopRule:
     """A response ends at its first EOS, or at the first token at index >= `min_tokens` whose text contains a
-    stop string (Ziegler §3.1.2: a period between tokens 16 and 24; a newline for summaries)."""
+    stop string (Ziegler §3.1.2: a period between tokens 16 and 24; a newline for summaries). EOS stays a stop
+    when it is also the pad token (a tokenizer without one): masks come from lengths, never from the pad id."""
 
     def __init__(self, tokenizer, stop_strings: tuple[str, ...] = (), min_tokens: int = 0):
         V = len(tokenizer)
         eos = {tokenizer.eos_token_id}
         if "<|endoftext|>" in tokenizer.get_vocab():
             eos.add(tokenizer.convert_tokens_to_ids("<|endoftext|>"))
-        self.eos_ids = sorted(i for i in eos if i is not None and i != tokenizer.pad_token_id)
+        self.eos_ids = sorted(i for i in eos if i is not None)
         self.is_eos = torch.zeros(V, dtype=torch.bool)
         self.is_eos[self.eos_ids] = True
         self.has_stop_string = torch.zeros(V, dtype=torch.bool)
@@ -273,7 +275,7 @@ def sample_episodes(
         bottom_layer = None
         if reuse.keep_prefix or reuse.score_from_sampling:
             assert backbone.shares_frozen_prefix, "prefix reuse needs adapters on the top layers only"
-            bottom_layer = getattr(lm, lm.base_model_prefix).layers[backbone.n_bottom - 1]
+            bottom_layer = decoder_layers(lm)[1][backbone.n_bottom - 1]
         response_ids, logprobs, hidden = sample_tokens(
             lm,
             query_ids,

@@ -11,6 +11,7 @@ import torch
 from transformers import DynamicCache
 
 from rlhf.config import ModelConfig
+from rlhf.models.architecture import logits_from_hidden
 from rlhf.models.device import Placement, resolve_placement
 from rlhf.models.encoding import encode_queries, left_pad
 from rlhf.models.provision import builtin_model_dir, load_causal_lm, load_tokenizer
@@ -69,7 +70,7 @@ class LMSentimentScorer:
         positive = tokenizer(" positive", add_special_tokens=False).input_ids[0]
         negative = tokenizer(" negative", add_special_tokens=False).input_ids[0]
         hidden = self._last_hidden(tokenizer, model, [judge_input(r) for r in responses])
-        logprobs = model.get_output_embeddings()(hidden).float().log_softmax(-1)
+        logprobs = logits_from_hidden(model, hidden).float().log_softmax(-1)
         return (logprobs[:, positive] - logprobs[:, negative]).tolist()
 
     def _last_hidden(self, tokenizer, model, texts: list[str]) -> torch.Tensor:
