@@ -48,7 +48,8 @@ def test_the_choice_fields():
     assert set(choice_fields(RunConfig)) == {
         "model.dtype",
         "task.name",
-        "task.gold",
+        "task.format",
+        "task.chat_template",
         "collect.kind",
         "collect.labeler",
         "reward.normalize",
@@ -134,7 +135,9 @@ def test_typo_in_a_saved_config_fails_before_a_stage_writes(tmp_path, capsys):
 def test_a_choice_must_be_one_of_the_strings_not_another_type():
     with pytest.raises(ConfigError, match=r"ppo.reward_source: expected one of 'rm', 'gold', got 1"):
         load_config(None, ["ppo.reward_source=1"])
-    with pytest.raises(ConfigError, match=r"task.gold: expected one of '', 'vader', 'lm', got None"):
+    with pytest.raises(ConfigError, match=r"task.format: expected one of 'auto', .*, got None"):
+        load_config(None, ["task.format=null"])
+    with pytest.raises(ConfigError, match=r"task.gold: expected vader, lm or python:MODULE:FUNCTION \(or empty\)"):
         load_config(None, ["task.gold=null"])
 
 
