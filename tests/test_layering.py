@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("rlhf.eval",),
     ("rlhf.pipeline",),
     ("rlhf.experiments",),
-    ("rlhf.cli",),
+    ("rlhf.cli", "rlhf.export_cli"),
 ]
 
 
