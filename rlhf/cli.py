@@ -17,6 +17,7 @@ from rlhf.eval.compare_report import write_comparison_report
 from rlhf.eval.ood import evaluate_ood
 from rlhf.eval.report import write_report
 from rlhf.experiments import run_experiment
+from rlhf.export_cli import add_export_parser, main_export
 from rlhf.labeling_app.cli import add_label_parser, main_label
 from rlhf.models.device import resolve_placement
 from rlhf.models.provision import builtin_model_dir
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_experiment_parser(sub)
     add_label_parser(sub)
     add_data_parser(sub)
+    add_export_parser(sub)
     sub.add_parser(
         "config-help",
         help="list every config field with its default and meaning",
@@ -198,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         return main_label(args)
     if args.command == "data":
         return main_data(args)
+    if args.command == "export":
+        return main_export(args)
 
     level = logging.DEBUG if args.verbose else logging.INFO
     try:

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("rlhf.eval",),
     ("rlhf.pipeline",),
     ("rlhf.experiments",),
-    ("rlhf.cli", "rlhf.data_cli"),
+    ("rlhf.cli", "rlhf.data_cli", "rlhf.export_cli"),
 ]
 
 

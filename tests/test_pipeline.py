@@ -68,7 +68,10 @@ def test_smoke_run_writes_complete_run_directory(tiny_model_dir, tmp_path):
     assert rows[-1]["kl"] > 0  # the policy moved away from the reference
     html = (out / "report.html").read_text()
     assert "data:image/png;base64" in html
-    assert (out / "ppo" / "model" / "config.json").exists() and (out / "sft" / "model" / "config.json").exists()
+    # a LoRA run keeps adapters (peft adapter folders), not merged models
+    assert (out / "ppo" / "model" / "adapter_config.json").exists() and (
+        out / "sft" / "model" / "adapter_config.json"
+    ).exists()
     # a finished run is skipped stage by stage when run again
     again = rlhf("run", "--config", str(SMOKE), "--out", str(out), f"model.name_or_path={tiny_model_dir}")
     assert "already done" in again.stderr
@@ -105,7 +108,7 @@ def test_stage_commands_and_sigkill_resume_of_ppo(tiny_model_dir, tmp_path):
     rlhf("ppo", str(out))  # resumes from the checkpoint
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["iteration"] for r in rows] == list(range(1, 13))
-    assert (out / "ppo" / "done.json").exists() and (out / "ppo" / "model" / "model.safetensors").exists()
+    assert (out / "ppo" / "done.json").exists() and (out / "ppo" / "model" / "adapter_model.safetensors").exists()
     assert not (out / "ppo" / "checkpoint.pt").exists()
     rlhf("bon", str(out))
     rlhf("eval", str(out))
@@ -186,3 +189,5 @@ def test_pipeline_variants(tiny_model_dir, tmp_path, overrides):
         assert rows[1]["approx_kl"] > 0  # and then it moved
     if "ppo.reward_source=gold" in overrides:  # PPO maximised the gold score itself
         assert all(abs(r["rm_score"] - r["gold_reward"]) < 1e-5 for r in rows)
+    weights = "model.safetensors" if "model.lora_r=0" in overrides else "adapter_model.safetensors"
+    assert all((out / stage / "model" / weights).exists() for stage in ("sft", "ppo"))  # full weights only when full

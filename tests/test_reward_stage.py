@@ -1,4 +1,4 @@
-"""The reward-model stage on a tiny model: mixed query types in one batch, tied-best filtering, HF export."""
+"""The reward-model stage on a tiny model: mixed query types in one batch, tied-best filtering (the export as a transformers classifier: tests/test_export.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from rlhf.losses import best_of_k_loss, pairwise_loss, ranking_loss
 from rlhf.models.encoding import ScoringInputs, pad_prompt_response
 from rlhf.models.provision import load_causal_lm, load_tokenizer
 from rlhf.models.roles import Backbone, ScalarRole
-from rlhf.models.saving import export_reward_model
 from rlhf.stages.reward import comparison_loss, encode_comparisons, has_tied_best, prompts_and_responses
 
 
@@ -81,24 +80,6 @@ def test_tied_best_is_detected_from_gold():
         prompt="p", responses=["a", "b", "c", "d"], kind="best_of_k", best=0, meta={"gold": [0.6, 0.5, 0.5, 0.0]}
     )
     assert has_tied_best(tied) and not has_tied_best(clear)
-
-
-def test_exported_reward_model_loads_in_plain_transformers(tiny_model_dir, tmp_path):
-    from transformers import AutoModelForSequenceClassification
-
-    rm = make_rm(tiny_model_dir)
-    rm.gain, rm.bias = 2.0, -0.5
-    prompts, responses = ["A film", "Another film that"], [" was good.", " bored me"]
-    with torch.no_grad():
-        ours = rm.score(prompts, responses)
-        ids, mask, _ = pad_prompt_response(rm.tokenize(prompts, responses), rm.backbone.tokenizer.pad_token_id)
-    export_reward_model(rm, tmp_path / "hf")
-    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf")
-    with torch.no_grad():
-        logits = model(
-            input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)
-        ).logits.squeeze(-1)
-    assert torch.allclose(logits + model.config.rlhf_reward_bias, ours, atol=1e-4)
 
 
 def test_head_fitted_on_frozen_features_ranks_the_training_comparisons(tiny_model_dir):

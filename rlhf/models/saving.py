@@ -1,15 +1,24 @@
-"""Saving trained models as plain Hugging Face folders, written atomically: a policy with its adapter merged into
-the base, and the reward model as a transformers sequence classifier."""
+"""Saving trained models, written atomically. A LoRA run keeps its adapters, each a standard peft adapter folder
+(adapter_config.json + adapter_model.safetensors) with a note of the model it sits on; full fine-tuning keeps
+plain Hugging Face folders. Merged folders are made on demand (`rlhf export`, rlhf/models/export.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-from transformers import AutoModelForSequenceClassification
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
 
-from rlhf.models.roles import Backbone, ScalarRole
+from rlhf.models.roles import Backbone
+
+# Beside a stage's adapter folder: which model the adapter sits on, "base" (the config's base model) or "sft" (the
+# run's SFT model, its own adapter merged into the base). Read by loading.model_chain.
+ADAPTER_NOTE = "rlhf_adapter.json"
+ON_BASE, ON_SFT = "base", "sft"
 
 
 def merge_adapter(backbone: Backbone, adapter: str | None):
@@ -22,16 +31,26 @@ def merge_adapter(backbone: Backbone, adapter: str | None):
     return merged
 
 
-def save_hf_folder(model, tokenizer, folder: Path) -> None:
-    """`save_pretrained` of model and tokenizer into a temporary folder renamed over `folder`: a reader finds the
-    old folder or the new one, never half of one."""
+def write_folder(folder: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` into a temporary folder renamed over `folder`: a reader finds the old folder or the new one,
+    never half of one."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    tmp.mkdir(parents=True)
+    write(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
+
+
+def save_hf_folder(model, tokenizer, folder: Path) -> None:
+    """`save_pretrained` of model and tokenizer, atomically."""
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    write_folder(folder, write)
 
 
 def save_merged(backbone: Backbone, adapter: str | None, folder: Path) -> None:
@@ -39,18 +58,32 @@ def save_merged(backbone: Backbone, adapter: str | None, folder: Path) -> None:
     save_hf_folder(merge_adapter(backbone, adapter), backbone.tokenizer, folder)
 
 
-def export_reward_model(role: ScalarRole, folder: Path) -> None:
-    """Save the reward model as a plain transformers sequence classifier (`AutoModelForSequenceClassification`,
-    adapter merged, num_labels=1). transformers reads the score at the last non-pad token, so append EOS to each
-    response as `ScalarRole.tokenize` does; the normalised reward is `logits * 1 + config.rlhf_reward_bias`."""
-    lm = merge_adapter(role.backbone, role.adapter)
-    config = lm.config.to_dict()
-    bias = role.gain * float(role.head.bias.detach()) + role.bias
-    config.update(num_labels=1, rlhf_reward_bias=bias, rlhf_append_eos=True)
-    classifier = AutoModelForSequenceClassification.from_config(type(lm.config).from_dict(config))
-    trunk_prefix = lm.base_model_prefix
-    trunk = {k: v for k, v in lm.state_dict().items() if k.startswith(trunk_prefix + ".")}
-    missing = classifier.load_state_dict(trunk, strict=False)
-    assert all(k.startswith("score") for k in missing.missing_keys), missing.missing_keys
-    classifier.score.weight.data.copy_(role.gain * role.head.weight.detach())
-    save_hf_folder(classifier, role.backbone.tokenizer, folder)
+def write_adapter_files(tmp: Path, config, state: dict, base_name: str | None) -> None:
+    """A standard peft adapter folder's two files: `config` (a peft LoraConfig) and the tensors of `state` (keys as
+    peft saves them, without an adapter name)."""
+    config = config.__class__(**{**config.to_dict(), "base_model_name_or_path": base_name})
+    config.save_pretrained(str(tmp))
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+
+
+def save_adapter(backbone: Backbone, adapter: str, folder: Path, on: str, base_name: str | None = None) -> None:
+    """`adapter` of `backbone` as a standard peft adapter folder (loadable with `PeftModel.from_pretrained(model,
+    folder)` on the model it sits on), with ADAPTER_NOTE saying which model that is (`on`: ON_BASE or ON_SFT).
+    `base_name` goes into adapter_config.json's base_model_name_or_path."""
+    assert backbone.is_lora and adapter in backbone.adapters and on in (ON_BASE, ON_SFT)
+    state = get_peft_model_state_dict(backbone.model, adapter_name=adapter, save_embedding_layers=False)
+
+    def write(tmp: Path) -> None:
+        write_adapter_files(tmp, backbone.model.peft_config[adapter], state, base_name)
+        (tmp / ADAPTER_NOTE).write_text(json.dumps({"on": on}) + "\n")
+
+    write_folder(folder, write)
+
+
+def save_policy(backbone: Backbone, adapter: str | None, folder: Path, on: str, base_name: str | None = None) -> None:
+    """A trained policy: its adapter (`save_adapter`) in a LoRA run, the full model (a plain HF folder) otherwise."""
+    if adapter is None:
+        save_merged(backbone, None, folder)
+    else:
+        save_adapter(backbone, adapter, folder, on, base_name)

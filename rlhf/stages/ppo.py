@@ -1,5 +1,6 @@
 """PPO against the reward model with a per-token KL penalty to the SFT model (Ziegler §2.2, Stiennon §3.4,
-InstructGPT §3.5). Writes RUN_DIR/ppo/{metrics.jsonl,samples.jsonl,model/}."""
+InstructGPT §3.5). Writes RUN_DIR/ppo/{metrics.jsonl,samples.jsonl,value.*,model/}: with LoRA model/ is the policy's
+adapter on the SFT model (a standard peft adapter folder), with full fine-tuning a plain HF model folder."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from rlhf.losses import (
 )
 from rlhf.models.loading import load_reward_model, open_backbone, sft_model_path
 from rlhf.models.roles import Episodes, LanguageModelRole
-from rlhf.models.saving import save_merged
+from rlhf.models.saving import ON_SFT, save_policy
 from rlhf.run import MetricsLog, RunDir, seed_everything
 from rlhf.stages.online import OnlineCollection
 from rlhf.stages.optim import optimizer_step, trainable_parameters
@@ -427,11 +428,11 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
     bar.close()
     metrics.close()
 
-    # 7. save the value network and the policy as a plain HF folder (adapter merged into the SFT base)
+    # 7. save the value network and the policy (adapters on the SFT model, or full models)
     info = {"iterations": pc.iterations, "final_beta": kl_ctl.beta, **({"online": online.summary()} if online else {})}
     if run.writer:
         roles.value.save(run.stage(STAGE), "value")
-        save_merged(roles.policy.backbone, roles.policy.adapter, run.stage(STAGE) / "model")
+        save_policy(roles.policy.backbone, roles.policy.adapter, run.stage(STAGE) / "model", ON_SFT)
         run.mark_done(STAGE, info)
         (run.stage(STAGE) / "checkpoint.pt").unlink(missing_ok=True)
     return info

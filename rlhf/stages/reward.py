@@ -25,7 +25,6 @@ from rlhf.losses import (
 from rlhf.models.encoding import EncodedSequence, pad_encoded
 from rlhf.models.loading import open_backbone, sft_model_path
 from rlhf.models.roles import Backbone, ScalarRole, encode_for_scoring
-from rlhf.models.saving import export_reward_model
 from rlhf.processes import Processes
 from rlhf.run import MetricsLog, RunDir, seed_everything
 from rlhf.stages.optim import accumulated_step, trainable_parameters
@@ -305,7 +304,6 @@ def train_reward(run: RunDir, cfg: RunConfig) -> dict:
     info = {**acc, "train_n": len(train), "steps": step, "gain": rm.gain, "bias": rm.bias, "normalize": rc.normalize}
     if run.writer:
         rm.save(run.stage(STAGE), "reward")
-        export_reward_model(rm, run.stage(STAGE) / "hf_model")  # plain transformers can load this one
         run.mark_done(STAGE, info)
         (run.stage(STAGE) / "checkpoint.pt").unlink(missing_ok=True)
     log.info("reward model: held-out accuracy %.3f on %d pairs", acc["heldout_accuracy"], acc["heldout_n"])

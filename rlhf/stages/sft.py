@@ -1,5 +1,6 @@
 """Supervised fine-tuning on demonstrations: next-token loss on response tokens only, cosine schedule,
-validation loss; writes RUN_DIR/sft/model, a plain HF model folder (adapters merged)."""
+validation loss; writes RUN_DIR/sft/model: with LoRA the adapter (a standard peft adapter folder on the base model),
+with full fine-tuning a plain HF model folder."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from rlhf.config import RunConfig
 from rlhf.models.encoding import encode_prompt_response, tokenize_prompt_response
 from rlhf.models.loading import base_model_path, open_backbone
 from rlhf.models.roles import Backbone
-from rlhf.models.saving import save_merged
+from rlhf.models.saving import ON_BASE, save_policy
 from rlhf.run import MetricsLog, RunDir, seed_everything
 from rlhf.stages.optim import accumulated_step, load_trainable_state, trainable_parameters, trainable_state
 from rlhf.tasks import prompt_source, task_for
@@ -126,10 +127,10 @@ def train_sft(run: RunDir, cfg: RunConfig) -> dict:
     bar.close()
     metrics.close()
 
-    # 5. save a plain HF folder (adapter merged into the base) atomically
+    # 5. save the adapter (or the full model) atomically
     info = {"trained": True, "steps": step, "n_train": len(train), "n_val": len(val)}
     if run.writer:
-        save_merged(backbone, adapter, run.stage(STAGE) / "model")
+        save_policy(backbone, adapter, run.stage(STAGE) / "model", ON_BASE, cfg.model.name_or_path)
         run.mark_done(STAGE, info)
         (run.stage(STAGE) / "checkpoint.pt").unlink(missing_ok=True)
     return info
