@@ -23,6 +23,7 @@ from rlhf.models.export import (
     classifier_from_role,
     eos_appending_tokenizer,
     export_model,
+    give_distinct_pad,
     lora_scaling,
     lora_sum,
     summed_adapter,
@@ -174,6 +175,25 @@ def test_reward_pipeline_gives_exactly_our_scores_where_the_final_norm_has_a_bia
     classifier.save_pretrained(tmp_path / "rm")
     tokenizer.save_pretrained(tmp_path / "rm")
     assert pipeline_scores(tmp_path / "rm", PAIRS) == pytest.approx(ours, abs=1e-5)
+
+
+def test_reward_pipeline_reads_the_appended_eos_when_the_pad_token_is_eos(tiny_model_dir, tmp_path):
+    role = make_role(tiny_model_dir, ["q_proj", "v_proj"], gain=2.0, bias=-0.5)
+    role.backbone.tokenizer.pad_token = role.backbone.tokenizer.eos_token  # pad = EOS, as many chat models have it
+    ours = role.score([p for p, _ in PAIRS], [r for _, r in PAIRS]).tolist()
+    tokenizer = eos_appending_tokenizer(role.backbone.tokenizer)
+    classifier = classifier_from_role(role, "reward")
+    vocabulary = classifier.config.vocab_size
+    give_distinct_pad(classifier, tokenizer)
+    assert tokenizer.pad_token == "<|rlhf_pad|>" and classifier.config.pad_token_id == vocabulary
+    classifier.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    got = [s + classifier.config.rlhf_score_offset for s in pipeline_scores(tmp_path / "rm", PAIRS)]
+    assert got == pytest.approx(ours, abs=1e-5)
+    # and in batches, padded on the right with the new pad token
+    score = pipeline("text-classification", model=str(tmp_path / "rm"), function_to_apply="none", device="cpu")
+    batched = score([{"text": p, "text_pair": r} for p, r in PAIRS], batch_size=len(PAIRS))
+    assert [b["score"] + classifier.config.rlhf_score_offset for b in batched] == pytest.approx(ours, abs=1e-5)
 
 
 # the hub -------------------------------------------------------------------------------------------------------

@@ -206,6 +206,18 @@ def eos_appending_tokenizer(tokenizer):
     return tok
 
 
+def give_distinct_pad(classifier, tokenizer) -> None:
+    """A classifier reads the score at the last token that is not padding: when the pad token is EOS (or there is
+    none), that would skip the EOS the reward model reads its score at. Then the exported tokenizer gets a pad
+    token of its own and the classifier one more embedding row for it (never attended to); a base with a distinct
+    pad token keeps its vocabulary."""
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    tokenizer.add_special_tokens({"pad_token": "<|rlhf_pad|>"})
+    classifier.resize_token_embeddings(len(tokenizer))
+    classifier.config.pad_token_id = tokenizer.pad_token_id
+
+
 def check_pairs(tokenizer, reference, where: Path) -> None:
     """The exported tokenizer encodes the probe pairs as `ScalarRole.tokenize` does with `reference`."""
     for (q, a), (p, r) in zip(tokenize_prompt_response(reference, *zip(*PROBE_PAIRS), append_eos=True), PROBE_PAIRS):
@@ -222,6 +234,7 @@ def export_scalar(run: RunDir, cfg: RunConfig, what: str, folder: Path) -> dict:
     classifier = classifier_from_role(role, what)
     tokenizer = eos_appending_tokenizer(reference) if what == "reward" else copy.deepcopy(reference)
     tokenizer.padding_side = "right"
+    give_distinct_pad(classifier, tokenizer)
     save_hf_folder(classifier, tokenizer, folder)
     if what == "reward":
         check_pairs(AutoTokenizer.from_pretrained(folder), reference, folder)
