@@ -12,6 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from transformers import pipeline
+
+from rlhf.models.export import scalar_role
+from rlhf.run import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -97,3 +101,15 @@ def test_pipeline_from_user_files_in_trl_formats(tiny_model_dir, tmp_path, conve
     # evaluation prompts are held out from the prompts PPO trains on
     train_prompts = {json.loads(line)["prompt"] for line in (out / "ppo" / "samples.jsonl").read_text().splitlines()}
     assert not train_prompts & set(prompts)
+    # export: plain transformers scores the user's pairs as the run's reward model does
+    rlhf("export", str(out), "--what", "reward", "--to", str(tmp_path / "rm"))
+    rlhf("export", str(out), "--what", "policy", "--to", str(tmp_path / "policy"), "--adapter")
+    run = RunDir(out)
+    ours = scalar_role(run, run.load_config(), "reward")
+    pairs = [(c["prompt"], r) for c in comparisons[:4] for r in c["responses"]]
+    expected = ours.score([p for p, _ in pairs], [r for _, r in pairs]).tolist()
+    offset = json.loads((tmp_path / "rm" / "config.json").read_text()).get("rlhf_score_offset", 0.0)
+    score = pipeline("text-classification", model=str(tmp_path / "rm"), function_to_apply="none", device="cpu")
+    got = [score({"text": p, "text_pair": r})["score"] + offset for p, r in pairs]
+    assert got == pytest.approx(expected, abs=1e-4)
+    assert (tmp_path / "policy" / "adapter_config.json").exists() and (tmp_path / "rm" / "README.md").exists()
