@@ -27,7 +27,13 @@ def doc_commands() -> list[str]:
 def test_the_page_has_the_worked_example():
     commands = doc_commands()
     assert commands[0] == "cd examples/your-own-data"
-    for needed in ("rlhf data inspect", "rlhf data convert", "rlhf run --config config.yaml", "rlhf export", "score.py"):
+    for needed in (
+        "rlhf data inspect",
+        "rlhf data convert",
+        "rlhf run --config config.yaml",
+        "rlhf export",
+        "score.py",
+    ):
         assert any(needed in c for c in commands), needed
 
 

@@ -75,9 +75,7 @@ class _RecordBase:
         declared = fields(cls)  # type: ignore[arg-type]
         names = [f.name for f in declared]
         if not isinstance(d, Mapping):
-            raise RecordError(
-                f"expected an object with fields {', '.join(names)}; got {_shown(d)}", where=where
-            )
+            raise RecordError(f"expected an object with fields {', '.join(names)}; got {_shown(d)}", where=where)
         unknown = [key for key in d if key not in names]
         if unknown:
             raise RecordError(
@@ -239,4 +237,3 @@ class Sample(_RecordBase):
             raise RecordError(f"expected true or false, got {_shown(self.has_stop)}", field="has_stop")
         _check_meta(self.meta)
         object.__setattr__(self, "meta", dict(self.meta))
-

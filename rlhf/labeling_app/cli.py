@@ -100,7 +100,9 @@ def add_label_parser(sub) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
 
-    p = commands.add_parser("gold", help="add gold queries (known answers, Comparison JSONL), or a qualification batch")
+    p = commands.add_parser(
+        "gold", help="add gold queries (known answers: comparisons, or TRL preference rows), or a qualification batch"
+    )
     _db_option(p)
     p.add_argument("comparisons")
     p.add_argument("--name", required=True)

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from rlhf.data.importers import read_comparisons
 from rlhf.data.io import atomic_write_text, read_jsonl, write_jsonl
 from rlhf.data.records import MAX_RANKED_RESPONSES, Comparison, RecordError, Sample
 from rlhf.labeling_app.andon import register_run
@@ -132,8 +133,9 @@ def gold_answer(comparison: Comparison) -> dict[str, Any]:
 
 
 def push_gold(db: Session, path: str | Path, name: str, qualification: bool = False, instructions: str = "") -> Batch:
-    """Comparison JSONL with known answers -> gold queries (mixed silently into work), or a qualification batch."""
-    comparisons = read_jsonl(path, Comparison)
+    """Comparisons with known answers (our records, or TRL preference / summarize-from-feedback rows) -> gold
+    queries (mixed silently into work), or a qualification batch."""
+    comparisons = read_comparisons(path)
     if not comparisons:
         raise RecordError("no comparisons in the file", where=str(path))
     kinds = {c.kind for c in comparisons}
