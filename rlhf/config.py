@@ -199,7 +199,8 @@ class PPOConfig:
     batch_size: int = 64
     """Episodes (prompts) per iteration."""
     minibatch_size: int = 16
-    """Episodes per gradient step."""
+    """Episodes per gradient step. minibatch_size = batch_size gives one minibatch (one optimiser step) per epoch, the
+    papers' setting (Ziegler's appendix: 4 epochs of one minibatch)."""
     ppo_epochs: int = 4
     """Optimisation epochs over each batch."""
     learning_rate: float = 1e-4
@@ -214,7 +215,11 @@ class PPOConfig:
     target_kl: float = 6.0
     """KL target of the adaptive controller (nats per sequence)."""
     k_beta: float = 0.1
-    """Adaptive controller gain K_beta."""
+    """Adaptive controller gain K_beta (Ziegler §2.2's form, used while kl_horizon is 0)."""
+    kl_horizon: int = 0
+    """0 = Ziegler §2.2's controller, beta <- beta (1 + k_beta e); > 0 = lm-human-preferences' form, beta <- beta (1 + e
+    n / kl_horizon) with n the batch's episodes (their default horizon: 10000 episodes); e = clip((KL - target_kl) /
+    target_kl, -0.2, 0.2) in both."""
     gamma: float = 1.0
     """GAE discount."""
     lam: float = 0.95
@@ -225,6 +230,24 @@ class PPOConfig:
     """Value clip epsilon."""
     value_coef: float = 0.1
     """Weight of the value loss."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip of each optimiser step: one norm over policy and value together, or each its own with
+    separate_clipping."""
+    separate_clipping: bool = False
+    """Clip the policy's and the value network's gradient norms separately, each to max_grad_norm (False = one norm
+    over both, in which the value's gradient can dominate and shrink the policy's step)."""
+    value_init: Literal["rm", "zero"] = "rm"
+    """Value network start: `rm` = the trained reward model, trunk (adapter) and head, on the normalised scale
+    (Stiennon §3.4); `zero` = the same trunk (adapter) from the RM but the value head's weight and bias set to 0, so every
+    value starts at 0 (lm-human-preferences initialises the value head at zero)."""
+    whiten_rewards: bool = False
+    """Whiten the per-token rewards (the -beta*KL terms with the score at the last token) before GAE as
+    lm-human-preferences does, whiten(rewards, shift_mean=False): (r - mean) / std + mean, the mean kept; here over the
+    response tokens of the whole batch (they do it per minibatch, over all positions; N+ found it harmful for
+    summarisation)."""
+    warmup_updates: int = 0
+    """Optimiser steps of linear learning-rate warm-up (transformers' schedule: step k < warmup_updates uses
+    lr * k / warmup_updates, so the first step's is 0), then the linear anneal to 0; 0 = none."""
     value_warmup_iterations: int = 0
     """Iterations at the start that train only the value network, on fresh batches, before the policy moves (OpenRLHF's
     freezing_actor_steps). The value starts from the RM, which never scored a partial response: its explained

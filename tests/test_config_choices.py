@@ -54,6 +54,7 @@ def test_the_choice_fields():
         "collect.labeler",
         "reward.normalize",
         "ppo.reward_source",
+        "ppo.value_init",
         "online.source",
         "judge.kind",
         "judge.lm_order_rule",

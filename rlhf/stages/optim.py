@@ -40,15 +40,17 @@ def optimizer_step(
     scheduler,
     max_grad_norm: float = 1.0,
     step: bool = True,
+    clip_groups: list[list[torch.nn.Parameter]] | None = None,
 ) -> None:
     """Backward (none for loss None: the gradients are there already); then, unless `step` is False (gradients of
-    more batches are still to be added), clip the gradient norm, step the optimiser and the learning-rate schedule,
-    and clear the gradients."""
+    more batches are still to be added), clip the gradient norm (one norm over `params`, or with `clip_groups` each
+    group's own norm), step the optimiser and the learning-rate schedule, and clear the gradients."""
     if loss is not None:
         loss.backward()
     if not step:
         return
-    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    for group in clip_groups or [params]:
+        torch.nn.utils.clip_grad_norm_(group, max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)

@@ -33,6 +33,7 @@ from rlhf.models.saving import ON_SFT, save_policy
 from rlhf.run import MetricsLog, RunDir, seed_everything
 from rlhf.stages.online import OnlineCollection
 from rlhf.stages.optim import optimizer_step, trainable_parameters
+from rlhf.stages.ppo_parts import advantage_variance_shares, grad_norm, zero_head
 from rlhf.stages.rollout import BatchRows, Rollout, Scores, prompt_batch, rollout, score
 from rlhf.stages.sft import response_nll
 from rlhf.tasks import prompt_source, task_and_stop_rule, task_for
@@ -44,7 +45,8 @@ STAGE = "ppo"
 class PPORoles:
     """Policy, reference, reward model and value network. With LoRA they share one frozen SFT base: the policy
     starts equal to SFT (LoRA B = 0), the reference is the base with adapters off, and the value network is a
-    copy of the trained reward model, trunk and head (Stiennon §3.4)."""
+    copy of the trained reward model, trunk and head (Stiennon §3.4), or with ppo.value_init=zero the same with its
+    head's weight and bias zeroed after the normalisation is folded in (every value starts at 0)."""
 
     def __init__(self, run: RunDir, cfg: RunConfig):
         sft_path = sft_model_path(run, cfg)
@@ -62,6 +64,8 @@ class PPORoles:
             self.policy = LanguageModelRole(open_backbone(cfg, sft_path), None, T)
             self.reference = LanguageModelRole(open_backbone(cfg, sft_path), None, T)
         value.fold_normalization()  # the value head alone predicts returns, on the normalised reward's scale
+        if cfg.ppo.value_init == "zero":  # lm-human-preferences: the value head starts at zero, the trunk from the RM
+            zero_head(value.head)
         self.value = value
         self.policy_params = trainable_parameters(self.policy.backbone, self.policy.adapter)
         self.value_params = trainable_parameters(value.backbone, value.adapter) + list(value.head.parameters())
@@ -130,7 +134,8 @@ def compute_advantages(
     """Log-probs of policy and reference and the values (in the minibatches of the first epoch, so that its ratio
     is exactly 1), per-token rewards -beta*KL with the score at the last token (Ziegler eq. 2), GAE (Schulman et
     al. 2016) and, with ppo.whiten_advantages, whitened advantages (over the whole batch: `rows` says which rows
-    of it this process holds; all of them by default)."""
+    of it this process holds; all of them by default). With ppo.whiten_rewards the per-token rewards are whitened
+    first, their mean kept (lm-human-preferences' whiten(rewards, shift_mean=False)), over the whole batch too."""
     rows = rows or BatchRows(len(scores))
     mask = episodes.response_mask
     mbs = rows.first_epoch_minibatches(pc.minibatch_size)
@@ -138,6 +143,8 @@ def compute_advantages(
     ref_logprobs = torch.cat([roles.reference.logprobs(episodes.select(s)) for s in mbs])
     old_values = torch.cat([roles.value.values(episodes.select(s)) for s in mbs])
     rewards, kl = kl_penalized_rewards(scores, old_logprobs, ref_logprobs, mask, beta)
+    if pc.whiten_rewards:
+        rewards = rows.whiten(rewards, mask, shift_mean=False)
     advantages, returns = gae(rewards, old_values, mask, pc.gamma, pc.lam)
     if pc.whiten_advantages:
         advantages = rows.whiten(advantages, mask)
@@ -159,12 +166,17 @@ def update(
     policy loss (Schulman et al. 2017) plus the clipped value loss, and PPO-ptx's pretraining loss (InstructGPT
     eq. 2) when configured; the value loss alone while `policy_moves` is False (value warm-up). With several
     processes (`rows`) each takes its rows of every minibatch, its losses weighted by its share of the
-    minibatch's tokens, and the gradients are summed before each step: the step one process would take. Returns
-    each statistic's values over the minibatches."""
+    minibatch's tokens, and the gradients are summed before each step: the step one process would take. Each step
+    clips the gradient norm to ppo.max_grad_norm, over policy and value together or (ppo.separate_clipping) each
+    alone. Returns each statistic's values over the minibatches; besides the losses' statistics,
+    `approx_kl_epoch_E` (approx_kl of epoch E's minibatches, each measured at its forward pass before its step, so
+    the first minibatch of epoch 1 gives 0) and, at each optimiser step, `policy_grad_norm` and `value_grad_norm`
+    (each group's gradient norm before clipping)."""
     rows = rows or BatchRows(len(episodes.has_stop))
     parallel, mask = rows.processes.parallel, episodes.response_mask
     all_masks = rows.gather(mask)  # the whole batch's, for each minibatch's token count
     params = roles.policy_params + roles.value_params
+    clip_groups = [roles.policy_params, roles.value_params] if pc.separate_clipping else None
     per_minibatch: list[tuple[float, dict[str, float]]] = []
     minibatches, accumulate = chunks(rows.size, pc.minibatch_size), pc.gradient_accumulation_steps
     for epoch in range(pc.ppo_epochs):
@@ -192,6 +204,7 @@ def update(
                 loss = loss * share if parallel else loss  # this process's share of the minibatch's token mean
                 measured = {
                     **pg_stats,
+                    f"approx_kl_epoch_{epoch + 1}": pg_stats["approx_kl"],
                     **vf_stats,
                     "policy_loss": pg_loss.item(),
                     "value_loss": vf_loss.item(),
@@ -209,7 +222,8 @@ def update(
                 loss = loss + pc.ptx_coef * ptx_nll / rows.processes.world_size
                 ptx = {"ptx_nll": ptx_nll.item()}
             first = {} if ratio_gap is None else {"first_minibatch_max_log_ratio": ratio_gap}
-            per_minibatch.append((share, {**first, **ptx, **measured}))
+            minibatch_stats = {**first, **ptx, **measured}
+            per_minibatch.append((share, minibatch_stats))
             # gradient accumulation: one optimiser step per `accumulate` minibatches (and at the end of the epoch)
             step_now = (k + 1) % accumulate == 0 or k + 1 == len(minibatches)
             loss = loss / accumulate if accumulate > 1 else loss
@@ -217,7 +231,9 @@ def update(
                 loss.backward()
             if step_now:
                 rows.processes.sum_gradients(params)
-                optimizer_step(None, params, optimizer, scheduler)
+                minibatch_stats["policy_grad_norm"] = grad_norm(roles.policy_params)
+                minibatch_stats["value_grad_norm"] = grad_norm(roles.value_params)
+                optimizer_step(None, params, optimizer, scheduler, pc.max_grad_norm, clip_groups=clip_groups)
     return rows.combine_stats(per_minibatch)
 
 
@@ -294,7 +310,11 @@ def write_samples(path, iteration: int, whole: WholeBatch) -> None:
 
 
 def check_inputs(pc, task) -> None:
-    """Reject a reward source PPO cannot train on."""
+    """Reject a reward source PPO cannot train on, and settings out of range."""
+    if pc.kl_horizon < 0 or pc.warmup_updates < 0:
+        raise ValueError(f"ppo.kl_horizon, ppo.warmup_updates: expected >= 0, got {pc.kl_horizon}, {pc.warmup_updates}")
+    if not pc.max_grad_norm > 0:
+        raise ValueError(f"ppo.max_grad_norm: expected > 0, got {pc.max_grad_norm}")
     if pc.reward_source not in ("rm", "gold"):
         raise ValueError(f"ppo.reward_source: expected rm or gold, got {pc.reward_source!r}")
     if pc.reward_source == "gold" and task.gold_scorer is None:
@@ -302,8 +322,9 @@ def check_inputs(pc, task) -> None:
 
 
 def optimizers(roles: PPORoles, pc):
-    """AdamW over policy and value (each at its learning rate), annealed linearly to 0 over all of PPO's updates, and
-    the KL coefficient's controller: adaptive toward ppo.target_kl (Ziegler §2.2) or fixed."""
+    """AdamW over policy and value (each at its learning rate), warmed up linearly over ppo.warmup_updates steps and
+    annealed linearly to 0 over all of PPO's updates, and the KL coefficient's controller: adaptive toward
+    ppo.target_kl (Ziegler §2.2, or with ppo.kl_horizon lm-human-preferences' horizon form) or fixed."""
     minibatches = math.ceil(pc.batch_size / pc.minibatch_size)
     total_updates = pc.iterations * pc.ppo_epochs * math.ceil(minibatches / pc.gradient_accumulation_steps)
     param_groups = [
@@ -311,9 +332,9 @@ def optimizers(roles: PPORoles, pc):
         {"params": roles.value_params, "lr": pc.value_learning_rate or pc.learning_rate},
     ]
     optimizer = torch.optim.AdamW(param_groups, eps=1e-5, weight_decay=0.0)
-    scheduler = get_linear_schedule_with_warmup(optimizer, 0, total_updates)
+    scheduler = get_linear_schedule_with_warmup(optimizer, pc.warmup_updates, total_updates)
     kl_ctl = (
-        AdaptiveKLController(pc.init_beta, pc.target_kl, pc.k_beta)
+        AdaptiveKLController(pc.init_beta, pc.target_kl, pc.k_beta, pc.kl_horizon or None)
         if pc.adaptive_kl
         else FixedKLController(pc.init_beta)
     )
@@ -416,6 +437,9 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
             pc.missing_stop_penalty,
             online_row,
         )
+        # where the advantages' spread comes from: score, KL penalty, value baseline (rlhf/stages/ppo_parts.py)
+        parts = (whole.scores.penalised, whole.adv.kl, whole.adv.old_values, whole.mask)
+        row.update(advantage_variance_shares(*parts, kl_ctl.beta, pc.gamma, pc.lam))
         if policy_moves:  # the KL of a warm-up batch is 0 by construction, not a signal to lower beta
             kl_ctl.update(row["kl"], rows.size)
         metrics.write(row)

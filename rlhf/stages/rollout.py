@@ -67,11 +67,11 @@ class BatchRows:
         ]
         return [b for b in blocks if b]
 
-    def whiten(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def whiten(self, x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
         """`masked_whiten` over the whole batch; this process's rows of the result."""
         if not self.processes.parallel:
-            return masked_whiten(x, mask)
-        return masked_whiten(self.gather(x), self.gather(mask))[self.mine]
+            return masked_whiten(x, mask, shift_mean)
+        return masked_whiten(self.gather(x), self.gather(mask), shift_mean)[self.mine]
 
     def combine_stats(self, per_minibatch: list[tuple[float, dict[str, float]]]) -> dict[str, list[float]]:
         """Each minibatch's statistics over the whole minibatch, from every process's (token share, its statistics
@@ -85,7 +85,7 @@ class BatchRows:
                 values = [(share, part[key]) for share, part in parts if key in part]
                 if key in ("ratio_max", "first_minibatch_max_log_ratio"):
                     stats.setdefault(key, []).append(max(v for _, v in values))
-                elif key == "ptx_nll":  # the same on every process
+                elif key in ("ptx_nll", "policy_grad_norm", "value_grad_norm"):  # the same on every process
                     stats.setdefault(key, []).append(values[0][1])
                 else:
                     stats.setdefault(key, []).append(sum(share * v for share, v in values))
