@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 
-from rlhf.losses import (
-    clipped_policy_loss,
+from rlhf.losses import clipped_policy_loss
+from rlhf.policy_losses import (
     dpo_loss,
     grpo_advantages,
     grpo_kl,
