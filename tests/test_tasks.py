@@ -10,6 +10,7 @@ import pytest
 
 from rlhf.config import RunConfig
 from rlhf.tasks import TASK_NAMES, evaluation_prompts, get_task, held_out_prompts
+from rlhf.tasks.custom import CustomData
 from rlhf.tasks.dialogue import split_dialogue
 from rlhf.tasks.sentiment import clean_review_text, opening_word_count, vader_gold_scores
 from rlhf.tasks.tldr import (
@@ -35,13 +36,18 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def test_get_task_builds_each_task_and_names_known_tasks_on_error():
-    assert [get_task(name).name for name in TASK_NAMES] == ["sentiment", "tldr", "dialogue"]
+    assert TASK_NAMES == ("sentiment", "tldr", "dialogue", "custom")
+    assert [get_task(name).name for name in TASK_NAMES[:3]] == ["sentiment", "tldr", "dialogue"]
+    custom = get_task("custom", data=CustomData(source="prompts.jsonl"))  # files are read when prompts are loaded
+    assert (custom.name, custom.response_length, custom.stop_strings, custom.gold_scorer) == ("custom", 64, (), None)
+    with pytest.raises(ValueError, match="task 'custom': bad options"):
+        get_task("custom")  # needs its data
     sentiment = get_task("sentiment", stop_min_tokens=4)
     assert (sentiment.response_length, sentiment.stop_min_tokens) == (24, 4)
     assert sentiment.stop_strings == (".", "!", "?")
     assert get_task("tldr").gold_scorer is None and get_task("dialogue").gold_scorer is None
     assert get_task("dialogue").stop_strings == ("Human:",)
-    with pytest.raises(ValueError, match="sentiment, tldr, dialogue"):
+    with pytest.raises(ValueError, match="sentiment, tldr, dialogue, custom"):
         get_task("poetry")
     with pytest.raises(ValueError, match="bad options"):
         get_task("sentiment", max_query_tokens=10)
