@@ -14,7 +14,16 @@ ROOT = Path(__file__).resolve().parents[1] / "rlhf"
 
 # Bottom first. A module belongs to the layer of the longest prefix it starts with.
 LAYERS: list[tuple[str, ...]] = [
-    ("rlhf.config", "rlhf.processes", "rlhf.run", "rlhf.losses", "rlhf.policy_losses", "rlhf.stats", "rlhf.data"),
+    (
+        "rlhf.config",
+        "rlhf.config_checks",
+        "rlhf.processes",
+        "rlhf.run",
+        "rlhf.losses",
+        "rlhf.policy_losses",
+        "rlhf.stats",
+        "rlhf.data",
+    ),
     ("rlhf.models",),
     ("rlhf.tasks",),
     ("rlhf.labelers",),
