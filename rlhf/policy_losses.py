@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlhf.losses import _bool_mask, _require_ndim, _require_shape, last_token_index, masked_mean
+from rlhf.losses import _bool_mask, _require_ndim, _require_shape, kl_penalized_rewards, last_token_index, masked_mean
 
 # ---------------------------------------------------------------------------------------------
 # critic-free and offline policy losses: RLOO, GRPO, DPO, IPO
@@ -20,14 +20,10 @@ def sequence_kl_penalized_reward(
     beta: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequence reward r - beta * sum_t (logp_t - ref_t) over real tokens; returns (rewards [B], kl [B])."""
-    _require_ndim(logprobs, 2, "logprobs")
-    _require_shape(ref_logprobs, tuple(logprobs.shape), "ref_logprobs")
-    _require_shape(scores, (logprobs.shape[0],), "scores")
     if beta < 0:
         raise ValueError(f"beta: expected >= 0, got {beta}")
-    keep = _bool_mask(mask, logprobs)
-    last_token_index(keep)  # every response needs at least one real token
-    kl = torch.where(keep, logprobs.float() - ref_logprobs.float(), torch.zeros_like(logprobs, dtype=torch.float32))
+    # the per-token KL of PPO's penalty (shape and mask checks there), summed over each response
+    _, kl = kl_penalized_rewards(scores, logprobs.float(), ref_logprobs.float(), mask, beta)
     kl = kl.sum(dim=1)
     # Ahmadian et al. 2024 (RLOO) §3: R(x, y) = r(x, y) - beta log(pi(y|x) / pi_ref(y|x)), one reward per sequence
     return scores.float() - beta * kl, kl
