@@ -30,8 +30,11 @@ STAGE_HELP = {
     "collect": "sample K responses per prompt from the SFT policy and have the labeler compare them -> RUN_DIR/collect/",
     "reward": "train the reward model on the comparisons, normalise it, measure held-out accuracy -> RUN_DIR/reward/",
     "ppo": "optimise the policy against the reward model with PPO and a KL penalty -> RUN_DIR/ppo/",
+    "rloo": "optimise the policy with RLOO (K samples per prompt, leave-one-out baseline) -> RUN_DIR/rloo/",
+    "grpo": "optimise the policy with GRPO (group-normalised advantages, KL in the loss) -> RUN_DIR/grpo/",
+    "dpo": "optimise the policy with DPO (or IPO) on the run's comparisons -> RUN_DIR/dpo/",
     "bon": "best-of-N sampling from the SFT policy with the reward model -> RUN_DIR/bon/",
-    "eval": "evaluate initial, SFT, PPO and best-of-N policies on held-out prompts -> RUN_DIR/summary.json",
+    "eval": "evaluate the initial, SFT, trained (PPO, RLOO, GRPO, DPO) and best-of-N policies on held-out prompts -> RUN_DIR/summary.json",
 }
 
 

@@ -21,9 +21,11 @@ from rlhf.config_checks import (
     check_columns,
     check_device,
     check_gold,
+    check_methods,
     check_positive,
     check_target_modules,
 )
+from rlhf.config_methods import DPOConfig, GroupRLConfig, PolicyConfig
 
 
 @dataclass
@@ -350,6 +352,14 @@ class RunConfig:
     """Reward model training."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     """PPO against the reward model."""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    """Which policy optimisers the pipeline runs (PPO by default; RLOO, GRPO, DPO beside it)."""
+    rloo: GroupRLConfig = field(default_factory=lambda: GroupRLConfig(beta=0.05))
+    """RLOO (Ahmadian et al. 2024): K samples per prompt, leave-one-out baseline, KL-penalised sequence reward."""
+    grpo: GroupRLConfig = field(default_factory=lambda: GroupRLConfig(beta=0.04))
+    """GRPO (Shao et al. 2024): group-normalised advantages, clipped ratio, k3 KL to the SFT policy in the loss."""
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    """DPO / IPO on the run's comparisons, the SFT policy as reference."""
     online: OnlineConfig = field(default_factory=OnlineConfig)
     """Online label collection during PPO (off by default)."""
     bon: BoNConfig = field(default_factory=BoNConfig)
@@ -369,6 +379,9 @@ FIELD_CHECKS = {
     (SFTConfig, "gradient_accumulation_steps"): check_positive,
     (RewardConfig, "gradient_accumulation_steps"): check_positive,
     (PPOConfig, "gradient_accumulation_steps"): check_positive,
+    (GroupRLConfig, "gradient_accumulation_steps"): check_positive,
+    (DPOConfig, "gradient_accumulation_steps"): check_positive,
+    (PolicyConfig, "methods"): check_methods,
 }
 
 

@@ -48,3 +48,12 @@ def check_positive(value: int, where: str) -> int:
     if value < 1:
         raise ConfigError(f"{where}: expected an integer >= 1, got {value!r}")
     return value
+
+
+def check_methods(value: list[str], where: str) -> list[str]:
+    from rlhf.config_methods import POLICY_METHODS
+
+    unknown = [m for m in value if m not in POLICY_METHODS]
+    if unknown or len(set(value)) != len(value):
+        raise ConfigError(f"{where}: expected distinct names among {', '.join(POLICY_METHODS)}, got {value!r}")
+    return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from rlhf.config_methods import POLICY_METHODS
 from rlhf.models.export import WHAT, ExportError, export_model
 from rlhf.run import setup_logging
 
@@ -25,7 +26,12 @@ def add_export_parser(sub) -> None:
     form = p.add_mutually_exclusive_group()
     form.add_argument("--merged", dest="merged", action="store_true", default=True, help="a full model (default)")
     form.add_argument("--adapter", dest="merged", action="store_false", help="policy only: a peft adapter folder")
-    p.add_argument("--stage", choices=("sft", "ppo"), default=None, help="policy only: which policy (default: ppo)")
+    p.add_argument(
+        "--stage",
+        choices=("sft", *POLICY_METHODS),
+        default=None,
+        help="policy only: which policy (default: the first trained of ppo, rloo, grpo, dpo, else sft)",
+    )
     p.add_argument(
         "--push-to-hub", default="", metavar="REPO", help="also upload the folder to this Hugging Face hub repo"
     )

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 from rlhf.config import RunConfig, config_to_dict
+from rlhf.config_methods import POLICY_METHODS
 from rlhf.eval.evaluate import evaluate
 from rlhf.eval.report import write_report
 from rlhf.models.device import resolve_placement
@@ -15,6 +16,8 @@ from rlhf.models.loading import base_model_path
 from rlhf.run import RunDir
 from rlhf.stages.bon import run_bon
 from rlhf.stages.collect import collect
+from rlhf.stages.dpo import train_dpo
+from rlhf.stages.group_rl import train_grpo, train_rloo
 from rlhf.stages.ppo import train_ppo
 from rlhf.stages.reward import train_reward
 from rlhf.stages.sft import train_sft
@@ -26,6 +29,9 @@ STAGE_FUNCTIONS: dict[str, Callable[[RunDir, RunConfig], dict]] = {
     "collect": collect,
     "reward": train_reward,
     "ppo": train_ppo,
+    "rloo": train_rloo,
+    "grpo": train_grpo,
+    "dpo": train_dpo,
     "bon": run_bon,
     "eval": evaluate,
 }
@@ -79,6 +85,8 @@ def run_pipeline(run: RunDir, cfg: RunConfig) -> dict:
     run.processes.wait()
     start_run(run, cfg)
     for name in STAGES:
+        if name in POLICY_METHODS and name not in cfg.policy.methods:
+            continue  # a policy optimiser the config does not ask for
         info = run_stage(run, cfg, name)
         if info.get("stopped"):
             return info

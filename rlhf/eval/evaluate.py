@@ -13,6 +13,7 @@ import math
 import torch
 
 from rlhf.config import RunConfig
+from rlhf.config_methods import POLICY_METHODS
 from rlhf.data.io import atomic_write_text
 from rlhf.eval.best_of_n_output import BestOfNOutput, read_best_of_n_output
 from rlhf.eval.diversity import distinct_n
@@ -170,10 +171,10 @@ def evaluate_on_prompts(
     draw_bon = not reuse_bon and run.is_done("bon")
     if bon is None and not draw_bon:  # without best-of-N's candidates the SFT policy is sampled here
         policies["sft"] = reference
-    if run.is_done("ppo"):
-        policies["ppo"] = LanguageModelRole(
-            open_backbone(cfg, str(run.root / "ppo" / "model")), None, cfg.task.temperature
-        )
+    for method in POLICY_METHODS:  # every policy optimiser the run has trained (rlhf/config_methods.py)
+        if run.is_done(method):
+            model_folder = str(run.root / method / "model")
+            policies[method] = LanguageModelRole(open_backbone(cfg, model_folder), None, cfg.task.temperature)
 
     # 2. sample each policy on the prompts; gold reward, RM score, KL to the reference
     golds: dict[str, list[float] | None] = {}
@@ -214,12 +215,12 @@ def evaluate_on_prompts(
             golds[name], figures[name], new_rows = measured
             rows += new_rows
         figures["bon"]["n_samples"] = bon.n
-    figures = {name: figures[name] for name in ("initial", "sft", "ppo", "bon") if name in figures}
+    figures = {name: figures[name] for name in ("initial", "sft", *POLICY_METHODS, "bon") if name in figures}
 
     # 3. win rates judged by the gold labeler (ties count 0.5), with 95% bootstrap intervals
     winrates = {}
     if task.gold_scorer is not None:
-        for name in ("ppo", "bon", "sft"):
+        for name in (*POLICY_METHODS, "bon", "sft"):
             if name in golds:
                 outcomes = [preference_from_gold(a, b) for a, b in zip(golds[name], golds["initial"])]
                 winrates[f"{name}_vs_initial"] = win_rate(

@@ -14,11 +14,12 @@ import jinja2
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from rlhf.config_methods import POLICY_METHODS
 from rlhf.data.io import atomic_write_text, iter_jsonl_rows
 
 TEMPLATE_NAME = "report.html.jinja"
 REPORT_NAME = "report.html"
-POLICY_ORDER = ("initial", "sft", "ppo", "bon")
+POLICY_ORDER = ("initial", "sft", *POLICY_METHODS, "bon")
 POLICY_FIELDS = (
     "gold_reward_mean",
     "gold_reward_sem",

@@ -28,6 +28,7 @@ from tokenizers import processors
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf.config import RunConfig
+from rlhf.config_methods import POLICY_METHODS
 from rlhf.models.device import Placement
 from rlhf.models.encoding import tokenize_prompt_response
 from rlhf.models.loading import (
@@ -91,8 +92,8 @@ def hub_base_name(cfg: RunConfig, base_path: str) -> str:
 
 
 def policy_path(run: RunDir, stage: str) -> Path:
-    if stage not in ("sft", "ppo"):
-        raise ExportError(f"--stage must be sft or ppo, got {stage!r}")
+    if stage not in ("sft", *POLICY_METHODS):
+        raise ExportError(f"--stage must be one of sft, {', '.join(POLICY_METHODS)}, got {stage!r}")
     run.require(stage)
     if stage == "sft" and not run.done_info("sft").get("trained"):
         raise ExportError(f"{run.root}: SFT was skipped (sft.n_demonstrations: 0); its policy is the base model")
@@ -252,7 +253,7 @@ def export_model(
     to = Path(to)
     notes: dict = {}
     if what == "policy":
-        stage = stage or ("ppo" if run.is_done("ppo") else "sft")
+        stage = stage or next((m for m in POLICY_METHODS if run.is_done(m)), "sft")
         notes = export_policy(run, cfg, stage, to, merged)
     else:
         if stage is not None or not merged:
