@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+from rlhf.config_methods import POLICY_METHODS
+
 
 class ConfigError(ValueError):
     pass
@@ -51,8 +53,6 @@ def check_positive(value: int, where: str) -> int:
 
 
 def check_methods(value: list[str], where: str) -> list[str]:
-    from rlhf.config_methods import POLICY_METHODS
-
     unknown = [m for m in value if m not in POLICY_METHODS]
     if unknown or len(set(value)) != len(value):
         raise ConfigError(f"{where}: expected distinct names among {', '.join(POLICY_METHODS)}, got {value!r}")

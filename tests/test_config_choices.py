@@ -58,6 +58,9 @@ def test_the_choice_fields():
         "online.source",
         "judge.kind",
         "judge.lm_order_rule",
+        "rloo.reward_source",
+        "grpo.reward_source",
+        "dpo.loss",
     }
 
 

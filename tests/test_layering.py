@@ -17,6 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     (
         "rlhf.config",
         "rlhf.config_checks",
+        "rlhf.config_methods",
         "rlhf.processes",
         "rlhf.run",
         "rlhf.losses",
