@@ -21,6 +21,9 @@ def tiny_config(tmp_path: Path, model_dir: Path, **experiment) -> Path:
     run["task"]["gold"] = "vader"
     run["sft"]["n_demonstrations"] = 0
     run["ppo"].update(iterations=1, batch_size=8, minibatch_size=8, ppo_epochs=1)
+    for method in ("rloo", "grpo"):
+        run[method] = {"iterations": 2, "prompts_per_batch": 2, "samples_per_prompt": 2, "minibatch_size": 4}
+    run["dpo"] = {"epochs": 1, "batch_size": 4}
     path = tmp_path / "experiment.yaml"
     path.write_text(
         yaml.safe_dump(
@@ -64,6 +67,24 @@ def test_frontier_experiment_writes_summary_and_plot(tiny_model_dir, tmp_path):
     assert s["wall_seconds"] > 0 and s["cpu_seconds"] > 0
     assert (out / "frontier.png").stat().st_size > 1000 and "frontier.png" in (out / "summary.md").read_text()
     assert (out / "ppo_beta0.1" / "reward").is_symlink() and (out / "ppo_beta0.1" / "measured.json").exists()
+    # every method on the frontier: PPO at each beta, RLOO, GRPO, DPO, with their episodes and fraction
+    runs = s["method_runs"]
+    assert [(r["method"], r["beta"]) for r in runs] == [
+        ("ppo", 0.1),
+        ("ppo", 0.01),
+        ("rloo", 0.05),
+        ("grpo", 0.04),
+        ("dpo", 0.1),
+    ]
+    assert [r["episodes"] for r in runs[:4]] == [8, 8, 8, 8] and runs[4]["episodes"] > 0
+    for r in runs:
+        assert {"method", "kl", "gold", "fraction_of_optimum", "episodes"} <= set(r)
+        assert (
+            out / ("ppo_beta%g" % r["beta"] if r["method"] == "ppo" else r["method"]) / r["method"] / "model"
+        ).is_dir()
+    assert [len(r["training_curve"]) for r in runs] == [1, 1, 2, 2, 0]
+    assert runs[2]["training_curve"][-1]["episodes"] == 8
+    assert (out / "fraction_by_episodes.png").stat().st_size > 1000
     # a re-run reuses the base run, the pool and the measured PPO runs
     again = rlhf("experiment", "frontier", "--config", str(tiny_config(tmp_path, tiny_model_dir)), "--out", str(out))
     assert "already done" in again.stderr

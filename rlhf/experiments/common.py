@@ -88,12 +88,13 @@ def link_stages(sub: RunDir, sources: dict[str, Path]) -> None:
             link.symlink_to(Path("..") / target.relative_to(sub.root.parent), target_is_directory=True)
 
 
-def run_ppo_sub_run(base: RunDir, root: Path, cfg: RunConfig) -> RunDir:
-    """A PPO run sharing the base run's finished SFT, comparisons and reward model (symlinked stage folders)."""
+def run_ppo_sub_run(base: RunDir, root: Path, cfg: RunConfig, method: str = "ppo") -> RunDir:
+    """A run of one policy optimiser (`method`: ppo, rloo, grpo or dpo) sharing the base run's finished SFT,
+    comparisons and reward model (symlinked stage folders)."""
     sub = RunDir(root)
     link_stages(sub, {name: base.root / name for name in SHARED_STAGES})
     start_run(sub, cfg)
-    run_stages(sub, cfg, ("ppo",))
+    run_stages(sub, cfg, (method,))
     return sub
 
 
@@ -209,21 +210,29 @@ def measure_policy(
 
 
 def measured_sub_run(
-    sub: RunDir, base: RunDir, cfg: RunConfig, prompts: list[str], per_prompt: int, with_proxy: bool
+    sub: RunDir,
+    base: RunDir,
+    cfg: RunConfig,
+    prompts: list[str],
+    per_prompt: int,
+    with_proxy: bool,
+    method: str = "ppo",
 ) -> dict:
-    """`measure_policy` of a sub-run's PPO policy, cached in SUB/measured.json."""
+    """`measure_policy` of a sub-run's policy (trained by `method`), cached in SUB/measured.json; with the
+    method's training seconds as `<method>_seconds`."""
     path = sub.root / "measured.json"
     if path.exists():
         return json.loads(path.read_text())
-    figures = measure_policy(base, cfg, str(sub.root / "ppo" / "model"), prompts, per_prompt, with_proxy)
-    figures["ppo_seconds"] = sub.read_summary().get("stage_seconds", {}).get("ppo")
+    figures = measure_policy(base, cfg, str(sub.root / method / "model"), prompts, per_prompt, with_proxy)
+    figures[f"{method}_seconds"] = sub.read_summary().get("stage_seconds", {}).get(method)
     atomic_write_json(path, figures)
     return figures
 
 
-def ppo_metrics(sub: RunDir) -> list[dict]:
-    """The rows of a sub-run's PPO log (SUB/ppo/metrics.jsonl), one per iteration."""
-    return [json.loads(line) for line in (sub.root / "ppo" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+def ppo_metrics(sub: RunDir, method: str = "ppo") -> list[dict]:
+    """The rows of a sub-run's training log (SUB/<method>/metrics.jsonl), one per iteration."""
+    path = sub.root / method / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def beta_label(beta: float) -> str:
