@@ -4,7 +4,6 @@ adapter on the SFT model (a standard peft adapter folder), with full fine-tuning
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -28,13 +27,22 @@ from rlhf.losses import (
     masked_mean,
 )
 from rlhf.models.loading import load_reward_model, open_backbone, sft_model_path
-from rlhf.models.roles import Episodes, LanguageModelRole
+from rlhf.models.roles import Episodes
 from rlhf.models.saving import ON_SFT, save_policy
 from rlhf.run import MetricsLog, RunDir, seed_everything
 from rlhf.stages.online import OnlineCollection
 from rlhf.stages.optim import optimizer_step, trainable_parameters
 from rlhf.stages.ppo_parts import advantage_variance_shares, grad_norm, zero_head
-from rlhf.stages.rollout import BatchRows, Rollout, Scores, prompt_batch, rollout, score
+from rlhf.stages.rollout import (
+    BatchRows,
+    Rollout,
+    Scores,
+    open_policy_roles,
+    prompt_batch,
+    rollout,
+    score,
+    write_samples,
+)
 from rlhf.stages.sft import response_nll
 from rlhf.tasks import prompt_source, task_and_stop_rule, task_for
 
@@ -49,20 +57,12 @@ class PPORoles:
     head's weight and bias zeroed after the normalisation is folded in (every value starts at 0)."""
 
     def __init__(self, run: RunDir, cfg: RunConfig):
-        sft_path = sft_model_path(run, cfg)
-        T = cfg.task.temperature
-        base = open_backbone(cfg, sft_path)
+        roles = open_policy_roles(run, cfg, with_reward=True)  # reward model, then policy (rlhf/stages/rollout.py)
+        base, self.reward, self.policy, self.reference = roles.base, roles.reward, roles.policy, roles.reference
         if base.is_lora:
-            self.reward = load_reward_model(run, base, "reward")
-            base.add_adapter("policy")
             value = load_reward_model(run, base, "value")
-            self.policy = LanguageModelRole(base, "policy", T)
-            self.reference = LanguageModelRole(base, None, T)
-        else:  # full fine-tuning: four separate copies
-            self.reward = load_reward_model(run, base)
-            value = load_reward_model(run, open_backbone(cfg, sft_path))
-            self.policy = LanguageModelRole(open_backbone(cfg, sft_path), None, T)
-            self.reference = LanguageModelRole(open_backbone(cfg, sft_path), None, T)
+        else:  # full fine-tuning: the fourth copy
+            value = load_reward_model(run, open_backbone(cfg, sft_model_path(run, cfg)))
         value.fold_normalization()  # the value head alone predicts returns, on the normalised reward's scale
         if cfg.ppo.value_init == "zero":  # lm-human-preferences: the value head starts at zero, the trunk from the RM
             zero_head(value.head)
@@ -302,13 +302,6 @@ def whole_batch(rows: BatchRows, batch: Rollout, scores: Scores, adv: Advantages
     )
 
 
-def write_samples(path, iteration: int, whole: WholeBatch) -> None:
-    """The first four (prompt, response, score) of the batch, appended to RUN_DIR/ppo/samples.jsonl."""
-    with open(path, "a") as fh:
-        for p, t, sc in list(zip(whole.prompts, whole.texts, whole.scores.penalised.tolist()))[:4]:
-            fh.write(json.dumps({"iteration": iteration, "prompt": p, "response": t, "score": sc}) + "\n")
-
-
 def check_inputs(pc, task) -> None:
     """Reject a reward source PPO cannot train on, and settings out of range."""
     if pc.kl_horizon < 0 or pc.warmup_updates < 0:
@@ -444,7 +437,8 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
             kl_ctl.update(row["kl"], rows.size)
         metrics.write(row)
         if run.writer:
-            write_samples(run.stage(STAGE) / "samples.jsonl", iteration + 1, whole)
+            samples = (whole.prompts, whole.texts, whole.scores.penalised.tolist())
+            write_samples(run.stage(STAGE) / "samples.jsonl", iteration + 1, *samples)
         log_iteration(row, pc.iterations, kl_ctl.beta)
         bar.update(1)
         if (iteration + 1) % pc.checkpoint_every == 0 and iteration + 1 < pc.iterations:

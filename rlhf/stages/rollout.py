@@ -1,19 +1,53 @@
 """One batch of experience for a policy optimiser: prompts in a seeded order, one response each sampled from the
 current policy, and the scores the policy is trained on, from the reward model or the gold scorer, with a fixed
-penalty for a response that never stopped. PPO (rlhf/stages/ppo.py) gathers its batches here; another optimiser
-of the same loop (RLOO, GRPO) would too."""
+penalty for a response that never stopped; and the roles that take part (policy, reference, reward model). PPO
+(rlhf/stages/ppo.py), RLOO and GRPO (rlhf/stages/group_rl.py) gather their batches here."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from rlhf.config import RunConfig
 from rlhf.losses import apply_missing_stop_penalty, masked_whiten
-from rlhf.models.roles import Episodes, LanguageModelRole, ScalarRole
+from rlhf.models.loading import load_reward_model, open_backbone, sft_model_path
+from rlhf.models.roles import Backbone, Episodes, LanguageModelRole, ScalarRole
 from rlhf.models.sampling import StopRule, prefix_reuse, sample_episodes, uniform_draws
 from rlhf.processes import Processes
+from rlhf.run import RunDir
+
+
+@dataclass
+class PolicyRoles:
+    """The roles of an on-policy optimiser: the policy (trained), the reference (the SFT policy, frozen) and the
+    reward model (None when the policy is trained on the gold scorer). `base` is the SFT model they were opened
+    from: with LoRA the one backbone all of them share, with full fine-tuning the reward model's copy (or the
+    reference's when there is no reward model)."""
+
+    base: Backbone
+    policy: LanguageModelRole
+    reference: LanguageModelRole
+    reward: ScalarRole | None
+
+
+def open_policy_roles(run: RunDir, cfg: RunConfig, with_reward: bool) -> PolicyRoles:
+    """With LoRA one frozen SFT base: the reward model is its adapter "reward" (loaded first), the policy a new
+    adapter "policy" that starts equal to SFT (LoRA B = 0), the reference the base with adapters off. With full
+    fine-tuning separate copies: the reward model on the base, the policy and the reference each a copy of SFT (the
+    reference is the base itself when there is no reward model)."""
+    sft_path, T = sft_model_path(run, cfg), cfg.task.temperature
+    base = open_backbone(cfg, sft_path)
+    if base.is_lora:
+        reward = load_reward_model(run, base, "reward") if with_reward else None
+        base.add_adapter("policy")
+        return PolicyRoles(base, LanguageModelRole(base, "policy", T), LanguageModelRole(base, None, T), reward)
+    reward = load_reward_model(run, base) if with_reward else None
+    policy = LanguageModelRole(open_backbone(cfg, sft_path), None, T)
+    reference = LanguageModelRole(base if reward is None else open_backbone(cfg, sft_path), None, T)
+    return PolicyRoles(base, policy, reference, reward)
 
 
 def prompt_batch(prompts: list[str], iteration: int, batch_size: int, seed: int) -> list[str]:
@@ -150,3 +184,10 @@ def score(
         else reward.score(batch.prompts, batch.texts, batch.episodes)
     )
     return Scores(scores, apply_missing_stop_penalty(scores, batch.episodes.has_stop, missing_stop_penalty), gold)
+
+
+def write_samples(path, iteration: int, prompts: list[str], texts: list[str], scores: list[float], n: int = 4) -> None:
+    """The first `n` (prompt, response, score) of a batch, appended to RUN_DIR/<stage>/samples.jsonl."""
+    with open(path, "a") as fh:
+        for p, t, sc in list(zip(prompts, texts, scores))[:n]:
+            fh.write(json.dumps({"iteration": iteration, "prompt": p, "response": t, "score": sc}) + "\n")
