@@ -76,4 +76,6 @@ class DPOConfig:
     checkpoint_every: int = 10
     """Optimiser steps between checkpoints."""
     gradient_accumulation_steps: int = 1
-    """Batches whose gradients are summed before one optimiser step."""
+    """Micro-batches each optimiser step's batch (batch_size pairs) goes through one after another, their gradients
+    summed, each loss weighted by its share of the batch: the same step, holding one micro-batch's activations at a
+    time. With several processes each takes its share of the batch the same way."""

@@ -71,16 +71,18 @@ def accumulated_step(
     parts: int = 1,
     processes: Processes = Processes(),
     weight_of: Callable[[list], float] = len,
+    max_grad_norm: float = 1.0,
 ) -> torch.Tensor:
     """One optimiser step on `batch`, whose mean loss is `loss_of(batch)`, a mean over units `weight_of` counts
     (examples by default, tokens for SFT). With parts > 1 (gradient accumulation) each process's rows go through in
     micro-batches, and with several processes each takes its rows of the batch (`processes.shard`): each part's
     loss is weighted by its share of the batch's units and backpropagated before the next runs (one micro-batch's
     activations are held), and the gradients are summed over the processes, so the step is the one taken on the
-    whole batch at once. Returns the batch's loss (detached unless one process took it in one part)."""
+    whole batch at once, its gradient norm clipped to `max_grad_norm`. Returns the batch's loss (detached unless
+    one process took it in one part)."""
     if parts == 1 and not processes.parallel:
         loss = loss_of(batch)
-        optimizer_step(loss, params, optimizer, scheduler)
+        optimizer_step(loss, params, optimizer, scheduler, max_grad_norm)
         return loss
     total_weight = weight_of(batch)
     total = 0.0
@@ -89,5 +91,5 @@ def accumulated_step(
         loss.backward()
         total += loss.item()
     processes.sum_gradients(params)
-    optimizer_step(None, params, optimizer, scheduler)
+    optimizer_step(None, params, optimizer, scheduler, max_grad_norm)
     return torch.tensor(processes.sum(total))

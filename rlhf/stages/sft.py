@@ -25,14 +25,34 @@ log = logging.getLogger("rlhf")
 STAGE = "sft"
 
 
-def response_nll(backbone: Backbone, adapter: str | None, prompts: list[str], responses: list[str]) -> torch.Tensor:
-    """Mean negative log-likelihood of the response tokens (and the EOS after them) given the prompt, in float32."""
+def response_token_logits(
+    backbone: Backbone, adapter: str | None, prompts: list[str], responses: list[str]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The logits predicting every response token (and the EOS after each response) given its prompt, at
+    temperature 1, in float32: (logits [N, V], target token ids [N], the row of each [N]), the N tokens in row
+    order, each row's left to right."""
     ids, mask, rmask = encode_prompt_response(backbone.tokenizer, prompts, responses, append_eos=True)
     hidden = backbone.hidden_states(adapter, ids, mask)
     ids, predict = ids.to(hidden.device), rmask[:, 1:].bool().to(hidden.device)  # t-1 predicts the response token at t
     assert int(predict.sum()) > 0, "no response tokens in batch"
     logits = backbone.lm_head(hidden[:, :-1][predict]).float()
-    return F.cross_entropy(logits, ids[:, 1:][predict])
+    return logits, ids[:, 1:][predict], predict.nonzero()[:, 0]
+
+
+def response_nll(backbone: Backbone, adapter: str | None, prompts: list[str], responses: list[str]) -> torch.Tensor:
+    """Mean negative log-likelihood of the response tokens (and the EOS after them) given the prompt, in float32."""
+    logits, targets, _ = response_token_logits(backbone, adapter, prompts, responses)
+    return F.cross_entropy(logits, targets)
+
+
+def response_logprob_sums(
+    backbone: Backbone, adapter: str | None, prompts: list[str], responses: list[str]
+) -> torch.Tensor:
+    """log pi(response | prompt) of each pair: the SUM of its response tokens' log-probs (the EOS after it
+    included), at temperature 1, [B] in float32 on the model's device (DPO's sequence log-probs)."""
+    logits, targets, rows = response_token_logits(backbone, adapter, prompts, responses)
+    token_logprobs = -F.cross_entropy(logits, targets, reduction="none")
+    return token_logprobs.new_zeros(len(prompts)).index_add(0, rows, token_logprobs)
 
 
 def response_token_count(tokenizer, demos: list) -> int:
