@@ -84,7 +84,7 @@ def main() -> None:
     p.add_argument("--method", default="ppo", choices=("ppo", "rloo", "grpo", "dpo"))
     p.add_argument("--seeds", default="0", help="comma-separated seed offsets (default 0)")
     p.add_argument("overrides", nargs="*", help="section.field=value")
-    args = p.parse_args()
+    args = p.parse_intermixed_args()
     for stage in SHARED_STAGES:
         if not (args.run / stage / "done.json").exists():
             raise SystemExit(f"{args.run}: stage {stage} is not finished; run the pipeline first")

@@ -208,9 +208,10 @@ class PPOConfig:
     """PPO iterations (each: sample a batch, score, 4 epochs of updates)."""
     batch_size: int = 64
     """Episodes (prompts) per iteration."""
-    minibatch_size: int = 16
-    """Episodes per gradient step. minibatch_size = batch_size gives one minibatch (one optimiser step) per epoch, the
-    papers' setting (Ziegler's appendix: 4 epochs of one minibatch)."""
+    minibatch_size: int = 64
+    """Episodes per gradient step. minibatch_size = batch_size (the default) gives one minibatch (one optimiser step)
+    per epoch, the papers' setting (Ziegler's appendix: 4 epochs of one minibatch); smaller minibatches take more,
+    noisier steps on each batch (docs/algorithms/ppo.md, "Defaults")."""
     ppo_epochs: int = 4
     """Optimisation epochs over each batch."""
     learning_rate: float = 1e-4
@@ -232,8 +233,9 @@ class PPOConfig:
     target_kl, -0.2, 0.2) in both."""
     gamma: float = 1.0
     """GAE discount."""
-    lam: float = 0.95
-    """GAE lambda."""
+    lam: float = 1.0
+    """GAE lambda. 1 (lm-human-preferences' sentiment setting; the default since the trials in docs/algorithms/ppo.md)
+    makes early tokens' advantages rest on the score rather than on the value's guess at a partial response."""
     clip_range: float = 0.2
     """PPO ratio clip epsilon."""
     clip_range_value: float = 0.2
@@ -243,10 +245,10 @@ class PPOConfig:
     max_grad_norm: float = 1.0
     """Gradient-norm clip of each optimiser step: one norm over policy and value together, or each its own with
     separate_clipping."""
-    separate_clipping: bool = False
+    separate_clipping: bool = True
     """Clip the policy's and the value network's gradient norms separately, each to max_grad_norm (False = one norm
     over both, in which the value's gradient can dominate and shrink the policy's step)."""
-    value_init: Literal["rm", "zero"] = "rm"
+    value_init: Literal["rm", "zero"] = "zero"
     """Value network start: `rm` = the trained reward model, trunk (adapter) and head, on the normalised scale
     (Stiennon §3.4); `zero` = the same trunk (adapter) from the RM but the value head's weight and bias set to 0, so every
     value starts at 0 (lm-human-preferences initialises the value head at zero)."""
