@@ -107,7 +107,8 @@ def _token_hash(token: str) -> str:
 def start_session(request: Request, db: Session, user: User) -> None:
     """A fresh session (and CSRF token) for ``user``: a new row in login_sessions, its token in the cookie."""
     now = utcnow()
-    db.execute(delete(LoginSession).where(LoginSession.expires_at <= now))  # forget expired logins
+    expired = (LoginSession.user_id == user.id) & (LoginSession.expires_at <= now)
+    db.execute(delete(LoginSession).where(expired))  # forget the user's expired logins (only theirs: no lock waits)
     token = secrets.token_urlsafe(32)
     db.add(
         LoginSession(
