@@ -150,12 +150,18 @@ def test_login_limits_hold_across_server_processes(sessions, database_url):
 
 
 def test_unlock_command_lets_a_locked_admin_back_in(sessions, database_url, capsys):
-    with running_server(create_app(settings(login_max_failures_per_user=3), sessions)) as url:
+    limits = settings(login_max_failures_per_user=3, login_max_failures_per_address=6)
+    with running_server(create_app(limits, sessions), proxy_headers=False) as url:
         assert [login(url, "Admin", "wrong password").status_code for _ in range(3)] == [401] * 3
         assert login(url, "admin", PASSWORD).status_code == 429  # anyone can lock the admin out ...
         assert main(["label", "unlock", "admin", "--db", database_url]) == 0  # ... the operator lets them in
         assert "cleared the login attempts on 'admin'" in capsys.readouterr().out
         assert login(url, "admin", PASSWORD).status_code == 303
+        # three more failures (other names) lock the address 127.0.0.1; --address clears it too
+        assert [login(url, f"ghost{i}", "wrong password").status_code for i in range(3)] == [401] * 3
+        assert "from your address" in login(url, "lab0", PASSWORD).text
+        assert main(["label", "unlock", "lab0", "--address", "127.0.0.1", "--db", database_url]) == 0
+        assert login(url, "lab0", PASSWORD).status_code == 303
         assert main(["label", "unlock", "nobody", "--db", database_url]) == 2
         assert "no user 'nobody'" in capsys.readouterr().err
 
