@@ -7,12 +7,14 @@ import re
 
 import httpx
 from label_helpers import PASSWORD, running_server
+from sqlalchemy import select
 
 from rlhf.labeling_app.app import create_app
 from rlhf.labeling_app.auth import create_user
 from rlhf.labeling_app.db import open_database
-from rlhf.labeling_app.ratelimit import LoginLimiter
+from rlhf.labeling_app.ratelimit import Admission, LoginLimiter, Refusal, account_bucket, address_bucket
 from rlhf.labeling_app.settings import LabelSettings
+from rlhf.labeling_app.tables import LoginLimit
 
 
 class Clock:
@@ -23,26 +25,27 @@ class Clock:
         return self.now
 
 
-def test_login_limiter_counts_failures_per_account_and_address_in_a_sliding_window():
+def test_login_limiter_counts_attempts_per_account_and_address_in_a_sliding_window(tmp_path):
     clock = Clock()
     limiter = LoginLimiter(max_per_user=3, max_per_address=5, window=60, clock=clock)
-    for _ in range(3):
-        assert limiter.blocked("eve", "1.2.3.4") is None
-        limiter.failed("eve", "1.2.3.4")
-        clock.now += 1
-    assert (
-        limiter.blocked("eve", "1.2.3.4") == "too many failed logins for this account; try again in 58 s"
-    )  # 1000 + 60 - 1003 + 1
-    assert limiter.blocked("eve", "9.9.9.9") is not None  # an account limit holds from any address
-    assert limiter.blocked("bob", "1.2.3.4") is None  # bob is not blocked by eve's failures (3 < 5 from the address)
-    limiter.failed("bob", "1.2.3.4")
-    limiter.failed("bob", "1.2.3.4")
-    assert "from your address" in limiter.blocked("carol", "1.2.3.4") and limiter.blocked("carol", "5.5.5.5") is None
-    clock.now = 1060.5  # eve's failures at 1000, 1001 have aged out of the window
-    assert limiter.blocked("eve", "9.9.9.9") is None
-    limiter.failed("dan", "7.7.7.7")
-    limiter.succeeded("dan")  # a success clears the account's failures, not the address's
-    assert "dan" not in limiter.by_user and len(limiter.by_address["7.7.7.7"]) == 1
+    with open_database(f"sqlite:///{tmp_path / 'limits.db'}")() as db:
+        for _ in range(3):
+            assert isinstance(limiter.admit(db, "eve", "1.2.3.4"), Admission)
+            clock.now += 1
+        refused = limiter.admit(db, "eve", "1.2.3.4")  # 1000 + 60 - 1003 + 1
+        assert refused == Refusal("too many failed logins for this account; try again in 58 s", 58)
+        assert isinstance(limiter.admit(db, "EVE", "9.9.9.9"), Refusal)  # from any address, in any case
+        assert isinstance(limiter.admit(db, "bob", "1.2.3.4"), Admission)  # eve's lock is not bob's (4 < 5)
+        assert isinstance(limiter.admit(db, "bob", "1.2.3.4"), Admission)
+        refused = limiter.admit(db, "carol", "1.2.3.4")
+        assert "from your address" in refused.message and isinstance(limiter.admit(db, "carol", "5.5.5.5"), Admission)
+        clock.now = 1060.5  # eve's attempts at 1000, 1001 have aged out of the window
+        assert isinstance(limiter.admit(db, "eve", "9.9.9.9"), Admission)
+        # a success clears the account's attempts and takes its own attempt back from the address
+        first = limiter.admit(db, "dan", "7.7.7.7")
+        limiter.succeeded(db, limiter.admit(db, "dan", "7.7.7.7"))
+        rows = {row.bucket: row.stamps for row in db.scalars(select(LoginLimit))}
+        assert rows[account_bucket("dan")] == [] and rows[address_bucket("7.7.7.7")] == [first.at]
 
 
 def login(

@@ -1,4 +1,4 @@
-"""The admin page: accounts (add, unpause) and new versions of a batch's instructions."""
+"""The admin page: accounts (add, unpause, end their sessions) and new versions of a batch's instructions."""
 
 from __future__ import annotations
 
@@ -16,11 +16,16 @@ router = APIRouter()
 
 
 @router.get("/admin")
-def admin(request: Request, db: Session = Depends(get_db), error: str = "") -> HTMLResponse:
+def admin(request: Request, db: Session = Depends(get_db)) -> HTMLResponse:
+    return admin_page(request, db)
+
+
+def admin_page(request: Request, db: Session, error: str = "", status_code: int = 200) -> HTMLResponse:
+    """The admin page; ``error`` is a message of the server's own (never text from the URL)."""
     user = auth.require_role(request, db, "admin")
     users = list(db.scalars(select(User).order_by(User.id)))
     batches = list(db.scalars(select(Batch).order_by(Batch.id)))
-    return page(request, db, "admin.jinja", user, users=users, batches=batches, roles=ROLES, error=error)
+    return page(request, db, "admin.jinja", user, status_code, users=users, batches=batches, roles=ROLES, error=error)
 
 
 @router.post("/admin/users")
@@ -37,7 +42,7 @@ def add_user(
     try:
         auth.create_user(db, name, password, role)
     except ValueError as error:
-        return admin(request, db, error=str(error))
+        return admin_page(request, db, error=str(error), status_code=422)
     return RedirectResponse("/admin", status_code=303)
 
 
@@ -50,6 +55,19 @@ def unpause(user_id: int, request: Request, csrf: str = Form(""), db: Session = 
         raise HTTPException(status_code=404, detail="no such user")
     target.paused, target.pause_reason = False, ""
     db.commit()
+    return RedirectResponse("/admin", status_code=303)
+
+
+@router.post("/admin/users/{user_id}/end-sessions")
+def end_sessions(user_id: int, request: Request, csrf: str = Form(""), db: Session = Depends(get_db)) -> Response:
+    """Log a user out everywhere: their cookies, copied or not, no longer open a session."""
+    auth.check_csrf(request, csrf)
+    auth.require_role(request, db, "admin")
+    target = db.get(User, user_id)
+    if target is None:
+        raise HTTPException(status_code=404, detail="no such user")
+    ended = auth.end_all_sessions(db, target.id)
+    request.session["flash"] = f"ended {ended} session{'' if ended == 1 else 's'} of {target.name}"
     return RedirectResponse("/admin", status_code=303)
 
 

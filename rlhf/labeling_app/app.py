@@ -37,6 +37,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
 }
+HSTS = "max-age=31536000"
 
 
 def secret_key(settings: LabelSettings) -> str:
@@ -52,9 +53,12 @@ def secret_key(settings: LabelSettings) -> str:
 
 
 async def security_headers(request: Request, call_next) -> Response:
-    """The security headers on every response; nothing but the script may be cached."""
+    """The security headers on every response (HSTS too when cookies are HTTPS-only); nothing but the script may
+    be cached."""
     response = await call_next(request)
     response.headers.update(SECURITY_HEADERS)
+    if request.app.state.settings.cookie_https_only:  # served over HTTPS: browsers must keep to it
+        response.headers["Strict-Transport-Security"] = HSTS
     if request.url.path != "/static/label.js":
         response.headers["Cache-Control"] = "no-store"
     return response
@@ -80,7 +84,7 @@ def create_app(settings: LabelSettings | None = None, sessions: sessionmaker[Ses
         session_cookie="rlhf_label",
         same_site="strict",
         https_only=settings.cookie_https_only,
-        max_age=12 * 3600,
+        max_age=auth.SESSION_SECONDS,
     )
     app.middleware("http")(security_headers)
     app.add_exception_handler(auth.LoginRequired, to_login)

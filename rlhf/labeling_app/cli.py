@@ -17,9 +17,10 @@ from rlhf.data.io import read_jsonl
 from rlhf.data.records import Sample
 from rlhf.labelers.simulated import SimulatedLabeler
 from rlhf.labeling_app.app import create_app
-from rlhf.labeling_app.auth import create_user
+from rlhf.labeling_app.auth import create_user, end_all_sessions, find_user
 from rlhf.labeling_app.db import open_database
 from rlhf.labeling_app.exchange import pull_answers, push_gold, push_samples
+from rlhf.labeling_app.ratelimit import clear_account, clear_address
 from rlhf.labeling_app.settings import LabelSettings
 from rlhf.labeling_app.simulated_client import AppLabelerClient, label_through_app
 from rlhf.labeling_app.tables import QUERY_KINDS, ROLES, Query
@@ -78,6 +79,11 @@ def add_label_parser(sub) -> None:
         action="store_true",
         help="take the client address from X-Forwarded-For (only behind your own reverse proxy; off, a client cannot fake its address)",
     )
+    p.add_argument(
+        "--cookie-secure",
+        action="store_true",
+        help="serving over HTTPS (directly or behind a TLS proxy): send the session cookie only over HTTPS, and HSTS",
+    )
 
     p = commands.add_parser("add-user", help="create an account (password read from stdin, or --password-env)")
     _db_option(p)
@@ -87,6 +93,22 @@ def add_label_parser(sub) -> None:
     p.add_argument(
         "--simulated", default="", help="mark as a simulated labeler, e.g. 'sentiment T=0.5' (shown to admins)"
     )
+
+    p = commands.add_parser(
+        "unlock",
+        help="clear an account's recent login attempts (a locked-out admin's way back in)",
+        description="Anyone can lock an account for the login window by guessing its password; this lets it log in "
+        "again at once. With --address, also clear a client address's attempts.",
+    )
+    _db_option(p)
+    p.add_argument("name")
+    p.add_argument("--address", default="", help="also clear the attempts from this client address")
+
+    p = commands.add_parser(
+        "end-sessions", help="log a user out everywhere (every browser's session of theirs ends at once)"
+    )
+    _db_option(p)
+    p.add_argument("name")
 
     p = commands.add_parser("push", help="turn RUN_DIR/collect/samples.jsonl into a batch of queries")
     _db_option(p)
@@ -173,6 +195,7 @@ def run_label_command(args: argparse.Namespace) -> int:
             login_max_failures_per_user=args.login_max_failures_per_user,
             login_max_failures_per_address=args.login_max_failures_per_address,
             login_window_seconds=args.login_window_seconds,
+            cookie_https_only=args.cookie_secure,
         )
         uvicorn.run(
             create_app(settings, sessions),
@@ -186,6 +209,20 @@ def run_label_command(args: argparse.Namespace) -> int:
         if command == "add-user":
             user = create_user(db, args.name, _read_password(args.password_env), args.role, simulated=args.simulated)
             print(f"created {user.role} {user.name!r}")
+        elif command == "unlock":
+            if find_user(db, args.name) is None:
+                raise ValueError(f"no user {args.name!r}")
+            clear_account(db, args.name)
+            if args.address:
+                clear_address(db, args.address)
+            print(
+                f"cleared the login attempts on {args.name!r}" + (f" and from {args.address}" if args.address else "")
+            )
+        elif command == "end-sessions":
+            user = find_user(db, args.name)
+            if user is None:
+                raise ValueError(f"no user {args.name!r}")
+            print(f"ended {end_all_sessions(db, user.id)} session(s) of {user.name!r}")
         elif command == "push":
             kind = args.kind or RunDir(args.run_dir).load_config().collect.kind
             batch = push_samples(

@@ -1,4 +1,5 @@
-"""Sessions: the home redirect, log in (rate-limited), log out, and the session's CSRF token as JSON."""
+"""Sessions: the home redirect, log in (rate-limited in the database), log out (ends the server-side session), and
+the session's CSRF token as JSON."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from rlhf.labeling_app import auth
 from rlhf.labeling_app.pages import HOME_OF_ROLE, get_db, page
+from rlhf.labeling_app.ratelimit import Refusal
 
 router = APIRouter()
 
@@ -34,25 +36,23 @@ def login(
     auth.check_csrf(request, csrf)
     limiter = request.app.state.login_limiter
     address = request.client.host if request.client else ""
-    refused = limiter.blocked(name.strip(), address)
-    if refused is not None:  # refused before the password is checked, so guessing learns nothing
-        response = page(request, None, "login.jinja", None, status_code=429, error=refused)
-        response.headers["Retry-After"] = refused.rsplit(" ", 2)[-2]
+    attempt = limiter.admit(db, name, address)  # counted before the password is checked
+    if isinstance(attempt, Refusal):  # refused before the password is checked, so guessing learns nothing
+        response = page(request, None, "login.jinja", None, status_code=429, error=attempt.message)
+        response.headers["Retry-After"] = str(attempt.retry_after)
         return response
     user = auth.authenticate(db, name, password)
     if user is None:
-        limiter.failed(name.strip(), address)
         return page(request, None, "login.jinja", None, status_code=401, error="wrong name or password")
-    limiter.succeeded(name.strip())
-    request.session.clear()  # a fresh session (and CSRF token) after login
-    request.session["user_id"] = user.id
+    limiter.succeeded(db, attempt)
+    auth.start_session(request, db, user)
     return RedirectResponse(HOME_OF_ROLE[user.role], status_code=303)
 
 
 @router.post("/logout")
-def logout(request: Request, csrf: str = Form("")) -> Response:
+def logout(request: Request, csrf: str = Form(""), db: Session = Depends(get_db)) -> Response:
     auth.check_csrf(request, csrf)
-    request.session.clear()
+    auth.end_session(request, db)
     return RedirectResponse("/login", status_code=303)
 
 

@@ -22,13 +22,16 @@ class LabelSettings:
     assignment_timeout_minutes: float = 120.0
     """An unanswered overlap slot taken longer ago than this is given to someone else when work runs out."""
     login_max_failures_per_user: int = 5
-    """Failed logins for one account within the window after which its logins get HTTP 429 until they age out."""
+    """Login attempts (not counting successful ones) on one account within the window after which its logins get
+    HTTP 429 until they age out or `rlhf label unlock NAME` clears them; kept in the database for all processes."""
     login_max_failures_per_address: int = 30
-    """Failed logins from one client address (any accounts) within the window after which that address gets HTTP 429."""
+    """Login attempts (not counting successful ones) from one client address within the window after which that
+    address gets HTTP 429."""
     login_window_seconds: float = 900.0
     """The sliding window of the two login limits."""
     cookie_https_only: bool = False
-    """Send the session cookie only over HTTPS (set it when serving behind TLS)."""
+    """Send the session cookie only over HTTPS, and HSTS on every response (`rlhf label serve --cookie-secure`;
+    set it when serving behind TLS)."""
 
     def __post_init__(self) -> None:
         for name in ("gold_rate", "gold_threshold", "qualification_threshold"):

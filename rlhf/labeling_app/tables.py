@@ -32,6 +32,7 @@ class User(Base):
     __tablename__ = "users"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(80), unique=True)
+    name_key: Mapped[str] = mapped_column(String(255), unique=True)  # NFKC + case fold: auth.name_key
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(20))
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -39,6 +40,27 @@ class User(Base):
     qualification: Mapped[str] = mapped_column(String(20), default="pending")  # pending / passed / failed
     simulated: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class LoginSession(Base):
+    """A login: the cookie holds a random token, this row its SHA-256. Logging out deletes the row, an admin's
+    "end sessions" deletes all of a user's rows, and a cookie whose row is gone counts as logged out."""
+
+    __tablename__ = "login_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+
+
+class LoginLimit(Base):
+    """Recent login attempts (epoch seconds) of one account or one client address, for the login limits;
+    ``bucket`` is "a:" or "u:" and a hash of the address or the account's name key."""
+
+    __tablename__ = "login_limits"
+    bucket: Mapped[str] = mapped_column(String(80), primary_key=True)
+    stamps: Mapped[list[Any]] = mapped_column(JSON)
+    last_at: Mapped[float] = mapped_column(Float, index=True)
 
 
 class Batch(Base):
