@@ -29,6 +29,8 @@ class LabelSettings:
     """The sliding window of the two login limits."""
     cookie_https_only: bool = False
     """Send the session cookie only over HTTPS (set it when serving behind TLS)."""
+    max_body_bytes: int = 1 << 20
+    """Largest request body accepted, in bytes; a larger one gets HTTP 413 before any of it is parsed."""
 
     def __post_init__(self) -> None:
         for name in ("gold_rate", "gold_threshold", "qualification_threshold"):
@@ -43,3 +45,5 @@ class LabelSettings:
             or self.login_window_seconds <= 0
         ):
             raise ValueError("LabelSettings: the login limits must be at least 1 and login_window_seconds positive")
+        if self.max_body_bytes < 1:
+            raise ValueError(f"LabelSettings.max_body_bytes: expected at least 1, got {self.max_body_bytes}")
