@@ -436,3 +436,13 @@ def test_serve_passes_max_body_bytes_to_the_app(tmp_path, monkeypatch):
     assert served[0].state.settings.max_body_bytes == 1234
     status, _pulled = call_asgi(served[0], "/login", [(b"content-length", b"1235")], [b"x" * 1235])
     assert status == 413
+
+
+def test_only_unique_violations_become_409():
+    import sqlite3
+
+    from rlhf.labeling_app.guards import is_unique_violation
+
+    unique = IntegrityError("INSERT", {}, sqlite3.IntegrityError("UNIQUE constraint failed: users.name"))
+    not_null = IntegrityError("INSERT", {}, sqlite3.IntegrityError("NOT NULL constraint failed: users.role"))
+    assert is_unique_violation(unique) and not is_unique_violation(not_null)  # a bug stays a 500

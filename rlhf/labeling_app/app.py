@@ -1,8 +1,10 @@
 """The labeling web app (FastAPI, server-rendered Jinja2 pages, a little plain JavaScript).
 
 Every page escapes text (Jinja2 autoescape on), every POST checks the session's CSRF token, every page
-checks the role, and a labeler only ever reads their own assignments and judgments. The routes live in
-one module per part of the app: login, labeling, admin, dashboard, Andon cord, static files."""
+checks the role, and a labeler only ever reads their own assignments and judgments. Before any route runs,
+a request body over the size limit is refused (413) and a form with control characters is refused (422);
+see guards.py. The routes live in one module per part of the app: login, labeling, admin, dashboard,
+Andon cord, static files."""
 
 from __future__ import annotations
 

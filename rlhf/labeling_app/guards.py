@@ -124,9 +124,17 @@ async def path_not_found(request: Request, error: RequestValidationError) -> Res
     return await request_validation_exception_handler(request, error)
 
 
+def is_unique_violation(error: IntegrityError) -> bool:
+    """True for a unique-constraint violation (PostgreSQL SQLSTATE 23505, SQLite 'UNIQUE constraint failed')."""
+    return getattr(error.orig, "sqlstate", None) == "23505" or "UNIQUE constraint failed" in str(error.orig)
+
+
 async def conflict(_request: Request, error: IntegrityError) -> Response:
     """A write that lost a race on a unique constraint (two admins adding the same user or the same
-    instructions version at once) is 409 with what to do, not a server error."""
+    instructions version at once) is 409 with what to do, not a server error; other integrity errors
+    (a bug, not a race) stay server errors."""
+    if not is_unique_violation(error):
+        raise error
     text = str(error.orig).lower()
     if "users" in text and "name" in text:
         detail = "a user with this name was just added; choose another name"
