@@ -8,9 +8,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from rlhf.labeling_app import auth
+from rlhf.labeling_app.guards import RowId
 from rlhf.labeling_app.pages import get_db, page
 from rlhf.labeling_app.tables import ROLES, Batch, Instructions, User
-from rlhf.labeling_app.work import current_instructions
+from rlhf.labeling_app.work import check_instructions, current_instructions
 
 router = APIRouter()
 
@@ -47,7 +48,7 @@ def add_user(
 
 
 @router.post("/admin/users/{user_id}/unpause")
-def unpause(user_id: int, request: Request, csrf: str = Form(""), db: Session = Depends(get_db)) -> Response:
+def unpause(user_id: RowId, request: Request, csrf: str = Form(""), db: Session = Depends(get_db)) -> Response:
     auth.check_csrf(request, csrf)
     auth.require_role(request, db, "admin")
     target = db.get(User, user_id)
@@ -73,14 +74,18 @@ def end_sessions(user_id: int, request: Request, csrf: str = Form(""), db: Sessi
 
 @router.post("/admin/batches/{batch_id}/instructions")
 def new_instructions(
-    batch_id: int, request: Request, text: str = Form(""), csrf: str = Form(""), db: Session = Depends(get_db)
+    batch_id: RowId, request: Request, text: str = Form(""), csrf: str = Form(""), db: Session = Depends(get_db)
 ) -> Response:
     auth.check_csrf(request, csrf)
     auth.require_role(request, db, "admin", "researcher")
     batch = db.get(Batch, batch_id)
     if batch is None:
         raise HTTPException(status_code=404, detail="no such batch")
+    try:
+        text = check_instructions(text)
+    except ValueError as error:
+        raise HTTPException(status_code=422, detail=str(error)) from None
     latest = current_instructions(db, batch_id)
-    db.add(Instructions(batch_id=batch_id, version=(latest.version if latest else 0) + 1, text=text.strip()))
+    db.add(Instructions(batch_id=batch_id, version=(latest.version if latest else 0) + 1, text=text))
     db.commit()
     return RedirectResponse("/admin", status_code=303)

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from rlhf.labeling_app import andon, auth
+from rlhf.labeling_app.guards import RowId
 from rlhf.labeling_app.pages import get_db, page
 from rlhf.labeling_app.tables import ROLES, Run
 
@@ -23,7 +24,7 @@ def runs(request: Request, db: Session = Depends(get_db)) -> HTMLResponse:
 
 @router.post("/runs/{run_id}/andon")
 def pull(
-    run_id: int, request: Request, reason: str = Form(""), csrf: str = Form(""), db: Session = Depends(get_db)
+    run_id: RowId, request: Request, reason: str = Form(""), csrf: str = Form(""), db: Session = Depends(get_db)
 ) -> Response:
     auth.check_csrf(request, csrf)
     user = auth.require_role(request, db, "labeler", "researcher", "admin")
@@ -38,7 +39,7 @@ def pull(
 
 
 @router.post("/runs/{run_id}/release")
-def release(run_id: int, request: Request, csrf: str = Form(""), db: Session = Depends(get_db)) -> Response:
+def release(run_id: RowId, request: Request, csrf: str = Form(""), db: Session = Depends(get_db)) -> Response:
     auth.check_csrf(request, csrf)
     user = auth.require_role(request, db, "researcher", "admin")
     run = db.get(Run, run_id)

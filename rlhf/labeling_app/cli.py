@@ -75,6 +75,12 @@ def add_label_parser(sub) -> None:
     )
     p.add_argument("--login-window-seconds", type=float, default=900.0, help="sliding window of the login limits")
     p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=LabelSettings.max_body_bytes,
+        help="largest request body accepted; a larger one gets HTTP 413 before it is read (default 1 MiB)",
+    )
+    p.add_argument(
         "--trust-proxy-headers",
         action="store_true",
         help="take the client address from X-Forwarded-For (only behind your own reverse proxy; off, a client cannot fake its address)",
@@ -196,6 +202,7 @@ def run_label_command(args: argparse.Namespace) -> int:
             login_max_failures_per_address=args.login_max_failures_per_address,
             login_window_seconds=args.login_window_seconds,
             cookie_https_only=args.cookie_secure,
+            max_body_bytes=args.max_body_bytes,
         )
         uvicorn.run(
             create_app(settings, sessions),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -15,8 +15,20 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 def default_database_url() -> str:
     """sqlite file $RLHF_LABEL_DATA/label.db (default ./data/label.db)."""
     folder = Path(os.environ.get("RLHF_LABEL_DATA", "data"))
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     return f"sqlite:///{(folder / 'label.db').resolve()}"
+
+
+def create_private_sqlite_file(url: str) -> None:
+    """Create the SQLite file of ``url`` empty with mode 0600 if it does not exist yet, before SQLite opens it:
+    SQLite gives its -wal and -shm files the database file's mode, so all three stay private to the owner."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -31,6 +43,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite connections get WAL mode, foreign keys and a 30 s busy timeout."""
     if url.startswith("sqlite"):
+        create_private_sqlite_file(url)
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20, max_overflow=20
         )

@@ -19,6 +19,7 @@ from rlhf.data.io import atomic_write_text, read_jsonl, write_jsonl
 from rlhf.data.records import MAX_RANKED_RESPONSES, Comparison, RecordError, Sample
 from rlhf.labeling_app.andon import register_run
 from rlhf.labeling_app.tables import Batch, Instructions, Judgment, Query, User
+from rlhf.labeling_app.work import check_instructions
 
 DEFAULT_INSTRUCTIONS = {
     "pairwise": "Pick the better response (A or B), then say how sure you are: 1 = a guess, 5 = can't tell, 9 = certain.",
@@ -60,7 +61,8 @@ def new_batch(
     batch = Batch(name=name, kind=kind, is_qualification=qualification, run_id=run_id)
     db.add(batch)
     db.flush()
-    db.add(Instructions(batch_id=batch.id, version=1, text=instructions or DEFAULT_INSTRUCTIONS[kind]))
+    text = check_instructions(instructions) if instructions.strip() else DEFAULT_INSTRUCTIONS[kind]
+    db.add(Instructions(batch_id=batch.id, version=1, text=text))
     return batch
 
 

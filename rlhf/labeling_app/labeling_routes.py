@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from rlhf.labeling_app import auth
 from rlhf.labeling_app.answers import LIKERT_RANGE, AnswerError
+from rlhf.labeling_app.guards import RowId
 from rlhf.labeling_app.pages import get_db, page, settings_of
 from rlhf.labeling_app.tables import LIKERT_AXES, LIKERT_FLAGS, Judgment, User
 from rlhf.labeling_app.work import NoWork, current_instructions, next_assignment, submit_judgment
@@ -107,7 +108,7 @@ def my_work(request: Request, db: Session = Depends(get_db)) -> HTMLResponse:
 
 
 @router.get("/my/{judgment_id}")
-def my_judgment(judgment_id: int, request: Request, db: Session = Depends(get_db)) -> HTMLResponse:
+def my_judgment(judgment_id: RowId, request: Request, db: Session = Depends(get_db)) -> HTMLResponse:
     user = auth.require_role(request, db, *WORKERS)
     judgment = db.get(Judgment, judgment_id)
     if judgment is None or judgment.user_id != user.id:  # other labelers' work does not exist for you

@@ -32,6 +32,8 @@ class LabelSettings:
     cookie_https_only: bool = False
     """Send the session cookie only over HTTPS, and HSTS on every response (`rlhf label serve --cookie-secure`;
     set it when serving behind TLS)."""
+    max_body_bytes: int = 1 << 20
+    """Largest request body accepted, in bytes; a larger one gets HTTP 413 before any of it is parsed."""
 
     def __post_init__(self) -> None:
         for name in ("gold_rate", "gold_threshold", "qualification_threshold"):
@@ -46,3 +48,5 @@ class LabelSettings:
             or self.login_window_seconds <= 0
         ):
             raise ValueError("LabelSettings: the login limits must be at least 1 and login_window_seconds positive")
+        if self.max_body_bytes < 1:
+            raise ValueError(f"LabelSettings.max_body_bytes: expected at least 1, got {self.max_body_bytes}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ROLES = ("admin", "researcher", "labeler")
@@ -163,3 +163,8 @@ class AndonPull(Base):
     released_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     run: Mapped[Run] = relationship()
     pulled_by: Mapped[User] = relationship(foreign_keys=[pulled_by_id])
+
+
+# at most one open (unreleased) pull per run, enforced by the database: a partial unique index (migration 0003)
+OPEN_PULL = AndonPull.released_at.is_(None)
+Index("uq_andon_pulls_one_open", AndonPull.run_id, unique=True, sqlite_where=OPEN_PULL, postgresql_where=OPEN_PULL)

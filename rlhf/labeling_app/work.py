@@ -21,6 +21,7 @@ from rlhf.labeling_app.settings import LabelSettings
 from rlhf.labeling_app.tables import Assignment, Batch, Instructions, Judgment, Query, User, utcnow
 
 _rng = random.SystemRandom()
+MAX_INSTRUCTIONS_LENGTH = 50_000  # characters: pages of guidance, far below the request-body limit
 CANDIDATES = 16  # choose among the oldest few open queries so concurrent labelers rarely race for one slot
 
 
@@ -172,6 +173,16 @@ def current_instructions(db: Session, batch_id: int) -> Instructions | None:
     return db.scalar(
         select(Instructions).where(Instructions.batch_id == batch_id).order_by(Instructions.version.desc()).limit(1)
     )
+
+
+def check_instructions(text: str) -> str:
+    """``text`` stripped, or a ValueError saying why labelers cannot be shown it (empty, or too long)."""
+    text = text.strip()
+    if not text:
+        raise ValueError("instructions: the text is empty; write what labelers should do")
+    if len(text) > MAX_INSTRUCTIONS_LENGTH:
+        raise ValueError(f"instructions: at most {MAX_INSTRUCTIONS_LENGTH} characters, got {len(text)}")
+    return text
 
 
 def instructions_version_shown(db: Session, batch_id: int, sent: Any) -> int:

@@ -45,8 +45,9 @@ def upgrade() -> None:
 
 def _add_user_name_keys() -> None:
     """users.name_key for every account; refuses (names listed) when two existing names differ only in case."""
-    with op.batch_alter_table('users', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('name_key', sa.String(length=255), nullable=True))
+    # plain ADD COLUMN and CREATE INDEX: a batch table copy on SQLite would drop `users`, which the foreign keys of
+    # existing judgments, assignments and Andon pulls refuse
+    op.add_column('users', sa.Column('name_key', sa.String(length=255), nullable=True))
     users = sa.table('users', sa.column('id', sa.Integer()), sa.column('name', sa.String()),
                      sa.column('name_key', sa.String()))
     connection = op.get_bind()
@@ -60,9 +61,9 @@ def _add_user_name_keys() -> None:
             )
         seen[key] = name
         connection.execute(sa.update(users).where(users.c.id == user_id).values(name_key=key))
-    with op.batch_alter_table('users', schema=None) as batch_op:
-        batch_op.alter_column('name_key', existing_type=sa.String(length=255), nullable=False)
-        batch_op.create_unique_constraint('uq_users_name_key', ['name_key'])
+    op.create_index('uq_users_name_key', 'users', ['name_key'], unique=True)
+    if connection.dialect.name != 'sqlite':  # SQLite cannot add NOT NULL to an existing column in place
+        op.alter_column('users', 'name_key', existing_type=sa.String(length=255), nullable=False)
 
 
 def downgrade() -> None:
@@ -73,6 +74,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_login_sessions_expires_at'))
         batch_op.drop_index(batch_op.f('ix_login_sessions_user_id'))
     op.drop_table('login_sessions')
+    op.drop_index('uq_users_name_key', table_name='users')
     with op.batch_alter_table('users', schema=None) as batch_op:
-        batch_op.drop_constraint('uq_users_name_key', type_='unique')
         batch_op.drop_column('name_key')
