@@ -407,15 +407,19 @@ def test_inspect_reports_or_names_the_file(data):
         assert inspection_report(str(path), found, CountingTokenizer(), "chars")
 
 
+COLUMN_OPTIONS = ["prompt=instruction", "chosen=good", "rejected=bad", "completion=response", "bogus=x", "prompt", "=x"]
+
+
 @FUZZ
 @given(
     data=data_files(),
     source=st.sampled_from(["trl", "hh-rlhf", "summarize-from-feedback", "comparisons"]),
     target=st.sampled_from(["comparisons", "trl"]),
     out_suffix=st.sampled_from([".jsonl", ".jsonl.gz", ".parquet"]),
+    column=st.just([]) | st.lists(st.sampled_from(COLUMN_OPTIONS), max_size=2),
 )
-@example(data=(".jsonl", LONE_SURROGATE.encode()), source="trl", target="comparisons", out_suffix=".jsonl")
-def test_convert_writes_a_readable_file_or_nothing(data, source, target, out_suffix):
+@example(data=(".jsonl", LONE_SURROGATE.encode()), source="trl", target="comparisons", out_suffix=".jsonl", column=[])
+def test_convert_writes_a_readable_file_or_nothing(data, source, target, out_suffix, column):
     with written(*data) as path, tempfile.TemporaryDirectory() as out_folder:
         output = Path(out_folder) / f"out{out_suffix}"
         args = argparse.Namespace(
@@ -426,7 +430,7 @@ def test_convert_writes_a_readable_file_or_nothing(data, source, target, out_suf
             target_format=target,
             split="train",
             subset="",
-            column=[],
+            column=column,
         )
         stdout, stderr = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
@@ -440,9 +444,8 @@ def test_convert_writes_a_readable_file_or_nothing(data, source, target, out_suf
                 assert_writable(_all_rows(output))
         else:
             assert status == 2, stderr.getvalue()
-            assert re.match(rf"rlhf: error: ({re.escape(str(path))}|{re.escape(str(output))})", stderr.getvalue()), (
-                stderr.getvalue()
-            )
+            named = "|".join([re.escape(str(path)), re.escape(str(output)), "--column", "columns"])
+            assert re.match(rf"rlhf: error: ({named})", stderr.getvalue()), stderr.getvalue()
             assert list(Path(out_folder).iterdir()) == []
 
 
