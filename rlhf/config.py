@@ -434,12 +434,14 @@ def _convert(value, tp, where: str):
             raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
         try:
             converted = tp(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int(.inf), float(10**400)
             raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
         if tp is int and isinstance(value, float) and value != int(value):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return converted
     if tp is str:
+        if isinstance(value, (list, dict)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)
     raise ConfigError(f"{where}: unsupported type {tp}")
 
@@ -466,16 +468,42 @@ def _apply(obj, values: dict, source: str, prefix: str = "") -> None:
             setattr(obj, key, check(value, f"{source}: {prefix}{key}") if check else value)
 
 
+def _parse_yaml(text: str, source: str, with_line: bool = True):
+    """`yaml.safe_load(text)`; bad YAML raises a ConfigError naming `source` and, `with_line`, the line YAML gives."""
+    try:
+        return yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid YAML: nested too deeply") from None
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow (NUL, most control characters)
+        line, detail = text[: e.position].count("\n") + 1, f"character {e.character!r} is not allowed"
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else None
+        detail = " ".join(part for part in (e.context, e.problem) if part)
+    except yaml.YAMLError as e:
+        line, detail = None, str(e)
+    where = f"{source}:{line}" if with_line and line else source
+    raise ConfigError(f"{where}: not valid YAML: {detail}")
+
+
+def _read_yaml(path: Path):
+    """The YAML document in the file `path`; bad UTF-8 or YAML raises a ConfigError naming the file and line."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: expected UTF-8 text: {e.reason} at byte {e.start}") from None
+    return _parse_yaml(text, str(path))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: type = RunConfig):
     """Defaults, then the YAML file, then `section.field=value` overrides (values parsed as YAML). `cls` is the
     config dataclass (RunConfig, or an experiment's config, which may nest a RunConfig)."""
     cfg = cls()
     if path:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        data = _read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         _apply(cfg, data, str(path))
@@ -488,7 +516,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: 
         parts = key.strip().split(".")
         for p in parts[:-1]:
             cur = cur.setdefault(p, {})
-        cur[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        cur[parts[-1]] = _parse_yaml(raw, f"override '{item}'", with_line=False) if raw != "" else ""
         _apply(cfg, nested, f"override '{item}'")
     return cfg
 

@@ -13,6 +13,7 @@ import os
 import tempfile
 import types
 import typing
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -73,6 +74,45 @@ def _is_gzip(path: PathLike) -> bool:
     return str(path).endswith(".gz")
 
 
+MAX_JSON_DEPTH = 100  # deeper values are refused: copying or writing them would exhaust Python's stack
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (0 for a scalar)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level + 1)
+            stack += [(child, level + 1) for child in (item.values() if isinstance(item, dict) else item)]
+    return deepest
+
+
+def load_json(text: str, where: str, field: str = "") -> Any:
+    """``json.loads`` whose every failure is a RecordError at ``where``: bad JSON, numbers too long for Python,
+    nesting deeper than MAX_JSON_DEPTH, and lone UTF-16 surrogates (``"\\ud800"``), which no UTF-8 file can hold."""
+
+    def invalid(detail: str) -> RecordError:
+        return RecordError(f"invalid JSON: {detail}", field=field, where=where)
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise invalid(f"{error.msg} at column {error.colno}") from None
+    except ValueError as error:  # an integer of more than sys.get_int_max_str_digits() digits
+        raise invalid(str(error).partition(";")[0]) from None
+    except RecursionError:
+        raise invalid(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH:
+        raise invalid(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    if "\\u" in text:  # only a \u escape can give a lone surrogate
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise invalid(f"lone UTF-16 surrogate {error.object[error.start]!r} (half of a pair)") from None
+    return value
+
+
 def _parse_jsonl_line(raw_line: bytes, where: str) -> dict[str, Any] | None:
     """One JSON Lines line -> its object (None for a blank line); bad UTF-8, JSON or non-objects raise RecordError."""
     try:
@@ -81,13 +121,21 @@ def _parse_jsonl_line(raw_line: bytes, where: str) -> dict[str, Any] | None:
         raise RecordError(f"expected UTF-8 text: {error.reason} at byte {error.start}", where=where) from None
     if not line.strip():
         return None
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise RecordError(f"invalid JSON: {error.msg} at column {error.colno}", where=where) from None
+    row = load_json(line, where)
     if not isinstance(row, dict):
         raise RecordError(f"expected one JSON object per line (JSON Lines), got {type(row).__name__}", where=where)
     return row
+
+
+def _numbered_lines(handle: IO[bytes], path: PathLike) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line), a leading UTF-8 BOM dropped; a corrupt or cut gzip stream raises RecordError."""
+    number = 0
+    try:
+        for number, raw_line in enumerate(handle, start=1):
+            yield number, raw_line.removeprefix(b"\xef\xbb\xbf") if number == 1 else raw_line
+    except (OSError, EOFError, zlib.error) as error:
+        kind = "gzip file" if _is_gzip(path) else "file"
+        raise RecordError(f"not a readable {kind}: {error}", where=f"{path}:{number + 1}") from None
 
 
 def iter_jsonl_rows(path: PathLike, errors: list[RecordError] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -95,7 +143,7 @@ def iter_jsonl_rows(path: PathLike, errors: list[RecordError] | None = None) -> 
     or, when an ``errors`` list is given, are appended to it and skipped (to report every bad line at once)."""
     opener = gzip.open if _is_gzip(path) else open
     with opener(path, "rb") as handle:
-        for line_number, raw_line in enumerate(handle, start=1):
+        for line_number, raw_line in _numbered_lines(handle, path):
             where = f"{path}:{line_number}"
             try:
                 row = _parse_jsonl_line(raw_line, where)
@@ -154,10 +202,7 @@ def _meta_to_column(row: dict[str, Any]) -> dict[str, Any]:
 def _meta_from_column(row: dict[str, Any], where: str) -> dict[str, Any]:
     meta = row.get("meta")
     if isinstance(meta, str):
-        try:
-            row = dict(row, meta=json.loads(meta))
-        except json.JSONDecodeError as error:
-            raise RecordError(f"expected a JSON object string: {error.msg}", field="meta", where=where) from None
+        row = dict(row, meta=load_json(meta, where, field="meta"))
     return row
 
 
@@ -232,8 +277,34 @@ def iter_parquet_rows(path: PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
         table = pq.read_table(path)
     except pa.ArrowInvalid as error:
         raise RecordError(f"not a readable Parquet file: {error}", where=str(path)) from None
-    for number, row in enumerate(table.to_pylist(), start=1):
+    try:
+        rows = table.to_pylist()
+    except UnicodeDecodeError as error:  # a text column holding bytes that are not UTF-8
+        where = f"{path}: row {_first_undecodable_row(table)}"
+        raise RecordError(f"expected UTF-8 text: {error.reason}", where=where) from None
+    for number, row in enumerate(rows, start=1):
         yield f"{path}: row {number}", row
+
+
+def _first_undecodable_row(table: Any) -> int:
+    """The 1-based number of the first row of an arrow table whose text is not UTF-8."""
+    for index in range(table.num_rows):
+        try:
+            table.slice(index, 1).to_pylist()
+        except UnicodeDecodeError:
+            return index + 1
+    return 1
+
+
+def _first_undecodable_line(path: PathLike) -> int:
+    """The 1-based number of the first line that is not UTF-8 (a UTF-8 character never holds a newline byte)."""
+    with open(path, "rb") as handle:
+        for number, raw_line in enumerate(handle, start=1):
+            try:
+                raw_line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
 
 
 def iter_csv_rows(path: PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -255,7 +326,8 @@ def iter_csv_rows(path: PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
                 yield where, dict(row)
                 start = reader.line_num + 1
         except UnicodeDecodeError as error:
-            raise RecordError(f"expected UTF-8 text: {error.reason}", where=str(path)) from None
+            where = f"{path}:{_first_undecodable_line(path)}"
+            raise RecordError(f"expected UTF-8 text: {error.reason}", where=where) from None
         except csv.Error as error:
             raise RecordError(f"not readable as CSV: {error}", where=f"{path}:{reader.line_num}") from None
 
