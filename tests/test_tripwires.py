@@ -5,6 +5,7 @@ left on disk, untouched and finite."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -131,6 +132,7 @@ def test_the_cli_prints_the_tripwire_without_a_traceback_and_exits_4(tmp_path, c
 
     monkeypatch.setattr(cli, "run_stage", fire)
     monkeypatch.setattr(cli, "resolve_placement", lambda model: None)
+    monkeypatch.setattr(logging.getLogger("rlhf"), "handlers", [])  # none left on an earlier test's stderr
     assert cli.main(["ppo", str(run.root)]) == 4
     err = capsys.readouterr().err
     assert "rlhf: stopped by a tripwire: ppo: tripwire 'kl_ceiling' fired at iteration 5" in err
