@@ -24,6 +24,7 @@ import rlhf.stages.group_rl as group_rl
 from rlhf.cli import main
 from rlhf.config import ConfigError, load_config
 from rlhf.data.io import FileFault, atomic_write_bytes, atomic_write_json
+from rlhf.models.saving import write_folder
 from rlhf.pipeline import run_stage
 from rlhf.run import MetricsLog, RunDir, atomic_torch_save
 from rlhf.stages.dpo import train_dpo
@@ -132,6 +133,20 @@ def test_a_full_disk_at_a_dpo_checkpoint_stops_the_stage_and_it_resumes_when_the
     rows = [json.loads(line) for line in (run.root / "dpo" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert snapshot(run.root / "sft", run.root / "collect") == finished
+
+
+def test_a_full_disk_while_saving_a_model_folder_keeps_the_old_folder(tmp_path):
+    folder = tmp_path / "ppo" / "model"
+    write_folder(folder, lambda tmp: (tmp / "adapter_model.safetensors").write_bytes(b"old"))
+
+    def full_disk_half_way(tmp: Path) -> None:
+        (tmp / "adapter_config.json").write_text("{}")
+        enospc()
+
+    with pytest.raises(FileFault, match=rf"^{folder}: cannot write \(No space left on device\)"):
+        write_folder(folder, full_disk_half_way)
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["model"]  # no model.tmp left
+    assert (folder / "adapter_model.safetensors").read_bytes() == b"old"
 
 
 # ------------------------------------------------------------------------------------------- no write permission
