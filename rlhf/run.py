@@ -3,6 +3,7 @@
 RUN_DIR/config.yaml          the resolved config (written once; later stages read it)
 RUN_DIR/<stage>/done.json    written last by a finished stage; a re-run skips the stage
 RUN_DIR/<stage>/checkpoint.pt  latest checkpoint (atomic); a re-run resumes from it
+RUN_DIR/<stage>/checkpoint.prev.pt  the one before it, kept only while a KL or entropy tripwire is on
 RUN_DIR/<stage>/metrics.jsonl  one JSON object per step/iteration (also TensorBoard events in RUN_DIR/tb)
 
 A file here that cannot be read back (a damaged checkpoint, done.json or summary.json) or written (a full disk, no
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -27,7 +30,14 @@ from torch.utils.tensorboard import SummaryWriter
 
 from rlhf.config import RunConfig, config_from_dict, config_to_dict
 from rlhf.config_checks import ConfigError
-from rlhf.data.io import FileFault, atomic_write_bytes, atomic_write_json, atomic_write_with, read_jsonl
+from rlhf.data.io import (
+    FileFault,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_with,
+    read_jsonl,
+    write_fault,
+)
 from rlhf.data.records import RecordError
 from rlhf.processes import Processes, current_processes
 
@@ -38,6 +48,21 @@ def atomic_torch_save(path: Path, obj) -> None:
     """torch.save `obj` to `path` atomically (temp file, fsync, rename); a failed write raises FileFault and leaves
     the previous file, if any, as it was."""
     atomic_write_with(path, lambda handle: torch.save(obj, handle))
+
+
+def keep_copy(path: Path, copy: Path) -> None:
+    """Make `copy` hold what `path` holds, atomically (a hard link where the file system has them)."""
+    temp = copy.with_name(f".{copy.name}.tmp")
+    temp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(path, temp)
+        except OSError:
+            shutil.copyfile(path, temp)
+        os.replace(temp, copy)
+    except OSError as error:
+        temp.unlink(missing_ok=True)
+        raise write_fault(copy, error) from error
 
 
 def read_json_file(path: Path, recovery: str) -> dict:
@@ -190,10 +215,21 @@ class RunDir:
         return self.root / name
 
     # checkpoints ------------------------------------------------------------------------------
-    def save_checkpoint(self, name: str, state: dict) -> None:
+    def save_checkpoint(self, name: str, state: dict, keep_previous: bool = False) -> None:
+        """Write RUN_DIR/<name>/checkpoint.pt atomically (with the RNG state); with `keep_previous` the checkpoint it
+        replaces stays as checkpoint.prev.pt, for a tripwire to roll back to."""
         if not self.writer:
             return
-        atomic_torch_save(self.stage(name) / "checkpoint.pt", {**state, "rng": rng_state()})
+        path = self.stage(name) / "checkpoint.pt"
+        if keep_previous and path.exists():
+            keep_copy(path, path.with_name("checkpoint.prev.pt"))
+        atomic_torch_save(path, {**state, "rng": rng_state()})
+
+    def remove_checkpoints(self, name: str) -> None:
+        """Remove the stage's checkpoint and the previous one (the stage has finished)."""
+        if self.writer:
+            for file in ("checkpoint.pt", "checkpoint.prev.pt"):
+                (self.root / name / file).unlink(missing_ok=True)
 
     def load_checkpoint(self, name: str) -> dict | None:
         path = self.root / name / "checkpoint.pt"

@@ -4,6 +4,7 @@ left on disk, untouched and finite."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ from rlhf.stages.tripwires import (
     check_finite_state,
     check_kl,
     first_non_finite,
+    roll_back,
     save_checked_checkpoint,
 )
 
@@ -171,7 +173,7 @@ def on_call(n: int, original, poison):
             return poison(result)
         return result
 
-    wrapped.seen = seen
+    wrapped.seen, wrapped.original = seen, original
     return wrapped
 
 
@@ -229,16 +231,54 @@ def test_group_rl_stops_on_a_nan_loss_at_iteration_2(stage, prepared, tiny_model
     assert_stopped_at_the_checkpoint_before(run, stage, wrapped, "iteration", 1)
 
 
-def test_grpo_kl_ceiling_fires_when_the_policy_has_moved(prepared, tiny_model_dir, tmp_path, monkeypatch):
-    # iteration 1 samples the SFT policy itself (KL 0); iteration 2 the updated one, whose KL is above 1e-9
+def test_grpo_kl_ceiling_fires_when_the_policy_has_moved(prepared, tiny_model_dir, tmp_path):
+    # iteration 1 samples the SFT policy itself (KL 0); iteration 2 the updated one, whose KL is above 1e-9. That
+    # policy is the checkpoint of iteration 1, and no earlier one exists: the checkpoint goes, the stage restarts
     run, cfg = copy_of(prepared, tmp_path, tiny_model_dir, "tripwires.kl_ceiling=1e-9")
-    wrapped = on_call(2, group_rl.group_advantages, lambda gb: gb)
+    with pytest.raises(TripwireFired) as info:
+        group_rl.train_grpo(run, cfg)
+    assert (info.value.tripwire, info.value.step) == ("kl_ceiling", 2) and info.value.value > 1e-9
+    assert "(iteration 1) and no earlier one was kept, so it was removed" in str(info.value)
+    assert not list((run.root / "grpo").glob("checkpoint*")) and not run.is_done("grpo")
+
+
+def test_a_kl_tripwire_rolls_the_checkpoint_back_to_the_last_policy_that_passed(
+    prepared, tiny_model_dir, tmp_path, monkeypatch
+):
+    run, cfg = copy_of(prepared, tmp_path, tiny_model_dir, "tripwires.kl_ceiling=50")
+    # iteration 3 measures the policy that the checkpoint of iteration 2 holds: its KL made to exceed the ceiling
+    wrapped = on_call(3, group_rl.group_advantages, lambda gb: dataclasses.replace(gb, kl=gb.kl + 100.0))
     wrapped.root = run.root
     monkeypatch.setattr(group_rl, "group_advantages", wrapped)
     with pytest.raises(TripwireFired) as info:
         group_rl.train_grpo(run, cfg)
-    assert (info.value.tripwire, info.value.step) == ("kl_ceiling", 2) and info.value.value > 1e-9
-    assert_stopped_at_the_checkpoint_before(run, "grpo", wrapped, "iteration", 1)
+    path = run.root / "grpo" / "checkpoint.pt"
+    assert (info.value.tripwire, info.value.step) == ("kl_ceiling", 3) and info.value.value > 50
+    assert f"{path}, which held the policy that tripped it (iteration 2), was rolled back to iteration 1" in str(
+        info.value
+    )
+    assert torch.load(path, weights_only=False)["iteration"] == 1 and not path.with_name("checkpoint.prev.pt").exists()
+
+    monkeypatch.setattr(group_rl, "group_advantages", wrapped.original)
+    group_rl.train_grpo(run, cfg)  # resumes at iteration 2 and finishes
+    rows = [json.loads(line) for line in (run.root / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2, 3] and run.is_done("grpo")
+    assert not list((run.root / "grpo").glob("checkpoint*"))
+
+
+def test_roll_back_leaves_an_older_checkpoint_alone(tmp_path):
+    run = RunDir(tmp_path / "run")
+    keep = TripwireConfig(kl_ceiling=1.0)
+    for iteration in (1, 2):
+        save_checked_checkpoint(run, "ppo", iteration, {"iteration": iteration}, keep)
+    assert torch.load(run.root / "ppo" / "checkpoint.prev.pt", weights_only=False)["iteration"] == 1
+    assert "holds iteration 2, from before the policy" in roll_back(run, "ppo", 4, "iteration")  # checkpoint_every 2
+    assert torch.load(run.root / "ppo" / "checkpoint.pt", weights_only=False)["iteration"] == 2
+    assert "rolled back to iteration 1" in roll_back(run, "ppo", 2, "iteration")
+    assert torch.load(run.root / "ppo" / "checkpoint.pt", weights_only=False)["iteration"] == 1
+    save_checked_checkpoint(run, "sft", 1, {"step": 1})
+    save_checked_checkpoint(run, "sft", 2, {"step": 2})  # no KL or entropy tripwire: no previous one kept
+    assert not (run.root / "sft" / "checkpoint.prev.pt").exists()
 
 
 def test_entropy_floor_fires_at_iteration_1_and_leaves_no_checkpoint(prepared, tiny_model_dir, tmp_path):
@@ -307,7 +347,8 @@ def test_dpo_kl_and_entropy_tripwires(tiny_model_dir, tmp_path):
     with pytest.raises(TripwireFired) as info:  # step 1: policy = reference, drift 0; step 2 has moved
         dpo_stage.train_dpo(run, cfg)
     assert (info.value.tripwire, info.value.step) == ("kl_ceiling", 2) and info.value.value > 1e-6
-    assert torch.load(run.root / "dpo" / "checkpoint.pt", weights_only=False)["step"] == 1
+    assert "(step 1) and no earlier one was kept, so it was removed" in str(info.value)
+    assert not list((run.root / "dpo").glob("checkpoint*"))
     run, cfg = dpo_run(
         tmp_path / "ent", tiny_model_dir, fixed_preference(4), [], *overrides, "tripwires.entropy_floor=1e6"
     )

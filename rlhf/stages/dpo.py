@@ -22,14 +22,7 @@ from rlhf.policy_losses import dpo_loss, ipo_loss
 from rlhf.run import MetricsLog, RunDir, seed_everything
 from rlhf.stages.optim import accumulated_step, load_trainable_state, trainable_parameters, trainable_state
 from rlhf.stages.sft import response_logprob_sums
-from rlhf.stages.tripwires import (
-    check_entropy,
-    check_finite,
-    check_finite_state,
-    check_kl,
-    checked_loss,
-    save_checked_checkpoint,
-)
+from rlhf.stages.tripwires import check_finite, check_finite_state, check_policy, checked_loss, save_checked_checkpoint
 
 log = logging.getLogger("rlhf")
 STAGE = "dpo"
@@ -202,10 +195,10 @@ def train_dpo(run: RunDir, cfg: RunConfig) -> dict:
         step += 1
         bar.update(1)
         check_finite(STAGE, "loss", step, loss)
-        if tc.kl_ceiling > 0:  # DPO samples nothing: its drift from the reference on the step's responses
-            check_kl(STAGE, step, run.processes.sum(sum(n * d for n, d in drift)) / len(batch), tc)
-        if tc.entropy_floor > 0:
-            check_entropy(STAGE, step, run.processes.sum(sum(n * e for n, e in entropies)) / len(batch), tc)
+        if drift or entropies:  # DPO samples nothing: its drift from the reference on the step's responses
+            mean_drift = run.processes.sum(sum(n * d for n, d in drift)) / len(batch) if drift else None
+            entropy = run.processes.sum(sum(n * e for n, e in entropies)) / len(batch) if entropies else None
+            check_policy(run, STAGE, step, mean_drift, entropy, tc, "step")
         stats = {k: run.processes.sum(sum(n * s[k] for n, s in measured)) / len(batch) for k in STAT_KEYS}
         row = {"step": step, "epoch": epoch + 1, "loss": loss.item(), **stats, "lr": scheduler.get_last_lr()[0]}
         if fresh_start:
@@ -223,6 +216,7 @@ def train_dpo(run: RunDir, cfg: RunConfig) -> dict:
                     "scheduler": scheduler.state_dict(),
                     "step": step,
                 },
+                tc,
             )
     bar.close()
     metrics.close()
@@ -244,6 +238,6 @@ def train_dpo(run: RunDir, cfg: RunConfig) -> dict:
     if run.writer:
         save_policy(policy.backbone, policy.adapter, run.stage(STAGE) / "model", ON_SFT)
         run.mark_done(STAGE, info)
-        (run.stage(STAGE) / "checkpoint.pt").unlink(missing_ok=True)
+        run.remove_checkpoints(STAGE)
     log.info("dpo: %d pairs, train accuracy %.3f, held-out accuracy %.3f", len(train), train_accuracy, heldout_accuracy)
     return info

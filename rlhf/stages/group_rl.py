@@ -37,7 +37,7 @@ from rlhf.stages.optim import load_trainable_state, optimizer_step, trainable_pa
 from rlhf.stages.ppo import chunks
 from rlhf.stages.ppo_parts import grad_norm
 from rlhf.stages.rollout import Scores, open_policy_roles, prompt_batch, rollout, score, write_samples
-from rlhf.stages.tripwires import check_entropy, check_finite, check_finite_state, check_kl, save_checked_checkpoint
+from rlhf.stages.tripwires import check_finite, check_finite_state, check_policy, save_checked_checkpoint
 from rlhf.tasks import prompt_source, task_and_stop_rule
 
 log = logging.getLogger("rlhf")
@@ -242,13 +242,12 @@ def train_group_rl(run: RunDir, cfg: RunConfig, stage: str) -> dict:
         # 5. advantages from each prompt's group: RLOO leave-one-out of KL-penalised rewards, GRPO standardised scores
         gb = group_advantages(stage, scores.penalised, old_logprobs, ref_logprobs, episodes.response_mask, gc)
         check_finite(stage, "advantage", iteration + 1, gb.advantages)
-        check_kl(stage, iteration + 1, gb.kl.mean().item(), cfg.tripwires)
         # 6. epochs over minibatches: RLOO's REINFORCE loss (clipped when epochs > 1), GRPO's clipped loss + k3 KL
         stats = update(stage, policy, params, episodes, gb, optimizer, scheduler, gc, iteration + 1)
 
         # 7. log, samples (the first group or four rows), checkpoint
         row = log_row(iteration + 1, episodes, scores, gb, stats, gc, scheduler.get_last_lr()[0])
-        check_entropy(stage, iteration + 1, row["entropy"], cfg.tripwires)
+        check_policy(run, stage, iteration + 1, row["kl"], row["entropy"], cfg.tripwires, "iteration")
         metrics.write(row)
         if run.writer:
             samples = (batch.prompts, batch.texts, scores.penalised.tolist())
@@ -263,7 +262,7 @@ def train_group_rl(run: RunDir, cfg: RunConfig, stage: str) -> dict:
                 "scheduler": scheduler.state_dict(),
                 "iteration": iteration + 1,
             }
-            save_checked_checkpoint(run, stage, iteration + 1, state)
+            save_checked_checkpoint(run, stage, iteration + 1, state, cfg.tripwires)
     bar.close()
     metrics.close()
 
@@ -274,7 +273,7 @@ def train_group_rl(run: RunDir, cfg: RunConfig, stage: str) -> dict:
     if run.writer:
         save_policy(policy.backbone, policy.adapter, run.stage(stage) / "model", ON_SFT)
         run.mark_done(stage, info)
-        (run.stage(stage) / "checkpoint.pt").unlink(missing_ok=True)
+        run.remove_checkpoints(stage)
     return info
 
 

@@ -44,7 +44,7 @@ from rlhf.stages.rollout import (
     write_samples,
 )
 from rlhf.stages.sft import response_nll
-from rlhf.stages.tripwires import check_entropy, check_finite, check_finite_state, check_kl, save_checked_checkpoint
+from rlhf.stages.tripwires import check_finite, check_finite_state, check_policy, save_checked_checkpoint
 from rlhf.tasks import prompt_source, task_and_stop_rule, task_for
 
 log = logging.getLogger("rlhf")
@@ -410,7 +410,7 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
         online_row, reason = before_iteration(iteration, online, andon)
         if reason is not None:
             state = checkpoint_state(roles, optimizer, scheduler, kl_ctl, iteration, online)
-            save_checked_checkpoint(run, STAGE, iteration, state)
+            save_checked_checkpoint(run, STAGE, iteration, state, cfg.tripwires)
             log.warning("PPO stopped before iteration %d: %s", iteration + 1, reason)
             return {"stopped": True, "reason": reason, "iteration": iteration}
         reward = roles.reward if pc.reward_source == "rm" else None  # (online collection may have retrained it)
@@ -451,8 +451,8 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
         # where the advantages' spread comes from: score, KL penalty, value baseline (rlhf/stages/ppo_parts.py)
         parts = (whole.scores.penalised, whole.adv.kl, whole.adv.old_values, whole.mask)
         row.update(advantage_variance_shares(*parts, kl_ctl.beta, pc.gamma, pc.lam))
-        check_kl(STAGE, iteration + 1, row["kl"], cfg.tripwires)  # whole-batch figures: the same in every process
-        check_entropy(STAGE, iteration + 1, row["entropy"], cfg.tripwires)
+        # the KL and entropy tripwires, on whole-batch figures (the same in every process)
+        check_policy(run, STAGE, iteration + 1, row["kl"], row["entropy"], cfg.tripwires, "iteration")
         if policy_moves:  # the KL of a warm-up batch is 0 by construction, not a signal to lower beta
             kl_ctl.update(row["kl"], rows.size)
         metrics.write(row)
@@ -463,7 +463,7 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
         bar.update(1)
         if (iteration + 1) % pc.checkpoint_every == 0 and iteration + 1 < pc.iterations:
             state = checkpoint_state(roles, optimizer, scheduler, kl_ctl, iteration + 1, online)
-            save_checked_checkpoint(run, STAGE, iteration + 1, state)
+            save_checked_checkpoint(run, STAGE, iteration + 1, state, cfg.tripwires)
     bar.close()
     metrics.close()
 
@@ -474,5 +474,5 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
         roles.value.save(run.stage(STAGE), "value")
         save_policy(roles.policy.backbone, roles.policy.adapter, run.stage(STAGE) / "model", ON_SFT)
         run.mark_done(STAGE, info)
-        (run.stage(STAGE) / "checkpoint.pt").unlink(missing_ok=True)
+        run.remove_checkpoints(STAGE)
     return info
