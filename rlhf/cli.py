@@ -24,6 +24,7 @@ from rlhf.models.provision import builtin_model_dir
 from rlhf.pipeline import run_pipeline, run_stage, start_run
 from rlhf.processes import launched
 from rlhf.run import RunDir, setup_logging
+from rlhf.stages.tripwires import TripwireFired
 
 STAGE_HELP = {
     "sft": "supervised fine-tuning on demonstrations -> RUN_DIR/sft/model",
@@ -281,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         if run.writer:
             print(json.dumps(info, indent=2, default=str))
         return 3 if info.get("stopped") else 0
-    except (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError) as e:
+    except TripwireFired as e:  # a training stage's numbers went wrong (docs/faults.md)
+        logging.getLogger("rlhf").debug("tripwire", exc_info=True)
+        print(f"rlhf: stopped by a tripwire: {e}", file=sys.stderr)
+        return 4
+    except (ValueError, OSError, RuntimeError) as e:  # OSError: FileFault, FileNotFoundError, a full disk, ...
         logging.getLogger("rlhf").debug("error", exc_info=True)
         print(f"rlhf: error: {e}", file=sys.stderr)
         return 2

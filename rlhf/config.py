@@ -25,7 +25,7 @@ from rlhf.config_checks import (
     check_positive,
     check_target_modules,
 )
-from rlhf.config_methods import DPOConfig, GroupRLConfig, PolicyConfig
+from rlhf.config_methods import DPOConfig, GroupRLConfig, PolicyConfig, TripwireConfig
 
 
 @dataclass
@@ -370,6 +370,8 @@ class RunConfig:
     """Evaluation."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     """Pairwise judge: the simulated labeler when collect.labeler is `judge`, and the judge of experiments' win rates."""
+    tripwires: TripwireConfig = field(default_factory=TripwireConfig)
+    """Checks that stop a training stage when a loss is NaN, the KL runs away or the entropy collapses."""
 
 
 # fields whose values are checked beyond their type when the config loads

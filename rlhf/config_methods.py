@@ -1,5 +1,6 @@
 """Config sections of the policy optimisers beside PPO (rlhf/config.py holds the rest): which optimisers the pipeline
-runs, RLOO and GRPO (critic-free, K samples per prompt) and DPO (offline, on the run's comparisons).
+runs, RLOO and GRPO (critic-free, K samples per prompt), DPO (offline, on the run's comparisons), and the tripwires
+that stop a training stage whose numbers go wrong.
 
 Each field's docstring (the string literal under it) is its help text; `rlhf config-help` prints them.
 """
@@ -79,3 +80,17 @@ class DPOConfig:
     """Micro-batches each optimiser step's batch (batch_size pairs) goes through one after another, their gradients
     summed, each loss weighted by its share of the batch: the same step, holding one micro-batch's activations at a
     time. With several processes each takes its share of the batch the same way."""
+
+
+@dataclass
+class TripwireConfig:
+    """Checks that stop a training stage with a clear error (rlhf/stages/tripwires.py, docs/faults.md). A NaN or inf in
+    a loss, reward, advantage, gradient norm or saved weight always stops the stage; these two are off by default."""
+
+    kl_ceiling: float = 0.0
+    """Stop PPO, RLOO or GRPO when an iteration's mean KL to the SFT policy (nats per response, metrics.jsonl's `kl`)
+    exceeds this; DPO: when the mean |log pi(y|x) - log pi_ref(y|x)| of a step's chosen and rejected responses does.
+    0 = off."""
+    entropy_floor: float = 0.0
+    """Stop PPO, RLOO, GRPO or DPO when the policy's mean per-token entropy (nats; PPO/RLOO/GRPO over an iteration's
+    sampled responses, DPO over a step's chosen and rejected responses) falls below this. 0 = off."""

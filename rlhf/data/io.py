@@ -1,6 +1,8 @@
 """Read and write records as JSON Lines (optionally gzipped), Parquet, CSV (read only) or Hugging Face datasets.
 
-All writers are atomic: they write a temp file in the target folder and rename it into place.
+All writers are atomic: they write a temp file in the target folder and rename it into place. A write that fails
+(a full disk, a folder without write permission) raises FileFault naming the file; the temp file is removed and the
+file keeps its previous content.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import tempfile
 import types
 import typing
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -31,12 +33,42 @@ CSV_SUFFIX = ".csv"
 # ---------------------------------------------------------------- atomic writes
 
 
+class FileFault(OSError):
+    """A file that cannot be written or read back: the message names the file, what went wrong and how to recover."""
+
+    def __init__(self, path: PathLike, problem: str, recovery: str) -> None:
+        self.path, self.problem, self.recovery = str(path), problem, recovery
+        super().__init__(f"{path}: {problem}; {recovery}")
+
+
+def os_error_in(error: BaseException) -> OSError | None:
+    """The OSError `error` is or was raised from (torch.save, for one, turns a failed write into a RuntimeError)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def write_fault(path: PathLike, error: OSError) -> FileFault:
+    """The FileFault of a failed atomic write of `path` (nothing was changed: the old file, if any, is still there)."""
+    reason = error.strerror or str(error)
+    return FileFault(
+        path, f"cannot write ({reason})", "the file was left as it was; free space or fix the permissions and run again"
+    )
+
+
 @contextlib.contextmanager
 def _atomic_file(path: PathLike) -> Iterator[IO[bytes]]:
-    """Yield a binary handle on a temp file in the target folder; on success fsync it and rename onto ``path``."""
+    """Yield a binary handle on a temp file in the target folder; on success fsync it and rename onto ``path``. An
+    OSError on the way (e.g. ENOSPC, EACCES) becomes a FileFault naming ``path``, with the temp file removed."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as error:
+        raise write_fault(target, error) from error
     temp_path = Path(temp_name)
     try:
         with os.fdopen(descriptor, "wb") as handle:
@@ -46,9 +78,18 @@ def _atomic_file(path: PathLike) -> Iterator[IO[bytes]]:
         mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
         os.chmod(temp_path, mode)
         os.replace(temp_path, target)
-    except BaseException:
+    except BaseException as error:
         temp_path.unlink(missing_ok=True)
+        cause = None if isinstance(error, FileFault) else os_error_in(error)
+        if cause is not None:
+            raise write_fault(target, cause) from error
         raise
+
+
+def atomic_write_with(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(handle)`` on a temp file and rename it onto ``path`` (e.g. ``torch.save(obj, handle)``)."""
+    with _atomic_file(path) as handle:
+        write(handle)
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from rlhf.data.io import atomic_write_json
+from rlhf.data.io import atomic_write_json, atomic_write_with
 from rlhf.losses import entropy_from_logits, last_token_index, logprobs_from_logits, reward_head_init_std
 from rlhf.models.architecture import (
     SPLITTABLE_MODEL_TYPES,
@@ -443,9 +443,7 @@ class ScalarRole:
                     if k.startswith(prefix)
                 }
             )
-        tmp = folder / f".{name}.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        tmp.replace(folder / f"{name}.safetensors")
+        atomic_write_with(folder / f"{name}.safetensors", lambda handle: handle.write(save(tensors)))
         atomic_write_json(
             folder / f"{name}.json", {"gain": self.gain, "bias": self.bias, "lora": self.backbone.is_lora}
         )

@@ -13,6 +13,7 @@ from pathlib import Path
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from rlhf.data.io import os_error_in, write_fault
 from rlhf.models.roles import Backbone
 
 # Beside a stage's adapter folder: which model the adapter sits on, "base" (the config's base model) or "sft" (the
@@ -33,12 +34,20 @@ def merge_adapter(backbone: Backbone, adapter: str | None):
 
 def write_folder(folder: Path, write: Callable[[Path], None]) -> None:
     """`write(tmp)` into a temporary folder renamed over `folder`: a reader finds the old folder or the new one,
-    never half of one."""
+    never half of one. A failed write (a full disk) removes the temporary folder and raises FileFault naming
+    `folder`; the old folder stays."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        write(tmp)
+    except BaseException as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        cause = os_error_in(error)
+        if cause is not None:
+            raise write_fault(folder, cause) from error
+        raise
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 

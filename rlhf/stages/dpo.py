@@ -14,7 +14,6 @@ from transformers import get_linear_schedule_with_warmup
 
 from rlhf.config import RunConfig
 from rlhf.config_methods import DPOConfig
-from rlhf.data.io import read_jsonl
 from rlhf.data.records import Comparison
 from rlhf.models.loading import open_backbone, sft_model_path
 from rlhf.models.roles import LanguageModelRole
@@ -23,6 +22,7 @@ from rlhf.policy_losses import dpo_loss, ipo_loss
 from rlhf.run import MetricsLog, RunDir, seed_everything
 from rlhf.stages.optim import accumulated_step, load_trainable_state, trainable_parameters, trainable_state
 from rlhf.stages.sft import response_logprob_sums
+from rlhf.stages.tripwires import check_finite, check_finite_state, check_policy, checked_loss, save_checked_checkpoint
 
 log = logging.getLogger("rlhf")
 STAGE = "dpo"
@@ -52,10 +52,14 @@ def preference_pairs(comparisons: list[Comparison]) -> tuple[list[PreferencePair
     return pairs, ties
 
 
-def pair_logprobs(role: LanguageModelRole, pairs: list[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_logprobs(role: LanguageModelRole, pairs: list[PreferencePair], with_entropy: bool = False):
     """log pi(chosen | prompt), log pi(rejected | prompt): sums over each response's tokens (its EOS included), at
-    temperature 1, [B] each, from one forward over the 2B sequences."""
+    temperature 1, [B] each, from one forward over the 2B sequences. With `with_entropy`, the policy's mean
+    per-token entropy over those tokens as well (a third, detached value)."""
     prompts, responses = [p.prompt for p in pairs], [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    if with_entropy:
+        sums, entropy = response_logprob_sums(role.backbone, role.adapter, prompts + prompts, responses, True)
+        return sums[: len(pairs)], sums[len(pairs) :], entropy
     sums = response_logprob_sums(role.backbone, role.adapter, prompts + prompts, responses)
     return sums[: len(pairs)], sums[len(pairs) :]
 
@@ -113,16 +117,18 @@ def check_settings(dc: DPOConfig) -> None:
 def train_dpo(run: RunDir, cfg: RunConfig) -> dict:
     """The DPO stage: the policy trained on the run's comparisons (as ordered pairs) against the SFT policy, with
     the DPO or IPO loss; resumes from its checkpoint."""
-    dc = cfg.dpo
+    dc, tc = cfg.dpo, cfg.tripwires
     check_settings(dc)
     loss_fn = dpo_loss if dc.loss == "dpo" else ipo_loss  # ipo: dc.beta is tau
     seed_everything(cfg.seed + 6)
     collect_dir = run.require("collect")
 
     # 1. the comparisons as ordered (chosen, rejected) pairs; ties dropped
-    train, ties = preference_pairs(read_jsonl(collect_dir / "comparisons.jsonl", Comparison))
+    train, ties = preference_pairs(run.read_records("collect", "comparisons.jsonl", Comparison))
     heldout_path = collect_dir / "heldout.jsonl"
-    heldout, _ = preference_pairs(read_jsonl(heldout_path, Comparison)) if heldout_path.exists() else ([], 0)
+    heldout, _ = (
+        preference_pairs(run.read_records("collect", "heldout.jsonl", Comparison)) if heldout_path.exists() else ([], 0)
+    )
     assert train, "dpo: no training pairs in the run's comparisons"
 
     # 2. policy (a new adapter on the SFT model, or a copy of it) and reference (the SFT model)
@@ -157,16 +163,24 @@ def train_dpo(run: RunDir, cfg: RunConfig) -> dict:
         measured: list[tuple[int, dict[str, float]]] = []  # (pairs, statistics) of each micro-batch
         first_gap: list[float] = []  # on the first step of a fresh run: max |log pi - log pi_ref| of each micro-batch
         fresh_start = step == 0
+        drift: list[tuple[int, float]] = []  # tripwires: (pairs, mean |log pi/pi_ref|) of each micro-batch
+        entropies: list[tuple[int, float]] = []  # tripwires: (pairs, the policy's mean per-token entropy)
 
         def loss_of(rows: list[int]) -> torch.Tensor:
-            chosen, rejected = pair_logprobs(policy, [train[j] for j in rows])
+            if tc.entropy_floor > 0:
+                chosen, rejected, entropy = pair_logprobs(policy, [train[j] for j in rows], with_entropy=True)
+                entropies.append((len(rows), entropy.item()))
+            else:
+                chosen, rejected = pair_logprobs(policy, [train[j] for j in rows])
             rc, rr = ref_chosen[rows].to(chosen.device), ref_rejected[rows].to(chosen.device)
+            if tc.kl_ceiling > 0:
+                drift.append((len(rows), ((chosen - rc).abs().mean() + (rejected - rr).abs().mean()).item() / 2))
             if fresh_start:  # nothing has moved yet: the policy is the reference
                 first_gap.append(max((chosen - rc).abs().max().item(), (rejected - rr).abs().max().item()))
                 assert first_gap[-1] < 1e-4, f"dpo: policy != reference at the first step (max |log ratio| {first_gap})"
             loss, stats = loss_fn(chosen, rejected, rc, rr, dc.beta)
             measured.append((len(rows), stats))
-            return loss
+            return checked_loss(STAGE, step + 1, loss, run.processes)
 
         loss = accumulated_step(
             batch,
@@ -180,6 +194,11 @@ def train_dpo(run: RunDir, cfg: RunConfig) -> dict:
         )
         step += 1
         bar.update(1)
+        check_finite(STAGE, "loss", step, loss)
+        if drift or entropies:  # DPO samples nothing: its drift from the reference on the step's responses
+            mean_drift = run.processes.sum(sum(n * d for n, d in drift)) / len(batch) if drift else None
+            entropy = run.processes.sum(sum(n * e for n, e in entropies)) / len(batch) if entropies else None
+            check_policy(run, STAGE, step, mean_drift, entropy, tc, "step")
         stats = {k: run.processes.sum(sum(n * s[k] for n, s in measured)) / len(batch) for k in STAT_KEYS}
         row = {"step": step, "epoch": epoch + 1, "loss": loss.item(), **stats, "lr": scheduler.get_last_lr()[0]}
         if fresh_start:
@@ -187,19 +206,23 @@ def train_dpo(run: RunDir, cfg: RunConfig) -> dict:
         metrics.write(row)
         if step % dc.checkpoint_every == 0 and step < total_steps:
             state = trainable_state(policy.backbone, policy.adapter)
-            run.save_checkpoint(
+            save_checked_checkpoint(
+                run,
                 STAGE,
+                step,
                 {
                     "trainable": state,
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "step": step,
                 },
+                tc,
             )
     bar.close()
     metrics.close()
 
     # 6. implicit-reward accuracy on the training and held-out pairs; save the policy, as PPO does
+    check_finite_state(STAGE, step, trainable_state(policy.backbone, policy.adapter))  # never save poisoned weights
     train_accuracy = implicit_reward_accuracy(policy, reference, train, dc.batch_size)
     heldout_accuracy = implicit_reward_accuracy(policy, reference, heldout, dc.batch_size) if heldout else float("nan")
     info = {
@@ -215,6 +238,6 @@ def train_dpo(run: RunDir, cfg: RunConfig) -> dict:
     if run.writer:
         save_policy(policy.backbone, policy.adapter, run.stage(STAGE) / "model", ON_SFT)
         run.mark_done(STAGE, info)
-        (run.stage(STAGE) / "checkpoint.pt").unlink(missing_ok=True)
+        run.remove_checkpoints(STAGE)
     log.info("dpo: %d pairs, train accuracy %.3f, held-out accuracy %.3f", len(train), train_accuracy, heldout_accuracy)
     return info

@@ -32,11 +32,12 @@ from rlhf.policy_losses import (
     rloo_policy_loss,
     sequence_kl_penalized_reward,
 )
-from rlhf.run import MetricsLog, RunDir, seed_everything
+from rlhf.run import MetricsLog, RunDir, seed_everything, trim_jsonl_log
 from rlhf.stages.optim import load_trainable_state, optimizer_step, trainable_parameters, trainable_state
 from rlhf.stages.ppo import chunks
 from rlhf.stages.ppo_parts import grad_norm
 from rlhf.stages.rollout import Scores, open_policy_roles, prompt_batch, rollout, score, write_samples
+from rlhf.stages.tripwires import check_finite, check_finite_state, check_policy, save_checked_checkpoint
 from rlhf.tasks import prompt_source, task_and_stop_rule
 
 log = logging.getLogger("rlhf")
@@ -138,11 +139,13 @@ def update(
     optimizer,
     scheduler,
     gc: GroupRLConfig,
+    iteration: int = 0,
 ) -> dict[str, list[float]]:
     """`epochs` passes over the batch in minibatches of minibatch_size rows (the first in order, later ones
     shuffled), one optimiser step per gradient_accumulation_steps minibatches (and at the end of each epoch), the
     gradient norm clipped to max_grad_norm. Returns each statistic's values over the minibatches (grad_norm: over
-    the steps, before clipping)."""
+    the steps, before clipping). A NaN or inf loss or gradient norm fires the tripwire (1-based `iteration` names
+    it) before its backward pass or step."""
     mask, n = episodes.response_mask, len(episodes.has_stop)
     minibatches, accumulate = chunks(n, gc.minibatch_size), gc.gradient_accumulation_steps
     stats: dict[str, list[float]] = {}
@@ -159,9 +162,13 @@ def update(
             measured |= {"loss": loss.item(), "entropy": masked_mean(entropy.detach(), mask[idx]).item()}
             for key, value in measured.items():
                 stats.setdefault(key, []).append(value)
+            check_finite(stage, f"loss (epoch {epoch + 1}, minibatch {k + 1})", iteration, loss)
             (loss / accumulate if accumulate > 1 else loss).backward()
             if (k + 1) % accumulate == 0 or k + 1 == len(minibatches):
                 stats.setdefault("grad_norm", []).append(grad_norm(params))
+                check_finite(
+                    stage, f"grad_norm (epoch {epoch + 1}, minibatch {k + 1})", iteration, stats["grad_norm"][-1]
+                )
                 optimizer_step(None, params, optimizer, scheduler, gc.max_grad_norm)
     return stats
 
@@ -216,6 +223,8 @@ def train_group_rl(run: RunDir, cfg: RunConfig, stage: str) -> dict:
         scheduler.load_state_dict(ckpt["scheduler"])
     start = ckpt["iteration"] if ckpt else 0
     metrics = MetricsLog(run, stage, resume_step=start if ckpt else None, step_key="iteration")
+    if run.writer:  # samples.jsonl as the checkpoint left it (a line cut short by a kill dropped)
+        trim_jsonl_log(run.stage(stage) / "samples.jsonl", "iteration", start if ckpt else None)
 
     bar = tqdm(total=gc.iterations, initial=start, desc=stage, leave=False, disable=not run.writer)
     for iteration in range(start, gc.iterations):
@@ -226,16 +235,19 @@ def train_group_rl(run: RunDir, cfg: RunConfig, stage: str) -> dict:
         episodes = batch.episodes
         # 3. score with the reward model (or the gold scorer); no stop, a fixed penalty instead (Ziegler §3.1.2)
         scores = score(batch, reward, gold_scorer, gc.missing_stop_penalty)
+        check_finite(stage, "reward", iteration + 1, scores.penalised)
         # 4. log-probs of the policy before the update ("old") and of the reference, no gradients
         old_logprobs = logprobs_in_minibatches(policy, episodes, gc.minibatch_size)
         ref_logprobs = logprobs_in_minibatches(reference, episodes, gc.minibatch_size)
         # 5. advantages from each prompt's group: RLOO leave-one-out of KL-penalised rewards, GRPO standardised scores
         gb = group_advantages(stage, scores.penalised, old_logprobs, ref_logprobs, episodes.response_mask, gc)
+        check_finite(stage, "advantage", iteration + 1, gb.advantages)
         # 6. epochs over minibatches: RLOO's REINFORCE loss (clipped when epochs > 1), GRPO's clipped loss + k3 KL
-        stats = update(stage, policy, params, episodes, gb, optimizer, scheduler, gc)
+        stats = update(stage, policy, params, episodes, gb, optimizer, scheduler, gc, iteration + 1)
 
         # 7. log, samples (the first group or four rows), checkpoint
         row = log_row(iteration + 1, episodes, scores, gb, stats, gc, scheduler.get_last_lr()[0])
+        check_policy(run, stage, iteration + 1, row["kl"], row["entropy"], cfg.tripwires, "iteration")
         metrics.write(row)
         if run.writer:
             samples = (batch.prompts, batch.texts, scores.penalised.tolist())
@@ -250,17 +262,18 @@ def train_group_rl(run: RunDir, cfg: RunConfig, stage: str) -> dict:
                 "scheduler": scheduler.state_dict(),
                 "iteration": iteration + 1,
             }
-            run.save_checkpoint(stage, state)
+            save_checked_checkpoint(run, stage, iteration + 1, state, cfg.tripwires)
     bar.close()
     metrics.close()
 
     # 8. save the policy as PPO does (its adapter on the SFT model, or the full model)
     episodes_total = gc.iterations * gc.prompts_per_batch * gc.samples_per_prompt
     info = {"iterations": gc.iterations, "episodes": episodes_total, "reward_source": gc.reward_source}
+    check_finite_state(stage, gc.iterations, trainable_state(policy.backbone, policy.adapter))  # never save poison
     if run.writer:
         save_policy(policy.backbone, policy.adapter, run.stage(stage) / "model", ON_SFT)
         run.mark_done(stage, info)
-        (run.stage(stage) / "checkpoint.pt").unlink(missing_ok=True)
+        run.remove_checkpoints(stage)
     return info
 
 

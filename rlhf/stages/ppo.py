@@ -29,7 +29,7 @@ from rlhf.losses import (
 from rlhf.models.loading import load_reward_model, open_backbone, sft_model_path
 from rlhf.models.roles import Episodes
 from rlhf.models.saving import ON_SFT, save_policy
-from rlhf.run import MetricsLog, RunDir, seed_everything
+from rlhf.run import MetricsLog, RunDir, seed_everything, trim_jsonl_log
 from rlhf.stages.online import OnlineCollection
 from rlhf.stages.optim import optimizer_step, trainable_parameters
 from rlhf.stages.ppo_parts import advantage_variance_shares, grad_norm, zero_head
@@ -44,6 +44,7 @@ from rlhf.stages.rollout import (
     write_samples,
 )
 from rlhf.stages.sft import response_nll
+from rlhf.stages.tripwires import check_finite, check_finite_state, check_policy, save_checked_checkpoint
 from rlhf.tasks import prompt_source, task_and_stop_rule, task_for
 
 log = logging.getLogger("rlhf")
@@ -161,6 +162,7 @@ def update(
     ptx_texts: list,
     policy_moves: bool,
     rows: BatchRows | None = None,
+    iteration: int = 0,
 ) -> dict[str, list[float]]:
     """ppo.ppo_epochs passes over the batch in minibatches (the first in order, later ones shuffled): the clipped
     policy loss (Schulman et al. 2017) plus the clipped value loss, and PPO-ptx's pretraining loss (InstructGPT
@@ -171,7 +173,8 @@ def update(
     alone. Returns each statistic's values over the minibatches; besides the losses' statistics,
     `approx_kl_epoch_E` (approx_kl of epoch E's minibatches, each measured at its forward pass before its step, so
     the first minibatch of epoch 1 gives 0) and, at each optimiser step, `policy_grad_norm` and `value_grad_norm`
-    (each group's gradient norm before clipping)."""
+    (each group's gradient norm before clipping). A NaN or inf loss or gradient norm fires the tripwire (1-based
+    `iteration` names it) before its backward pass or step."""
     rows = rows or BatchRows(len(episodes.has_stop))
     parallel, mask = rows.processes.parallel, episodes.response_mask
     all_masks = rows.gather(mask)  # the whole batch's, for each minibatch's token count
@@ -227,12 +230,18 @@ def update(
             # gradient accumulation: one optimiser step per `accumulate` minibatches (and at the end of the epoch)
             step_now = (k + 1) % accumulate == 0 or k + 1 == len(minibatches)
             loss = loss / accumulate if accumulate > 1 else loss
+            where = f"loss (epoch {epoch + 1}, minibatch {k + 1})"
+            check_finite(STAGE, where, iteration, loss, rows.processes if parallel else None)
             if loss.requires_grad:
                 loss.backward()
             if step_now:
                 rows.processes.sum_gradients(params)
                 minibatch_stats["policy_grad_norm"] = grad_norm(roles.policy_params)
                 minibatch_stats["value_grad_norm"] = grad_norm(roles.value_params)
+                for name in ("policy_grad_norm", "value_grad_norm"):
+                    check_finite(
+                        STAGE, f"{name} (epoch {epoch + 1}, minibatch {k + 1})", iteration, minibatch_stats[name]
+                    )
                 optimizer_step(None, params, optimizer, scheduler, pc.max_grad_norm, clip_groups=clip_groups)
     return rows.combine_stats(per_minibatch)
 
@@ -386,6 +395,8 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
     ckpt = resume(run, roles, optimizer, scheduler, kl_ctl)
     start = ckpt["iteration"] if ckpt else 0
     metrics = MetricsLog(run, STAGE, resume_step=start if ckpt else None, step_key="iteration")
+    if run.writer:  # samples.jsonl as the checkpoint left it (a line cut short by a kill dropped)
+        trim_jsonl_log(run.stage(STAGE) / "samples.jsonl", "iteration", start if ckpt else None)
     online = None  # online collection (Ziegler §2.3), off by default: rlhf/stages/online.py
     if cfg.online.enabled:
         online_state = ckpt.get("online") if ckpt else None
@@ -398,7 +409,8 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
         andon = lambda: run.processes.broadcast(andon_cord_pulled(pc, run.root))  # noqa: E731
         online_row, reason = before_iteration(iteration, online, andon)
         if reason is not None:
-            run.save_checkpoint(STAGE, checkpoint_state(roles, optimizer, scheduler, kl_ctl, iteration, online))
+            state = checkpoint_state(roles, optimizer, scheduler, kl_ctl, iteration, online)
+            save_checked_checkpoint(run, STAGE, iteration, state, cfg.tripwires)
             log.warning("PPO stopped before iteration %d: %s", iteration + 1, reason)
             return {"stopped": True, "reason": reason, "iteration": iteration}
         reward = roles.reward if pc.reward_source == "rm" else None  # (online collection may have retrained it)
@@ -410,11 +422,17 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
         batch = rollout(roles.policy, roles.reference, reward, batch_prompts, response_length, stop_rule, uniforms)
         # 2. score with the reward model (or the gold scorer); no stop, a fixed penalty instead (Ziegler §3.1.2)
         scores = score(batch, reward, gold_scorer, pc.missing_stop_penalty)
+        parallel = rows.processes if rows.processes.parallel else None  # tripwire checks are collective then
+        check_finite(STAGE, "reward", iteration + 1, scores.penalised, parallel)
         # 3. log-probs of policy and reference and the values; 4. KL-penalised rewards, GAE, whitened advantages
         adv = compute_advantages(roles, batch.episodes, scores.penalised, kl_ctl.beta, pc, rows)
+        check_finite(STAGE, "advantage", iteration + 1, adv.advantages, parallel)
+        check_finite(STAGE, "return", iteration + 1, adv.returns, parallel)
         # 5. PPO epochs over minibatches: clipped policy and value losses (+ PPO-ptx); value alone while it warms up
         policy_moves = iteration >= pc.value_warmup_iterations
-        stats = update(roles, batch.episodes, adv, optimizer, scheduler, pc, ptx_texts, policy_moves, rows)
+        stats = update(
+            roles, batch.episodes, adv, optimizer, scheduler, pc, ptx_texts, policy_moves, rows, iteration + 1
+        )
 
         # 6. log the whole batch (gathered from every process), adapt beta to its KL, checkpoint
         lr, whole = scheduler.get_last_lr()[0], whole_batch(rows, batch, scores, adv)
@@ -433,6 +451,8 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
         # where the advantages' spread comes from: score, KL penalty, value baseline (rlhf/stages/ppo_parts.py)
         parts = (whole.scores.penalised, whole.adv.kl, whole.adv.old_values, whole.mask)
         row.update(advantage_variance_shares(*parts, kl_ctl.beta, pc.gamma, pc.lam))
+        # the KL and entropy tripwires, on whole-batch figures (the same in every process)
+        check_policy(run, STAGE, iteration + 1, row["kl"], row["entropy"], cfg.tripwires, "iteration")
         if policy_moves:  # the KL of a warm-up batch is 0 by construction, not a signal to lower beta
             kl_ctl.update(row["kl"], rows.size)
         metrics.write(row)
@@ -442,15 +462,17 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
         log_iteration(row, pc.iterations, kl_ctl.beta)
         bar.update(1)
         if (iteration + 1) % pc.checkpoint_every == 0 and iteration + 1 < pc.iterations:
-            run.save_checkpoint(STAGE, checkpoint_state(roles, optimizer, scheduler, kl_ctl, iteration + 1, online))
+            state = checkpoint_state(roles, optimizer, scheduler, kl_ctl, iteration + 1, online)
+            save_checked_checkpoint(run, STAGE, iteration + 1, state, cfg.tripwires)
     bar.close()
     metrics.close()
 
     # 7. save the value network and the policy (adapters on the SFT model, or full models)
     info = {"iterations": pc.iterations, "final_beta": kl_ctl.beta, **({"online": online.summary()} if online else {})}
+    check_finite_state(STAGE, pc.iterations, roles.trainable_state())  # never save poisoned weights
     if run.writer:
         roles.value.save(run.stage(STAGE), "value")
         save_policy(roles.policy.backbone, roles.policy.adapter, run.stage(STAGE) / "model", ON_SFT)
         run.mark_done(STAGE, info)
-        (run.stage(STAGE) / "checkpoint.pt").unlink(missing_ok=True)
+        run.remove_checkpoints(STAGE)
     return info

@@ -13,7 +13,6 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from rlhf.config import RewardConfig, RunConfig
-from rlhf.data.io import read_jsonl
 from rlhf.data.records import Comparison
 from rlhf.losses import (
     best_of_k_loss,
@@ -28,6 +27,7 @@ from rlhf.models.roles import Backbone, ScalarRole, encode_for_scoring
 from rlhf.processes import Processes
 from rlhf.run import MetricsLog, RunDir, seed_everything
 from rlhf.stages.optim import accumulated_step, trainable_parameters
+from rlhf.stages.tripwires import check_finite, check_finite_state, checked_loss, save_checked_checkpoint
 from rlhf.tasks import prompt_source, task_for
 
 log = logging.getLogger("rlhf")
@@ -235,7 +235,9 @@ def fit_reward_model(
         picked = order[i * rc.batch_size : (i + 1) * rc.batch_size]
         loss = accumulated_step(
             picked,
-            lambda rows: comparison_loss(rm, [train[j] for j in rows], [encoded[j] for j in rows]),
+            lambda rows: checked_loss(
+                STAGE, step + 1, comparison_loss(rm, [train[j] for j in rows], [encoded[j] for j in rows]), processes
+            ),
             params,
             optimizer,
             scheduler,
@@ -244,6 +246,7 @@ def fit_reward_model(
         )
         step += 1
         bar.update(1)
+        check_finite(STAGE, "loss", step, loss)
         if after_step is not None:
             after_step(step, loss.item(), scheduler.get_last_lr()[0], state)
     bar.close()
@@ -269,11 +272,11 @@ def normalize_reward_model(
 def train_reward(run: RunDir, cfg: RunConfig) -> dict:
     rc = cfg.reward
     seed_everything(cfg.seed + 2)
-    collect_dir = run.require("collect")
+    run.require("collect")
 
     # 1. comparisons
-    train = read_jsonl(collect_dir / "comparisons.jsonl", Comparison)
-    heldout = read_jsonl(collect_dir / "heldout.jsonl", Comparison)
+    train = run.read_records("collect", "comparisons.jsonl", Comparison)
+    heldout = run.read_records("collect", "heldout.jsonl", Comparison)
     if rc.drop_tied_best:
         train = [c for c in train if not has_tied_best(c)]
     assert train, "no training comparisons"
@@ -289,7 +292,7 @@ def train_reward(run: RunDir, cfg: RunConfig) -> dict:
     def after_step(step: int, loss: float, lr: float, state: Callable[[], dict]) -> None:
         metrics.write({"step": step, "loss": loss, "lr": lr})
         if step % rc.checkpoint_every == 0 and step < math.ceil(len(train) / rc.batch_size) * rc.epochs:
-            run.save_checkpoint(STAGE, state())
+            save_checked_checkpoint(run, STAGE, step, state())
 
     # 4. train (one epoch by default), each epoch in a seeded order; LP-FT head fit first if configured
     flat = encode_comparisons(rm, train)  # the frozen bottom layers, once for training and normalisation
@@ -302,6 +305,9 @@ def train_reward(run: RunDir, cfg: RunConfig) -> dict:
     # 6. held-out accuracy, then save
     acc = heldout_accuracy(rm, heldout) if heldout else {"heldout_accuracy": float("nan"), "heldout_n": 0}
     info = {**acc, "train_n": len(train), "steps": step, "gain": rm.gain, "bias": rm.bias, "normalize": rc.normalize}
+    check_finite(STAGE, "normalisation gain and bias", step, torch.tensor([rm.gain, rm.bias]))
+    trunk = backbone.adapter_state(rm.adapter) if backbone.is_lora else backbone.model.state_dict()
+    check_finite_state(STAGE, step, {"head": rm.head.state_dict(), "trainable": trunk})  # never save poisoned weights
     if run.writer:
         rm.save(run.stage(STAGE), "reward")
         run.mark_done(STAGE, info)

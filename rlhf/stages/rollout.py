@@ -5,7 +5,6 @@ penalty for a response that never stopped; and the roles that take part (policy,
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ from rlhf.models.loading import load_reward_model, open_backbone, sft_model_path
 from rlhf.models.roles import Backbone, Episodes, LanguageModelRole, ScalarRole
 from rlhf.models.sampling import StopRule, prefix_reuse, sample_episodes, uniform_draws
 from rlhf.processes import Processes
-from rlhf.run import RunDir
+from rlhf.run import RunDir, append_jsonl
 
 
 @dataclass
@@ -188,6 +187,7 @@ def score(
 
 def write_samples(path, iteration: int, prompts: list[str], texts: list[str], scores: list[float], n: int = 4) -> None:
     """The first `n` (prompt, response, score) of a batch, appended to RUN_DIR/<stage>/samples.jsonl."""
-    with open(path, "a") as fh:
-        for p, t, sc in list(zip(prompts, texts, scores))[:n]:
-            fh.write(json.dumps({"iteration": iteration, "prompt": p, "response": t, "score": sc}) + "\n")
+    rows = [
+        {"iteration": iteration, "prompt": p, "response": t, "score": sc} for p, t, sc in zip(prompts, texts, scores)
+    ]
+    append_jsonl(path, rows[:n])

@@ -13,12 +13,14 @@ from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from rlhf.config import RunConfig
+from rlhf.losses import entropy_from_logits
 from rlhf.models.encoding import encode_prompt_response, tokenize_prompt_response
 from rlhf.models.loading import base_model_path, open_backbone
 from rlhf.models.roles import Backbone
 from rlhf.models.saving import ON_BASE, save_policy
 from rlhf.run import MetricsLog, RunDir, seed_everything
 from rlhf.stages.optim import accumulated_step, load_trainable_state, trainable_parameters, trainable_state
+from rlhf.stages.tripwires import check_finite, check_finite_state, checked_loss, save_checked_checkpoint
 from rlhf.tasks import prompt_source, task_for
 
 log = logging.getLogger("rlhf")
@@ -46,13 +48,18 @@ def response_nll(backbone: Backbone, adapter: str | None, prompts: list[str], re
 
 
 def response_logprob_sums(
-    backbone: Backbone, adapter: str | None, prompts: list[str], responses: list[str]
-) -> torch.Tensor:
+    backbone: Backbone, adapter: str | None, prompts: list[str], responses: list[str], with_entropy: bool = False
+):
     """log pi(response | prompt) of each pair: the SUM of its response tokens' log-probs (the EOS after it
-    included), at temperature 1, [B] in float32 on the model's device (DPO's sequence log-probs)."""
+    included), at temperature 1, [B] in float32 on the model's device (DPO's sequence log-probs). With
+    `with_entropy`, (those sums, the mean entropy of the distributions over those tokens, detached)."""
     logits, targets, rows = response_token_logits(backbone, adapter, prompts, responses)
     token_logprobs = -F.cross_entropy(logits, targets, reduction="none")
-    return token_logprobs.new_zeros(len(prompts)).index_add(0, rows, token_logprobs)
+    sums = token_logprobs.new_zeros(len(prompts)).index_add(0, rows, token_logprobs)
+    if not with_entropy:
+        return sums
+    with torch.no_grad():
+        return sums, entropy_from_logits(logits.detach().unsqueeze(0)).mean()
 
 
 def response_token_count(tokenizer, demos: list) -> int:
@@ -120,7 +127,12 @@ def train_sft(run: RunDir, cfg: RunConfig) -> dict:
         batch = [train[j] for j in order[i * sc.batch_size : (i + 1) * sc.batch_size]]
         loss = accumulated_step(
             batch,
-            lambda demos: response_nll(backbone, adapter, [d.prompt for d in demos], [d.response for d in demos]),
+            lambda demos: checked_loss(
+                STAGE,
+                step + 1,
+                response_nll(backbone, adapter, [d.prompt for d in demos], [d.response for d in demos]),
+                run.processes,
+            ),
             params,
             optimizer,
             scheduler,
@@ -130,13 +142,16 @@ def train_sft(run: RunDir, cfg: RunConfig) -> dict:
         )
         step += 1
         bar.update(1)
+        check_finite(STAGE, "loss", step, loss)
         row = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]}
         if step == total_steps:
             row["val_loss"] = validation_loss()
         metrics.write(row)
         if step % sc.checkpoint_every == 0 and step < total_steps:
-            run.save_checkpoint(
+            save_checked_checkpoint(
+                run,
                 STAGE,
+                step,
                 {
                     "trainable": trainable_state(backbone, adapter),
                     "optimizer": optimizer.state_dict(),
@@ -149,6 +164,7 @@ def train_sft(run: RunDir, cfg: RunConfig) -> dict:
 
     # 5. save the adapter (or the full model) atomically
     info = {"trained": True, "steps": step, "n_train": len(train), "n_val": len(val)}
+    check_finite_state(STAGE, step, trainable_state(backbone, adapter))  # never save poisoned weights
     if run.writer:
         save_policy(backbone, adapter, run.stage(STAGE) / "model", ON_BASE, cfg.model.name_or_path)
         run.mark_done(STAGE, info)
