@@ -1,6 +1,7 @@
 """Our side of bench/ppo_vs_trl.py: one measurement per process, run by it as
 
     python bench/ours_side.py {ppo,reward,sft,sample} SPEC.json RESULT.json
+    python bench/ours_side.py ppo-run SPEC.json FOLDER      # once, before the PPO measurements
 
 SPEC.json is what bench/ppo_vs_trl.py writes (model folder, threads, sizes, prompts, demonstrations, pairs);
 RESULT.json gets the figures. Our stages run unchanged: their functions are wrapped from here to time them.
@@ -9,6 +10,7 @@ RESULT.json gets the figures. Our stages run unchanged: their functions are wrap
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -24,6 +26,7 @@ from rlhf.config import load_config
 from rlhf.data.records import Comparison
 from rlhf.models.encoding import encode_queries, tokenize_prompt_response
 from rlhf.models.loading import base_model_path, open_backbone
+from rlhf.models.provision import load_tokenizer
 from rlhf.models.sampling import sample_tokens
 from rlhf.pipeline import start_run
 from rlhf.run import RunDir, seed_everything
@@ -60,12 +63,10 @@ def counting(counts: list, fn):
     return wrapper
 
 
-def ppo(spec: dict, work: Path) -> dict:
-    """Our PPO stage on a run whose SFT is skipped (the policy is the model itself) and whose reward model is the
-    model with a fresh adapter and a fresh scalar head (what TRL's side scores with); the stage's rollout, score,
-    compute_advantages and update are timed from here."""
+def ppo_config(spec: dict):
+    """The quickstart config with the spec's PPO sizes, EOS the only stop."""
     s = spec["ppo"]
-    cfg = our_config(
+    return our_config(
         spec,
         [
             f"ppo.iterations={s['iterations']}",
@@ -77,25 +78,40 @@ def ppo(spec: dict, work: Path) -> dict:
             "ppo.log_gold_reward=false",
         ],
     )
-    run = RunDir(work / "run")
+
+
+def ppo_run(spec: dict, folder: Path) -> None:
+    """A run directory for our PPO stage (made once, outside the measured processes): SFT skipped (the policy is the
+    model itself) and a reward model that is the model with a fresh adapter and a fresh scalar head (what TRL's
+    side scores with)."""
+    cfg = ppo_config(spec)
+    run = RunDir(folder)
     start_run(run, cfg)
     run.mark_done("sft", {"trained": False})
     rm = reward_stage.new_reward_model(open_backbone(cfg, base_model_path(cfg)))
     rm.save(run.stage("reward"), "reward")
     run.mark_done("reward", {"note": "fresh adapter and head, untrained (bench/ours_side.py)"})
-    del rm
+
+
+def ppo(spec: dict, work: Path) -> dict:
+    """Our PPO stage on a copy of the run directory `ppo_run` made (spec["ppo"]["run"]); its rollout, score,
+    compute_advantages and update are timed from here."""
+    s, cfg = spec["ppo"], ppo_config(spec)
+    run = RunDir(work / "run")
+    shutil.copytree(s["run"], run.root)
     phases: dict[str, list] = {"generation": [], "score": [], "advantages": [], "update": [], "end": []}
     ppo_stage.rollout = timed(phases["generation"], ppo_stage.rollout)
     ppo_stage.score = timed(phases["score"], ppo_stage.score)
     ppo_stage.compute_advantages = timed(phases["advantages"], ppo_stage.compute_advantages)
     ppo_stage.update = timed(phases["update"], ppo_stage.update)
     ppo_stage.log_iteration = timed(phases["end"], ppo_stage.log_iteration)
-    counts: list = []
-    optimizers = ppo_stage.optimizers
-    ppo_stage.optimizers = lambda roles, pc: (
-        counting(counts, lambda: roles.policy_params + roles.value_params)(),
-        optimizers(roles, pc),
-    )[1]
+    counts, optimizers = [], ppo_stage.optimizers
+
+    def counted_optimizers(roles, pc):
+        counts.append(sum(p.numel() for p in roles.policy_params + roles.value_params))
+        return optimizers(roles, pc)
+
+    ppo_stage.optimizers = counted_optimizers
     ppo_stage.train_ppo(run, cfg)
     rows = [json.loads(line) for line in (run.root / "ppo" / "metrics.jsonl").read_text().splitlines()]
     iterations = []
@@ -122,7 +138,7 @@ def sft(spec: dict, work: Path) -> dict:
     start_run(run, cfg)
     steps: list = []
     tokens: list[int] = []
-    tokenizer = open_backbone(cfg, base_model_path(cfg)).tokenizer
+    tokenizer = load_tokenizer(base_model_path(cfg))
 
     def step(batch, *args, **kwargs):
         rows = tokenize_prompt_response(tokenizer, [d.prompt for d in batch], [d.response for d in batch], True)
@@ -225,6 +241,9 @@ def main(argv: list[str]) -> None:
     part, spec_path, result_path = argv
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(spec["threads"])
+    if part == "ppo-run":  # not a measurement: the run directory the PPO measurements copy
+        ppo_run(spec, Path(result_path))
+        return
     with tempfile.TemporaryDirectory(prefix=f"ours_{part}_") as work:
         result = PARTS[part](spec, Path(work))
     Path(result_path).write_text(json.dumps(result))

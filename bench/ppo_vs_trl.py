@@ -85,6 +85,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--trl-ppo", default="1.12.0", help="TRL release for PPO (the last with a PPO trainer)")
     p.add_argument("--trl-new", default="1.16.0", help="TRL release for SFT and the reward model")
     p.add_argument("--trl-cache", type=Path, default=Path.home() / ".cache" / "rlhf" / "bench")
+    p.add_argument(
+        "--trl-checkpointing",
+        choices=("default", "on", "off"),
+        default="default",
+        help="TRL's gradient checkpointing: its default (on in its configs), on or off (as ours by default)",
+    )
     p.add_argument("--out", type=Path, help="also write every figure here (JSON)")
     args = p.parse_args(argv)
     if args.quick:
@@ -129,6 +135,7 @@ def build_spec(args: argparse.Namespace) -> dict:
     return {
         "model_dir": base_model_path(cfg),
         "threads": args.threads,
+        "trl_checkpointing": {"default": None, "on": True, "off": False}[args.trl_checkpointing],
         "temperature": cfg.task.temperature,
         "lora": {"r": cfg.model.lora_r, "alpha": cfg.model.lora_alpha, "top_layers": cfg.model.lora_top_layers},
         "prompts": prompts,
@@ -150,16 +157,21 @@ def build_spec(args: argparse.Namespace) -> dict:
     }
 
 
-def run_child(cmd: list[str], work: Path, name: str, threads: int) -> dict:
-    """Run one measuring process; its result JSON plus wall seconds and peak RSS (MiB, from os.wait4)."""
-    result, log = work / f"{name}.json", work / f"{name}.log"
-    env = {
+def child_env(threads: int) -> dict:
+    """The environment of the measuring processes: the thread count, this checkout importable."""
+    return {
         **os.environ,
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),
         "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]),
     }
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE)])
+
+
+def run_child(cmd: list[str], work: Path, name: str, threads: int) -> dict:
+    """Run one measuring process; its result JSON plus wall seconds and peak RSS (MiB, from os.wait4)."""
+    result, log = work / f"{name}.json", work / f"{name}.log"
+    env = child_env(threads)
     t0 = time.time()
     with open(log, "w") as fh:
         child = subprocess.Popen([*cmd, str(result)], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -201,6 +213,9 @@ def measure(args: argparse.Namespace, spec_path: Path, spec: dict, work: Path) -
             print(f"reward: SKIPPED, no HH-RLHF pairs at {args.hh} (--hh PATH)", flush=True)
             continue
         print(f"\n== {part}: {WHAT[part]}", flush=True)
+        if part == "ppo":  # our PPO's run directory (SFT skipped, a fresh reward model), outside the measurements
+            prepare = [py, str(HERE / "ours_side.py"), "ppo-run", str(spec_path), spec["ppo"]["run"]]
+            subprocess.run(prepare, check=True, env=child_env(args.threads), cwd=ROOT, stdout=subprocess.DEVNULL)
         sides = {"ours": [py, str(HERE / "ours_side.py"), part, str(spec_path)]}
         if part != "sample":
             for v in variants:
@@ -218,8 +233,7 @@ def measure(args: argparse.Namespace, spec_path: Path, spec: dict, work: Path) -
                 else:
                     fig = sample_figures(r)
                 fig.update(peak_rss_mib=r["peak_rss_mib"], wall=r["wall"], trl=r.get("trl_version", ""))
-                if "trainable" in r:
-                    fig["trainable_params"] = r["trainable"]
+                fig.update({k: r[k] for k in ("trainable", "checkpointing") if k in r})
                 results.setdefault(part, {}).setdefault(side, []).append(fig)
                 shown = ", ".join(
                     f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fig.items() if v != ""
@@ -242,13 +256,23 @@ def median_of(rows: list[dict], key: str) -> float:
     return statistics.median(row[key] for row in rows)
 
 
+def side_facts(row: dict) -> str:
+    """[TRL release, gradient checkpointing, trained parameters] of a side's first run, what it has of them."""
+    facts = [f"trl {row['trl']}"] if row.get("trl") else []
+    if "checkpointing" in row:
+        facts.append(f"grad. checkpointing {'on' if row['checkpointing'] else 'off'}")
+    if "trainable" in row:
+        facts.append(f"{row['trainable'] / 1e6:.2f}M trained")
+    return f" [{', '.join(facts)}]" if facts else ""
+
+
 def report(results: dict) -> list[str]:
     """Median-over-rounds tables per part, then the ratios (ours / TRL) last."""
     lines, ratios = [], []
     for part, sides in results.items():
         lines.append(f"\n{part} (median of {len(next(iter(sides.values())))} round(s)):")
         for side, rows in sides.items():
-            trl = f" [trl {rows[0]['trl']}]" if rows[0]["trl"] else ""
+            trl = side_facts(rows[0])
             if part == "ppo":
                 lines.append(
                     f"  {side:9s}{trl}: {median_of(rows, 'episodes_per_s'):.3f} episodes/s, s/iteration "
@@ -297,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="ppo_vs_trl_") as tmp:
         work = Path(tmp)
         spec = build_spec(args)
+        spec["ppo"]["run"] = str(work / "ours_ppo_run")  # made by ours_side.py ppo-run, copied by each measurement
         spec_path = work / "spec.json"
         spec_path.write_text(json.dumps(spec))
         print(

@@ -50,9 +50,19 @@ def trainable(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def facts(trainer) -> dict:
+    """What a result records about the trained model: trained parameters, and whether gradient checkpointing was
+    on in it (a module's `gradient_checkpointing` flag, as transformers sets it)."""
+    on = any(getattr(m, "gradient_checkpointing", False) is True for m in trainer.model.modules())
+    return {"trainable": trainable(trainer.model), "checkpointing": on}
+
+
 def common_args(spec: dict, work: Path) -> dict:
-    """TrainingArguments every trainer here gets: CPU, float32, no saving, logging or progress bars."""
+    """TrainingArguments every trainer here gets: CPU, float32, no saving, logging or progress bars; gradient
+    checkpointing as TRL's default (on) unless the spec says."""
+    checkpointing = spec.get("trl_checkpointing")
     return {
+        **({} if checkpointing is None else {"gradient_checkpointing": checkpointing}),
         "output_dir": str(work / "out"),
         "report_to": "none",
         "save_strategy": "no",
@@ -193,7 +203,7 @@ def ppo(spec: dict, variant: str, work: Path) -> dict:
         }
         for it, length in zip(clock.iterations, lengths)
     ]
-    return {"iterations": iterations, "episodes": s["episodes"], "trainable": trainable(trainer.model)}
+    return {"iterations": iterations, "episodes": s["episodes"], **facts(trainer)}
 
 
 def reward(spec: dict, variant: str, work: Path) -> dict:
@@ -229,7 +239,7 @@ def reward(spec: dict, variant: str, work: Path) -> dict:
         "train_seconds": seconds,
         "steps": len(clock.seconds),
         "step_seconds": clock.seconds,
-        "trainable": trainable(trainer.model),
+        **facts(trainer),
     }
 
 
@@ -276,7 +286,7 @@ def sft(spec: dict, variant: str, work: Path) -> dict:
         "step_seconds": clock.seconds,
         "step_tokens": tokens,
         "train_seconds": seconds,
-        "trainable": trainable(trainer.model),
+        **facts(trainer),
     }
 
 
