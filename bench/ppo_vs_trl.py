@@ -215,7 +215,9 @@ def measure(args: argparse.Namespace, spec_path: Path, spec: dict, work: Path) -
         print(f"\n== {part}: {WHAT[part]}", flush=True)
         if part == "ppo":  # our PPO's run directory (SFT skipped, a fresh reward model), outside the measurements
             prepare = [py, str(HERE / "ours_side.py"), "ppo-run", str(spec_path), spec["ppo"]["run"]]
-            subprocess.run(prepare, check=True, env=child_env(args.threads), cwd=ROOT, stdout=subprocess.DEVNULL)
+            done = subprocess.run(prepare, env=child_env(args.threads), cwd=ROOT, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"ours_side.py ppo-run failed:\n{done.stderr[-3000:]}")
         sides = {"ours": [py, str(HERE / "ours_side.py"), part, str(spec_path)]}
         if part != "sample":
             for v in variants:
