@@ -63,10 +63,15 @@ def test_device_strings_accepted_on_load(device):
     assert load_config(None, [f"model.device={device}"]).model.device == device
 
 
-@pytest.mark.parametrize("device", ["gpu", "cuda:", "cuda:x", "CPU", "cuda1"])
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "CPU", "cuda1"])
 def test_a_bad_device_string_is_a_config_error_naming_the_field(device):
     with pytest.raises(ConfigError, match=r"model\.device: expected auto, cpu, cuda, cuda:N or mps"):
         load_config(None, [f"model.device={device}"])
+
+
+def test_a_device_that_yaml_reads_as_a_mapping_is_a_config_error_naming_the_field():
+    with pytest.raises(ConfigError, match=r"model\.device: expected a string, got \{'cuda': None\}"):
+        load_config(None, ["model.device=cuda:"])  # YAML reads "cuda:" as {cuda: null}
 
 
 def test_gradient_accumulation_steps_must_be_positive():
