@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import random
+import re
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import yaml
 from torch.utils.tensorboard import SummaryWriter
 
 from rlhf.config import RunConfig, config_from_dict, config_to_dict
+from rlhf.data.faults import fault_point
 from rlhf.data.io import atomic_write_bytes, atomic_write_json
 from rlhf.processes import Processes, current_processes
 
@@ -36,10 +38,40 @@ def atomic_torch_save(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         torch.save(obj, tmp)
+        fault_point(f"before rename {path}")
         os.replace(tmp, path)
+        fault_point(f"after rename {path}")
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+# the temp files of atomic writes, named after the file and ending in the writer's pid: .NAME.XXXX.tmp<pid>
+# (rlhf/data/io.py) and .NAME.tmp<pid> (atomic_torch_save)
+TEMP_FILE = re.compile(r"^\..+\.tmp(\d+)$")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def remove_stray_temp_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """Delete the temp files in `folder` (and its subfolders when `recursive`) that atomic writes of processes no
+    longer alive left behind (a process killed between writing a temp file and renaming it into place); returns
+    them."""
+    removed = []
+    for path in sorted(Path(folder).rglob(".*.tmp*") if recursive else Path(folder).glob(".*.tmp*")):
+        match = TEMP_FILE.match(path.name)
+        if match and path.is_file() and not process_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def rng_state() -> dict:
@@ -142,6 +174,20 @@ class RunDir:
         return json.loads(path.read_text()) if path.exists() else {}
 
 
+def keep_logged_rows(path: Path, step_key: str, last_step: int | None) -> None:
+    """A JSON Lines log of a stage that resumes: the lines up to `last_step` (by `step_key`; the checkpoint's step)
+    kept and the later ones, logged by the run that was interrupted after its checkpoint, dropped; the file removed
+    when the stage starts afresh (`last_step` None)."""
+    if not path.exists():
+        return
+    if last_step is None:
+        path.unlink()
+        return
+    lines = [line for line in path.read_text().splitlines(keepends=True) if line.strip()]
+    kept = [line for line in lines if json.loads(line).get(step_key, 0) <= last_step]
+    atomic_write_bytes(path, "".join(kept).encode())
+
+
 class MetricsLog:
     """Appends one JSON line per step to RUN_DIR/<stage>/metrics.jsonl and mirrors scalars to TensorBoard.
 
@@ -152,12 +198,8 @@ class MetricsLog:
         self.path = run.stage(stage) / "metrics.jsonl"
         self.step_key = step_key
         self.writer = run.writer
-        if self.writer and resume_step is None and self.path.exists():
-            self.path.unlink()
-        elif self.writer and resume_step is not None and self.path.exists():
-            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-            kept = [r for r in rows if r.get(step_key, 0) <= resume_step]
-            atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        if self.writer:
+            keep_logged_rows(self.path, step_key, resume_step)
         self.stage = stage
         self._tb = None
         self._tb_dir = run.root / "tb" / stage
@@ -165,8 +207,10 @@ class MetricsLog:
     def write(self, row: dict) -> None:
         if not self.writer:
             return
+        fault_point(f"before append {self.path}")
         with open(self.path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
+        fault_point(f"after append {self.path}")
         try:
             if self._tb is None:
                 self._tb = SummaryWriter(str(self._tb_dir))

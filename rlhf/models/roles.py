@@ -16,6 +16,7 @@ import torch.nn as nn
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
+from rlhf.data.faults import fault_point
 from rlhf.data.io import atomic_write_json
 from rlhf.losses import entropy_from_logits, last_token_index, logprobs_from_logits, reward_head_init_std
 from rlhf.models.architecture import (
@@ -445,7 +446,9 @@ class ScalarRole:
             )
         tmp = folder / f".{name}.safetensors.tmp"
         save_file(tensors, str(tmp))
+        fault_point(f"before rename {folder / name}.safetensors")
         tmp.replace(folder / f"{name}.safetensors")
+        fault_point(f"after rename {folder / name}.safetensors")
         atomic_write_json(
             folder / f"{name}.json", {"gain": self.gain, "bias": self.bias, "lora": self.backbone.is_lora}
         )

@@ -32,7 +32,7 @@ from rlhf.policy_losses import (
     rloo_policy_loss,
     sequence_kl_penalized_reward,
 )
-from rlhf.run import MetricsLog, RunDir, seed_everything
+from rlhf.run import MetricsLog, RunDir, keep_logged_rows, seed_everything
 from rlhf.stages.optim import load_trainable_state, optimizer_step, trainable_parameters, trainable_state
 from rlhf.stages.ppo import chunks
 from rlhf.stages.ppo_parts import grad_norm
@@ -216,6 +216,8 @@ def train_group_rl(run: RunDir, cfg: RunConfig, stage: str) -> dict:
         scheduler.load_state_dict(ckpt["scheduler"])
     start = ckpt["iteration"] if ckpt else 0
     metrics = MetricsLog(run, stage, resume_step=start if ckpt else None, step_key="iteration")
+    if run.writer:  # samples of iterations past the checkpoint were logged by an interrupted run: drop them
+        keep_logged_rows(run.stage(stage) / "samples.jsonl", "iteration", start if ckpt else None)
 
     bar = tqdm(total=gc.iterations, initial=start, desc=stage, leave=False, disable=not run.writer)
     for iteration in range(start, gc.iterations):

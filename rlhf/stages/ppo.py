@@ -29,7 +29,7 @@ from rlhf.losses import (
 from rlhf.models.loading import load_reward_model, open_backbone, sft_model_path
 from rlhf.models.roles import Episodes
 from rlhf.models.saving import ON_SFT, save_policy
-from rlhf.run import MetricsLog, RunDir, seed_everything
+from rlhf.run import MetricsLog, RunDir, keep_logged_rows, seed_everything
 from rlhf.stages.online import OnlineCollection
 from rlhf.stages.optim import optimizer_step, trainable_parameters
 from rlhf.stages.ppo_parts import advantage_variance_shares, grad_norm, zero_head
@@ -386,6 +386,8 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
     ckpt = resume(run, roles, optimizer, scheduler, kl_ctl)
     start = ckpt["iteration"] if ckpt else 0
     metrics = MetricsLog(run, STAGE, resume_step=start if ckpt else None, step_key="iteration")
+    if run.writer:  # samples of iterations past the checkpoint were logged by an interrupted run: drop them
+        keep_logged_rows(run.stage(STAGE) / "samples.jsonl", "iteration", start if ckpt else None)
     online = None  # online collection (Ziegler §2.3), off by default: rlhf/stages/online.py
     if cfg.online.enabled:
         online_state = ckpt.get("online") if ckpt else None

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf.config import RunConfig
+from rlhf.data.faults import fault_point
 from rlhf.losses import apply_missing_stop_penalty, masked_whiten
 from rlhf.models.loading import load_reward_model, open_backbone, sft_model_path
 from rlhf.models.roles import Backbone, Episodes, LanguageModelRole, ScalarRole
@@ -188,6 +189,8 @@ def score(
 
 def write_samples(path, iteration: int, prompts: list[str], texts: list[str], scores: list[float], n: int = 4) -> None:
     """The first `n` (prompt, response, score) of a batch, appended to RUN_DIR/<stage>/samples.jsonl."""
+    fault_point(f"before append {path}")
     with open(path, "a") as fh:
         for p, t, sc in list(zip(prompts, texts, scores))[:n]:
             fh.write(json.dumps({"iteration": iteration, "prompt": p, "response": t, "score": sc}) + "\n")
+    fault_point(f"after append {path}")
