@@ -13,7 +13,7 @@ from rlhf.eval.evaluate import evaluate
 from rlhf.eval.report import write_report
 from rlhf.models.device import resolve_placement
 from rlhf.models.loading import base_model_path
-from rlhf.run import RunDir
+from rlhf.run import RunDir, remove_stray_temp_files
 from rlhf.stages.bon import run_bon
 from rlhf.stages.collect import collect
 from rlhf.stages.dpo import train_dpo
@@ -40,7 +40,12 @@ STAGES = list(STAGE_FUNCTIONS)
 
 def run_stage(run: RunDir, cfg: RunConfig, name: str, force: bool = False) -> dict:
     """Run one stage unless it has finished (then skip it); record its wall time in summary.json."""
+    if run.writer:  # what a killed run of this stage left half-written
+        for path in remove_stray_temp_files(run.root) + remove_stray_temp_files(run.root / name):
+            log.info("removed %s, a temp file of a process that was killed", path)
     if run.is_done(name) and not force:
+        if run.writer:  # a run killed after done.json, before it removed its checkpoint
+            (run.root / name / "checkpoint.pt").unlink(missing_ok=True)
         log.info("stage %s: already done, skipping", name)
         return run.done_info(name)
     if force and run.writer:

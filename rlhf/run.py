@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from rlhf.config import RunConfig, config_from_dict, config_to_dict
 from rlhf.config_checks import ConfigError
+from rlhf.data.faults import fault_point
 from rlhf.data.io import (
     FileFault,
     atomic_write_bytes,
@@ -52,7 +54,7 @@ def atomic_torch_save(path: Path, obj) -> None:
 
 def keep_copy(path: Path, copy: Path) -> None:
     """Make `copy` hold what `path` holds, atomically (a hard link where the file system has them)."""
-    temp = copy.with_name(f".{copy.name}.tmp")
+    temp = copy.with_name(f".{copy.name}.tmp{os.getpid()}")
     temp.unlink(missing_ok=True)
     try:
         try:
@@ -101,6 +103,7 @@ def read_jsonl_log(path: Path) -> list[dict]:
 def append_jsonl(path: Path, rows: list[dict]) -> None:
     """Append rows to a stage's log, one JSON object a line; a failed write raises FileFault naming the file (a line
     cut short by it is dropped when the stage resumes)."""
+    fault_point(f"before append {path}")
     try:
         with open(path, "a", encoding="utf-8") as handle:
             handle.write("".join(json.dumps(row) + "\n" for row in rows))
@@ -110,6 +113,7 @@ def append_jsonl(path: Path, rows: list[dict]) -> None:
             f"cannot append ({error.strerror or error})",
             "free space or fix the permissions and run the stage again: it resumes from its last checkpoint",
         ) from error
+    fault_point(f"after append {path}")
 
 
 def trim_jsonl_log(path: Path, step_key: str, last_step: int | None) -> None:
@@ -122,6 +126,34 @@ def trim_jsonl_log(path: Path, step_key: str, last_step: int | None) -> None:
         return
     kept = [r for r in read_jsonl_log(path) if r.get(step_key, 0) <= last_step]
     atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+
+# the temp files of atomic writes, named after the file and ending in the writer's pid: .NAME.XXXX.tmp<pid>
+# (rlhf/data/io.py's atomic writes, atomic_torch_save included) and .NAME.tmp<pid> (keep_copy)
+TEMP_FILE = re.compile(r"^\..+\.tmp(\d+)$")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def remove_stray_temp_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """Delete the temp files in `folder` (and its subfolders when `recursive`) that atomic writes of processes no
+    longer alive left behind (a process killed between writing a temp file and renaming it into place); returns
+    them."""
+    removed = []
+    for path in sorted(Path(folder).rglob(".*.tmp*") if recursive else Path(folder).glob(".*.tmp*")):
+        match = TEMP_FILE.match(path.name)
+        if match and path.is_file() and not process_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def rng_state() -> dict:

@@ -117,7 +117,7 @@ def test_full_report_has_figures_images_and_escaped_text(tmp_path: Path) -> None
     # 10 prompts written, 8 shown
     assert "prompt number 7" in html and "prompt number 8" not in html
     assert "not run" not in html
-    assert not list(tmp_path.glob("*.tmp"))  # atomic write left no temporary file
+    assert not list(tmp_path.glob("*.tmp*"))  # atomic write left no temporary file
 
 
 def test_report_with_every_input_missing_says_not_run(tmp_path: Path) -> None:

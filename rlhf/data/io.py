@@ -21,6 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from rlhf.data.faults import fault_point
 from rlhf.data.records import RecordError
 
 RecordT = TypeVar("RecordT")
@@ -66,7 +67,10 @@ def _atomic_file(path: PathLike) -> Iterator[IO[bytes]]:
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        # the writer's pid ends the name: a temp file left by a killed process is found and removed (rlhf/run.py)
+        descriptor, temp_name = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{target.name}.", suffix=f".tmp{os.getpid()}"
+        )
     except OSError as error:
         raise write_fault(target, error) from error
     temp_path = Path(temp_name)
@@ -77,7 +81,9 @@ def _atomic_file(path: PathLike) -> Iterator[IO[bytes]]:
             os.fsync(handle.fileno())
         mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
         os.chmod(temp_path, mode)
+        fault_point(f"before rename {target}")
         os.replace(temp_path, target)
+        fault_point(f"after rename {target}")
     except BaseException as error:
         temp_path.unlink(missing_ok=True)
         cause = None if isinstance(error, FileFault) else os_error_in(error)

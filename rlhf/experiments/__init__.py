@@ -3,10 +3,12 @@ Each experiment is one module with a `Config` dataclass and `run(cfg, out) -> di
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from rlhf.config import load_config
 from rlhf.experiments import frontier, overoptimization, queries_needed, rlhf_vs_sft, rm_scaling, rouge_proxy
+from rlhf.run import remove_stray_temp_files
 
 EXPERIMENTS = ("frontier", "queries_needed", "overoptimization", "rouge_proxy", "rm_scaling", "rlhf_vs_sft")
 
@@ -25,4 +27,6 @@ def run_experiment(name: str, config_path: str | Path | None, out: str | Path, o
     if module is None:
         raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
     cfg = load_config(config_path, overrides, cls=module.Config)
+    for path in remove_stray_temp_files(Path(out), recursive=True):  # left by a run that was killed
+        logging.getLogger("rlhf").info("removed %s, a temp file of a process that was killed", path)
     return module.run(cfg, Path(out))

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from rlhf.config import RunConfig
+from rlhf.data.faults import fault_point
 from rlhf.data.io import atomic_write_json, atomic_write_text
 from rlhf.eval.evaluate import sample_with_kl
 from rlhf.losses import apply_missing_stop_penalty
@@ -246,4 +247,6 @@ def save_figure(fig, path: Path, dpi: int = 110) -> None:
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
+    fault_point(f"before rename {path}")
     tmp.replace(path)
+    fault_point(f"after rename {path}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from rlhf.data.faults import fault_point
 from rlhf.data.io import os_error_in, write_fault
 from rlhf.models.roles import Backbone
 
@@ -48,8 +49,11 @@ def write_folder(folder: Path, write: Callable[[Path], None]) -> None:
         if cause is not None:
             raise write_fault(folder, cause) from error
         raise
+    fault_point(f"before rename {folder}")
     shutil.rmtree(folder, ignore_errors=True)
+    fault_point(f"removed {folder}")
     os.replace(tmp, folder)
+    fault_point(f"after rename {folder}")
 
 
 def save_hf_folder(model, tokenizer, folder: Path) -> None:
@@ -72,6 +76,11 @@ def write_adapter_files(tmp: Path, config, state: dict, base_name: str | None) -
     peft saves them, without an adapter name)."""
     config = config.__class__(**{**config.to_dict(), "base_model_name_or_path": base_name})
     config.save_pretrained(str(tmp))
+    # peft writes a set-valued field (target_modules) as a list in set order, which follows the process's string
+    # hashing: sorted, the same adapter is the same file in every process
+    path, sets = tmp / "adapter_config.json", [k for k, v in config.to_dict().items() if isinstance(v, set)]
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({**saved, **{k: sorted(saved[k]) for k in sets}}, indent=2, sort_keys=True))
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
 
