@@ -1,7 +1,9 @@
-"""Shared fixtures: a tiny random Llama model that uses the built-in model's tokenizer."""
+"""Shared fixtures: a tiny random Llama model that uses the built-in model's tokenizer; the labeling app's database
+under test, SQLite and a throw-away PostgreSQL server."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,29 @@ def shared_data() -> Path:
             f"real data not found at {SHARED_DATA} (it sits beside the project on development and CI machines only)"
         )
     return SHARED_DATA
+
+
+_database_numbers = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throw-away PostgreSQL server for the module (skips with a reason when Debian's binaries are absent)."""
+    from label_helpers import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """The labeling app's database URL: a fresh SQLite file, then a fresh database on the module's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'label.db'}"
+    import psycopg
+
+    admin_url = request.getfixturevalue("postgres")
+    name = f"test_{next(_database_numbers)}"
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return admin_url.rsplit("/", 1)[0] + "/" + name

@@ -6,7 +6,6 @@ private secret-key and database files, bounded instructions, and the `serve`/`pu
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import socket
 import stat
@@ -18,7 +17,7 @@ import httpx
 import pytest
 from alembic import command
 from alembic.config import Config
-from label_helpers import PASSWORD, Browserless, postgres_server, running_server, write_samples
+from label_helpers import PASSWORD, Browserless, running_server, write_samples
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
@@ -33,27 +32,7 @@ from rlhf.labeling_app.settings import LabelSettings
 from rlhf.labeling_app.tables import AndonPull, Instructions, Query, Run, User, utcnow
 from rlhf.labeling_app.work import MAX_INSTRUCTIONS_LENGTH
 
-_database_numbers = itertools.count()
 TOO_BIG_ID = "99999999999999999999"  # > 2**64
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    with postgres_server() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'label.db'}"
-    import psycopg
-
-    admin_url = request.getfixturevalue("postgres")
-    name = f"hardening_{next(_database_numbers)}"
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        connection.execute(f"CREATE DATABASE {name}")
-    return admin_url.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture

@@ -4,12 +4,11 @@ test starts: role routing, a simulated collection round, exactly-once storage, r
 
 from __future__ import annotations
 
-import itertools
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from label_helpers import PASSWORD, Browserless, postgres_server, running_server, write_samples
+from label_helpers import PASSWORD, Browserless, running_server, write_samples
 from sqlalchemy import func, inspect, select
 
 from rlhf.data.io import read_jsonl
@@ -25,26 +24,6 @@ from rlhf.labeling_app.tables import Judgment, Query, User
 
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 SQLI = ["' OR '1'='1", "x'); DROP TABLE users;--", "1; DELETE FROM judgments", '" OR ""="']
-_database_numbers = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    with postgres_server() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'label.db'}"
-    import psycopg
-
-    admin_url = request.getfixturevalue("postgres")
-    name = f"test_{next(_database_numbers)}"
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        connection.execute(f"CREATE DATABASE {name}")
-    return admin_url.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ control and format characters."""
 
 from __future__ import annotations
 
-import itertools
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,7 @@ import httpx
 import pytest
 from alembic import command
 from alembic.config import Config
-from label_helpers import PASSWORD, Browserless, postgres_server, running_server
+from label_helpers import PASSWORD, Browserless, running_server
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
@@ -27,27 +26,6 @@ from rlhf.labeling_app.auth import create_user
 from rlhf.labeling_app.db import MIGRATIONS, make_engine, open_database
 from rlhf.labeling_app.settings import LabelSettings
 from rlhf.labeling_app.tables import User
-
-_database_numbers = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    with postgres_server() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'label.db'}"
-    import psycopg
-
-    admin_url = request.getfixturevalue("postgres")
-    name = f"sessions_{next(_database_numbers)}"
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        connection.execute(f"CREATE DATABASE {name}")
-    return admin_url.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture
