@@ -16,12 +16,12 @@ from rlhf.models.device import Placement, resolve_placement
 from rlhf.models.provision import load_causal_lm, load_tokenizer, resolve_model
 from rlhf.models.roles import Backbone, ScalarRole
 from rlhf.models.saving import ADAPTER_NOTE, ON_BASE, ON_SFT
+from rlhf.models.threads import CPU_THREADS
 from rlhf.run import RunDir
 
 
 def set_threads(cfg: RunConfig) -> None:
-    if cfg.model.threads > 0:
-        torch.set_num_threads(cfg.model.threads)
+    CPU_THREADS.configure(cfg.model.threads)
 
 
 def base_model_path(cfg: RunConfig) -> str:

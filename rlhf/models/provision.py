@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rlhf.models.threads import follow_free_cores
+
 log = logging.getLogger("rlhf")
 
 BUILTIN = "builtin:smollm2-135m-instruct"
@@ -110,6 +112,8 @@ def load_causal_lm(path: str, tokenizer, device: torch.device | str = "cpu", dty
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
+    if torch.device(device).type == "cpu":
+        follow_free_cores(model)
     # dropout off everywhere, and we never call .train(): sampling and the PPO update must compute the same
     # log-probs, or the PPO ratio is not 1 before the first step
     model.eval()
