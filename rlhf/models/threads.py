@@ -1,11 +1,12 @@
 """How many CPU threads torch's kernels use. With `model.threads: 0` (the default) the count follows the cores
-that other processes leave free, re-read every few seconds at the start of a model's forward pass.
+that other processes leave free, re-read every 2 s at the start of a model's forward pass.
 
-Why: torch's OpenMP threads meet at a barrier after every kernel. On a 2-core machine with one other busy process,
-two threads make every kernel wait for the thread the scheduler parked, and a decoding step takes 2–3x as long as
-with one thread (measured in docs/benchmarks.md, "Threads under load"). Quiet, two threads are 1.5–1.7x faster
-than one. The thread count does not change the figures: the kernels split work across threads by output rows, so
-the sums are the same (tests/test_threads.py checks a forward and backward pass bit for bit)."""
+Why: torch's OpenMP threads meet at a barrier after every kernel. On a 2-core machine beside one busy process, two
+threads make each kernel wait for the thread the scheduler parked: a forward and backward pass took 1.2x and a
+decoding step 2x as long as on one thread; quiet, two threads are 1.5-1.8x faster than one (docs/benchmarks.md,
+"Threads under load"). The price: a parallel reduction (a sum, the attention of a decoding step) adds in another
+order on another thread count, so figures then move with the machine's load by rounding (a gold score in the 7th
+digit, now and then a sampled token). `model.threads: N` fixes the count, and with it every figure, bit for bit."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ def others_busy_cores(busy_all_s: float, busy_ours_s: float, wall_s: float) -> f
 
 
 def threads_for(cores: int, others_busy: float, most: int) -> int:
-    """The thread count for the cores others leave free: at least 1, at most `most` (torch's own default)."""
-    return max(1, min(most, int(cores - others_busy + 0.5)))
+    """The thread count for the cores others leave free, a core counting as taken when others keep it busy more
+    than 3/4 of the time (so that a short burst of other work does not change it): at least 1, at most `most`."""
+    return max(1, min(most, int(cores - others_busy + 0.75)))
 
 
 def read_busy_seconds(cpus: set[int], stat_path: str = "/proc/stat") -> float | None:
