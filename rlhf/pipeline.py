@@ -13,6 +13,7 @@ from rlhf.eval.evaluate import evaluate
 from rlhf.eval.report import write_report
 from rlhf.models.device import resolve_placement
 from rlhf.models.loading import base_model_path
+from rlhf.models.threads import CPU_THREADS
 from rlhf.run import RunDir, remove_stray_temp_files
 from rlhf.stages.bon import run_bon
 from rlhf.stages.collect import collect
@@ -63,7 +64,8 @@ def run_stage(run: RunDir, cfg: RunConfig, name: str, force: bool = False) -> di
     summary = run.read_summary()
     stage_seconds = {**summary.get("stage_seconds", {}), name: seconds}
     run.update_summary(stage_seconds=stage_seconds, wall_seconds_total=sum(stage_seconds.values()))
-    log.info("stage %s: done in %.0f s", name, seconds)
+    threads = CPU_THREADS.describe()
+    log.info("stage %s: done in %.0f s%s", name, seconds, f" (CPU threads: {threads})" if threads else "")
     return info
 
 

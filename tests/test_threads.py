@@ -25,12 +25,12 @@ def test_others_busy_cores_by_hand():
 
 def test_threads_for_by_hand():
     assert threads_for(2, 0.05, 2) == 2  # quiet: both cores
-    assert threads_for(2, 0.70, 2) == 2  # 2 - 0.70 + 0.75 = 2.05: a burst, not a taken core
-    assert threads_for(2, 0.80, 2) == 1  # 1.95
+    assert threads_for(2, 0.45, 2) == 2  # 2 - 0.45 + 0.5 = 2.05: a burst, not a taken core
+    assert threads_for(2, 0.76, 2) == 1  # 1.74: a busy process squeezed by our two threads
     assert threads_for(2, 0.98, 2) == 1  # one core taken
     assert threads_for(2, 1.6, 2) == 1  # never below one thread
     assert threads_for(16, 3.4, 8) == 8  # at most torch's default
-    assert threads_for(16, 9.6, 8) == 7  # 16 - 9.6 + 0.75 = 7.15
+    assert threads_for(16, 9.6, 8) == 6  # 16 - 9.6 + 0.5 = 6.9
 
 
 def test_read_busy_seconds_counts_only_our_cpus(tmp_path, monkeypatch):
@@ -65,6 +65,8 @@ def test_tick_follows_other_processes(kept_threads):
     assert torch.get_num_threads() == 2
     threads.tick()
     assert (torch.get_num_threads(), threads.changes) == (2, 2)
+    assert threads.describe() == "2 threads for 4 s, 1 thread for 2 s"
+    assert threads.describe() == ""
 
 
 def test_fixed_threads_are_kept(kept_threads):

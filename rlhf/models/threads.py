@@ -32,8 +32,9 @@ def others_busy_cores(busy_all_s: float, busy_ours_s: float, wall_s: float) -> f
 
 def threads_for(cores: int, others_busy: float, most: int) -> int:
     """The thread count for the cores others leave free, a core counting as taken when others keep it busy more
-    than 3/4 of the time (so that a short burst of other work does not change it): at least 1, at most `most`."""
-    return max(1, min(most, int(cores - others_busy + 0.75)))
+    than half the time (a process that would keep a core busy gets only ~2/3 of one beside our threads on a full
+    machine: 0.76 measured on 2 cores), at least 1, at most `most`."""
+    return max(1, min(most, int(cores - others_busy + 0.5)))
 
 
 def read_busy_seconds(cpus: set[int], stat_path: str = "/proc/stat") -> float | None:
@@ -74,6 +75,8 @@ class CpuThreads:
     read: Callable[[set[int]], tuple[float, float, float] | None] = read_sample
     last: tuple[float, float, float] | None = None
     changes: int = 0
+    seconds_at: dict[int, float] = field(default_factory=dict)
+    """Wall seconds between readings, by the thread count they ran on (since the last `describe`)."""
 
     def configure(self, fixed: int) -> None:
         self.fixed = fixed
@@ -91,6 +94,8 @@ class CpuThreads:
             return
         if self.last is not None:
             wall, all_s, ours_s = (b - a for a, b in zip(self.last, sample))
+            n = torch.get_num_threads()
+            self.seconds_at[n] = self.seconds_at.get(n, 0.0) + wall
             others = others_busy_cores(all_s, ours_s, wall)
             want = threads_for(len(self.cpus), others, self.most)
             if want != torch.get_num_threads():
@@ -104,6 +109,11 @@ class CpuThreads:
                 torch.set_num_threads(want)
                 self.changes += 1
         self.last = sample
+
+    def describe(self) -> str:
+        """`N threads for S s, ...` since the last call, or '' with a fixed count or no readings; starts anew."""
+        spent, self.seconds_at = self.seconds_at, {}
+        return ", ".join(f"{n} thread{'s' * (n > 1)} for {s:.0f} s" for n, s in sorted(spent.items(), reverse=True))
 
 
 CPU_THREADS = CpuThreads()
