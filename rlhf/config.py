@@ -64,8 +64,7 @@ class ModelConfig:
     """Module names that receive LoRA adapters, or `all-linear` (peft's: every linear layer but the output layer;
     on Llama that is q/k/v/o_proj and gate/up/down_proj, on GPT-2 c_attn, c_proj, c_fc)."""
     threads: int = 0
-    """torch intra-op threads on the CPU; 0 = follow the cores other processes leave free (at most torch's default,
-    which OMP_NUM_THREADS sets), re-checked every 2 s (rlhf/models/threads.py)."""
+    """torch threads on the CPU; 0 = as many as the cores other processes leave free (rlhf/models/threads.py)."""
     device: str = "auto"
     """Where the models run: `auto` (CUDA if available, else MPS, else CPU), `cpu`, `cuda`, `cuda:N` or `mps`. Asking
     for a device that is not there is an error when a stage starts, never a silent fallback to the CPU."""
