@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -40,7 +41,7 @@ def threads_for(cores: int, others_busy: float, most: int) -> int:
 def read_busy_seconds(cpus: set[int], stat_path: str = "/proc/stat") -> float | None:
     """CPU-seconds spent not idle on `cpus` since boot, or None where /proc/stat is not there (not Linux)."""
     try:
-        lines = open(stat_path).read().splitlines()
+        lines = Path(stat_path).read_text().splitlines()
     except OSError:
         return None
     ticks = 0
