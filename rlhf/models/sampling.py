@@ -46,6 +46,18 @@ def layer_outputs(layer: torch.nn.Module | None):
             hook.remove()
 
 
+def distinct_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the first index of each distinct row of `rows` [B, L], for each row the position of its distinct row in
+    that list [B]); (arange(B), None) when no two rows are equal."""
+    _, which = torch.unique(rows, dim=0, return_inverse=True)
+    B, n = len(rows), int(which.max()) + 1 if len(rows) else 0
+    if n == B:
+        return torch.arange(B, device=rows.device), None
+    first = torch.full((n,), B, dtype=torch.long, device=rows.device)
+    first.scatter_reduce_(0, which, torch.arange(B, device=rows.device), reduce="amin")
+    return first, which
+
+
 @torch.no_grad()
 def sample_tokens(
     lm,
@@ -86,7 +98,20 @@ def sample_tokens(
         mask = torch.cat([query_mask, query_mask.new_ones(B, width)], dim=1)
         position_ids = position_ids_from_mask(query_mask)
         cached = {"past_key_values": cache, "use_cache": True}
-        out = lm(input_ids=query_ids, attention_mask=mask[:, :Q], position_ids=position_ids, logits_to_keep=1, **cached)
+        # 0. the prompts: each distinct query once (K responses per prompt repeat it K times), then copied to its rows
+        first, copies = distinct_rows(torch.cat([query_ids, query_mask], dim=1))
+        prefill = slice(None) if copies is None else first
+        out = lm(
+            input_ids=query_ids[prefill],
+            attention_mask=query_mask[prefill],
+            position_ids=position_ids[prefill],
+            logits_to_keep=1,
+            **cached,
+        )
+        if copies is not None:
+            cache.batch_select_indices(copies)
+            out.logits = out.logits[copies]
+            layer_out[:] = [x[copies] for x in layer_out]
         hidden = None
         if hidden_of is not None:
             assert len(layer_out) == 1 and layer_out[0].shape[:2] == (B, Q), "hidden_of must run once per forward"
