@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from rlhf.config import load_config
+from rlhf.config_loading import load_config
 from rlhf.eval.frontier import frontier_over_prompts
 from rlhf.experiments import frontier as F
 from rlhf.experiments.common import SHARED_STAGES, as_matrix, measured_sub_run, run_stages

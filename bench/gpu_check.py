@@ -32,7 +32,8 @@ from types import SimpleNamespace
 import torch
 from gpu_check_models import peak_bf16_flops, random_backbone, random_causal_lm, texts_of_length, tokenizer_folder
 
-from rlhf.config import ModelConfig, PPOConfig, TaskConfig, load_config
+from rlhf.config import ModelConfig, PPOConfig, TaskConfig
+from rlhf.config_loading import load_config
 from rlhf.data.records import Comparison
 from rlhf.models.encoding import encode_queries, tokenize_prompt_response
 from rlhf.models.provision import load_tokenizer

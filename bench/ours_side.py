@@ -22,7 +22,7 @@ import torch
 import rlhf.stages.ppo as ppo_stage
 import rlhf.stages.reward as reward_stage
 import rlhf.stages.sft as sft_stage
-from rlhf.config import load_config
+from rlhf.config_loading import load_config
 from rlhf.data.records import Comparison
 from rlhf.models.encoding import encode_queries, tokenize_prompt_response
 from rlhf.models.loading import base_model_path, open_backbone

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf.config import config_to_dict, load_config
+from rlhf.config_loading import config_to_dict, load_config
 from rlhf.data.io import atomic_write_json
 from rlhf.eval.evaluate import sample_with_kl
 from rlhf.experiments.common import SHARED_STAGES, run_stages

@@ -33,7 +33,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from rlhf.config import load_config
+from rlhf.config_loading import load_config
 from rlhf.models.loading import base_model_path
 from rlhf.tasks import task_for
 

@@ -18,7 +18,7 @@ import time
 import torch
 
 import rlhf.models.sampling as sampling
-from rlhf.config import load_config
+from rlhf.config_loading import load_config
 from rlhf.models.loading import load_reward_model, open_backbone, sft_model_path
 from rlhf.models.roles import LanguageModelRole
 from rlhf.run import RunDir
@@ -48,7 +48,9 @@ def main() -> None:
     policy = LanguageModelRole(backbone, None, cfg.task.temperature)
     reuse = sampling.prefix_reuse(policy, reward=reward)
     uniforms = sampling.uniform_draws(len(prompts), response_length)
-    print(f"{len(prompts)} rows, {len(set(prompts))} distinct prompts, {response_length} tokens, {args.threads} threads")
+    print(
+        f"{len(prompts)} rows, {len(set(prompts))} distinct prompts, {response_length} tokens, {args.threads} threads"
+    )
     seconds: dict[str, list[float]] = {"every row": [], "once per prompt": []}
     outputs = {}
     for _ in range(args.repeats):

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from rlhf.config import load_config
+from rlhf.config_loading import load_config
 from rlhf.models.encoding import encode_queries
 from rlhf.models.loading import open_backbone, sft_model_path
 from rlhf.models.sampling import sample_tokens, uniform_draws

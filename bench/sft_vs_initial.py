@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from rlhf.config import load_config
+from rlhf.config_loading import load_config
 from rlhf.models.loading import base_model_path, open_backbone, sft_model_path
 from rlhf.models.roles import LanguageModelRole
 from rlhf.models.sampling import sample_texts

@@ -3,7 +3,8 @@ another post's, in both orders. `python bench/tldr_judge_probe.py` (needs ../sha
 
 import time
 
-from rlhf.config import JudgeConfig, load_config
+from rlhf.config import JudgeConfig
+from rlhf.config_loading import load_config
 from rlhf.experiments import rlhf_vs_sft as m
 from rlhf.judges import judge_both_orders, make_judge
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rlhf.config import describe_config, load_config
+from rlhf.config_loading import describe_config, load_config
 from rlhf.data_cli import add_data_parser, main_data
 from rlhf.eval.compare_report import write_comparison_report
 from rlhf.eval.ood import evaluate_ood

@@ -1,4 +1,4 @@
-"""The checks a config field's value gets beyond its type when a config loads (rlhf/config.py FIELD_CHECKS), and
+"""The checks a config field's value gets beyond its type when a config loads (rlhf/config_loading.py FIELD_CHECKS), and
 the error every config problem raises."""
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from rlhf.config import RunConfig, config_to_dict
+from rlhf.config import RunConfig
+from rlhf.config_loading import config_to_dict
 from rlhf.config_methods import POLICY_METHODS
 from rlhf.eval.evaluate import evaluate
 from rlhf.eval.report import write_report

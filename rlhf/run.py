@@ -29,8 +29,9 @@ import torch
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
-from rlhf.config import RunConfig, config_from_dict, config_to_dict
+from rlhf.config import RunConfig
 from rlhf.config_checks import ConfigError
+from rlhf.config_loading import config_from_dict, config_to_dict
 from rlhf.data.faults import fault_point
 from rlhf.data.io import (
     FileFault,

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from rlhf.cli import main
-from rlhf.config import ConfigError, RunConfig, choices_of, config_from_dict, config_to_dict, load_config
+from rlhf.config import RunConfig
+from rlhf.config_checks import ConfigError
+from rlhf.config_loading import choices_of, config_from_dict, config_to_dict, load_config
 from rlhf.data.records import COMPARISON_KINDS
 from rlhf.experiments import (
     frontier,

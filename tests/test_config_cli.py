@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from rlhf.cli import STAGE_HELP, build_parser
-from rlhf.config import ConfigError, RunConfig, field_docs, load_config
+from rlhf.config import RunConfig
+from rlhf.config_checks import ConfigError
+from rlhf.config_loading import field_docs, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf.config import ModelConfig, load_config
+from rlhf.config import ModelConfig
+from rlhf.config_loading import load_config
 from rlhf.models.encoding import encode_queries
 from rlhf.models.loading import open_backbone
 from rlhf.models.roles import Episodes, LanguageModelRole

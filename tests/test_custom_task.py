@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.config import ConfigError, load_config
+from rlhf.config_checks import ConfigError
+from rlhf.config_loading import load_config
 from rlhf.models.provision import load_tokenizer
 from rlhf.tasks import task_and_stop_rule, task_for
 from rlhf.tasks.custom import chat_render, end_of_turn, in_test_share, plain_render, response_text

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf.config import ConfigError, ModelConfig, load_config
+from rlhf.config import ModelConfig
+from rlhf.config_checks import ConfigError
+from rlhf.config_loading import load_config
 from rlhf.models.device import Placement, resolve_dtype, resolve_placement
 from rlhf.models.provision import load_causal_lm, load_tokenizer
 from rlhf.models.roles import Backbone, Episodes

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import rlhf.stages.dpo as dpo_stage
-from rlhf.config import load_config
+from rlhf.config_loading import load_config
 from rlhf.data.io import write_jsonl
 from rlhf.data.records import Comparison
 from rlhf.models.loading import open_backbone, sft_model_path

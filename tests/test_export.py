@@ -15,7 +15,8 @@ import torch
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, pipeline
 
-from rlhf.config import RunConfig, config_from_dict
+from rlhf.config import RunConfig
+from rlhf.config_loading import config_from_dict
 from rlhf.models import export as export_module
 from rlhf.models.encoding import EncodedSequence, pad_encoded, pad_prompt_response
 from rlhf.models.export import (

@@ -22,7 +22,8 @@ from test_dpo import dpo_run, fixed_preference
 import rlhf.run as run_module
 import rlhf.stages.group_rl as group_rl
 from rlhf.cli import main
-from rlhf.config import ConfigError, load_config
+from rlhf.config_checks import ConfigError
+from rlhf.config_loading import load_config
 from rlhf.data.io import FileFault, atomic_write_bytes, atomic_write_json
 from rlhf.models.saving import write_folder
 from rlhf.pipeline import run_stage

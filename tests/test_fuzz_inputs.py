@@ -27,7 +27,9 @@ import yaml
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from rlhf.config import ConfigError, RunConfig, config_from_dict, load_config
+from rlhf.config import RunConfig
+from rlhf.config_checks import ConfigError
+from rlhf.config_loading import config_from_dict, load_config
 from rlhf.data import formats, importers
 from rlhf.data.io import iter_rows, read_jsonl, read_records
 from rlhf.data.records import Comparison, Demonstration, Prompt, RecordError, Sample

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlhf.config import load_config
+from rlhf.config_loading import load_config
 from rlhf.models.loading import open_backbone, sft_model_path
 from rlhf.models.roles import LanguageModelRole
 from rlhf.models.sampling import StopRule, sample_episodes

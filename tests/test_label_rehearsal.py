@@ -34,7 +34,7 @@ def test_simulated_round_then_andon_cord_stops_running_ppo(tiny_model_dir, tmp_p
         pytest.skip(f"{CHROMIUM} not found (apt-get install -y chromium)")
     from playwright.sync_api import sync_playwright
 
-    from rlhf.config import config_from_dict, config_to_dict, load_config
+    from rlhf.config_loading import config_from_dict, config_to_dict, load_config
     from rlhf.pipeline import run_stage, start_run
     from rlhf.run import RunDir
     from rlhf.tasks import get_task

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1] / "rlhf"
 LAYERS: list[tuple[str, ...]] = [
     (
         "rlhf.config",
+        "rlhf.config_loading",
         "rlhf.config_checks",
         "rlhf.config_methods",
         "rlhf.processes",

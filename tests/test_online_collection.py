@@ -130,7 +130,7 @@ def test_online_ppo_pauses_for_app_labels_and_retrains_the_reward_model(tiny_mod
 
     from label_helpers import running_server
 
-    from rlhf.config import load_config
+    from rlhf.config_loading import load_config
     from rlhf.labelers.simulated import SimulatedLabeler
     from rlhf.labeling_app.app import create_app
     from rlhf.labeling_app.db import open_database

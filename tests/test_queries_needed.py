@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rlhf.config import load_config
+from rlhf.config_loading import load_config
 from rlhf.data.records import Comparison
 from rlhf.experiments.queries_needed import Config, episodes_axis, nested_first, run
 

@@ -21,7 +21,8 @@ import rlhf.stages.group_rl as group_rl
 import rlhf.stages.ppo as ppo_stage
 import rlhf.stages.reward as reward_stage
 import rlhf.stages.sft as sft_stage
-from rlhf.config import RunConfig, load_config
+from rlhf.config import RunConfig
+from rlhf.config_loading import load_config
 from rlhf.config_methods import TripwireConfig
 from rlhf.pipeline import run_stage
 from rlhf.run import RunDir

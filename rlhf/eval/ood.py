@@ -14,7 +14,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from rlhf.config import RunConfig, load_config
+from rlhf.config import RunConfig
+from rlhf.config_loading import load_config
 from rlhf.data.io import atomic_write_json, atomic_write_text
 from rlhf.data.records import Prompt
 from rlhf.eval.evaluate import evaluate_on_prompts, samples_jsonl

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from rlhf.config import load_config
+from rlhf.config_loading import load_config
 from rlhf.experiments import frontier, overoptimization, queries_needed, rlhf_vs_sft, rm_scaling, rouge_proxy
 from rlhf.run import remove_stray_temp_files
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf.config import RunConfig, config_to_dict
+from rlhf.config import RunConfig
+from rlhf.config_loading import config_to_dict
 from rlhf.config_methods import POLICY_METHODS
 from rlhf.data.io import atomic_write_json, atomic_write_text
 from rlhf.eval.frontier import fraction_of_optimum, frontier_over_prompts, optimal_reward_at_kl

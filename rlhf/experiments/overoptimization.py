@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf.config import RunConfig, config_to_dict
+from rlhf.config import RunConfig
+from rlhf.config_loading import config_to_dict
 from rlhf.data.io import atomic_write_json, atomic_write_text
 from rlhf.experiments.common import (
     Clock,

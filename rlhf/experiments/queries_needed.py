@@ -23,7 +23,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhf.config import RunConfig, config_to_dict
+from rlhf.config import RunConfig
+from rlhf.config_loading import config_to_dict
 from rlhf.data.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 from rlhf.data.records import Comparison
 from rlhf.eval.evaluate import sample_with_kl

@@ -25,7 +25,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhf.config import RunConfig, config_to_dict
+from rlhf.config import RunConfig
+from rlhf.config_loading import config_to_dict
 from rlhf.data.io import atomic_write_json, atomic_write_text
 from rlhf.eval.best_of_n_output import read_best_of_n_output
 from rlhf.eval.diversity import diversity_report

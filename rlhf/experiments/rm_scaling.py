@@ -30,7 +30,8 @@ import torch
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from rlhf.config import RunConfig, config_to_dict
+from rlhf.config import RunConfig
+from rlhf.config_loading import config_to_dict
 from rlhf.data.importers import import_hh_rlhf
 from rlhf.data.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 from rlhf.data.records import Comparison

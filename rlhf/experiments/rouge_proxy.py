@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from rlhf.config import RunConfig, config_to_dict
+from rlhf.config import RunConfig
+from rlhf.config_loading import config_to_dict
 from rlhf.data.io import atomic_write_json, atomic_write_text
 from rlhf.eval.text_metrics import ROUGE_TYPES, rouge_per_pair
 from rlhf.experiments.common import Clock, best_of_n_sweep, run_base, save_figure
