@@ -336,8 +336,9 @@ class LanguageModelRole:
         lp = torch.zeros(real.shape, device=hidden.device).masked_scatter(
             real, logprobs_from_logits(logits, episodes.response_ids[real].unsqueeze(0))[0]
         )
-        if with_entropy:
-            entropy = entropy_from_logits(logits)[0]
+        if with_entropy:  # a statistic, never a loss term: no graph, so its [real, V] tensors are freed at once
+            with torch.no_grad():
+                entropy = entropy_from_logits(logits)[0]
             return lp, torch.zeros(real.shape, device=hidden.device).masked_scatter(real, entropy)
         return lp
 
