@@ -20,8 +20,6 @@ from rlhf.config import RunConfig
 from rlhf.config_checks import ConfigError
 from rlhf.config_loading import config_from_dict, load_config
 
-# ---------------------------------------------------------------- config loading
-
 
 def config_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
     """Every dotted field name of a config dataclass, sections included."""
