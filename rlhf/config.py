@@ -43,6 +43,11 @@ class ModelConfig:
     """LoRA scaling numerator (scale = alpha / r)."""
     lora_top_layers: int = 0
     """Put adapters on the top N transformer layers only (0 = all layers). Fewer layers = cheaper backward passes."""
+    policy_lora_r: int = 0
+    """LoRA rank of the policy adapter that PPO, RLOO, GRPO and DPO train; 0 = lora_r. Fewer trainable parameters
+    move the policy less per optimiser step on noise (docs/algorithms/ppo.md)."""
+    policy_lora_top_layers: int = 0
+    """The policy adapter on the top N layers only, N <= lora_top_layers when that is set; 0 = lora_top_layers."""
     lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     """Module names that receive LoRA adapters, or `all-linear` (peft's: every linear layer but the output layer;
     on Llama that is q/k/v/o_proj and gate/up/down_proj, on GPT-2 c_attn, c_proj, c_fc)."""

@@ -89,9 +89,24 @@ def open_causal_lm(cfg: RunConfig, path: str, placement: Placement):
         return tokenizer, merge_adapter_folders(model, adapters)
 
 
+def check_policy_adapter(m) -> None:
+    """The policy adapter's own settings (model.policy_lora_r, model.policy_lora_top_layers) need adapters at all."""
+    if m.policy_lora_r < 0 or m.policy_lora_top_layers < 0:
+        raise ValueError(
+            "model.policy_lora_r, model.policy_lora_top_layers: expected >= 0 (0 = model.lora_r, "
+            f"model.lora_top_layers), got {m.policy_lora_r}, {m.policy_lora_top_layers}"
+        )
+    if m.lora_r == 0 and (m.policy_lora_r or m.policy_lora_top_layers):
+        raise ValueError(
+            "model.policy_lora_r, model.policy_lora_top_layers: set with model.lora_r: 0 (full fine-tuning, no "
+            "adapters); set model.lora_r > 0 or leave them at 0"
+        )
+
+
 def open_backbone(cfg: RunConfig, path: str, placement: Placement | None = None) -> Backbone:
     """The model at `path` (see `open_causal_lm`) on `placement` (default: the config's model.device and
     model.dtype), with the config's adapter settings."""
+    check_policy_adapter(cfg.model)
     set_threads(cfg)
     placement = placement or resolve_placement(cfg.model)
     tokenizer, model = open_causal_lm(cfg, path, placement)

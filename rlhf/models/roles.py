@@ -103,12 +103,18 @@ class Backbone:
     def is_lora(self) -> bool:
         return self.lora_r > 0
 
-    def add_adapter(self, name: str) -> None:
+    def add_adapter(self, name: str, rank: int = 0, top_layers: int = 0) -> None:
+        """A new adapter `name` (LoRA B = 0: the model is unchanged) of rank `rank` on the top `top_layers` layers;
+        0 = the backbone's rank and layers. An adapter may sit on fewer layers than the backbone's, never more (the
+        frozen prefix below them is shared by every adapter)."""
         assert self.is_lora and name not in self.adapters
         n_layers = self.model.config.num_hidden_layers
-        layers = list(range(n_layers - self.top_layers, n_layers)) if self.top_layers else None
+        top = top_layers or self.top_layers
+        if self.top_layers and top > self.top_layers:
+            raise ValueError(f"adapter '{name}': {top} top layers, more than the backbone's {self.top_layers}")
+        layers = list(range(n_layers - top, n_layers)) if top else None
         config = LoraConfig(
-            r=self.lora_r,
+            r=rank or self.lora_r,
             lora_alpha=self.lora_alpha,
             lora_dropout=0.0,
             target_modules=self.target_modules,

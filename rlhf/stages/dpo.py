@@ -99,7 +99,7 @@ def dpo_roles(cfg: RunConfig, sft_path: str) -> tuple[LanguageModelRole, Languag
     (LoRA B = 0, so it starts equal to SFT), the reference the base with adapters off; full fine-tuning: two copies."""
     base = open_backbone(cfg, sft_path)
     if base.is_lora:
-        base.add_adapter("policy")
+        base.add_adapter("policy", cfg.model.policy_lora_r, cfg.model.policy_lora_top_layers)
         return LanguageModelRole(base, "policy", 1.0), LanguageModelRole(base, None, 1.0)
     return LanguageModelRole(base, None, 1.0), LanguageModelRole(open_backbone(cfg, sft_path), None, 1.0)
 

@@ -41,7 +41,7 @@ def open_policy_roles(run: RunDir, cfg: RunConfig, with_reward: bool) -> PolicyR
     base = open_backbone(cfg, sft_path)
     if base.is_lora:
         reward = load_reward_model(run, base, "reward") if with_reward else None
-        base.add_adapter("policy")
+        base.add_adapter("policy", cfg.model.policy_lora_r, cfg.model.policy_lora_top_layers)
         return PolicyRoles(base, LanguageModelRole(base, "policy", T), LanguageModelRole(base, None, T), reward)
     reward = load_reward_model(run, base) if with_reward else None
     policy = LanguageModelRole(open_backbone(cfg, sft_path), None, T)
