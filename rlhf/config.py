@@ -44,8 +44,8 @@ class ModelConfig:
     lora_top_layers: int = 0
     """Put adapters on the top N transformer layers only (0 = all layers). Fewer layers = cheaper backward passes."""
     policy_lora_r: int = 0
-    """LoRA rank of the policy adapter that PPO, RLOO, GRPO and DPO train; 0 = lora_r. Fewer trainable parameters
-    move the policy less per optimiser step on noise (docs/algorithms/ppo.md)."""
+    """LoRA rank of the policy adapter that PPO, RLOO, GRPO and DPO train; 0 = lora_r (the reward model, value and
+    SFT adapters keep lora_r). On the quickstart rank 4 gained less gold than 16 (docs/algorithms/ppo.md)."""
     policy_lora_top_layers: int = 0
     """The policy adapter on the top N layers only, N <= lora_top_layers when that is set; 0 = lora_top_layers."""
     lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])

@@ -71,6 +71,10 @@ def config_highlights(cfg: RunConfig) -> list[str]:
     m, t, c = cfg.model, cfg.task, cfg.collect
     lora = f"LoRA r={m.lora_r}, alpha={m.lora_alpha}, modules {m.lora_target_modules}" if m.lora_r else "full"
     top = f", top {m.lora_top_layers} layers" if m.lora_r and m.lora_top_layers else ""
+    if m.lora_r and (m.policy_lora_r or m.policy_lora_top_layers):
+        policy_top = m.policy_lora_top_layers or m.lora_top_layers
+        top += f"; the policy's adapter r={m.policy_lora_r or m.lora_r}"
+        top += f", top {policy_top} layers" if policy_top else ""
     return [
         f"- base model: `{m.name_or_path}`"
         + (
