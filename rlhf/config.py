@@ -202,6 +202,11 @@ class PPOConfig:
     noisier steps on each batch (docs/algorithms/ppo.md, "Defaults")."""
     ppo_epochs: int = 4
     """Optimisation epochs over each batch."""
+    stop_epochs_at_kl: float = 0.0
+    """Early stopping of each iteration's epochs (Spinning Up's and Stable-Baselines3's target_kl): before each
+    optimiser step, when the minibatch's approx-KL to the policy that sampled the batch (its token mean of
+    0.5 * log-ratio^2, logged as approx_kl) exceeds this, that step and the iteration's remaining epochs are skipped;
+    the learning-rate schedule still advances by the skipped steps. Per token, unlike target_kl. 0 = off."""
     learning_rate: float = 1e-4
     """Policy learning rate (and the value's unless value_learning_rate is set), annealed linearly to 0."""
     value_learning_rate: float = 0.0

@@ -63,3 +63,21 @@ def test_the_model_card_names_the_policy_adapter_only_when_it_differs():
     assert config_highlights(cfg)[0].endswith("; the policy's adapter r=16, top 2 layers")
     cfg.model.policy_lora_top_layers, cfg.model.policy_lora_r = 0, 8
     assert config_highlights(cfg)[0].endswith("; the policy's adapter r=8")
+
+
+def test_a_graph_built_before_a_reference_pass_still_reaches_every_trainable_adapter(tiny_model_dir):
+    # PPO's first epoch keeps the policy's and the value's forward passes from before the reference's (adapters
+    # off) pass: leaving peft's disable_adapter must not turn the inactive trainable adapter's gradients off
+    tok = load_tokenizer(str(tiny_model_dir))
+    bb = Backbone(load_causal_lm(str(tiny_model_dir), tok), tok, 4, 8, ["q_proj", "v_proj"], top_layers=2)
+    for name in ("policy", "value"):
+        bb.add_adapter(name)
+        for p in bb.mark_trainable(name):
+            p.data.normal_(0, 0.1)
+    ids, mask = encode_queries(tok, ["a short one", "a much longer prompt"])
+    loss = bb.hidden_states("policy", ids, mask).square().mean() + bb.hidden_states("value", ids, mask).mean()
+    with torch.no_grad():
+        bb.hidden_states(None, ids, mask)  # the reference
+    assert all(p.requires_grad for name in ("policy", "value") for p in bb.adapter_parameters(name))
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in bb.adapter_parameters("policy"))

@@ -168,6 +168,7 @@ def test_smoke_run_with_every_mechanism_on(tiny_model_dir, tmp_path):
         "ppo.kl_horizon=100",
         "ppo.warmup_updates=4",
         "ppo.minibatch_size=8",  # = batch_size: one minibatch per epoch
+        "ppo.stop_epochs_at_kl=1e-12",  # any move at all stops the epochs
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     args = ["run", "--config", str(SMOKE), "--out", str(out), f"model.name_or_path={tiny_model_dir}", *overrides]
@@ -182,5 +183,10 @@ def test_smoke_run_with_every_mechanism_on(tiny_model_dir, tmp_path):
     assert rows[0]["adv_share_value"] == 0.0  # the zeroed head: every value of the first batch is 0
     assert rows[0]["approx_kl_epoch_1"] == 0.0  # one minibatch: epoch 1's only forward precedes any step
     assert rows[0]["lr"] == pytest.approx(0.5e-4)  # 2 of 4 warm-up steps taken: half of the learning rate 1e-4
+    # early stopping, 3 iterations x 2 epochs = 6 steps: iteration 1's first step has learning rate 0, so epoch 2
+    # still sees approx-KL 0 and steps; from then on epoch 2 sees the move and stops, the schedule advancing anyway
+    assert [row["epochs_run"] for row in rows] == [2.0, 1.0, 1.0]
+    assert [row["lr"] for row in rows] == pytest.approx([0.5e-4, 1e-4, 0.0])
+    assert all(row["approx_kl_epoch_2"] > 1e-12 for row in rows[1:]) and rows[0]["approx_kl_epoch_2"] == 0.0
     # horizon 100, batch 8: beta moves by at most 0.2 * 8 / 100 = 1.6 % an iteration
     assert abs(rows[1]["beta"] / rows[0]["beta"] - 1) <= 0.016 + 1e-9

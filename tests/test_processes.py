@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+import yaml
 
 from rlhf.processes import Processes
 from rlhf.stages.rollout import BatchRows
@@ -195,3 +196,31 @@ def test_accelerate_cpu_launcher_without_mpirun_is_a_clear_error(tmp_path):
     assert proc.returncode == 2
     assert "accelerate launch --cpu` started one process" in proc.stderr and "--num_processes N" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_one_minibatch_per_epoch_and_early_stopping_in_two_processes_as_in_one(one_and_two, tmp_path):
+    """The library's default of one minibatch per epoch reuses epoch 1's forward passes for the log-probs and
+    values before any update, and ppo.stop_epochs_at_kl sums the minibatch's approx-KL over the processes: two
+    processes must step as one does."""
+    one, _ = one_and_two
+    runs = {}
+    for name in ("one", "two"):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        for part in ("summary.json", "sft", "collect", "reward"):
+            subprocess.run(["cp", "-r", str(one / part), str(run_dir / part)], check=True)
+        cfg = yaml.safe_load((one / "config.yaml").read_text())
+        cfg["ppo"].update(minibatch_size=cfg["ppo"]["batch_size"], stop_epochs_at_kl=1e-12)  # any move stops
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+        run(
+            launch_two("ppo", str(run_dir))
+            if name == "two"
+            else [sys.executable, "-m", "rlhf.cli", "ppo", str(run_dir)]
+        )
+        runs[name] = rows_of(run_dir / "ppo" / "metrics.jsonl")
+    assert len(runs["one"]) == len(runs["two"]) == cfg["ppo"]["iterations"]
+    for ra, rb in zip(runs["one"], runs["two"]):
+        assert rb["epochs_run"] == ra["epochs_run"] == 1.0 and rb["first_minibatch_max_log_ratio"] == 0.0
+        for key in ("rm_score", "kl", "value_loss", "approx_kl", "beta"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-6), (key, ra[key], rb[key])

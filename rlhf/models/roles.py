@@ -177,8 +177,11 @@ class Backbone:
             yield self.causal_lm()
             return
         if adapter is None:
-            with self.model.disable_adapter():
-                yield self.causal_lm()
+            try:
+                with self.model.disable_adapter():
+                    yield self.causal_lm()
+            finally:  # peft re-enables only the active adapter's gradients: a graph built before must keep the rest
+                self._restore_requires_grad()
         else:
             self.model.set_adapter(adapter)
             self._restore_requires_grad()

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +30,16 @@ from rlhf.models.saving import ON_SFT, save_policy
 from rlhf.run import MetricsLog, RunDir, seed_everything, trim_jsonl_log
 from rlhf.stages.online import OnlineCollection
 from rlhf.stages.optim import optimizer_step, trainable_parameters
-from rlhf.stages.ppo_parts import advantage_variance_shares, grad_norm, zero_head
+from rlhf.stages.ppo_parts import (
+    advantage_variance_shares,
+    andon_cord_pulled,
+    before_iteration,
+    check_inputs,
+    chunks,
+    grad_norm,
+    log_iteration,
+    zero_head,
+)
 from rlhf.stages.rollout import (
     BatchRows,
     Rollout,
@@ -91,65 +98,74 @@ class PPORoles:
         self.value.head.load_state_dict(state["value_head"])
 
 
-def chunks(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+@dataclass
+class FirstForward:
+    """Epoch 1's policy and value forward passes over all of this process's rows, graphs kept. With one minibatch
+    per epoch the log-probs and values before any update are those of the first step's own forward pass, so they
+    are computed once: the same numbers, two forward passes fewer per iteration."""
 
-
-def andon_cord_pulled(pc, run_dir=None) -> str | None:
-    """The reason written in the stop file, if someone pulled the cord (Ziegler §4.4): ppo.stop_file, or
-    RUN_DIR/ANDON when none is configured (the file the labeling app writes)."""
-    path = pc.stop_file or (os.path.join(run_dir, "ANDON") if run_dir is not None else "")
-    if path and os.path.exists(path):
-        return open(path).read().strip() or "stop file present"
-    return None
-
-
-def before_iteration(
-    iteration: int, online: OnlineCollection | None, andon: Callable[[], str | None]
-) -> tuple[dict, str | None]:
-    """(online collection's metrics, why PPO must stop before iteration `iteration` or None): the Andon cord; then,
-    with online collection (Ziegler §2.3), its step, which pushes fresh queries, waits for l(n) labels (honouring
-    the cord) and retrains the reward model at its points."""
-    reason = andon()
-    if reason is not None or online is None:
-        return {}, reason
-    return online.before_iteration(iteration, andon)
+    logprobs: torch.Tensor
+    entropy: torch.Tensor
+    values: torch.Tensor
 
 
 @dataclass
 class Advantages:
     """What the PPO epochs read, all [B, R]: the log-probs and values before any update, per-token KL, advantages
-    and returns."""
+    and returns; and, with one minibatch per epoch, the first step's forward passes (`first`, used once)."""
 
     old_logprobs: torch.Tensor
     old_values: torch.Tensor
     kl: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
+    first: FirstForward | None = None
 
 
-@torch.no_grad()
 def compute_advantages(
     roles: PPORoles, episodes: Episodes, scores: torch.Tensor, beta: float, pc, rows: BatchRows | None = None
 ) -> Advantages:
     """Log-probs of policy and reference and the values (in the minibatches of the first epoch, so that its ratio
-    is exactly 1), per-token rewards -beta*KL with the score at the last token (Ziegler eq. 2), GAE (Schulman et
-    al. 2016) and, with ppo.whiten_advantages, whitened advantages (over the whole batch: `rows` says which rows
-    of it this process holds; all of them by default). With ppo.whiten_rewards the per-token rewards are whitened
-    first, their mean kept (lm-human-preferences' whiten(rewards, shift_mean=False)), over the whole batch too."""
+    is exactly 1; with one minibatch per epoch, that minibatch's own forward passes, kept for its step), per-token
+    rewards -beta*KL with the score at the last token (Ziegler eq. 2), GAE (Schulman et al. 2016) and, with
+    ppo.whiten_advantages, whitened advantages (over the whole batch: `rows` says which rows of it this process
+    holds; all of them by default). With ppo.whiten_rewards the per-token rewards are whitened first, their mean
+    kept (lm-human-preferences' whiten(rewards, shift_mean=False)), over the whole batch too."""
     rows = rows or BatchRows(len(scores))
     mask = episodes.response_mask
     mbs = rows.first_epoch_minibatches(pc.minibatch_size)
-    old_logprobs = torch.cat([roles.policy.logprobs(episodes.select(s)) for s in mbs])
-    ref_logprobs = torch.cat([roles.reference.logprobs(episodes.select(s)) for s in mbs])
-    old_values = torch.cat([roles.value.values(episodes.select(s)) for s in mbs])
+    first = None
+    if len(mbs) == 1:  # one minibatch per epoch: epoch 1's forward passes are the "before any update" ones
+        whole = episodes.select(mbs[0])
+        first = FirstForward(*roles.policy.logprobs(whole, with_entropy=True), roles.value.values(whole))
+        old_logprobs, old_values = first.logprobs.detach(), first.values.detach()
+    with torch.no_grad():
+        if first is None:
+            old_logprobs = torch.cat([roles.policy.logprobs(episodes.select(s)) for s in mbs])
+            old_values = torch.cat([roles.value.values(episodes.select(s)) for s in mbs])
+        ref_logprobs = torch.cat([roles.reference.logprobs(episodes.select(s)) for s in mbs])
+        return advantages_from(scores, old_logprobs, ref_logprobs, old_values, mask, beta, pc, rows, first)
+
+
+def advantages_from(
+    scores: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    old_values: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+    pc,
+    rows: BatchRows,
+    first: FirstForward | None,
+) -> Advantages:
+    """compute_advantages' steps 2-4 from the three roles' outputs: rewards, GAE, whitening."""
     rewards, kl = kl_penalized_rewards(scores, old_logprobs, ref_logprobs, mask, beta)
     if pc.whiten_rewards:
         rewards = rows.whiten(rewards, mask, shift_mean=False)
     advantages, returns = gae(rewards, old_values, mask, pc.gamma, pc.lam)
     if pc.whiten_advantages:
         advantages = rows.whiten(advantages, mask)
-    return Advantages(old_logprobs, old_values, kl, advantages, returns)
+    return Advantages(old_logprobs, old_values, kl, advantages, returns, first)
 
 
 def update(
@@ -172,8 +188,9 @@ def update(
     clips the gradient norm to ppo.max_grad_norm, over policy and value together or (ppo.separate_clipping) each
     alone. Returns each statistic's values over the minibatches; besides the losses' statistics,
     `approx_kl_epoch_E` (approx_kl of epoch E's minibatches, each measured at its forward pass before its step, so
-    the first minibatch of epoch 1 gives 0) and, at each optimiser step, `policy_grad_norm` and `value_grad_norm`
-    (each group's gradient norm before clipping). A NaN or inf loss or gradient norm fires the tripwire (1-based
+    the first minibatch of epoch 1 gives 0), at each optimiser step `policy_grad_norm` and `value_grad_norm`
+    (each group's gradient norm before clipping), and `epochs_run` (the epochs' worth of steps taken: fewer than
+    ppo.ppo_epochs when ppo.stop_epochs_at_kl stopped them). A NaN or inf loss or gradient norm fires the tripwire (1-based
     `iteration` names it) before its backward pass or step."""
     rows = rows or BatchRows(len(episodes.has_stop))
     parallel, mask = rows.processes.parallel, episodes.response_mask
@@ -182,6 +199,7 @@ def update(
     clip_groups = [roles.policy_params, roles.value_params] if pc.separate_clipping else None
     per_minibatch: list[tuple[float, dict[str, float]]] = []
     minibatches, accumulate = chunks(rows.size, pc.minibatch_size), pc.gradient_accumulation_steps
+    steps_per_epoch, steps_taken = math.ceil(len(minibatches) / accumulate), 0
     for epoch in range(pc.ppo_epochs):
         perm = torch.arange(rows.size) if epoch == 0 else torch.randperm(rows.size)  # CPU: the same draws everywhere
         for k, s in enumerate(minibatches):
@@ -189,8 +207,10 @@ def update(
             share = float(mask[idx].sum() / all_masks[perm[s]].sum()) if parallel else 1.0
             loss, ratio_gap, ptx, measured = torch.zeros((), device=mask.device), None, {}, {}
             if idx:
+                first = adv.first if epoch == 0 and k == 0 else None  # computed with the advantages, used once
+                adv.first = None if first else adv.first
                 mb = episodes.select(idx)
-                logprobs, entropy = roles.policy.logprobs(mb, with_entropy=True)
+                logprobs, entropy = (first.logprobs, first.entropy) if first else roles.policy.logprobs(mb, True)
                 if epoch == 0 and k == 0:  # nothing has changed yet: the ratio must be exactly 1
                     ratio_gap = (logprobs - adv.old_logprobs[idx]).abs().max().item()
                     assert ratio_gap < 1e-4, (
@@ -199,7 +219,7 @@ def update(
                 pg_loss, pg_stats = clipped_policy_loss(
                     logprobs, adv.old_logprobs[idx], adv.advantages[idx], mask[idx], pc.clip_range
                 )
-                values = roles.value.values(mb)
+                values = first.values if first else roles.value.values(mb)
                 vf_loss, vf_stats = clipped_value_loss(
                     values, adv.old_values[idx], adv.returns[idx], mask[idx], pc.clip_range_value
                 )
@@ -227,6 +247,11 @@ def update(
             first = {} if ratio_gap is None else {"first_minibatch_max_log_ratio": ratio_gap}
             minibatch_stats = {**first, **ptx, **measured}
             per_minibatch.append((share, minibatch_stats))
+            if stop_epochs_here(pc, measured, share, rows, policy_moves):
+                optimizer.zero_grad(set_to_none=True)  # what earlier minibatches accumulated is not applied
+                for _ in range(pc.ppo_epochs * steps_per_epoch - steps_taken):
+                    scheduler.step()  # the schedule keeps its pace: the last iteration still ends at 0
+                return {**rows.combine_stats(per_minibatch), "epochs_run": [steps_taken / steps_per_epoch]}
             # gradient accumulation: one optimiser step per `accumulate` minibatches (and at the end of the epoch)
             step_now = (k + 1) % accumulate == 0 or k + 1 == len(minibatches)
             loss = loss / accumulate if accumulate > 1 else loss
@@ -243,7 +268,17 @@ def update(
                         STAGE, f"{name} (epoch {epoch + 1}, minibatch {k + 1})", iteration, minibatch_stats[name]
                     )
                 optimizer_step(None, params, optimizer, scheduler, pc.max_grad_norm, clip_groups=clip_groups)
-    return rows.combine_stats(per_minibatch)
+                steps_taken += 1
+    return {**rows.combine_stats(per_minibatch), "epochs_run": [float(pc.ppo_epochs)]}
+
+
+def stop_epochs_here(pc, measured: dict[str, float], share: float, rows: BatchRows, policy_moves: bool) -> bool:
+    """Whether the policy has moved past ppo.stop_epochs_at_kl on this batch (Spinning Up's early stopping): the
+    whole minibatch's approx-KL, each process's token share of it summed (every process decides alike)."""
+    if pc.stop_epochs_at_kl <= 0 or not policy_moves:
+        return False
+    approx_kl = measured.get("approx_kl", 0.0) * share
+    return rows.processes.sum(approx_kl) > pc.stop_epochs_at_kl
 
 
 def log_row(
@@ -307,20 +342,10 @@ def whole_batch(rows: BatchRows, batch: Rollout, scores: Scores, adv: Advantages
         rows.gather(e.response_mask),
         rows.gather(e.has_stop),
         Scores(rows.gather(scores.reward), rows.gather(scores.penalised), gold),
-        Advantages(*(rows.gather(t) for t in vars(adv).values())),
+        Advantages(
+            *(rows.gather(getattr(adv, f)) for f in ("old_logprobs", "old_values", "kl", "advantages", "returns"))
+        ),
     )
-
-
-def check_inputs(pc, task) -> None:
-    """Reject a reward source PPO cannot train on, and settings out of range."""
-    if pc.kl_horizon < 0 or pc.warmup_updates < 0:
-        raise ValueError(f"ppo.kl_horizon, ppo.warmup_updates: expected >= 0, got {pc.kl_horizon}, {pc.warmup_updates}")
-    if not pc.max_grad_norm > 0:
-        raise ValueError(f"ppo.max_grad_norm: expected > 0, got {pc.max_grad_norm}")
-    if pc.reward_source not in ("rm", "gold"):
-        raise ValueError(f"ppo.reward_source: expected rm or gold, got {pc.reward_source!r}")
-    if pc.reward_source == "gold" and task.gold_scorer is None:
-        raise ValueError(f"ppo.reward_source=gold: task '{task.name}' has no gold scorer")
 
 
 def optimizers(roles: PPORoles, pc):
@@ -363,14 +388,6 @@ def checkpoint_state(roles: PPORoles, optimizer, scheduler, kl_ctl, iteration: i
         "iteration": iteration,
         "online": online.state_dict() if online else None,
     }
-
-
-def log_iteration(row: dict, iterations: int, beta: float) -> None:
-    """One log line per iteration, and a warning when the policy looks collapsed."""
-    i, length, entropy = row["iteration"], row["response_length"], row["entropy"]
-    if length < 1.5 or entropy < 0.01:
-        log.warning("PPO iteration %d: the policy may have collapsed (length %.2f, entropy %.3f)", i, length, entropy)
-    log.info("ppo %d/%d rm %.3f kl %.2f beta %.3f len %.1f", i, iterations, row["rm_score"], row["kl"], beta, length)
 
 
 def train_ppo(run: RunDir, cfg: RunConfig) -> dict:

@@ -1,12 +1,22 @@
 """Diagnostics and small mechanisms of the PPO stage (rlhf/stages/ppo.py): gradient norms, the split of the
-advantages into the parts that come from the score, the KL penalty and the value baseline, and the value head's
-zero start."""
+advantages into the parts that come from the score, the KL penalty and the value baseline, the value head's
+zero start; the Andon cord, the input checks, minibatch slices and the per-iteration log line."""
 
 from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from rlhf.losses import gae, last_token_index, masked_var
+
+if TYPE_CHECKING:
+    from rlhf.stages.online import OnlineCollection
+
+log = logging.getLogger("rlhf")
 
 
 def grad_norm(params: list[torch.nn.Parameter]) -> float:
@@ -68,3 +78,50 @@ def zero_head(head: torch.nn.Module) -> None:
     with torch.no_grad():
         for p in head.parameters():
             p.zero_()
+
+
+def chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def andon_cord_pulled(pc, run_dir=None) -> str | None:
+    """The reason written in the stop file, if someone pulled the cord (Ziegler §4.4): ppo.stop_file, or
+    RUN_DIR/ANDON when none is configured (the file the labeling app writes)."""
+    path = pc.stop_file or (os.path.join(run_dir, "ANDON") if run_dir is not None else "")
+    if path and os.path.exists(path):
+        return open(path).read().strip() or "stop file present"
+    return None
+
+
+def before_iteration(
+    iteration: int, online: OnlineCollection | None, andon: Callable[[], str | None]
+) -> tuple[dict, str | None]:
+    """(online collection's metrics, why PPO must stop before iteration `iteration` or None): the Andon cord; then,
+    with online collection (Ziegler §2.3), its step, which pushes fresh queries, waits for l(n) labels (honouring
+    the cord) and retrains the reward model at its points."""
+    reason = andon()
+    if reason is not None or online is None:
+        return {}, reason
+    return online.before_iteration(iteration, andon)
+
+
+def check_inputs(pc, task) -> None:
+    """Reject a reward source PPO cannot train on, and settings out of range."""
+    if pc.stop_epochs_at_kl < 0:
+        raise ValueError(f"ppo.stop_epochs_at_kl: expected >= 0 (0 = off), got {pc.stop_epochs_at_kl}")
+    if pc.kl_horizon < 0 or pc.warmup_updates < 0:
+        raise ValueError(f"ppo.kl_horizon, ppo.warmup_updates: expected >= 0, got {pc.kl_horizon}, {pc.warmup_updates}")
+    if not pc.max_grad_norm > 0:
+        raise ValueError(f"ppo.max_grad_norm: expected > 0, got {pc.max_grad_norm}")
+    if pc.reward_source not in ("rm", "gold"):
+        raise ValueError(f"ppo.reward_source: expected rm or gold, got {pc.reward_source!r}")
+    if pc.reward_source == "gold" and task.gold_scorer is None:
+        raise ValueError(f"ppo.reward_source=gold: task '{task.name}' has no gold scorer")
+
+
+def log_iteration(row: dict, iterations: int, beta: float) -> None:
+    """One log line per iteration, and a warning when the policy looks collapsed."""
+    i, length, entropy = row["iteration"], row["response_length"], row["entropy"]
+    if length < 1.5 or entropy < 0.01:
+        log.warning("PPO iteration %d: the policy may have collapsed (length %.2f, entropy %.3f)", i, length, entropy)
+    log.info("ppo %d/%d rm %.3f kl %.2f beta %.3f len %.1f", i, iterations, row["rm_score"], row["kl"], beta, length)
