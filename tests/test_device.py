@@ -18,6 +18,7 @@ from rlhf.config import ModelConfig
 from rlhf.config_checks import ConfigError
 from rlhf.config_loading import load_config
 from rlhf.models.device import Placement, resolve_dtype, resolve_placement
+from rlhf.models.encoding import encode_queries
 from rlhf.models.provision import load_causal_lm, load_tokenizer
 from rlhf.models.roles import Backbone, Episodes
 from rlhf.models.sampling import StopRule
@@ -156,6 +157,36 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients(tiny_mod
     checkpointed, checkpointed_calls = sft_gradients(tiny_model_dir, checkpointing=True)
     assert plain_calls == 1 and checkpointed_calls == 2  # the layer ran again in the backward pass
     for a, b in zip(plain, checkpointed):
+        torch.testing.assert_close(a, b)
+
+
+def two_role_gradients(tiny_model_dir, checkpointing: bool) -> list[torch.Tensor]:
+    """PPO's first step: the policy's and the value's forward passes, the reference's (adapters off), one backward."""
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    torch.manual_seed(0)
+    backbone = Backbone(load_causal_lm(str(tiny_model_dir), tokenizer), tokenizer, 4, 8, ["q_proj", "v_proj"])
+    if checkpointing:
+        backbone.enable_gradient_checkpointing()
+    params = []
+    for name in ("policy", "value"):
+        backbone.add_adapter(name)
+        params += backbone.mark_trainable(name)
+    for p in params:
+        torch.nn.init.normal_(p, std=0.1)
+    ids, mask = encode_queries(tokenizer, ["The movie was", "I think the ending"])
+    loss = (
+        backbone.hidden_states("policy", ids, mask).square().mean() + backbone.hidden_states("value", ids, mask).mean()
+    )
+    with torch.no_grad():
+        backbone.hidden_states(None, ids, mask)
+    loss.backward()
+    return [p.grad.clone() for p in params]
+
+
+def test_a_checkpointed_layer_is_recomputed_with_the_adapter_it_ran_with(tiny_model_dir):
+    # peft reads the active adapter when a layer is called: without the recompute context the policy's layers would
+    # be recomputed with the value's adapter, the one active when the backward pass runs
+    for a, b in zip(two_role_gradients(tiny_model_dir, False), two_role_gradients(tiny_model_dir, True)):
         torch.testing.assert_close(a, b)
 
 

@@ -8,7 +8,7 @@ Sequences are laid out as [left-padded query | response padded on the right afte
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -76,6 +76,7 @@ class Backbone:
         self.trainable_adapters: set[str] = set()
         self.hidden_size = model.config.hidden_size
         self.gradient_checkpointing = False
+        self.adapter_in_use: str | None = None  # the adapter of the `use` block we are in (None: adapters off)
 
     @property
     def device(self) -> torch.device:
@@ -83,8 +84,26 @@ class Backbone:
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute each decoder layer's activations in the backward pass instead of keeping them."""
-        self.causal_lm().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False, "context_fn": self._recompute_contexts}
+        self.causal_lm().gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         self.gradient_checkpointing = True
+
+    def _recompute_contexts(self):
+        """torch.utils.checkpoint's context_fn, called at each checkpointed layer's forward pass: the layer is
+        recomputed in the backward pass with the adapter it ran with. peft reads the active adapter when a layer is
+        called, and another role (PPO's value after its policy) may have run before the backward pass."""
+        return nullcontext(), self._adapter_while_recomputing(self.adapter_in_use)
+
+    @contextmanager
+    def _adapter_while_recomputing(self, adapter: str | None):
+        if not self.adapters:
+            yield
+            return
+        active = self.model.active_adapter
+        with self.use(adapter):
+            yield
+        self.model.set_adapter(active)  # as the backward pass found it
+        self._restore_requires_grad()
 
     @contextmanager
     def _checkpointing(self, lm):
@@ -176,16 +195,20 @@ class Backbone:
             assert adapter is None, f"no adapter '{adapter}' on this model"
             yield self.causal_lm()
             return
-        if adapter is None:
-            try:
-                with self.model.disable_adapter():
-                    yield self.causal_lm()
-            finally:  # peft re-enables only the active adapter's gradients: a graph built before must keep the rest
+        outer, self.adapter_in_use = self.adapter_in_use, adapter
+        try:
+            if adapter is None:
+                try:
+                    with self.model.disable_adapter():
+                        yield self.causal_lm()
+                finally:  # peft re-enables only the active adapter's gradients: a graph built before keeps the rest
+                    self._restore_requires_grad()
+            else:
+                self.model.set_adapter(adapter)
                 self._restore_requires_grad()
-        else:
-            self.model.set_adapter(adapter)
-            self._restore_requires_grad()
-            yield self.causal_lm()
+                yield self.causal_lm()
+        finally:
+            self.adapter_in_use = outer
 
     @property
     def shares_frozen_prefix(self) -> bool:
