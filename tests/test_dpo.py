@@ -17,7 +17,13 @@ from rlhf.data.records import Comparison
 from rlhf.models.loading import open_backbone, sft_model_path
 from rlhf.models.roles import LanguageModelRole
 from rlhf.run import RunDir
-from rlhf.stages.dpo import PreferencePair, implicit_reward_accuracy, preference_pairs, train_dpo
+from rlhf.stages.dpo import (
+    PreferencePair,
+    batched_pair_logprobs,
+    implicit_reward_accuracy,
+    preference_pairs,
+    train_dpo,
+)
 from rlhf.stages.sft import response_logprob_sums, response_nll, train_sft
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,6 +140,9 @@ def test_dpo_stage_outputs_and_first_step_invariant(tiny_model_dir, tmp_path):
     reference = LanguageModelRole(open_backbone(cfg, sft_model_path(run, cfg)), None, 1.0)
     pairs, _ = preference_pairs(mixed_kinds())
     assert implicit_reward_accuracy(policy, reference, pairs, 4) == pytest.approx(info["train_accuracy"])
+    # with the reference's log-probs given (the stage reuses those it computed before training) it does not run
+    given = batched_pair_logprobs(reference, pairs, [list(range(len(pairs)))])
+    assert implicit_reward_accuracy(policy, None, pairs, 4, given) == pytest.approx(info["train_accuracy"])
     heldout_pairs, _ = preference_pairs(heldout)
     assert implicit_reward_accuracy(policy, reference, heldout_pairs, 4) == pytest.approx(info["heldout_accuracy"])
 

@@ -22,7 +22,7 @@ from rlhf.models.provision import load_causal_lm, load_tokenizer
 from rlhf.models.roles import Backbone, Episodes, ScalarRole
 from rlhf.stages.optim import optimizer_step
 from rlhf.stages.ppo import optimizers
-from rlhf.stages.ppo_parts import advantage_parts, advantage_variance_shares, grad_norm, zero_head
+from rlhf.stages.ppo_parts import advantage_parts, advantage_variance_shares, grad_norm, kl_overshoot, zero_head
 from rlhf.stages.rollout import BatchRows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,6 +122,18 @@ def lrs_of(pc: PPOConfig, steps: int) -> list[float]:
         optimizer.step()
         scheduler.step()
     return lrs
+
+
+def test_a_kl_far_above_its_target_is_reported_with_the_controllers_pace():
+    pc = PPOConfig(target_kl=4.0, k_beta=0.1, batch_size=32)
+    # the last two iterations' mean: (5.0 + 7.0) / 2 = 6.0 = 1.5 x 4, not above it; (5.0 + 8.0) / 2 = 6.5 is
+    assert kl_overshoot([30.0, 5.0, 7.0], pc) is None
+    message = kl_overshoot([1.0, 5.0, 8.0], pc)
+    assert message is not None and "6.50 nats, 1.6x ppo.target_kl 4" in message and "at most 2 % an" in message
+    # lm-human-preferences' horizon form: 0.2 * 32 / 10000 = 0.064 % an iteration
+    assert "at most 0.064 % an" in kl_overshoot([9.0], PPOConfig(target_kl=4.0, batch_size=32, kl_horizon=10000))
+    assert kl_overshoot([9.0], PPOConfig(target_kl=4.0, adaptive_kl=False)) is None  # a fixed beta has no target
+    assert kl_overshoot([], pc) is None
 
 
 def test_warm_up_then_linear_anneal():

@@ -84,13 +84,18 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[i
 
 
 def implicit_reward_accuracy(
-    policy: LanguageModelRole, reference: LanguageModelRole, pairs: list[PreferencePair], batch_size: int
+    policy: LanguageModelRole,
+    reference: LanguageModelRole | None,
+    pairs: list[PreferencePair],
+    batch_size: int,
+    reference_logprobs: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> float:
     """Share of `pairs` whose implicit reward log(pi/pi_ref) (any positive scale, e.g. beta) is higher for the chosen
-    response than for the rejected one; equal rewards count 0, as in the loss's statistics."""
+    response than for the rejected one; equal rewards count 0, as in the loss's statistics. `reference_logprobs`
+    (chosen, rejected) [N], when the reference's are at hand already: then the reference does not run."""
     batches = [list(range(i, min(i + batch_size, len(pairs)))) for i in range(0, len(pairs), batch_size)]
     pc, pr = batched_pair_logprobs(policy, pairs, batches)
-    rc, rr = batched_pair_logprobs(reference, pairs, batches)
+    rc, rr = reference_logprobs if reference_logprobs is not None else batched_pair_logprobs(reference, pairs, batches)
     return float(((pc - rc) > (pr - rr)).float().mean())
 
 
@@ -221,9 +226,10 @@ def train_dpo(run: RunDir, cfg: RunConfig) -> dict:
     bar.close()
     metrics.close()
 
-    # 6. implicit-reward accuracy on the training and held-out pairs; save the policy, as PPO does
+    # 6. implicit-reward accuracy on the training pairs (the reference's log-probs from step 3) and held-out pairs;
+    # save the policy, as PPO does
     check_finite_state(STAGE, step, trainable_state(policy.backbone, policy.adapter))  # never save poisoned weights
-    train_accuracy = implicit_reward_accuracy(policy, reference, train, dc.batch_size)
+    train_accuracy = implicit_reward_accuracy(policy, None, train, dc.batch_size, (ref_chosen, ref_rejected))
     heldout_accuracy = implicit_reward_accuracy(policy, reference, heldout, dc.batch_size) if heldout else float("nan")
     info = {
         "loss": dc.loss,

@@ -37,6 +37,7 @@ from rlhf.stages.ppo_parts import (
     check_inputs,
     chunks,
     grad_norm,
+    kl_overshoot,
     log_iteration,
     zero_head,
 )
@@ -419,6 +420,7 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
         online_state = ckpt.get("online") if ckpt else None
         online = OnlineCollection(run, cfg, roles, response_length, stop_rule, prompts, online_state)
 
+    batch_kls: list[float] = []  # this session's iterations, for the end-of-stage KL check
     bar = tqdm(total=pc.iterations, initial=start, desc="ppo", leave=False, disable=not run.writer)
     for iteration in range(start, pc.iterations):
         # 0. the Andon cord (as the main process sees it), and online collection: fresh queries, l(n) labels, the
@@ -473,6 +475,7 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
         if policy_moves:  # the KL of a warm-up batch is 0 by construction, not a signal to lower beta
             kl_ctl.update(row["kl"], rows.size)
         metrics.write(row)
+        batch_kls.append(row["kl"])
         if run.writer:
             samples = (whole.prompts, whole.texts, whole.scores.penalised.tolist())
             write_samples(run.stage(STAGE) / "samples.jsonl", iteration + 1, *samples)
@@ -485,6 +488,8 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
     metrics.close()
 
     # 7. save the value network and the policy (adapters on the SFT model, or full models)
+    if (warning := kl_overshoot(batch_kls, pc)) is not None:
+        log.warning(warning)
     info = {"iterations": pc.iterations, "final_beta": kl_ctl.beta, **({"online": online.summary()} if online else {})}
     check_finite_state(STAGE, pc.iterations, roles.trainable_state())  # never save poisoned weights
     if run.writer:

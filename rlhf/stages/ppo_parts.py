@@ -125,3 +125,21 @@ def log_iteration(row: dict, iterations: int, beta: float) -> None:
     if length < 1.5 or entropy < 0.01:
         log.warning("PPO iteration %d: the policy may have collapsed (length %.2f, entropy %.3f)", i, length, entropy)
     log.info("ppo %d/%d rm %.3f kl %.2f beta %.3f len %.1f", i, iterations, row["rm_score"], row["kl"], beta, length)
+
+
+def kl_overshoot(last_kls: list[float], pc) -> str | None:
+    """A warning when the adaptive controller ended far above its target: the mean batch KL of the last (up to two)
+    iterations over 1.5 * ppo.target_kl. The controller moves beta by at most 0.2 * k_beta per iteration (2 % at
+    0.1; with kl_horizon, 0.2 * batch_size / kl_horizon), so over tens of iterations the learning rate, not beta,
+    decides the KL (docs/algorithms/ppo.md)."""
+    if not pc.adaptive_kl or not last_kls:
+        return None
+    kl = sum(last_kls[-2:]) / len(last_kls[-2:])
+    if kl <= 1.5 * pc.target_kl:
+        return None
+    step = 0.2 * (pc.batch_size / pc.kl_horizon if pc.kl_horizon else pc.k_beta)
+    return (
+        f"PPO ended at a batch KL of {kl:.2f} nats, {kl / pc.target_kl:.1f}x ppo.target_kl {pc.target_kl:g}: the"
+        f" adaptive beta moves at most {100 * step:.3g} % an iteration, too slowly to hold the target; for less KL"
+        " lower ppo.learning_rate or raise ppo.init_beta"
+    )
