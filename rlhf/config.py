@@ -245,6 +245,9 @@ class PPOConfig:
     """Value network start: `rm` = the trained reward model, trunk (adapter) and head, on the normalised scale
     (Stiennon §3.4); `zero` = the same trunk (adapter) from the RM but the value head's weight and bias set to 0, so every
     value starts at 0 (lm-human-preferences initialises the value head at zero)."""
+    entropy_coef: float = 0.0
+    """Weight of an entropy bonus subtracted from the policy loss (cleanrl's ent_coef, OpenRLHF's and verl's entropy
+    coefficient). 0 = off, as in the papers, where the KL penalty is the only pull toward the reference's spread."""
     whiten_rewards: bool = False
     """Whiten the per-token rewards (the -beta*KL terms with the score at the last token) before GAE as
     lm-human-preferences does, whiten(rewards, shift_mean=False): (r - mean) / std + mean, the mean kept; here over the

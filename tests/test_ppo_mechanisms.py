@@ -19,10 +19,17 @@ from rlhf.config import PPOConfig
 from rlhf.losses import gae
 from rlhf.models.encoding import encode_queries
 from rlhf.models.provision import load_causal_lm, load_tokenizer
-from rlhf.models.roles import Backbone, Episodes, ScalarRole
+from rlhf.models.roles import Backbone, Episodes, LanguageModelRole, ScalarRole
 from rlhf.stages.optim import optimizer_step
 from rlhf.stages.ppo import optimizers
-from rlhf.stages.ppo_parts import advantage_parts, advantage_variance_shares, grad_norm, kl_overshoot, zero_head
+from rlhf.stages.ppo_parts import (
+    advantage_parts,
+    advantage_variance_shares,
+    check_inputs,
+    grad_norm,
+    kl_overshoot,
+    zero_head,
+)
 from rlhf.stages.rollout import BatchRows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +94,34 @@ def test_a_zeroed_value_head_gives_zero_values_while_the_trunk_keeps_its_weights
         zero_head(value.head)
         assert value.values(ep).eq(0).all()
     assert all(torch.equal(a, b) for a, b in zip(trunk, bb.adapter_parameters("value")))
+
+
+def test_an_entropy_bonus_has_a_graph_and_its_step_raises_the_entropy(tiny_model_dir):
+    tok = load_tokenizer(str(tiny_model_dir))
+    bb = Backbone(load_causal_lm(str(tiny_model_dir), tok), tok, lora_r=4, lora_alpha=8, target_modules=["q_proj"])
+    bb.add_adapter("policy")
+    params = bb.mark_trainable("policy")
+    torch.manual_seed(0)
+    for p in params:
+        p.data.normal_(0, 0.5)
+    policy = LanguageModelRole(bb, "policy", 0.01)  # a low temperature: an entropy well below its maximum
+    q, qm = encode_queries(tok, ["Hello there", "A longer opening of a review"])
+    ep = Episodes(q, qm, torch.tensor([[100, 200, 300], [400, 500, 7]]), torch.ones(2, 3), torch.ones(2, dtype=bool))
+    _, statistic = policy.logprobs(ep, with_entropy=True)
+    assert statistic.grad_fn is None  # the logged statistic keeps no [tokens, vocabulary] graph
+    _, entropy = policy.logprobs(ep, with_entropy=True, entropy_grad=True)
+    assert torch.allclose(entropy, statistic)
+    bonus = -0.05 * entropy.mean()  # the policy loss's term with ppo.entropy_coef = 0.05 and no advantage
+    bonus.backward()
+    with torch.no_grad():
+        for p in params:
+            p -= 0.5 * p.grad
+        assert policy.logprobs(ep, with_entropy=True)[1].mean() > entropy.mean() + 0.005  # 0.276 -> 0.290 here
+
+
+def test_a_negative_entropy_coefficient_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"ppo.entropy_coef.*got 0.0, -0.01"):
+        check_inputs(PPOConfig(entropy_coef=-0.01), SimpleNamespace(gold_scorer=None))
 
 
 def test_reward_whitening_keeps_the_mean_over_real_tokens():

@@ -311,10 +311,11 @@ class LanguageModelRole:
         hidden = self.backbone.hidden_states(self.adapter, episodes.input_ids, episodes.attention_mask, episodes.prefix)
         return self.backbone.lm_head(hidden[:, Q - 1 : Q + R - 1]).float() / self.temperature
 
-    def logprobs(self, episodes: Episodes, with_entropy: bool = False):
+    def logprobs(self, episodes: Episodes, with_entropy: bool = False, entropy_grad: bool = False):
         """Log-probability [B, R] of each response token (and the entropy of its distribution), at the real
         positions only: padding after a stop gets 0 and costs no vocabulary projection, which over the full
-        width would be as much compute as the top layers of a PPO step. Float32 on the model's device."""
+        width would be as much compute as the top layers of a PPO step. Float32 on the model's device. The entropy
+        has a graph only with `entropy_grad` (an entropy bonus in the loss)."""
         episodes = episodes.to(self.backbone.device)
         Q, R = episodes.query_ids.shape[1], episodes.response_ids.shape[1]
         hidden = self.backbone.hidden_states(self.adapter, episodes.input_ids, episodes.attention_mask, episodes.prefix)
@@ -324,8 +325,8 @@ class LanguageModelRole:
         lp = torch.zeros(real.shape, device=hidden.device).masked_scatter(
             real, logprobs_from_logits(logits, episodes.response_ids[real].unsqueeze(0))[0]
         )
-        if with_entropy:  # a statistic, never a loss term: no graph, so its [real, V] tensors are freed at once
-            with torch.no_grad():
+        if with_entropy:  # a statistic unless `entropy_grad`: no graph, so its [real, V] tensors are freed at once
+            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
                 entropy = entropy_from_logits(logits)[0]
             return lp, torch.zeros(real.shape, device=hidden.device).masked_scatter(real, entropy)
         return lp

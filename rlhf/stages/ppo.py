@@ -138,7 +138,7 @@ def compute_advantages(
     first = None
     if len(mbs) == 1:  # one minibatch per epoch: epoch 1's forward passes are the "before any update" ones
         whole = episodes.select(mbs[0])
-        first = FirstForward(*roles.policy.logprobs(whole, with_entropy=True), roles.value.values(whole))
+        first = FirstForward(*roles.policy.logprobs(whole, True, pc.entropy_coef > 0), roles.value.values(whole))
         old_logprobs, old_values = first.logprobs.detach(), first.values.detach()
     with torch.no_grad():
         if first is None:
@@ -211,7 +211,9 @@ def update(
                 first = adv.first if epoch == 0 and k == 0 else None  # computed with the advantages, used once
                 adv.first = None if first else adv.first
                 mb = episodes.select(idx)
-                logprobs, entropy = (first.logprobs, first.entropy) if first else roles.policy.logprobs(mb, True)
+                logprobs, entropy = (
+                    (first.logprobs, first.entropy) if first else roles.policy.logprobs(mb, True, pc.entropy_coef > 0)
+                )
                 if epoch == 0 and k == 0:  # nothing has changed yet: the ratio must be exactly 1
                     ratio_gap = (logprobs - adv.old_logprobs[idx]).abs().max().item()
                     assert ratio_gap < 1e-4, (
@@ -224,7 +226,9 @@ def update(
                 vf_loss, vf_stats = clipped_value_loss(
                     values, adv.old_values[idx], adv.returns[idx], mask[idx], pc.clip_range_value
                 )
-                loss = pg_loss + pc.value_coef * vf_loss if policy_moves else vf_loss
+                mean_entropy = masked_mean(entropy, mask[idx])  # with ppo.entropy_coef, a bonus (cleanrl's ent_coef)
+                policy_term = pg_loss - pc.entropy_coef * mean_entropy  # = pg_loss exactly at the default 0
+                loss = policy_term + pc.value_coef * vf_loss if policy_moves else vf_loss
                 loss = loss * share if parallel else loss  # this process's share of the minibatch's token mean
                 measured = {
                     **pg_stats,
@@ -232,7 +236,7 @@ def update(
                     **vf_stats,
                     "policy_loss": pg_loss.item(),
                     "value_loss": vf_loss.item(),
-                    "entropy": masked_mean(entropy.detach(), mask[idx]).item(),
+                    "entropy": mean_entropy.item(),
                 }
             if ptx_texts and policy_moves:  # every process draws the same texts; each adds 1/W of their loss
                 pick = torch.randint(len(ptx_texts), (pc.ptx_batch_size,)).tolist()
@@ -455,18 +459,8 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
 
         # 6. log the whole batch (gathered from every process), adapt beta to its KL, checkpoint
         lr, whole = scheduler.get_last_lr()[0], whole_batch(rows, batch, scores, adv)
-        row = log_row(
-            iteration + 1,
-            whole.mask,
-            whole.has_stop,
-            whole.scores,
-            whole.adv,
-            stats,
-            kl_ctl.beta,
-            lr,
-            pc.missing_stop_penalty,
-            online_row,
-        )
+        batch_stats = (whole.mask, whole.has_stop, whole.scores, whole.adv, stats)
+        row = log_row(iteration + 1, *batch_stats, kl_ctl.beta, lr, pc.missing_stop_penalty, online_row)
         # where the advantages' spread comes from: score, KL penalty, value baseline (rlhf/stages/ppo_parts.py)
         parts = (whole.scores.penalised, whole.adv.kl, whole.adv.old_values, whole.mask)
         row.update(advantage_variance_shares(*parts, kl_ctl.beta, pc.gamma, pc.lam))

@@ -107,8 +107,11 @@ def before_iteration(
 
 def check_inputs(pc, task) -> None:
     """Reject a reward source PPO cannot train on, and settings out of range."""
-    if pc.stop_epochs_at_kl < 0:
-        raise ValueError(f"ppo.stop_epochs_at_kl: expected >= 0 (0 = off), got {pc.stop_epochs_at_kl}")
+    if pc.stop_epochs_at_kl < 0 or pc.entropy_coef < 0:
+        raise ValueError(
+            f"ppo.stop_epochs_at_kl, ppo.entropy_coef: expected >= 0 (0 = off), got {pc.stop_epochs_at_kl}, "
+            f"{pc.entropy_coef}"
+        )
     if pc.kl_horizon < 0 or pc.warmup_updates < 0:
         raise ValueError(f"ppo.kl_horizon, ppo.warmup_updates: expected >= 0, got {pc.kl_horizon}, {pc.warmup_updates}")
     if not pc.max_grad_norm > 0:
