@@ -111,11 +111,42 @@ def test_response_logprob_sums_are_the_token_sums_of_response_nll(tiny_model_dir
     assert torch.allclose(sums[0], by_hand, atol=1e-4)
 
 
+def test_kept_prefixes_give_the_full_passes_log_probs_and_stop_at_their_cap(tiny_model_dir):
+    overrides = [f"model.name_or_path={tiny_model_dir}", *THREADS]
+    policy, reference = dpo_stage.dpo_roles(
+        load_config(SMOKE, [*overrides, "model.lora_top_layers=1"]), str(tiny_model_dir)
+    )
+    assert policy.backbone.shares_frozen_prefix
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in policy.backbone.adapter_parameters("policy"):
+            p.normal_(0, 0.3)  # an adapter that moves the top layer, so that policy and reference differ
+    pairs, _ = preference_pairs(mixed_kinds())
+    batches = [[3, 0, 5], [1, 2, 4, 6, 7]]
+    kept = dpo_stage.PairPrefixes(policy.backbone, pairs)
+    full = {}
+    for name, role in (("reference", reference), ("policy", policy)):  # the first pass keeps them, later ones read
+        full[name] = batched_pair_logprobs(role, pairs, batches)
+        for _ in range(2):
+            with_kept = batched_pair_logprobs(role, pairs, batches, kept)
+            assert all(torch.equal(a, b) for a, b in zip(with_kept, full[name]))  # the same layout: the same bits
+        assert len(kept.kept) == len(pairs) and kept.bytes > 0
+        one_batch = batched_pair_logprobs(role, pairs, [list(range(len(pairs)))], kept)  # another padding
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(one_batch, full[name]))
+    assert not torch.allclose(full["policy"][0], full["reference"][0], atol=1e-3)
+    none_kept = dpo_stage.PairPrefixes(policy.backbone, pairs, max_bytes=0)
+    assert all(
+        torch.equal(a, b) for a, b in zip(batched_pair_logprobs(policy, pairs, batches, none_kept), full["policy"])
+    )
+    assert none_kept.kept == {} and none_kept.bytes == 0
+    whole, _ = dpo_stage.dpo_roles(load_config(SMOKE, [*overrides, "model.lora_r=0"]), str(tiny_model_dir))
+    assert dpo_stage.PairPrefixes(whole.backbone, pairs).of([0, 1]) is None  # full fine-tuning: no frozen prefix
+
+
 def test_dpo_stage_outputs_and_first_step_invariant(tiny_model_dir, tmp_path):
     heldout = fixed_preference(3)
-    run, cfg = dpo_run(
-        tmp_path / "run", tiny_model_dir, mixed_kinds(), heldout, "dpo.batch_size=4", "dpo.epochs=2", sft=True
-    )
+    overrides = ("dpo.batch_size=4", "dpo.epochs=2", "model.lora_top_layers=1")  # with kept bottom-layer outputs
+    run, cfg = dpo_run(tmp_path / "run", tiny_model_dir, mixed_kinds(), heldout, *overrides, sft=True)
     info = train_dpo(run, cfg)
 
     done = run.done_info("dpo")

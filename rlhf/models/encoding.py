@@ -82,19 +82,23 @@ class ScoringInputs:
         return ScoringInputs(self.input_ids[idx], self.attention_mask[idx], prefix)
 
 
+def left_pad_prefixes(prefixes: list[torch.Tensor], length: int) -> torch.Tensor:
+    """Kept frozen-prefix hidden states, one [n_i, d] per sequence, left-padded with zeros into [B, length, d]."""
+    out = prefixes[0].new_zeros((len(prefixes), length, prefixes[0].shape[-1]))
+    for i, p in enumerate(prefixes):
+        out[i, length - len(p) :] = p
+    return out
+
+
 def pad_encoded(seqs: list[EncodedSequence], pad_id: int) -> ScoringInputs:
     """Left-pad sequences back into one batch."""
     T = max(len(s.ids) for s in seqs)
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    first = seqs[0].prefix
-    prefix = None if first is None else first.new_zeros((len(seqs), T, first.shape[-1]))
     for i, s in enumerate(seqs):
-        n = len(s.ids)
-        ids[i, T - n :] = s.ids
-        mask[i, T - n :] = 1
-        if prefix is not None:
-            prefix[i, T - n :] = s.prefix
+        ids[i, T - len(s.ids) :] = s.ids
+        mask[i, T - len(s.ids) :] = 1
+    prefix = None if seqs[0].prefix is None else left_pad_prefixes([s.prefix for s in seqs], T)
     return ScoringInputs(ids, mask, prefix)
 
 

@@ -16,17 +16,18 @@ from rlhf.config import RunConfig
 from rlhf.config_methods import DPOConfig
 from rlhf.data.records import Comparison
 from rlhf.models.loading import open_backbone, sft_model_path
-from rlhf.models.roles import LanguageModelRole
+from rlhf.models.roles import Backbone, LanguageModelRole
 from rlhf.models.saving import ON_SFT, save_policy
 from rlhf.policy_losses import dpo_loss, ipo_loss
 from rlhf.run import MetricsLog, RunDir, seed_everything
 from rlhf.stages.optim import accumulated_step, load_trainable_state, trainable_parameters, trainable_state
-from rlhf.stages.sft import response_logprob_sums
+from rlhf.stages.sft import kept_prefixes, response_logprob_sums
 from rlhf.stages.tripwires import check_finite, check_finite_state, check_policy, checked_loss, save_checked_checkpoint
 
 log = logging.getLogger("rlhf")
 STAGE = "dpo"
 STAT_KEYS = ("reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward")
+PREFIX_BYTES_KEPT = 2 * 2**30  # at most this much of the pairs' bottom-layer outputs is kept (PairPrefixes)
 
 
 @dataclass(frozen=True)
@@ -52,26 +53,66 @@ def preference_pairs(comparisons: list[Comparison]) -> tuple[list[PreferencePair
     return pairs, ties
 
 
-def pair_logprobs(role: LanguageModelRole, pairs: list[PreferencePair], with_entropy: bool = False):
+class PairPrefixes:
+    """The frozen bottom layers' output over each pair's two sequences, kept by the first pass over the pair, so
+    that every later pass (the training steps, the accuracy passes) runs only the top layers, where the policy's
+    adapter sits: the reward model's and PPO's speed trick. The first pass computes a whole batch's in that batch's
+    layout, so a later pass over the same batch reads the very numbers a full pass computes. Off (None) when the
+    backbone has no frozen prefix (full fine-tuning, adapters on every layer); past `max_bytes` no more are kept
+    and the rest run the bottom layers on every pass, as without it."""
+
+    def __init__(self, backbone: Backbone, pairs: list[PreferencePair], max_bytes: int = PREFIX_BYTES_KEPT):
+        self.backbone, self.pairs, self.max_bytes = backbone, pairs, max_bytes
+        self.kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # pair index -> (chosen's, rejected's)
+        self.bytes = 0
+
+    def of(self, idx: list[int]) -> list[torch.Tensor] | None:
+        """Pairs `idx`'s prefixes as `pair_logprobs` lays out its sequences: every chosen, then every rejected."""
+        if not self.backbone.shares_frozen_prefix:
+            return None
+        if all(j in self.kept for j in idx):
+            got = [self.kept[j] for j in idx]
+        else:
+            ps = [self.pairs[j] for j in idx]
+            prompts, responses = [p.prompt for p in ps], [p.chosen for p in ps] + [p.rejected for p in ps]
+            fresh = kept_prefixes(self.backbone, prompts + prompts, responses)
+            got = list(zip(fresh[: len(idx)], fresh[len(idx) :]))
+            for j, both in zip(idx, got):
+                size = sum(t.numel() * t.element_size() for t in both)
+                if j not in self.kept and self.bytes + size <= self.max_bytes:
+                    self.kept[j], self.bytes = both, self.bytes + size
+        return [c for c, _ in got] + [r for _, r in got]
+
+    def release(self) -> None:
+        """Drop what is kept (later passes run the bottom layers again)."""
+        self.kept, self.bytes = {}, 0
+
+
+def pair_logprobs(
+    role: LanguageModelRole,
+    pairs: list[PreferencePair],
+    with_entropy: bool = False,
+    prefixes: list[torch.Tensor] | None = None,
+):
     """log pi(chosen | prompt), log pi(rejected | prompt): sums over each response's tokens (its EOS included), at
-    temperature 1, [B] each, from one forward over the 2B sequences. With `with_entropy`, the policy's mean
-    per-token entropy over those tokens as well (a third, detached value)."""
+    temperature 1, [B] each, from one forward over the 2B sequences (only the top layers' with `prefixes`, from
+    `PairPrefixes.of`). With `with_entropy`, the policy's mean per-token entropy over those tokens as well (a third,
+    detached value)."""
     prompts, responses = [p.prompt for p in pairs], [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    if with_entropy:
-        sums, entropy = response_logprob_sums(role.backbone, role.adapter, prompts + prompts, responses, True)
-        return sums[: len(pairs)], sums[len(pairs) :], entropy
-    sums = response_logprob_sums(role.backbone, role.adapter, prompts + prompts, responses)
-    return sums[: len(pairs)], sums[len(pairs) :]
+    out = response_logprob_sums(role.backbone, role.adapter, prompts + prompts, responses, with_entropy, prefixes)
+    sums, entropy = out if with_entropy else (out, None)
+    return (sums[: len(pairs)], sums[len(pairs) :]) + ((entropy,) if with_entropy else ())
 
 
 @torch.no_grad()
 def batched_pair_logprobs(
-    role: LanguageModelRole, pairs: list[PreferencePair], batches: list[list[int]]
+    role: LanguageModelRole, pairs: list[PreferencePair], batches: list[list[int]], prefixes: PairPrefixes | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`pair_logprobs` of every pair, in the given batches of pair indices (each index once), on the CPU [N]."""
+    """`pair_logprobs` of every pair, in the given batches of pair indices (each index once), on the CPU [N]; with
+    `prefixes` (over `pairs`) each batch's bottom layers run at most once in the stage."""
     chosen, rejected = torch.full((len(pairs),), float("nan")), torch.full((len(pairs),), float("nan"))
     for idx in batches:
-        c, r = pair_logprobs(role, [pairs[j] for j in idx])
+        c, r = pair_logprobs(role, [pairs[j] for j in idx], prefixes=prefixes.of(idx) if prefixes else None)
         chosen[idx], rejected[idx] = c.float().cpu(), r.float().cpu()
     assert not (chosen.isnan().any() or rejected.isnan().any()), "some pairs were in no batch"
     return chosen, rejected
@@ -89,13 +130,17 @@ def implicit_reward_accuracy(
     pairs: list[PreferencePair],
     batch_size: int,
     reference_logprobs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    prefixes: PairPrefixes | None = None,
 ) -> float:
     """Share of `pairs` whose implicit reward log(pi/pi_ref) (any positive scale, e.g. beta) is higher for the chosen
     response than for the rejected one; equal rewards count 0, as in the loss's statistics. `reference_logprobs`
-    (chosen, rejected) [N], when the reference's are at hand already: then the reference does not run."""
+    (chosen, rejected) [N], when the reference's are at hand already: then the reference does not run. `prefixes`:
+    the pairs' kept bottom-layer outputs, shared by policy and reference (one base)."""
     batches = [list(range(i, min(i + batch_size, len(pairs)))) for i in range(0, len(pairs), batch_size)]
-    pc, pr = batched_pair_logprobs(policy, pairs, batches)
-    rc, rr = reference_logprobs if reference_logprobs is not None else batched_pair_logprobs(reference, pairs, batches)
+    pc, pr = batched_pair_logprobs(policy, pairs, batches, prefixes)
+    if reference_logprobs is None:
+        reference_logprobs = batched_pair_logprobs(reference, pairs, batches, prefixes)
+    rc, rr = reference_logprobs
     return float(((pc - rc) > (pr - rr)).float().mean())
 
 
@@ -146,8 +191,9 @@ def train_dpo(run: RunDir, cfg: RunConfig) -> dict:
 
     # 3. the reference's sequence log-probs, once, in the first epoch's batches (the very layout of the first
     # step, so that there the policy's log-probs equal them exactly)
+    train_prefixes = PairPrefixes(policy.backbone, train)  # kept by this pass for the steps and the accuracy
     ref_chosen, ref_rejected = batched_pair_logprobs(
-        reference, train, epoch_batches(len(train), dc.batch_size, cfg.seed, 0)
+        reference, train, epoch_batches(len(train), dc.batch_size, cfg.seed, 0), train_prefixes
     )
 
     # 4. resume from the last checkpoint, if any
@@ -172,11 +218,12 @@ def train_dpo(run: RunDir, cfg: RunConfig) -> dict:
         entropies: list[tuple[int, float]] = []  # tripwires: (pairs, the policy's mean per-token entropy)
 
         def loss_of(rows: list[int]) -> torch.Tensor:
+            kept = train_prefixes.of(rows)
             if tc.entropy_floor > 0:
-                chosen, rejected, entropy = pair_logprobs(policy, [train[j] for j in rows], with_entropy=True)
+                chosen, rejected, entropy = pair_logprobs(policy, [train[j] for j in rows], True, kept)
                 entropies.append((len(rows), entropy.item()))
             else:
-                chosen, rejected = pair_logprobs(policy, [train[j] for j in rows])
+                chosen, rejected = pair_logprobs(policy, [train[j] for j in rows], prefixes=kept)
             rc, rr = ref_chosen[rows].to(chosen.device), ref_rejected[rows].to(chosen.device)
             if tc.kl_ceiling > 0:
                 drift.append((len(rows), ((chosen - rc).abs().mean() + (rejected - rr).abs().mean()).item() / 2))
@@ -229,8 +276,15 @@ def train_dpo(run: RunDir, cfg: RunConfig) -> dict:
     # 6. implicit-reward accuracy on the training pairs (the reference's log-probs from step 3) and held-out pairs;
     # save the policy, as PPO does
     check_finite_state(STAGE, step, trainable_state(policy.backbone, policy.adapter))  # never save poisoned weights
-    train_accuracy = implicit_reward_accuracy(policy, None, train, dc.batch_size, (ref_chosen, ref_rejected))
-    heldout_accuracy = implicit_reward_accuracy(policy, reference, heldout, dc.batch_size) if heldout else float("nan")
+    reference_logprobs = (ref_chosen, ref_rejected)
+    train_accuracy = implicit_reward_accuracy(policy, None, train, dc.batch_size, reference_logprobs, train_prefixes)
+    train_prefixes.release()  # the held-out pairs' may take their memory
+    heldout_prefixes = PairPrefixes(policy.backbone, heldout)
+    heldout_accuracy = (
+        implicit_reward_accuracy(policy, reference, heldout, dc.batch_size, None, heldout_prefixes)
+        if heldout
+        else float("nan")
+    )
     info = {
         "loss": dc.loss,
         "beta": dc.beta,

@@ -14,7 +14,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from rlhf.config import RunConfig
 from rlhf.losses import entropy_from_logits
-from rlhf.models.encoding import encode_prompt_response, tokenize_prompt_response
+from rlhf.models.encoding import encode_prompt_response, left_pad_prefixes, tokenize_prompt_response
 from rlhf.models.loading import base_model_path, open_backbone
 from rlhf.models.roles import Backbone
 from rlhf.models.saving import ON_BASE, save_policy
@@ -28,13 +28,19 @@ STAGE = "sft"
 
 
 def response_token_logits(
-    backbone: Backbone, adapter: str | None, prompts: list[str], responses: list[str]
+    backbone: Backbone,
+    adapter: str | None,
+    prompts: list[str],
+    responses: list[str],
+    prefixes: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The logits predicting every response token (and the EOS after each response) given its prompt, at
     temperature 1, in float32: (logits [N, V], target token ids [N], the row of each [N]), the N tokens in row
-    order, each row's left to right."""
+    order, each row's left to right. `prefixes`: each row's frozen bottom layers' output over its real tokens
+    (from `kept_prefixes`), when kept: then only the top layers run."""
     ids, mask, rmask = encode_prompt_response(backbone.tokenizer, prompts, responses, append_eos=True)
-    hidden = backbone.hidden_states(adapter, ids, mask)
+    prefix = None if prefixes is None else left_pad_prefixes(prefixes, ids.shape[1])
+    hidden = backbone.hidden_states(adapter, ids, mask, prefix)
     ids, predict = ids.to(hidden.device), rmask[:, 1:].bool().to(hidden.device)  # t-1 predicts the response token at t
     assert int(predict.sum()) > 0, "no response tokens in batch"
     logits = backbone.lm_head(hidden[:, :-1][predict]).float()
@@ -47,13 +53,27 @@ def response_nll(backbone: Backbone, adapter: str | None, prompts: list[str], re
     return F.cross_entropy(logits, targets)
 
 
+def kept_prefixes(backbone: Backbone, prompts: list[str], responses: list[str]) -> list[torch.Tensor]:
+    """The frozen bottom layers' output over each (prompt, response + EOS)'s real tokens, [n_i, d] each, computed
+    in one batch laid out as `response_token_logits` lays it."""
+    ids, mask, _ = encode_prompt_response(backbone.tokenizer, prompts, responses, append_eos=True)
+    prefix = backbone.frozen_prefix(ids, mask)
+    return [prefix[k][mask[k].bool().to(prefix.device)] for k in range(len(prompts))]
+
+
 def response_logprob_sums(
-    backbone: Backbone, adapter: str | None, prompts: list[str], responses: list[str], with_entropy: bool = False
+    backbone: Backbone,
+    adapter: str | None,
+    prompts: list[str],
+    responses: list[str],
+    with_entropy: bool = False,
+    prefixes: list[torch.Tensor] | None = None,
 ):
     """log pi(response | prompt) of each pair: the SUM of its response tokens' log-probs (the EOS after it
     included), at temperature 1, [B] in float32 on the model's device (DPO's sequence log-probs). With
-    `with_entropy`, (those sums, the mean entropy of the distributions over those tokens, detached)."""
-    logits, targets, rows = response_token_logits(backbone, adapter, prompts, responses)
+    `with_entropy`, (those sums, the mean entropy of the distributions over those tokens, detached); `prefixes` as
+    in `response_token_logits`."""
+    logits, targets, rows = response_token_logits(backbone, adapter, prompts, responses, prefixes)
     token_logprobs = -F.cross_entropy(logits, targets, reduction="none")
     sums = token_logprobs.new_zeros(len(prompts)).index_add(0, rows, token_logprobs)
     if not with_entropy:
