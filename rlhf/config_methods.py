@@ -80,6 +80,10 @@ class DPOConfig:
     """Micro-batches each optimiser step's batch (batch_size pairs) goes through one after another, their gradients
     summed, each loss weighted by its share of the batch: the same step, holding one micro-batch's activations at a
     time. With several processes each takes its share of the batch the same way."""
+    kept_prefix_gib: float = 2.0
+    """With LoRA on the top layers only: the most memory (GiB, on the model's device) DPO keeps of the frozen bottom
+    layers' output over the pairs, so that later passes run the top layers only (the same numbers); pairs past it
+    run all layers on every pass. 0 = keep none."""
 
 
 @dataclass

@@ -134,13 +134,22 @@ def test_kept_prefixes_give_the_full_passes_log_probs_and_stop_at_their_cap(tiny
         one_batch = batched_pair_logprobs(role, pairs, [list(range(len(pairs)))], kept)  # another padding
         assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(one_batch, full[name]))
     assert not torch.allclose(full["policy"][0], full["reference"][0], atol=1e-3)
-    none_kept = dpo_stage.PairPrefixes(policy.backbone, pairs, max_bytes=0)
-    assert all(
-        torch.equal(a, b) for a, b in zip(batched_pair_logprobs(policy, pairs, batches, none_kept), full["policy"])
-    )
-    assert none_kept.kept == {} and none_kept.bytes == 0
+    capped = dpo_stage.PairPrefixes(policy.backbone, pairs, max_bytes=kept.bytes // 2)  # room for about half
+    assert all(torch.equal(a, b) for a, b in zip(batched_pair_logprobs(policy, pairs, batches, capped), full["policy"]))
+    assert 1 <= len(capped.kept) < len(pairs) and capped.bytes <= capped.max_bytes
+    assert all(torch.equal(a, b) for a, b in zip(batched_pair_logprobs(policy, pairs, batches, capped), full["policy"]))
+    assert dpo_stage.PairPrefixes(policy.backbone, pairs, max_bytes=0).of([0, 1]) is None  # 0: off
     whole, _ = dpo_stage.dpo_roles(load_config(SMOKE, [*overrides, "model.lora_r=0"]), str(tiny_model_dir))
     assert dpo_stage.PairPrefixes(whole.backbone, pairs).of([0, 1]) is None  # full fine-tuning: no frozen prefix
+
+
+def test_the_stage_with_kept_bottom_layers_trains_exactly_as_without(tiny_model_dir, tmp_path):
+    runs = {}
+    for gib in ("0", "2"):
+        overrides = ("dpo.batch_size=3", "model.lora_top_layers=1", f"dpo.kept_prefix_gib={gib}")
+        run, cfg = dpo_run(tmp_path / gib, tiny_model_dir, mixed_kinds(), fixed_preference(3), *overrides)
+        runs[gib] = (train_dpo(run, cfg), metrics_rows(run))
+    assert runs["0"] == runs["2"]  # every step's loss and statistics, and both accuracies, to the last bit
 
 
 def test_dpo_stage_outputs_and_first_step_invariant(tiny_model_dir, tmp_path):

@@ -27,7 +27,6 @@ from rlhf.stages.tripwires import check_finite, check_finite_state, check_policy
 log = logging.getLogger("rlhf")
 STAGE = "dpo"
 STAT_KEYS = ("reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward")
-PREFIX_BYTES_KEPT = 2 * 2**30  # at most this much of the pairs' bottom-layer outputs is kept (PairPrefixes)
 
 
 @dataclass(frozen=True)
@@ -58,17 +57,17 @@ class PairPrefixes:
     that every later pass (the training steps, the accuracy passes) runs only the top layers, where the policy's
     adapter sits: the reward model's and PPO's speed trick. The first pass computes a whole batch's in that batch's
     layout, so a later pass over the same batch reads the very numbers a full pass computes. Off (None) when the
-    backbone has no frozen prefix (full fine-tuning, adapters on every layer); past `max_bytes` no more are kept
-    and the rest run the bottom layers on every pass, as without it."""
+    backbone has no frozen prefix (full fine-tuning, adapters on every layer) or `max_bytes` (dpo.kept_prefix_gib)
+    is 0; past `max_bytes` no more are kept, and the pairs left run all layers on every pass, as without it."""
 
-    def __init__(self, backbone: Backbone, pairs: list[PreferencePair], max_bytes: int = PREFIX_BYTES_KEPT):
+    def __init__(self, backbone: Backbone, pairs: list[PreferencePair], max_bytes: int = 2 * 2**30):
         self.backbone, self.pairs, self.max_bytes = backbone, pairs, max_bytes
         self.kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # pair index -> (chosen's, rejected's)
         self.bytes = 0
 
     def of(self, idx: list[int]) -> list[torch.Tensor] | None:
         """Pairs `idx`'s prefixes as `pair_logprobs` lays out its sequences: every chosen, then every rejected."""
-        if not self.backbone.shares_frozen_prefix:
+        if not self.backbone.shares_frozen_prefix or self.max_bytes <= 0:
             return None
         if all(j in self.kept for j in idx):
             got = [self.kept[j] for j in idx]
@@ -160,6 +159,8 @@ def check_settings(dc: DPOConfig) -> None:
             "dpo.epochs, dpo.batch_size, dpo.checkpoint_every: expected >= 1, dpo.warmup_updates >= 0; got "
             f"{dc.epochs}, {dc.batch_size}, {dc.checkpoint_every}, {dc.warmup_updates}"
         )
+    if dc.kept_prefix_gib < 0:
+        raise ValueError(f"dpo.kept_prefix_gib: expected >= 0 (0 = keep none), got {dc.kept_prefix_gib}")
     if not dc.beta > 0 or not dc.max_grad_norm > 0:
         raise ValueError(f"dpo.beta, dpo.max_grad_norm: expected > 0, got {dc.beta}, {dc.max_grad_norm}")
 
@@ -191,7 +192,8 @@ def train_dpo(run: RunDir, cfg: RunConfig) -> dict:
 
     # 3. the reference's sequence log-probs, once, in the first epoch's batches (the very layout of the first
     # step, so that there the policy's log-probs equal them exactly)
-    train_prefixes = PairPrefixes(policy.backbone, train)  # kept by this pass for the steps and the accuracy
+    kept_bytes = int(dc.kept_prefix_gib * 2**30)
+    train_prefixes = PairPrefixes(policy.backbone, train, kept_bytes)  # kept by this pass for the steps, accuracy
     ref_chosen, ref_rejected = batched_pair_logprobs(
         reference, train, epoch_batches(len(train), dc.batch_size, cfg.seed, 0), train_prefixes
     )
@@ -279,7 +281,7 @@ def train_dpo(run: RunDir, cfg: RunConfig) -> dict:
     reference_logprobs = (ref_chosen, ref_rejected)
     train_accuracy = implicit_reward_accuracy(policy, None, train, dc.batch_size, reference_logprobs, train_prefixes)
     train_prefixes.release()  # the held-out pairs' may take their memory
-    heldout_prefixes = PairPrefixes(policy.backbone, heldout)
+    heldout_prefixes = PairPrefixes(policy.backbone, heldout, kept_bytes)
     heldout_accuracy = (
         implicit_reward_accuracy(policy, reference, heldout, dc.batch_size, None, heldout_prefixes)
         if heldout
