@@ -105,7 +105,10 @@ def sample_tokens(
             input_ids=query_ids[prefill],
             attention_mask=query_mask[prefill],
             position_ids=position_ids[prefill],
-            logits_to_keep=1,
+            # the last position as an index, not `1`: a [B, 1, d] slice of the hidden states is strided, and
+            # torch's CPU matmul then copies the output embedding once per row (x6 the step in float32, x170 in
+            # bfloat16; docs/benchmarks.md); the indexed rows are a contiguous copy, the same numbers
+            logits_to_keep=torch.tensor([Q - 1], device=device),
             **cached,
         )
         if copies is not None:
