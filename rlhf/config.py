@@ -207,6 +207,11 @@ class PPOConfig:
     optimiser step, when the minibatch's approx-KL to the policy that sampled the batch (its token mean of
     0.5 * log-ratio^2, logged as approx_kl) exceeds this, that step and the iteration's remaining epochs are skipped;
     the learning-rate schedule still advances by the skipped steps. Per token, unlike target_kl. 0 = off."""
+    kl_budget: float = 0.0
+    """A KL budget for the whole run (nats per sequence, like target_kl): once an iteration's batch KL to the reference
+    exceeds it, PPO stops before that iteration's update and keeps the policy of the iteration before, the last one
+    whose batch stayed within it (the stage's info says which). Unlike the adaptive beta, which steers toward
+    target_kl and can overshoot it, a bound the policy ends within. 0 = off."""
     learning_rate: float = 1e-4
     """Policy learning rate (and the value's unless value_learning_rate is set), annealed linearly to 0."""
     value_learning_rate: float = 0.0

@@ -52,6 +52,21 @@ def test_an_explicit_dtype_is_kept_on_the_cpu(no_accelerator):
     assert resolve_placement(cfg.model) == Placement(torch.device("cpu"), torch.bfloat16, 1)
 
 
+def test_bfloat16_on_a_cpu_that_only_emulates_it_is_warned_about(monkeypatch, caplog):
+    import rlhf.models.device as device
+
+    monkeypatch.setattr(device, "cpu_computes_bfloat16", lambda: False)
+    with caplog.at_level("WARNING", logger="rlhf"):
+        assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+        assert resolve_dtype("float32", torch.device("cpu")) == torch.float32
+    assert [r.message for r in caplog.records if "emulates" in r.message] and len(caplog.records) == 1
+    monkeypatch.setattr(device, "cpu_computes_bfloat16", lambda: True)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rlhf"):
+        resolve_dtype("bfloat16", torch.device("cpu"))
+    assert not caplog.records
+
+
 def test_auto_dtype_is_bfloat16_on_a_gpu_that_supports_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from rlhf.config import PPOConfig
 from rlhf.losses import gae
@@ -23,6 +24,7 @@ from rlhf.models.roles import Backbone, Episodes, LanguageModelRole, ScalarRole
 from rlhf.stages.optim import optimizer_step
 from rlhf.stages.ppo import optimizers
 from rlhf.stages.ppo_parts import (
+    KLBudget,
     advantage_parts,
     advantage_variance_shares,
     check_inputs,
@@ -237,3 +239,56 @@ def test_smoke_run_with_every_mechanism_on(tiny_model_dir, tmp_path):
     assert all(row["approx_kl_epoch_2"] > 1e-12 for row in rows[1:]) and rows[0]["approx_kl_epoch_2"] == 0.0
     # horizon 100, batch 8: beta moves by at most 0.2 * 8 / 100 = 1.6 % an iteration
     assert abs(rows[1]["beta"] / rows[0]["beta"] - 1) <= 0.016 + 1e-9
+
+
+def test_a_kl_budget_restores_the_last_policy_whose_batch_stayed_within_it():
+    weights = {"w": torch.tensor([0.0])}
+    budget = KLBudget(4.0, lambda: {"w": weights["w"].clone()}, weights.update)
+    assert budget.within(1, 0.0)
+    weights["w"] += 1  # iteration 1's update
+    assert budget.within(2, 3.9)
+    weights["w"] += 1  # iteration 2's update: the policy that samples iteration 3 has w = 2
+    assert not budget.within(3, 4.1)
+    info = budget.restore(3, 4.1)
+    assert weights["w"].item() == 1.0  # back to the policy that sampled iteration 2, before its update
+    assert info == {
+        "stopped_at_iteration": 3,
+        "batch_kl": 4.1,
+        "kl_budget": 4.0,
+        "kept_iteration": 2,
+        "kept_batch_kl": 3.9,
+    }
+
+
+def test_a_kl_budget_of_zero_is_off_and_copies_nothing():
+    copies = []
+    budget = KLBudget(0.0, lambda: copies.append(1) or {}, lambda s: None)
+    assert budget.within(1, 0.0) and budget.within(2, 1e6)
+    assert copies == [] and budget.kept is None
+
+
+def test_a_negative_kl_budget_is_refused_by_name():
+    with pytest.raises(ValueError, match="ppo.kl_budget"):
+        check_inputs(PPOConfig(kl_budget=-1.0), SimpleNamespace(gold_scorer=None))
+
+
+@pytest.mark.slow
+def test_a_run_past_its_kl_budget_ends_with_the_policy_that_sampled_the_last_batch_within_it(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    # iteration 1's batch is sampled by the SFT policy (KL 0); at learning rate 1e-2 iteration 2's is far past 1e-3
+    overrides = ["ppo.kl_budget=1e-3", "ppo.learning_rate=1e-2", "bon.n=1", "policy.methods=[ppo]"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    args = ["run", "--config", str(SMOKE), "--out", str(out), f"model.name_or_path={tiny_model_dir}", *overrides]
+    proc = subprocess.run([sys.executable, "-m", "rlhf.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    stop = json.loads((out / "ppo" / "done.json").read_text())["kl_budget_stop"]
+    assert stop["stopped_at_iteration"] == 2 and stop["kept_iteration"] == 1, stop
+    assert stop["batch_kl"] > 1e-3 and stop["kept_batch_kl"] == 0.0
+    rows = [json.loads(line) for line in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["iteration"] for row in rows] == [1]  # iteration 2 stopped before its update and its row
+    adapter = load_file(out / "ppo" / "model" / "adapter_model.safetensors")
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(torch.count_nonzero(v) == 0 for v in lora_b)  # the SFT policy: every B still 0
+    assert json.loads((out / "summary.json").read_text())["policies"]["ppo"]["kl_to_reference"] == pytest.approx(
+        0, abs=1e-6
+    )

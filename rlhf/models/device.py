@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -9,6 +10,7 @@ import torch
 from rlhf.config import ModelConfig
 from rlhf.processes import current_processes
 
+log = logging.getLogger("rlhf")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -46,8 +48,22 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def cpu_computes_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX, through oneDNN), where
+    bfloat16 weights run faster than float32 ones; elsewhere torch emulates it, slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private op: a torch without it is taken to have no such support
+        return False
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """`auto` = bfloat16 on a CUDA GPU that supports it, else float32."""
+    if name == "bfloat16" and device.type == "cpu" and not cpu_computes_bfloat16():
+        log.warning(
+            "model.dtype=bfloat16 on a CPU without bfloat16 arithmetic (AVX512-BF16 or AMX): torch emulates it, "
+            "slower than float32; set model.dtype=float32 (or auto)"
+        )
     if name != "auto":
         return DTYPES[name]
     if device.type == "cuda" and torch.cuda.is_bf16_supported():

@@ -31,14 +31,17 @@ from rlhf.run import MetricsLog, RunDir, seed_everything, trim_jsonl_log
 from rlhf.stages.online import OnlineCollection
 from rlhf.stages.optim import optimizer_step, trainable_parameters
 from rlhf.stages.ppo_parts import (
+    KLBudget,
     advantage_variance_shares,
     andon_cord_pulled,
     before_iteration,
     check_inputs,
+    checkpoint_state,
     chunks,
     grad_norm,
     kl_overshoot,
     log_iteration,
+    resume,
     zero_head,
 )
 from rlhf.stages.rollout import (
@@ -88,11 +91,22 @@ class PPORoles:
             "value_head": self.value.head.state_dict(),
         }
 
-    def load_trainable_state(self, state: dict) -> None:
-        pb, vb = self.policy.backbone, self.value.backbone
-        pb.load_adapter_state(self.policy.adapter, state["policy"]) if pb.is_lora else pb.model.load_state_dict(
-            state["policy"]
+    def policy_state(self) -> dict:
+        """A copy of the policy's trainable weights (ppo.kl_budget keeps one)."""
+        pb = self.policy.backbone
+        return (
+            pb.adapter_state(self.policy.adapter)
+            if pb.is_lora
+            else {k: v.clone() for k, v in pb.model.state_dict().items()}
         )
+
+    def load_policy_state(self, state: dict) -> None:
+        pb = self.policy.backbone
+        pb.load_adapter_state(self.policy.adapter, state) if pb.is_lora else pb.model.load_state_dict(state)
+
+    def load_trainable_state(self, state: dict) -> None:
+        self.load_policy_state(state["policy"])
+        vb = self.value.backbone
         vb.load_adapter_state(self.value.adapter, state["value"]) if vb.is_lora else vb.model.load_state_dict(
             state["value"]
         )
@@ -373,28 +387,6 @@ def optimizers(roles: PPORoles, pc):
     return optimizer, scheduler, kl_ctl
 
 
-def resume(run: RunDir, roles: PPORoles, optimizer, scheduler, kl_ctl) -> dict | None:
-    """Load the stage's checkpoint, if any, into the trainable weights, optimiser, schedule and beta."""
-    ckpt = run.load_checkpoint(STAGE)
-    if ckpt is not None:
-        roles.load_trainable_state(ckpt["trainable"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        kl_ctl.load_state_dict(ckpt["kl_controller"])
-    return ckpt
-
-
-def checkpoint_state(roles: PPORoles, optimizer, scheduler, kl_ctl, iteration: int, online) -> dict:
-    return {
-        "trainable": roles.trainable_state(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "kl_controller": kl_ctl.state_dict(),
-        "iteration": iteration,
-        "online": online.state_dict() if online else None,
-    }
-
-
 def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
     """The PPO stage, one iteration at a time as lm-human-preferences' PPOTrainer.step: rollout, score,
     advantages, update, log; resumes from its checkpoint, and stops with one when the Andon cord is pulled."""
@@ -425,6 +417,7 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
         online = OnlineCollection(run, cfg, roles, response_length, stop_rule, prompts, online_state)
 
     batch_kls: list[float] = []  # this session's iterations, for the end-of-stage KL check
+    budget, budget_stop = KLBudget(pc.kl_budget, roles.policy_state, roles.load_policy_state), None
     bar = tqdm(total=pc.iterations, initial=start, desc="ppo", leave=False, disable=not run.writer)
     for iteration in range(start, pc.iterations):
         # 0. the Andon cord (as the main process sees it), and online collection: fresh queries, l(n) labels, the
@@ -451,8 +444,12 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
         adv = compute_advantages(roles, batch.episodes, scores.penalised, kl_ctl.beta, pc, rows)
         check_finite(STAGE, "advantage", iteration + 1, adv.advantages, parallel)
         check_finite(STAGE, "return", iteration + 1, adv.returns, parallel)
+        # 4b. ppo.kl_budget: a batch past it ends PPO with the last policy whose batch stayed within it
+        policy_moves, batch_kl = iteration >= pc.value_warmup_iterations, rows.gather(adv.kl).sum(-1).mean().item()
+        if policy_moves and not budget.within(iteration + 1, batch_kl):
+            budget_stop = budget.restore(iteration + 1, batch_kl)
+            break
         # 5. PPO epochs over minibatches: clipped policy and value losses (+ PPO-ptx); value alone while it warms up
-        policy_moves = iteration >= pc.value_warmup_iterations
         stats = update(
             roles, batch.episodes, adv, optimizer, scheduler, pc, ptx_texts, policy_moves, rows, iteration + 1
         )
@@ -485,6 +482,7 @@ def train_ppo(run: RunDir, cfg: RunConfig) -> dict:
     if (warning := kl_overshoot(batch_kls, pc)) is not None:
         log.warning(warning)
     info = {"iterations": pc.iterations, "final_beta": kl_ctl.beta, **({"online": online.summary()} if online else {})}
+    info.update({"kl_budget_stop": budget_stop} if budget_stop else {})
     check_finite_state(STAGE, pc.iterations, roles.trainable_state())  # never save poisoned weights
     if run.writer:
         roles.value.save(run.stage(STAGE), "value")

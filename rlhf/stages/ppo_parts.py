@@ -107,10 +107,10 @@ def before_iteration(
 
 def check_inputs(pc, task) -> None:
     """Reject a reward source PPO cannot train on, and settings out of range."""
-    if pc.stop_epochs_at_kl < 0 or pc.entropy_coef < 0:
+    if pc.stop_epochs_at_kl < 0 or pc.entropy_coef < 0 or pc.kl_budget < 0:
         raise ValueError(
-            f"ppo.stop_epochs_at_kl, ppo.entropy_coef: expected >= 0 (0 = off), got {pc.stop_epochs_at_kl}, "
-            f"{pc.entropy_coef}"
+            f"ppo.stop_epochs_at_kl, ppo.entropy_coef, ppo.kl_budget: expected >= 0 (0 = off), got "
+            f"{pc.stop_epochs_at_kl}, {pc.entropy_coef}, {pc.kl_budget}"
         )
     if pc.kl_horizon < 0 or pc.warmup_updates < 0:
         raise ValueError(f"ppo.kl_horizon, ppo.warmup_updates: expected >= 0, got {pc.kl_horizon}, {pc.warmup_updates}")
@@ -146,3 +146,61 @@ def kl_overshoot(last_kls: list[float], pc) -> str | None:
         f" adaptive beta moves at most {100 * step:.3g} % an iteration, too slowly to hold the target; for less KL"
         " lower ppo.learning_rate or raise ppo.init_beta"
     )
+
+
+class KLBudget:
+    """ppo.kl_budget: the policy's weights at the start of the last iteration whose batch KL stayed within the budget
+    (a copy, taken before that iteration's update), restored when a later batch goes past it. Off (no copies) at 0."""
+
+    def __init__(self, budget: float, policy_state: Callable[[], dict], load_policy_state: Callable[[dict], None]):
+        self.budget, self.policy_state, self.load_policy_state = budget, policy_state, load_policy_state
+        self.kept: tuple[int, float, dict] | None = None  # (1-based iteration, its batch KL, its sampling policy)
+
+    def within(self, iteration: int, batch_kl: float) -> bool:
+        """Whether the policy that sampled iteration `iteration`'s batch (KL `batch_kl`) is within the budget; if so
+        it is kept, before its update."""
+        if self.budget <= 0:
+            return True
+        if batch_kl > self.budget:
+            return False
+        self.kept = (iteration, batch_kl, self.policy_state())
+        return True
+
+    def restore(self, iteration: int, batch_kl: float) -> dict:
+        """Go back to the kept policy (none kept, as in a run resumed past the budget: the current one stays)."""
+        info = {"stopped_at_iteration": iteration, "batch_kl": batch_kl, "kl_budget": self.budget}
+        kept_iteration, kept_kl, state = self.kept or (None, None, None)
+        if state is not None:
+            self.load_policy_state(state)
+        log.warning(
+            f"PPO: batch KL {batch_kl:.2f} > ppo.kl_budget {self.budget:g} at iteration {iteration}; "
+            + (
+                f"keeping the policy that sampled iteration {kept_iteration} (batch KL {kept_kl:.2f})"
+                if state
+                else "no earlier policy kept"
+            )
+        )
+        return {**info, "kept_iteration": kept_iteration, "kept_batch_kl": kept_kl}
+
+
+def resume(run, roles, optimizer, scheduler, kl_ctl) -> dict | None:
+    """Load the stage's checkpoint, if any, into the trainable weights, optimiser, schedule and beta."""
+    ckpt = run.load_checkpoint("ppo")
+    if ckpt is not None:
+        roles.load_trainable_state(ckpt["trainable"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        kl_ctl.load_state_dict(ckpt["kl_controller"])
+    return ckpt
+
+
+def checkpoint_state(roles, optimizer, scheduler, kl_ctl, iteration: int, online) -> dict:
+    """What a PPO checkpoint holds: trainable weights, optimiser, schedule, beta, iteration, online state."""
+    return {
+        "trainable": roles.trainable_state(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "kl_controller": kl_ctl.state_dict(),
+        "iteration": iteration,
+        "online": online.state_dict() if online else None,
+    }
