@@ -1,6 +1,6 @@
 """The prefill's last position through the output embedding, two ways, in float32 and bfloat16: `logits_to_keep=1`
-(transformers slices the hidden states to a strided [B, 1, d] view, and torch's CPU matmul then copies the
-[d, V] output embedding once per row) and `logits_to_keep=tensor([Q - 1])` (an indexed, contiguous copy; what
+(transformers slices the hidden states to a strided [B, 1, d] view, and torch's CPU matmul, for a frozen weight
+as every base model here has, then multiplies it batch by batch with the [d, V] output embedding copied per row) and `logits_to_keep=tensor([Q - 1])` (an indexed, contiguous copy; what
 sampling.py passes). Prints the median milliseconds of each, their ratio and whether the logits are equal bit for
 bit, for the built-in model with random prompts of Q tokens:
 
@@ -41,7 +41,7 @@ def main() -> None:
     print("| dtype | logits_to_keep=1 (ms) | indexed last position (ms) | ratio | same bits |")
     print("|---|---|---|---|---|")
     for dtype in (torch.float32, torch.bfloat16):
-        model = AutoModelForCausalLM.from_pretrained(builtin_model_dir(), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(builtin_model_dir(), dtype=dtype).requires_grad_(False)
         with torch.no_grad():
             strided = model(input_ids=ids, logits_to_keep=1).logits
             indexed = model(input_ids=ids, logits_to_keep=torch.tensor([Q - 1])).logits

@@ -105,9 +105,10 @@ def sample_tokens(
             input_ids=query_ids[prefill],
             attention_mask=query_mask[prefill],
             position_ids=position_ids[prefill],
-            # the last position as an index, not `1`: a [B, 1, d] slice of the hidden states is strided, and
-            # torch's CPU matmul then copies the output embedding once per row (x6 the step in float32, x170 in
-            # bfloat16; docs/benchmarks.md); the indexed rows are a contiguous copy, the same numbers
+            # the last position as an index, not `1`: a [B, 1, d] slice of the hidden states is strided, and for a
+            # frozen output embedding torch's CPU matmul then runs it row by row on a copy of the weight per row
+            # (x4.3 the prefill in bfloat16, bench/strided_head.py); indexed rows are contiguous: one matrix product
+            # (the same bits in bfloat16, the last bit can differ in float32)
             logits_to_keep=torch.tensor([Q - 1], device=device),
             **cached,
         )
