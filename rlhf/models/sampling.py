@@ -101,15 +101,16 @@ def sample_tokens(
         # 0. the prompts: each distinct query once (K responses per prompt repeat it K times), then copied to its rows
         first, copies = distinct_rows(torch.cat([query_ids, query_mask], dim=1))
         prefill = slice(None) if copies is None else first
+        # in bfloat16 the last position as an index, not `1`: a [B, 1, d] slice of the hidden states is strided, and
+        # for a frozen output embedding torch's CPU matmul then runs it row by row on a copy of the weight per row
+        # (x4.3 the prefill, bench/strided_head.py); indexed rows are contiguous, one matrix product, the same bits.
+        # In float32 that gains 6 % and can change the last bit, so float32 runs keep the figures documented before
+        last = 1 if lm.get_output_embeddings().weight.dtype == torch.float32 else torch.tensor([Q - 1], device=device)
         out = lm(
             input_ids=query_ids[prefill],
             attention_mask=query_mask[prefill],
             position_ids=position_ids[prefill],
-            # the last position as an index, not `1`: a [B, 1, d] slice of the hidden states is strided, and for a
-            # frozen output embedding torch's CPU matmul then runs it row by row on a copy of the weight per row
-            # (x4.3 the prefill in bfloat16, bench/strided_head.py); indexed rows are contiguous: one matrix product
-            # (the same bits in bfloat16, the last bit can differ in float32)
-            logits_to_keep=torch.tensor([Q - 1], device=device),
+            logits_to_keep=last,
             **cached,
         )
         if copies is not None:
